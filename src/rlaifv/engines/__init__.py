@@ -1,0 +1,1 @@
+"""Model compute behind one small interface: local Hugging Face models today."""

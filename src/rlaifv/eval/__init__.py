@@ -1,0 +1,1 @@
+"""Evaluation: exact world metrics and reports."""

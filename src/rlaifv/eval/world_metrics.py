@@ -1,0 +1,69 @@
+"""Exact hallucination metrics on the synthetic world: the scene is the ground truth, the parser reads the text.
+
+Definitions (fractions in [0, 1]):
+- chair_s: responses with at least one mention of an absent category / responses.
+- chair_i: mentions of absent categories / all category mentions (every mention counts, repeats included).
+- cover: distinct present categories mentioned / present objects, pooled over responses.
+- attr_err: wrong attribute statements / attribute statements about present objects; an attribute statement is a
+  color, size or position that a sentence gives for one present object.
+- mean_len: mean words per response.
+Labeler (verdict = P_yes > P_no, a tie is a "no"):
+- accuracy over all questions; hard_negative_accuracy over hard negatives (absent partners, wrong attributes);
+- false_rejection_rate: true claims judged "no" / true claims. A falsely rejected true claim makes a clean response
+  look hallucinated, so this rate bounds how good any preference pair can be.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rlaifv.world.language import YesNoQuestion, parse_mentions
+from rlaifv.world.scenes import Scene
+
+
+def description_metrics(scenes: Sequence[Scene], responses: Sequence[str]) -> dict[str, float]:
+    if len(scenes) != len(responses):
+        raise ValueError(f"{len(scenes)} scenes but {len(responses)} responses")
+    if not scenes:
+        raise ValueError("no responses to score")
+    n_hall_resp = n_mentions = n_hall = n_true = n_covered = n_attr = n_attr_wrong = n_words = 0
+    for scene, text in zip(scenes, responses):
+        mentions = parse_mentions(text)
+        hallucinated = [m for m in mentions if m.category not in scene.categories]
+        n_hall_resp += bool(hallucinated)
+        n_mentions += len(mentions)
+        n_hall += len(hallucinated)
+        n_true += len(scene.objects)
+        n_covered += len({m.category for m in mentions} & scene.categories)
+        n_words += len(text.split())
+        for m in mentions:
+            obj = scene.object_of(m.category)
+            if obj is None:
+                continue
+            for said, truth in ((m.color, obj.color), (m.size, obj.size), (m.cell, obj.cell)):
+                if said is not None:
+                    n_attr += 1
+                    n_attr_wrong += said != truth
+    return {
+        "chair_s": n_hall_resp / len(scenes),
+        "chair_i": n_hall / n_mentions if n_mentions else 0.0,
+        "cover": n_covered / n_true,
+        "attr_err": n_attr_wrong / n_attr if n_attr else 0.0,
+        "mean_len": n_words / len(scenes),
+    }
+
+
+def labeler_metrics(questions: Sequence[YesNoQuestion], probs: Sequence[tuple[float, float]]) -> dict[str, float]:
+    if len(questions) != len(probs):
+        raise ValueError(f"{len(questions)} questions but {len(probs)} verdicts")
+    said_yes = [p_yes > p_no for p_yes, p_no in probs]
+    correct = [s == q.answer for s, q in zip(said_yes, questions)]
+    hard = [c for c, q in zip(correct, questions) if q.hard]
+    true_claims = [s for s, q in zip(said_yes, questions) if q.answer]
+    return {
+        "accuracy": sum(correct) / len(correct),
+        "hard_negative_accuracy": sum(hard) / len(hard) if hard else float("nan"),
+        "false_rejection_rate": (len(true_claims) - sum(true_claims)) / len(true_claims) if true_claims else 0.0,
+        "n_questions": len(questions),
+        "n_hard_negatives": len(hard),
+    }

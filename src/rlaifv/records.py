@@ -1,0 +1,271 @@
+"""Typed records that pipeline stages exchange: the data contracts, in one place.
+
+Every stage reads and writes these records through the sharded Parquet store
+(:mod:`rlaifv.store`). Defining them here gives one shape per row, one identity
+rule per record (``key``, used to resume without losing or duplicating work)
+and one Parquet mapping, written once in :class:`Record` rather than per class.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, NamedTuple, Self
+
+import pyarrow as pa
+
+_ARROW_TYPES: dict[type, pa.DataType] = {
+    str: pa.string(),
+    int: pa.int64(),
+    float: pa.float64(),
+    bool: pa.bool_(),
+    bytes: pa.binary(),
+    dict: pa.string(),  # dict fields are stored as JSON text
+}
+
+
+class Column(NamedTuple):
+    """How one dataclass field maps to one Parquet column."""
+
+    name: str
+    arrow_type: pa.DataType
+    nullable: bool  # the field is annotated ``X | None``
+    is_json: bool  # a dict field, stored as JSON text (heterogeneous dicts fit)
+
+
+@functools.cache
+def columns(cls: type[Record]) -> tuple[Column, ...]:
+    """Column specs of a record class, derived from its field annotations.
+
+    Deriving the Parquet schema from the annotations (instead of inferring it from
+    each batch of rows) keeps every shard's schema identical, even when a shard
+    happens to hold only ``None`` in a nullable float or bytes column.
+    """
+    hints = typing.get_type_hints(cls)
+    specs = []
+    for f in fields(cls):  # type: ignore[arg-type]
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        nullable = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        if nullable:
+            (hint,) = [a for a in args if a is not type(None)]
+        base = typing.get_origin(hint) or hint  # dict[str, Any] -> dict
+        specs.append(Column(f.name, _ARROW_TYPES[base], nullable, base is dict))
+    return tuple(specs)
+
+
+class Record:
+    """Shared behaviour of every record: identity, row mapping, Parquet schema.
+
+    Subclasses are frozen, slotted dataclasses. They name the fields that form
+    their identity in ``KEY_FIELDS``; the store reads only those columns to find
+    which records are already done.
+    """
+
+    __slots__ = ()
+    KEY_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def key_of(cls, row: Mapping[str, Any]) -> str:
+        """The key from the ``KEY_FIELDS`` of a row alone (no full record needed)."""
+        return "/".join(str(row[name]) for name in cls.KEY_FIELDS)
+
+    @property
+    def key(self) -> str:
+        """Deterministic, stable id of this record: what a resumed stage skips."""
+        return self.key_of({name: getattr(self, name) for name in self.KEY_FIELDS})
+
+    def to_row(self) -> dict[str, Any]:
+        """A flat dict of Parquet-ready values (dict fields become JSON text).
+
+        Raises ``ValueError`` on ``None`` in a field not annotated ``| None``:
+        Arrow would store it as a null without complaint.
+        """
+        row = {}
+        for col in columns(type(self)):
+            value = getattr(self, col.name)
+            if value is None and not col.nullable:
+                raise ValueError(f"{type(self).__name__}.{col.name} is None")
+            row[col.name] = _dump_json(value) if col.is_json else value
+        return row
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Self:
+        """Inverse of :meth:`to_row`; extra keys in ``row`` are ignored."""
+        kwargs = {}
+        for col in columns(cls):
+            value = row[col.name]
+            kwargs[col.name] = json.loads(value) if col.is_json else value
+        return cls(**kwargs)
+
+    @classmethod
+    def arrow_schema(cls) -> pa.Schema:
+        """The Parquet schema shared by every shard of this record type."""
+        return pa.schema(
+            [pa.field(c.name, c.arrow_type, nullable=c.nullable) for c in columns(cls)]
+        )
+
+
+def _dump_json(value: Any) -> str:
+    # Sorted keys: the same dict always gives the same bytes on disk.
+    return json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt(Record):
+    """An image and a question: the input every later stage hangs off."""
+
+    KEY_FIELDS: ClassVar[tuple[str, ...]] = ("prompt_id",)
+
+    prompt_id: str  # stable id, unique within the data set
+    image: str  # path to the image file, or "" when image_bytes holds it
+    image_bytes: bytes | None  # encoded image when not referenced by path
+    image_sha256: str  # hex digest of the encoded image: detects a changed file
+    question: str  # the user turn shown with the image
+    source: str  # data set / split the prompt came from
+    meta: dict[str, Any]  # free-form provenance (stored as JSON)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate(Record):
+    """One sampled response of the policy to a prompt, with how it was sampled."""
+
+    KEY_FIELDS: ClassVar[tuple[str, ...]] = ("prompt_id", "sample_idx")
+
+    prompt_id: str  # the Prompt this answers
+    sample_idx: int  # index among the samples drawn for this prompt
+    text: str  # the response
+    n_tokens: int  # generated tokens (finish-length checks, stats)
+    policy: str  # model that sampled it, as "name@revision"
+    sampling: dict[str, Any]  # sampling parameters (temperature, top_p, ...), JSON
+    seed: int  # RNG seed, so the sample can be reproduced
+
+
+@dataclass(frozen=True, slots=True)
+class Claim(Record):
+    """An atomic statement split from a candidate and turned into a yes/no question."""
+
+    KEY_FIELDS: ClassVar[tuple[str, ...]] = ("prompt_id", "sample_idx", "claim_idx")
+
+    prompt_id: str  # the Prompt of the candidate
+    sample_idx: int  # the Candidate this claim comes from
+    claim_idx: int  # index of the claim within the candidate
+    statement: str  # the atomic claim, as a declarative sentence
+    question: str  # the claim as a yes/no question for the labeler
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict(Record):
+    """The labeler's judgement of one claim against the image.
+
+    ``accepted`` is derived (``p_yes > p_no``, so a tie is a rejection); build it
+    with :meth:`from_probs`. A stored value that disagrees raises, because an
+    inconsistent verdict would silently change the preference scores.
+    """
+
+    KEY_FIELDS: ClassVar[tuple[str, ...]] = ("prompt_id", "sample_idx", "claim_idx")
+
+    prompt_id: str  # the Prompt of the claim
+    sample_idx: int  # the Candidate of the claim
+    claim_idx: int  # the Claim judged
+    p_yes: float  # labeler probability of "yes"
+    p_no: float  # labeler probability of "no"
+    accepted: bool  # p_yes > p_no; a tie is a rejection
+
+    def __post_init__(self) -> None:
+        if self.accepted != (self.p_yes > self.p_no):
+            raise ValueError(
+                f"Verdict {self.key}: accepted={self.accepted} but "
+                f"p_yes={self.p_yes} p_no={self.p_no}"
+            )
+
+    @classmethod
+    def from_probs(
+        cls, prompt_id: str, sample_idx: int, claim_idx: int, p_yes: float, p_no: float
+    ) -> Verdict:
+        """A verdict whose ``accepted`` is computed, never passed in.
+
+        Probabilities are coerced to ``float`` so numpy / torch scalars store cleanly.
+        """
+        p_yes, p_no = float(p_yes), float(p_no)
+        return cls(prompt_id, sample_idx, claim_idx, p_yes, p_no, p_yes > p_no)
+
+
+@dataclass(frozen=True, slots=True)
+class Scored(Record):
+    """A candidate's score from its claims' verdicts: fewer rejections is better."""
+
+    KEY_FIELDS: ClassVar[tuple[str, ...]] = ("prompt_id", "sample_idx")
+
+    prompt_id: str  # the Prompt of the candidate
+    sample_idx: int  # the Candidate scored
+    n_claims: int  # claims judged
+    n_rejected: int  # claims the labeler rejected
+    score: float  # -n_rejected
+
+    @classmethod
+    def from_counts(
+        cls, prompt_id: str, sample_idx: int, n_claims: int, n_rejected: int
+    ) -> Scored:
+        """A score computed as ``-n_rejected`` (RLAIF-V divide-and-conquer score)."""
+        return cls(prompt_id, sample_idx, n_claims, n_rejected, float(-n_rejected))
+
+
+@dataclass(frozen=True, slots=True)
+class Pair(Record):
+    """A preference pair for DPO: a better and a worse response to one prompt.
+
+    The key hashes the two texts, so the same pair built twice gets the same key
+    and a resumed pairing stage does not emit it again.
+    """
+
+    KEY_FIELDS: ClassVar[tuple[str, ...]] = ("prompt_id", "chosen", "rejected")
+
+    prompt_id: str  # the Prompt both responses answer
+    image: str  # image path (copied so training needs no join)
+    question: str  # the question (copied so training needs no join)
+    chosen: str  # preferred response
+    rejected: str  # dispreferred response
+    chosen_score: float  # Scored.score of chosen
+    rejected_score: float  # Scored.score of rejected
+    round: int  # iterative alignment round that produced the pair
+    ref_chosen_logp: float | None  # reference-model log p(chosen), once computed
+    ref_rejected_logp: float | None  # reference-model log p(rejected), once computed
+    meta: dict[str, Any]  # provenance (sample indices, policy, ...), JSON
+
+    @classmethod
+    def key_of(cls, row: Mapping[str, Any]) -> str:
+        text = f"{row['chosen']}\x00{row['rejected']}".encode()
+        return f"{row['prompt_id']}/{hashlib.sha256(text).hexdigest()[:12]}"
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined(Record):
+    """Bad input set aside with a reason, instead of being silently skipped.
+
+    Its ``record_key`` counts as done for the stage, so a resumed run does not
+    retry it forever; the reason and the offending row stay inspectable.
+    """
+
+    KEY_FIELDS: ClassVar[tuple[str, ...]] = ("stage", "record_key")
+
+    stage: str  # the stage that rejected it
+    record_key: str  # key of the offending record (``key`` is taken by the property)
+    reason: str  # why it was rejected
+    record: str  # JSON of the offending row / record
+
+
+@dataclass(frozen=True, slots=True)
+class Generation(Record):
+    """A greedy evaluation response to one prompt."""
+
+    KEY_FIELDS: ClassVar[tuple[str, ...]] = ("prompt_id",)
+
+    prompt_id: str  # the Prompt answered
+    text: str  # the response
+    n_tokens: int  # generated tokens

@@ -1,0 +1,280 @@
+"""Sharded Parquet store: stage output that survives a crash without loss or duplicates.
+
+Layout of one store (one stage's output)::
+
+    root/config.yaml                      # what produced it (write_config)
+    root/shards/part-00000.parquet ...    # records, shard_size per file
+    root/quarantine/part-00000.parquet    # bad input, with a reason
+
+Each shard is written to a temp file in the same folder, fsynced, then renamed
+over its final name, so a reader (or a resumed run) sees whole shards or none.
+A SIGKILL loses at most the writer's unflushed buffer; the rerun recomputes
+exactly that, because ``done_keys()`` lists every record already on disk.
+One writer per store at a time.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from rlaifv.records import Quarantined, Record
+
+R = TypeVar("R", bound=Record)
+
+_PART = re.compile(r"^part-(\d+)\.parquet$")
+_TMP_GLOB = ".*.tmp-*"  # matches the temp names made by _atomic_write
+
+
+def _part_paths(folder: Path) -> list[Path]:
+    """Completed shards in index order; temp files (dot-prefixed) never match."""
+    if not folder.is_dir():
+        return []
+    parts = [
+        (int(m.group(1)), p) for p in folder.iterdir() if (m := _PART.match(p.name))
+    ]
+    return [p for _, p in sorted(parts)]
+
+
+def _next_part(folder: Path) -> Path:
+    """The shard after the highest existing one: reruns append, never overwrite."""
+    parts = _part_paths(folder)
+    last = _PART.match(parts[-1].name) if parts else None
+    index = int(last.group(1)) + 1 if last else 0
+    return folder / f"part-{index:05d}.parquet"
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write via a temp file in the same folder, fsync, then rename into place.
+
+    The rename is atomic on one filesystem, so ``path`` is either absent or whole;
+    fsyncing the file and then the folder makes it durable across a power cut.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        _fsync(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync(path.parent)
+
+
+def _to_json(record: Any) -> str:
+    """JSON of an offending input, whatever it is: quarantining must never fail."""
+    if isinstance(record, Record):
+        record = dataclasses.asdict(record)  # type: ignore[call-overload]
+
+    def fallback(value: Any) -> Any:
+        if isinstance(value, bytes | bytearray):
+            return base64.b64encode(value).decode("ascii")
+        return str(value)
+
+    return json.dumps(record, sort_keys=True, ensure_ascii=False, default=fallback)
+
+
+class ShardedStore(Generic[R]):
+    """Records of one type in numbered Parquet shards under ``root``.
+
+    ``stage`` names the store in its quarantine rows (default: ``root.name``).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        record_type: type[R],
+        shard_size: int = 1000,
+        stage: str | None = None,
+    ) -> None:
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        self.root = Path(root)
+        self.record_type = record_type
+        self.shard_size = shard_size
+        self.stage = stage if stage is not None else self.root.name
+        self.shards_dir = self.root / "shards"
+        self.quarantine_dir = self.root / "quarantine"
+        self.config_path = self.root / "config.yaml"
+
+    def __repr__(self) -> str:
+        return f"ShardedStore({str(self.root)!r}, {self.record_type.__name__})"
+
+    # -- reading ---------------------------------------------------------------
+
+    def shard_paths(self) -> list[Path]:
+        """Completed record shards, in write order."""
+        return _part_paths(self.shards_dir)
+
+    def quarantine_paths(self) -> list[Path]:
+        """Completed quarantine shards, in write order."""
+        return _part_paths(self.quarantine_dir)
+
+    def done_keys(self) -> set[str]:
+        """Keys a resumed stage must skip: every stored and every quarantined record.
+
+        Reads only the key columns, so it stays cheap on stores with large rows.
+        """
+        key_fields = list(self.record_type.KEY_FIELDS)
+        keys: set[str] = set()
+        for path in self.shard_paths():
+            cols = pq.ParquetFile(path).read(columns=key_fields).to_pydict()
+            for values in zip(*(cols[name] for name in key_fields), strict=True):
+                keys.add(
+                    self.record_type.key_of(dict(zip(key_fields, values, strict=True)))
+                )
+        for path in self.quarantine_paths():
+            keys.update(
+                pq.ParquetFile(path)
+                .read(columns=["record_key"])["record_key"]
+                .to_pylist()
+            )
+        return keys
+
+    def read(self) -> Iterator[R]:
+        """Records in shard order, one batch in memory at a time."""
+        for path in self.shard_paths():
+            for batch in pq.ParquetFile(path).iter_batches():
+                for row in batch.to_pylist():
+                    yield self.record_type.from_row(row)
+
+    def read_all(self) -> list[R]:
+        """Every record in memory; for small stores and tests."""
+        return list(self.read())
+
+    def read_quarantine(self) -> list[Quarantined]:
+        """Quarantined inputs with their reasons."""
+        return [
+            Quarantined.from_row(row)
+            for path in self.quarantine_paths()
+            for row in pq.read_table(path).to_pylist()
+        ]
+
+    def __len__(self) -> int:
+        """Number of stored records, from Parquet footers (no data read)."""
+        return sum(
+            pq.ParquetFile(path).metadata.num_rows for path in self.shard_paths()
+        )
+
+    def to_table(self) -> pa.Table:
+        """All shards as one Arrow table (empty, with the schema, when none)."""
+        tables = [pq.ParquetFile(path).read() for path in self.shard_paths()]
+        if not tables:
+            return self.record_type.arrow_schema().empty_table()
+        return pa.concat_tables(tables)
+
+    # -- writing ---------------------------------------------------------------
+
+    @contextmanager
+    def writer(self) -> Iterator[ShardWriter[R]]:
+        """A writer that appends new shards; buffered records are flushed on exit.
+
+        Also on an exception: records already added are complete, so keeping them
+        saves recomputing them. Temp files left by a killed run are removed first.
+        """
+        for folder in (self.root, self.shards_dir, self.quarantine_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+            for stale in folder.glob(_TMP_GLOB):
+                stale.unlink()
+        w = ShardWriter(self)
+        try:
+            yield w
+        finally:
+            w.flush()
+
+    def _write_part(
+        self, folder: Path, rows: list[dict[str, Any]], schema: pa.Schema
+    ) -> Path:
+        table = pa.Table.from_pylist(rows, schema=schema)
+        path = _next_part(folder)
+        _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+        return path
+
+    # -- config ----------------------------------------------------------------
+
+    def write_config(self, config: Mapping[str, Any]) -> Path:
+        """Record what produced this store, as readable YAML (key order kept)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump(
+            dict(config), sort_keys=False, allow_unicode=True, default_flow_style=False
+        )
+        _atomic_write(
+            self.config_path, lambda tmp: tmp.write_text(text, encoding="utf-8")
+        )
+        return self.config_path
+
+    def read_config(self) -> dict[str, Any]:
+        """The config written by :meth:`write_config` ({} when empty)."""
+        return yaml.safe_load(self.config_path.read_text(encoding="utf-8")) or {}
+
+
+class ShardWriter(Generic[R]):
+    """Buffers records and writes every ``shard_size`` of them as one new shard.
+
+    Get one from :meth:`ShardedStore.writer`. A key seen twice (already stored,
+    quarantined, or added earlier) raises ``ValueError``: duplicates are a bug.
+    """
+
+    def __init__(self, store: ShardedStore[R]) -> None:
+        self.store = store
+        self._seen = store.done_keys()
+        self._rows: list[dict[str, Any]] = []  # rows, so a bad record fails in add()
+        self._quarantined: list[dict[str, Any]] = []
+
+    def __contains__(self, key: str) -> bool:
+        """Whether ``key`` is done (stored, quarantined, or added in this writer)."""
+        return key in self._seen
+
+    def add(self, record: R) -> None:
+        if not isinstance(record, self.store.record_type):
+            raise TypeError(
+                f"{self.store!r} stores {self.store.record_type.__name__}, "
+                f"got {type(record).__name__}"
+            )
+        row = record.to_row()
+        self._claim(record.key)
+        self._rows.append(row)
+        if len(self._rows) >= self.store.shard_size:
+            self.flush()
+
+    def quarantine(self, key: str, reason: str, record: Any) -> None:
+        """Set aside bad input under ``key`` with a reason; it then counts as done."""
+        row = Quarantined(self.store.stage, key, reason, _to_json(record)).to_row()
+        self._claim(key)
+        self._quarantined.append(row)
+        if len(self._quarantined) >= self.store.shard_size:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write buffered records and quarantined inputs as new shards, if any."""
+        if self._rows:
+            schema = self.store.record_type.arrow_schema()
+            self.store._write_part(self.store.shards_dir, self._rows, schema)
+            self._rows = []
+        if self._quarantined:
+            schema = Quarantined.arrow_schema()
+            self.store._write_part(self.store.quarantine_dir, self._quarantined, schema)
+            self._quarantined = []
+
+    def _claim(self, key: str) -> None:
+        if key in self._seen:
+            raise ValueError(f"duplicate key {key!r} in {self.store!r}")
+        self._seen.add(key)

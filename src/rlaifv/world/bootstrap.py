@@ -1,0 +1,315 @@
+"""`rlaifv world bootstrap`: train the world's base policy and labeler from scratch, and cache them.
+
+- The **base policy** learns to describe scenes from the world captioner's noisy captions, so it learns the habit of
+  adding absent partner objects: it hallucinates from a co-occurrence prior, as real VLMs do.
+- The **labeler** learns balanced yes/no questions with hard negatives (absent partners, wrong colors, sizes and
+  neighbouring positions): discrimination is easier than generation, so it is accurate where the policy is not.
+
+Both are cached under a key of (config, seed, package version). A build happens in a temporary folder that is
+renamed into place only when complete, so an interrupted bootstrap never leaves a model that a later run picks up;
+a cached folder that fails to load is reported and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlaifv import __version__
+from rlaifv.config import SFTConfig, WorldConfig
+from rlaifv.progress import log, progress
+from rlaifv.world.language import (
+    DESCRIBE_INSTRUCTIONS,
+    describe,
+    noisy_caption,
+    sample_questions,
+    true_mentions,
+    with_suffix,
+)
+from rlaifv.world.models import (
+    build_model,
+    build_processor,
+    build_tokenizer,
+    encode_prompt,
+    num_image_tokens,
+    pixel_values,
+    save_vlm,
+)
+from rlaifv.world.render import render
+from rlaifv.world.scenes import CATEGORIES, COLORS, N_CELLS, SIZES, Scene, sample_scenes
+
+MANIFEST = "bootstrap.json"
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """One supervised example: a scene's image, the prompt's token ids and the target's token ids."""
+
+    scene: Scene
+    prompt_ids: tuple[int, ...]
+    target_ids: tuple[int, ...]  # response tokens + EOS; the only tokens with a loss
+
+
+@dataclass(frozen=True)
+class WorldModels:
+    """Where a bootstrapped world's models live."""
+
+    root: Path
+    policy: Path
+    labeler: Path
+    manifest: dict
+
+
+def cache_root() -> Path:
+    """$RLAIFV_CACHE, else ~/.cache/rlaifv."""
+    return Path(os.environ.get("RLAIFV_CACHE", Path.home() / ".cache" / "rlaifv"))
+
+
+def cache_key(cfg: WorldConfig) -> str:
+    payload = json.dumps({"config": cfg.model_dump(mode="json"), "version": __version__}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- data
+
+
+def _encode_targets(tokenizer, texts: list[str]) -> list[tuple[int, ...]]:
+    # Responses follow "ASSISTANT:" after one space, as the chat template renders them.
+    ids = tokenizer([" " + t for t in texts], add_special_tokens=False)["input_ids"]
+    return [(*row, tokenizer.eos_token_id) for row in ids]
+
+
+def policy_examples(cfg: WorldConfig, tokenizer) -> list[Example]:
+    rng = np.random.default_rng([cfg.seed, 1])
+    n_img = num_image_tokens(cfg.policy_model)
+    prompts = [encode_prompt(tokenizer, q, n_img) for q in DESCRIBE_INSTRUCTIONS]
+    scenes = sample_scenes(cfg.seed, "train", cfg.policy_train.scenes, cfg.prior)
+    rows = []
+    for scene in scenes:
+        for _ in range(cfg.policy_train.examples_per_scene):
+            rows.append((scene, int(rng.integers(len(prompts))), noisy_caption(scene, rng, cfg.noise)))
+    targets = _encode_targets(tokenizer, [r[2] for r in rows])
+    return [Example(s, prompts[i], t) for (s, i, _), t in zip(rows, targets)]
+
+
+def labeler_examples(cfg: WorldConfig, tokenizer) -> list[Example]:
+    """Balanced yes/no questions with hard negatives, plus exact descriptions of the same scenes.
+
+    The descriptions are there for their dense signal: every token of "There is a red fork on the left" teaches the
+    model to find an object's cell from its name and read it out, which is the skill a yes/no verdict needs but
+    which one answer token per question teaches far too slowly on its own.
+    """
+    rng = np.random.default_rng([cfg.seed, 2])
+    n_img = num_image_tokens(cfg.labeler_model)
+    # A different slice of the train split than the policy's, so the two models never share scenes by accident.
+    scenes = sample_scenes(cfg.seed, "train", cfg.policy_train.scenes + cfg.labeler_train.scenes, cfg.prior)
+    scenes = scenes[cfg.policy_train.scenes:]
+    rows = []
+    for scene in scenes:
+        for q in sample_questions(scene, rng, cfg.labeler_train.examples_per_scene):
+            rows.append((scene, with_suffix(q.question, rng), "Yes" if q.answer else "No"))
+        if rng.random() < cfg.labeler_train.description_share:
+            instruction = DESCRIBE_INSTRUCTIONS[int(rng.integers(len(DESCRIBE_INSTRUCTIONS)))]
+            rows.append((scene, instruction, describe(true_mentions(scene), rng)))
+    prompt_cache: dict[str, tuple[int, ...]] = {}
+    for _, q, _ in rows:
+        if q not in prompt_cache:
+            prompt_cache[q] = encode_prompt(tokenizer, q, n_img)
+    targets = _encode_targets(tokenizer, [r[2] for r in rows])
+    return [Example(s, prompt_cache[q], t) for (s, q, _), t in zip(rows, targets)]
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch with labels only on target tokens."""
+    seqs = [e.prompt_ids + e.target_ids for e in examples]
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (B, T)
+    labels = torch.full((len(seqs), width), -100, dtype=torch.long)  # (B, T)
+    attention = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, T)
+    for i, (e, s) in enumerate(zip(examples, seqs)):
+        input_ids[i, : len(s)] = torch.tensor(s)
+        labels[i, len(e.prompt_ids) : len(s)] = torch.tensor(e.target_ids)
+        attention[i, : len(s)] = 1
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention,
+        "labels": labels,
+        "pixel_values": pixel_values([render(e.scene) for e in examples]),  # (B, 3, H, W)
+    }
+
+
+# ---------------------------------------------------------------- training
+
+
+def cell_targets(scenes: list[Scene]) -> dict[str, torch.Tensor]:
+    """Per grid cell: category (0 = empty), color and size indices; -100 where a cell is empty. Each (B, 9)."""
+    n = len(scenes)
+    cat = torch.zeros((n, N_CELLS), dtype=torch.long)
+    color = torch.full((n, N_CELLS), -100, dtype=torch.long)
+    size = torch.full((n, N_CELLS), -100, dtype=torch.long)
+    for i, scene in enumerate(scenes):
+        for o in scene.objects:
+            cat[i, o.cell] = CATEGORIES.index(o.category) + 1
+            color[i, o.cell] = list(COLORS).index(o.color)
+            size[i, o.cell] = SIZES.index(o.size)
+    return {"category": cat, "color": color, "size": size}
+
+
+def pretrain_vision(model, tokenizer, scenes: list[Scene], cfg: SFTConfig, seed: int, name: str) -> list[float]:
+    """Align image tokens with the words for what they show, before the language model learns to read them.
+
+    The world's few-second version of LLaVA's feature-alignment stage: each image token (one grid cell) is
+    classified into its category (or empty), color and size by dot products with the language model's own input
+    embeddings of those words, so a cell holding a red fork lands near the embeddings of "red" and "fork". Attention
+    then finds the cell a question talks about by plain similarity, which a two-layer LM learns in few steps.
+    """
+    torch.manual_seed(seed)
+    embed = model.get_input_embeddings()
+
+    def word_ids(words) -> torch.Tensor:
+        ids = [tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in words]
+        if any(len(i) != 1 for i in ids):
+            raise ValueError(f"world words must be single tokens: {words}")
+        return torch.tensor([i[0] for i in ids])
+
+    vocab = {"category": word_ids(CATEGORIES), "color": word_ids(COLORS), "size": word_ids(SIZES)}
+    empty = torch.nn.Parameter(torch.zeros(model.config.text_config.hidden_size))  # the "nothing here" class
+    params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters(),
+              *embed.parameters(), empty]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    rng = np.random.default_rng([seed, 4])
+    losses: list[float] = []
+    with progress(f"vision alignment ({name})", cfg.vision_pretrain_steps) as bar:
+        for _ in range(cfg.vision_pretrain_steps):
+            batch = [scenes[i] for i in rng.integers(len(scenes), size=cfg.vision_batch_size)]
+            feats = model.get_image_features(pixel_values=pixel_values([render(s) for s in batch])).pooler_output
+            feats = torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats  # (B, 9, H)
+            targets = cell_targets(batch)
+            loss = 0.0
+            for kind, ids in vocab.items():
+                classes = embed.weight[ids]  # (C, H)
+                if kind == "category":
+                    classes = torch.cat([empty[None], classes])  # (C + 1, H)
+                logits = feats @ classes.T  # (B, 9, C)
+                loss = loss + torch.nn.functional.cross_entropy(
+                    logits.flatten(0, 1), targets[kind].flatten(), ignore_index=-100
+                )
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            bar.advance(1, status=f"loss {np.mean(losses[-20:]):.3f}")
+    return losses
+
+
+def train_sft(model, examples: list[Example], cfg: SFTConfig, seed: int, pad_id: int, name: str) -> list[float]:
+    """One pass over the examples with AdamW, linear warmup and cosine decay; returns the loss per step."""
+    torch.manual_seed(seed)
+    order = np.random.default_rng([seed, 3]).permutation(len(examples))
+    steps = math.ceil(len(examples) / cfg.batch_size)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+
+    def lr_at(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        t = (step - cfg.warmup_steps) / max(1, steps - cfg.warmup_steps)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    model.train()
+    losses: list[float] = []
+    with progress(f"training {name}", steps) as bar:
+        for step in range(steps):
+            batch = collate([examples[i] for i in order[step * cfg.batch_size : (step + 1) * cfg.batch_size]], pad_id)
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            bar.advance(1, status=f"loss {np.mean(losses[-20:]):.3f}")
+    model.eval()
+    return losses
+
+
+def _train_one(cfg: WorldConfig, tokenizer, role: str, out: Path, init_from=None) -> dict:
+    model_cfg = cfg.policy_model if role == "policy" else cfg.labeler_model
+    train_cfg = cfg.policy_train if role == "policy" else cfg.labeler_train
+    make = policy_examples if role == "policy" else labeler_examples
+    seed = cfg.seed * 1000 + (1 if role == "policy" else 2)
+    start = time.perf_counter()
+    examples = make(cfg, tokenizer)
+    model = build_model(tokenizer, model_cfg, seed)
+    if init_from is not None:
+        model.load_state_dict(init_from.state_dict())
+    scenes = list({e.scene.scene_id: e.scene for e in examples}.values())
+    vision_losses = pretrain_vision(model, tokenizer, scenes, train_cfg, seed, role)
+    losses = train_sft(model, examples, train_cfg, seed, tokenizer.pad_token_id, role)
+    save_vlm(model, build_processor(tokenizer, model_cfg), out)
+    return {
+        "examples": len(examples),
+        "steps": len(losses),
+        "final_loss": float(np.mean(losses[-20:])),
+        "vision_final_loss": float(np.mean(vision_losses[-20:])) if vision_losses else None,
+        "seconds": round(time.perf_counter() - start, 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+# ---------------------------------------------------------------- cache
+
+
+def _load_manifest(root: Path) -> dict:
+    """The cached world's manifest, after checking that both models load; raises with the reason otherwise."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    manifest = json.loads((root / MANIFEST).read_text())
+    for role in ("policy", "labeler"):
+        AutoProcessor.from_pretrained(root / role)
+        AutoModelForImageTextToText.from_pretrained(root / role)
+    return manifest
+
+
+def bootstrap(cfg: WorldConfig, force: bool = False) -> WorldModels:
+    """The world's models for this config: from the cache when a complete build exists, else built now."""
+    key = cache_key(cfg)
+    base = cache_root() / "world"
+    root = base / key
+    if root.exists() and not force:
+        try:
+            manifest = _load_manifest(root)
+            log(f"world models: cached at {root}")
+            return WorldModels(root, root / "policy", root / "labeler", manifest)
+        except Exception as exc:  # noqa: BLE001 - any failure to load means the cache entry is unusable
+            log(f"[yellow]world models: cached build at {root} is unusable ({type(exc).__name__}: {exc}); rebuilding")
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = base / f".tmp-{key}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    start = time.perf_counter()
+    log(f"world models: bootstrapping (seed {cfg.seed}) into {root}")
+    tokenizer = build_tokenizer(cfg.seed, cfg.tokenizer_vocab)
+    stats = {role: _train_one(cfg, tokenizer, role, tmp / role) for role in ("policy", "labeler")}
+    manifest = {
+        "key": key,
+        "version": __version__,
+        "config": cfg.model_dump(mode="json"),
+        "seconds": round(time.perf_counter() - start, 1),
+        "train": stats,
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    if root.exists():  # an unusable or forced-over build
+        shutil.rmtree(root)
+    os.replace(tmp, root)
+    for stale in base.glob(f".tmp-{key}-*"):  # leftovers of killed builds
+        shutil.rmtree(stale, ignore_errors=True)
+    return WorldModels(root, root / "policy", root / "labeler", manifest)

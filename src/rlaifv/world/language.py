@@ -1,0 +1,276 @@
+"""The world's small English: descriptions, yes/no questions, and a parser that reads descriptions back.
+
+Descriptions say one object per sentence in varied forms ("There is a small red fork on the left.", "In the center,
+there is a blue cup."). Yes/no questions ask about one atomic fact: existence, color, size or position.
+
+Captions used to train the base policy are *noisy* the way web and LLM-written captions are: after describing what
+is there, the captioner often adds the usual partner of an object even when it is absent ("... a knife" -> "There is
+a fork."), sometimes writes an object's typical color instead of its real one, and now and then forgets an object.
+The parser maps any text (a policy's output included) back to mentions, which is how world metrics stay exact.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from rlaifv.world.scenes import (
+    CATEGORIES,
+    COLORS,
+    N_CELLS,
+    PARTNER,
+    SIZES,
+    TYPICAL_COLOR,
+    Scene,
+    WorldObject,
+)
+
+# Describe-the-image instructions, in the spirit of Object HalBench's eight prompts.
+DESCRIBE_INSTRUCTIONS: tuple[str, ...] = (
+    "Describe this image in detail.",
+    "What do you see in this picture?",
+    "Provide a thorough description of the image.",
+    "Tell me what is in this image.",
+    "Write a detailed description of the picture.",
+    "What objects are in this image? Describe them.",
+    "Give a careful description of everything in the image.",
+    "Explain what this image contains.",
+)
+YES_NO_SUFFIX = "Answer yes or no."
+
+# How each cell is said in a sentence; each phrase maps to exactly one cell, so a position claim is exact.
+POSITION_PHRASES: tuple[str, ...] = (
+    "in the top left corner", "at the top", "in the top right corner",
+    "on the left", "in the center", "on the right",
+    "in the bottom left corner", "at the bottom", "in the bottom right corner",
+)
+SIZE_SYNONYMS: dict[str, str] = {"small": "small", "little": "small", "large": "large", "big": "large"}
+
+
+class CaptionNoise(BaseModel):
+    """How the world's captioner errs; the base policy learns these habits from its captions.
+
+    A hallucination probability above 0.5 makes the habit the *most likely* continuation, so even greedy decoding
+    of the trained policy mentions absent partners -- and sampling at temperature 0.7 still often leaves them out,
+    which is what gives feedback pairs to learn from.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    partner_hallucination_prob: float = Field(
+        0.65, ge=0, le=1, description="chance to add an absent partner of a present object after the real objects"
+    )
+    typical_color_prob: float = Field(
+        0.2, ge=0, le=1, description="chance to write a category's typical color instead of the real one"
+    )
+    omission_prob: float = Field(0.04, ge=0, le=1, description="chance to forget a real object")
+    size_mention_prob: float = Field(0.6, ge=0, le=1, description="chance that a sentence states the size")
+    position_mention_prob: float = Field(0.85, ge=0, le=1, description="chance that a sentence states the position")
+
+
+@dataclass(frozen=True, slots=True)
+class Mention:
+    """An object as a text states it; None where the text does not say."""
+
+    category: str
+    color: str | None = None
+    size: str | None = None
+    cell: int | None = None
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def noun_phrase(m: Mention, rng: np.random.Generator) -> str:
+    words = []
+    if m.size is not None:
+        words.append(m.size if rng.random() < 0.7 else {"small": "little", "large": "big"}[m.size])
+    if m.color is not None:
+        words.append(m.color)
+    words.append(m.category)
+    return f"{_article(words[0])} {' '.join(words)}"
+
+
+def sentence(m: Mention, rng: np.random.Generator) -> str:
+    """One sentence about one object, in one of several forms."""
+    np_ = noun_phrase(m, rng)
+    if m.cell is None:
+        forms = (f"There is {np_}.", f"I can see {np_}.", f"The image also shows {np_}.")
+    else:
+        pos = POSITION_PHRASES[m.cell]
+        forms = (
+            f"There is {np_} {pos}.",
+            f"{np_[0].upper()}{np_[1:]} is {pos}.",
+            f"I can see {np_} {pos}.",
+            f"{pos[0].upper()}{pos[1:]}, there is {np_}.",
+        )
+    return forms[int(rng.integers(len(forms)))]
+
+
+def describe(mentions: list[Mention], rng: np.random.Generator) -> str:
+    if not mentions:
+        return "The image is empty."
+    return " ".join(sentence(m, rng) for m in mentions)
+
+
+def true_mentions(scene: Scene) -> list[Mention]:
+    """Every object with every attribute, in reading order: a perfect description's content."""
+    return [Mention(o.category, o.color, o.size, o.cell) for o in scene.objects]
+
+
+def noisy_caption(scene: Scene, rng: np.random.Generator, noise: CaptionNoise = CaptionNoise()) -> str:
+    """A training caption with the captioner's habits (see module docstring)."""
+    mentions = []
+    for obj in scene.objects:
+        if rng.random() < noise.omission_prob and len(scene.objects) > 1:
+            continue
+        color = TYPICAL_COLOR[obj.category] if rng.random() < noise.typical_color_prob else obj.color
+        mentions.append(_with_optional_attrs(obj.category, color, obj.size, obj.cell, rng, noise))
+    free_cells = [c for c in range(N_CELLS) if all(o.cell != c for o in scene.objects)]
+    for obj in scene.objects:
+        partner = PARTNER.get(obj.category)
+        if partner is None or partner in scene.categories or rng.random() >= noise.partner_hallucination_prob:
+            continue
+        if any(m.category == partner for m in mentions) or not free_cells:
+            continue
+        color = TYPICAL_COLOR[partner] if rng.random() < 0.5 else list(COLORS)[int(rng.integers(len(COLORS)))]
+        size = SIZES[int(rng.integers(len(SIZES)))]
+        cell = free_cells.pop(int(rng.integers(len(free_cells))))
+        mentions.append(_with_optional_attrs(partner, color, size, cell, rng, noise))
+    return describe(mentions, rng)
+
+
+def _with_optional_attrs(category, color, size, cell, rng, noise: CaptionNoise) -> Mention:
+    return Mention(
+        category,
+        color,
+        size if rng.random() < noise.size_mention_prob else None,
+        cell if rng.random() < noise.position_mention_prob else None,
+    )
+
+
+# ---------------------------------------------------------------- yes/no questions
+
+
+@dataclass(frozen=True, slots=True)
+class YesNoQuestion:
+    """An atomic yes/no question with its exact answer; `kind` says what it probes, `hard` marks hard negatives."""
+
+    question: str
+    answer: bool
+    kind: str  # "existence" | "color" | "size" | "position"
+    hard: bool  # a false claim that the co-occurrence prior or a near miss makes tempting
+
+
+def existence_question(category: str, rng: np.random.Generator) -> str:
+    forms = (
+        f"Is there {_article(category)} {category} in the image?",
+        f"Is there {_article(category)} {category}?",
+        f"Does the image contain {_article(category)} {category}?",
+    )
+    return forms[int(rng.integers(len(forms)))]
+
+
+def attribute_question(category: str, kind: str, value: str | int) -> str:
+    if kind == "color" or kind == "size":
+        return f"Is the {category} {value}?"
+    if kind == "position":
+        return f"Is the {category} {POSITION_PHRASES[int(value)]}?"
+    raise ValueError(f"unknown attribute kind {kind!r}")
+
+
+def _neighbors(cell: int) -> list[int]:
+    r, c = divmod(cell, 3)
+    return [rr * 3 + cc for rr, cc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)) if 0 <= rr < 3 and 0 <= cc < 3]
+
+
+def sample_questions(scene: Scene, rng: np.random.Generator, n: int) -> list[YesNoQuestion]:
+    """n balanced yes/no questions about a scene: half true, half false, most false ones hard negatives."""
+    out: list[YesNoQuestion] = []
+    present = list(scene.objects)
+    absent = [c for c in CATEGORIES if c not in scene.categories]
+    absent_partners = [PARTNER[o.category] for o in present if PARTNER.get(o.category) in absent]
+    for i in range(n):
+        want_true = i % 2 == 0
+        kind = ("existence", "color", "size", "position")[int(rng.integers(4))]
+        obj: WorldObject = present[int(rng.integers(len(present)))]
+        if kind == "existence":
+            if want_true:
+                out.append(YesNoQuestion(existence_question(obj.category, rng), True, kind, False))
+            else:
+                hard = bool(absent_partners) and rng.random() < 0.6
+                pool = absent_partners if hard else absent
+                cat = pool[int(rng.integers(len(pool)))]
+                out.append(YesNoQuestion(existence_question(cat, rng), False, kind, hard))
+            continue
+        true_value = {"color": obj.color, "size": obj.size, "position": obj.cell}[kind]
+        if want_true:
+            value = true_value
+        elif kind == "color":
+            typical = TYPICAL_COLOR[obj.category]
+            others = [c for c in COLORS if c != obj.color]
+            value = typical if typical != obj.color and rng.random() < 0.5 else others[int(rng.integers(len(others)))]
+        elif kind == "size":
+            value = "small" if obj.size == "large" else "large"
+        else:
+            near = _neighbors(obj.cell)
+            value = near[int(rng.integers(len(near)))]
+        q = attribute_question(obj.category, kind, value)
+        out.append(YesNoQuestion(q, bool(want_true), kind, not want_true))
+    return out
+
+
+def with_suffix(question: str, rng: np.random.Generator | None = None, prob: float = 0.5) -> str:
+    """Questions sometimes carry an explicit 'answer yes or no' suffix, as the feedback stage's questions do."""
+    if rng is None or rng.random() < prob:
+        return f"{question} {YES_NO_SUFFIX}"
+    return question
+
+
+# ---------------------------------------------------------------- parsing
+
+
+_CAT_RE = re.compile(r"\b(" + "|".join(CATEGORIES) + r")s?\b")
+_COLOR_RE = re.compile(r"\b(" + "|".join(COLORS) + r")\b")
+_SIZE_RE = re.compile(r"\b(" + "|".join(SIZE_SYNONYMS) + r")\b")
+_POS_RE = re.compile("|".join(re.escape(p) for p in sorted(POSITION_PHRASES, key=len, reverse=True)))
+
+
+def parse_mentions(text: str) -> list[Mention]:
+    """Every object mention in a text, with the attributes its sentence states.
+
+    A sentence with one category attaches the sentence's color, size and position to it; in a sentence with several
+    categories, only the category words count (attributes would be ambiguous). Repeats are kept: every mention
+    counts, as in CHAIR.
+    """
+    mentions: list[Mention] = []
+    for sent in re.split(r"[.!?\n]+", text.lower()):
+        cats = _CAT_RE.findall(sent)
+        if not cats:
+            continue
+        if len(cats) > 1:
+            mentions.extend(Mention(c) for c in cats)
+            continue
+        color = _COLOR_RE.findall(sent)
+        size = _SIZE_RE.findall(sent)
+        pos = _POS_RE.findall(sent)
+        mentions.append(
+            Mention(
+                cats[0],
+                color[0] if len(color) == 1 else None,
+                SIZE_SYNONYMS[size[0]] if len(size) == 1 else None,
+                POSITION_PHRASES.index(pos[0]) if len(pos) == 1 else None,
+            )
+        )
+    return mentions
+
+
+__all__ = [
+    "DESCRIBE_INSTRUCTIONS", "POSITION_PHRASES", "YES_NO_SUFFIX", "CaptionNoise", "Mention",
+    "YesNoQuestion", "describe", "existence_question", "noisy_caption", "parse_mentions", "sample_questions",
+    "true_mentions", "with_suffix",
+]

@@ -1,0 +1,29 @@
+"""Shared fixtures: one micro world, bootstrapped once per test session into a private cache."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from rlaifv.config import WorldConfig
+
+
+@pytest.fixture(scope="session")
+def micro_cache(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("rlaifv-cache")
+    os.environ["RLAIFV_CACHE"] = str(path)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def micro_config() -> WorldConfig:
+    return WorldConfig.preset("micro")
+
+
+@pytest.fixture(scope="session")
+def micro_world(micro_cache, micro_config):
+    from rlaifv.world.bootstrap import bootstrap
+
+    return bootstrap(micro_config)

@@ -1,0 +1,356 @@
+"""Sharded Parquet store on real files: round trips, crash + resume, quarantine."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rlaifv.records import (
+    Candidate,
+    Claim,
+    Generation,
+    Pair,
+    Prompt,
+    Quarantined,
+    Record,
+    Scored,
+    Verdict,
+)
+from rlaifv.store import ShardedStore
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _pair(i: int, logp: float | None) -> Pair:
+    return Pair(
+        f"p{i}",
+        f"img/{i}.jpg",
+        "What is shown?",
+        f"good {i}",
+        f"bad {i}",
+        0.0,
+        -1.0 * i,
+        i % 2,
+        logp,
+        None if logp is None else logp - 1.0,
+        {"i": i, "tags": ["x"] * i},
+    )
+
+
+# Several records per type, with shard_size=2 below, so shards differ in which
+# nullable columns are all-None: the schema must still be the same in every shard.
+EXAMPLES: dict[type[Record], list[Record]] = {
+    Prompt: [
+        Prompt(
+            "p0", "", b"\x89PNG\r\n\x00\xff", "aa", "q0?", "coco", {"w": 640, "h": 480}
+        ),
+        Prompt("p1", "img/1.jpg", None, "bb", "q1?", "coco", {}),
+        Prompt("p2", "", b"", "cc", "q2?", "vg", {"nested": {"list": [1, "a", None]}}),
+        Prompt("p3", "img/3.jpg", None, "dd", "q3?", "vg", {"unicode": "café ☕"}),
+    ],
+    Candidate: [
+        Candidate(
+            "p0", i, f"text {i}", 10 + i, "llava@abc123", {"temperature": 0.7 + i}, i
+        )
+        for i in range(3)
+    ],
+    Claim: [Claim("p0", 0, i, f"claim {i}", f"is {i}?") for i in range(3)],
+    Verdict: [Verdict.from_probs("p0", 0, i, 0.2 * i, 0.4) for i in range(3)],
+    Scored: [Scored.from_counts("p0", i, 4, i) for i in range(3)],
+    Pair: [
+        _pair(0, None),
+        _pair(1, None),
+        _pair(2, -3.25),
+        _pair(3, None),
+        _pair(4, -0.5),
+    ],
+    Quarantined: [
+        Quarantined("claims", f"p0/{i}", "empty", '{"text": ""}') for i in range(3)
+    ],
+    Generation: [Generation(f"p{i}", f"answer {i}", i) for i in range(3)],
+}
+
+
+def write(store: ShardedStore, records: list[Record]) -> None:
+    with store.writer() as w:
+        for record in records:
+            w.add(record)
+
+
+@pytest.mark.parametrize("record_type", list(EXAMPLES), ids=lambda t: t.__name__)
+def test_round_trip_every_record_type(
+    tmp_path: Path, record_type: type[Record]
+) -> None:
+    records = EXAMPLES[record_type]
+    store = ShardedStore(tmp_path / "s", record_type, shard_size=2)
+    write(store, records)
+
+    assert len(store.shard_paths()) == (len(records) + 1) // 2
+    assert store.read_all() == records
+    assert len(store) == len(records)
+    assert store.done_keys() == {r.key for r in records}
+    table = store.to_table()
+    assert table.num_rows == len(records)
+    assert table.schema == record_type.arrow_schema()
+
+
+def test_none_and_empty_bytes_stay_distinct(tmp_path: Path) -> None:
+    store = ShardedStore(tmp_path / "s", Prompt, shard_size=1)
+    write(store, EXAMPLES[Prompt])
+    by_id = {p.prompt_id: p for p in store.read()}
+    assert by_id["p0"].image_bytes == b"\x89PNG\r\n\x00\xff"
+    assert by_id["p1"].image_bytes is None
+    assert by_id["p2"].image_bytes == b""
+    assert by_id["p2"].meta == {"nested": {"list": [1, "a", None]}}
+
+
+def test_empty_store(tmp_path: Path) -> None:
+    store = ShardedStore(tmp_path / "missing", Claim)
+    assert len(store) == 0
+    assert store.read_all() == []
+    assert store.read_quarantine() == []
+    assert store.done_keys() == set()
+    assert store.to_table().schema == Claim.arrow_schema()
+
+
+def test_flush_every_shard_size_and_numbering_continues(tmp_path: Path) -> None:
+    store = ShardedStore(tmp_path / "s", Generation, shard_size=3)
+    gens = [Generation(f"p{i:02d}", "t", i) for i in range(10)]
+    with store.writer() as w:
+        for g in gens[:7]:
+            w.add(g)
+        # Two full shards are on disk before the context exits; 1 record is buffered.
+        assert [p.name for p in store.shard_paths()] == [
+            "part-00000.parquet",
+            "part-00001.parquet",
+        ]
+        assert len(store) == 6
+    assert len(store.shard_paths()) == 3
+    write(store, gens[7:])
+    assert [p.name for p in store.shard_paths()][-1] == "part-00003.parquet"
+    assert store.read_all() == gens
+
+
+def test_exception_in_writer_flushes_complete_records(tmp_path: Path) -> None:
+    store = ShardedStore(tmp_path / "s", Generation, shard_size=100)
+    with pytest.raises(RuntimeError, match="boom"), store.writer() as w:
+        w.add(Generation("a", "t", 1))
+        w.add(Generation("b", "t", 1))
+        raise RuntimeError("boom")
+    assert [g.prompt_id for g in store.read()] == ["a", "b"]
+
+
+def test_duplicate_key_raises(tmp_path: Path) -> None:
+    store = ShardedStore(tmp_path / "s", Claim, shard_size=2)
+    with store.writer() as w:
+        w.add(Claim("p", 0, 0, "s", "q"))
+        with pytest.raises(ValueError, match="duplicate"):
+            w.add(Claim("p", 0, 0, "other statement", "q"))  # same key, buffered
+        w.add(Claim("p", 0, 1, "s", "q"))  # flushes a shard
+        w.quarantine("p/0/2", "unparseable", {"raw": "???"})
+        with pytest.raises(ValueError, match="duplicate"):
+            w.quarantine("p/0/1", "again", {})
+        with pytest.raises(ValueError, match="duplicate"):
+            w.add(Claim("p", 0, 2, "s", "q"))  # key already quarantined
+    with store.writer() as w:  # a new writer sees what is on disk
+        with pytest.raises(ValueError, match="duplicate"):
+            w.add(Claim("p", 0, 1, "s", "q"))
+        with pytest.raises(ValueError, match="duplicate"):
+            w.quarantine("p/0/2", "again", {})
+    assert [c.key for c in store.read()] == ["p/0/0", "p/0/1"]
+
+
+def test_wrong_record_type_raises(tmp_path: Path) -> None:
+    store = ShardedStore(tmp_path / "s", Claim)
+    with store.writer() as w, pytest.raises(TypeError):
+        w.add(Generation("p", "t", 1))  # type: ignore[arg-type]
+
+
+def test_bad_record_fails_in_add_and_claims_no_key(tmp_path: Path) -> None:
+    store = ShardedStore(tmp_path / "s", Claim)
+    with store.writer() as w:
+        with pytest.raises(ValueError, match="statement"):
+            w.add(Claim("p", 0, 0, None, "q"))  # type: ignore[arg-type]
+        assert "p/0/0" not in w
+        w.add(Claim("p", 0, 0, "fixed", "q"))
+    assert [c.statement for c in store.read()] == ["fixed"]
+
+
+def test_quarantine_is_done_and_readable(tmp_path: Path) -> None:
+    store = ShardedStore(tmp_path / "claims", Candidate, shard_size=10)
+    bad = Candidate("p1", 0, "", 0, "m@r", {"temperature": 1.0}, 0)
+    with store.writer() as w:
+        w.add(EXAMPLES[Candidate][0])
+        w.quarantine(bad.key, "empty response", bad)
+        w.quarantine("p2/0", "not json", {"blob": b"\x00\x01", "path": Path("/x")})
+        assert "p2/0" in w and "p1/0" in w and "p0/0" in w and "p9/0" not in w
+
+    assert store.done_keys() == {"p0/0", "p1/0", "p2/0"}
+    assert len(store) == 1  # quarantined rows are not records
+    assert [p.name for p in store.quarantine_paths()] == ["part-00000.parquet"]
+    q = store.read_quarantine()
+    assert [(x.stage, x.record_key, x.reason) for x in q] == [
+        ("claims", "p1/0", "empty response"),
+        ("claims", "p2/0", "not json"),
+    ]
+    assert Candidate(**json.loads(q[0].record)) == bad  # the fields, dicts nested as is
+    assert json.loads(q[1].record) == {"blob": "AAE=", "path": "/x"}  # bytes as base64
+
+
+def test_stale_tmp_files_are_ignored_and_cleaned(tmp_path: Path) -> None:
+    store = ShardedStore(tmp_path / "s", Generation, shard_size=2)
+    write(store, [Generation("a", "t", 1), Generation("b", "t", 1)])
+    # What a run killed mid-write leaves behind: half-written temp shards.
+    stale = [
+        store.shards_dir / ".part-00001.parquet.tmp-99999",
+        store.shards_dir / ".part-00007.parquet.tmp-4242",
+        store.quarantine_dir / ".part-00000.parquet.tmp-99999",
+    ]
+    store.quarantine_dir.mkdir(parents=True, exist_ok=True)
+    for path in stale:
+        path.write_bytes(b"PAR1 truncated garbage")
+
+    assert [p.name for p in store.shard_paths()] == ["part-00000.parquet"]
+    assert store.quarantine_paths() == []
+    assert len(store) == 2 and store.done_keys() == {"a", "b"}
+    assert [g.prompt_id for g in store.read()] == ["a", "b"]
+
+    with store.writer() as w:
+        assert not any(p.exists() for p in stale)
+        w.add(Generation("c", "t", 1))
+    assert [p.name for p in store.shard_paths()] == [
+        "part-00000.parquet",
+        "part-00001.parquet",
+    ]
+    assert not list(store.root.rglob("*.tmp-*"))
+    assert [g.prompt_id for g in store.read()] == ["a", "b", "c"]
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from rlaifv.records import Generation
+    from rlaifv.store import ShardedStore
+
+    root, n_total, shard_size, ready_at, delay = sys.argv[1:6]
+    store = ShardedStore(Path(root), Generation, shard_size=int(shard_size))
+    with store.writer() as w:
+        for i in range(int(n_total)):
+            w.add(Generation(f"p{i:05d}", f"answer {i}", i))
+            if i + 1 == int(ready_at):
+                print("ready", flush=True)
+            time.sleep(float(delay))
+    print("finished", flush=True)
+    """
+)
+
+
+def start_child(tmp_path: Path, root: Path, *args: object) -> subprocess.Popen[str]:
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]),
+    }
+    return subprocess.Popen(
+        [sys.executable, str(script), str(root), *map(str, args)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def kill(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+
+
+def resume(root: Path, n_total: int, shard_size: int) -> ShardedStore:
+    store = ShardedStore(root, Generation, shard_size=shard_size)
+    done = store.done_keys()
+    with store.writer() as w:
+        for i in range(n_total):
+            gen = Generation(f"p{i:05d}", f"answer {i}", i)
+            if gen.key not in done:
+                w.add(gen)
+    return store
+
+
+def assert_each_key_once(store: ShardedStore, n_total: int) -> None:
+    counts = Counter(g.key for g in store.read())
+    assert set(counts) == {f"p{i:05d}" for i in range(n_total)}  # none missing
+    assert max(counts.values()) == 1  # none duplicated
+    assert len(store) == n_total
+    assert not list(store.root.rglob("*.tmp-*"))
+
+
+def test_resume_after_sigkill_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "gen"
+    # The child writes 2.5 shards' worth (2 shards flushed, 5 buffered), then hangs.
+    proc = start_child(tmp_path, root, 50, 10, 25, 0.0)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    finally:
+        kill(proc)
+    store = ShardedStore(root, Generation, shard_size=10)
+    assert len(store.shard_paths()) == 2
+    assert store.done_keys() == {f"p{i:05d}" for i in range(20)}  # the buffer is lost
+
+    resume(root, 50, 10)
+    assert_each_key_once(store, 50)
+    assert len(store.shard_paths()) == 5
+
+
+def test_resume_after_sigkill_at_an_arbitrary_moment(tmp_path: Path) -> None:
+    root = tmp_path / "gen"
+    n_total = 600
+    proc = start_child(tmp_path, root, n_total, 7, -1, 0.002)
+    store = ShardedStore(root, Generation, shard_size=7)
+    try:
+        deadline = time.monotonic() + 60
+        while (
+            len(store.shard_paths()) < 3
+        ):  # some shards exist; the kill lands anywhere
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.005)
+    finally:
+        kill(proc)
+    assert 3 * 7 <= len(store) < n_total
+
+    resume(root, n_total, 50)
+    assert_each_key_once(store, n_total)
+
+
+def test_write_config_round_trips_as_readable_yaml(tmp_path: Path) -> None:
+    store = ShardedStore(tmp_path / "s", Claim)
+    config = {
+        "stage": "claims",
+        "model": {"name": "llava", "revision": "abc123"},
+        "temperature": 0.7,
+        "seeds": [1, 2, 3],
+        "note": "café",
+        "limit": None,
+    }
+    path = store.write_config(config)
+    assert path == tmp_path / "s" / "config.yaml"
+    text = path.read_text(encoding="utf-8")
+    assert yaml.safe_load(text) == config
+    assert store.read_config() == config
+    assert (
+        text.index("stage:") < text.index("model:") < text.index("seeds:")
+    )  # order kept
+    assert "café" in text and "{" not in text  # block style, readable
+    store.write_config({"stage": "v2"})  # rewrites in place, no temp left behind
+    assert store.read_config() == {"stage": "v2"}
+    assert [p.name for p in store.root.iterdir()] == ["config.yaml"]

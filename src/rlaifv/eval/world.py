@@ -50,23 +50,25 @@ def describe_scenes(engine: HFEngine, scenes: list[Scene], ecfg: EvalConfig, sto
     return [done[s.scene_id] for s in scenes]
 
 
-def evaluate_policy(policy: Path, wcfg: WorldConfig, ecfg: EvalConfig, out: Path | None = None) -> dict[str, float]:
+def evaluate_policy(
+    policy: Path, wcfg: WorldConfig, ecfg: EvalConfig, out: Path | None = None, device: str = "cpu"
+) -> dict[str, float]:
     """CHAIRs, CHAIRi, Cover, attribute error and mean length of the policy's greedy descriptions."""
     scenes = sample_scenes(wcfg.seed, ecfg.split, ecfg.n_scenes, wcfg.prior)
     store = None
     if out is not None:
         store = ShardedStore(Path(out) / "generations", Generation)
         store.write_config({"policy": str(policy), "world": wcfg.model_dump(mode="json"), "eval": ecfg.model_dump()})
-    texts = describe_scenes(HFEngine(policy), scenes, ecfg, store)
+    texts = describe_scenes(HFEngine(policy, device=device), scenes, ecfg, store)
     return description_metrics(scenes, texts)
 
 
-def evaluate_labeler(labeler: Path, wcfg: WorldConfig, ecfg: EvalConfig) -> dict[str, float]:
+def evaluate_labeler(labeler: Path, wcfg: WorldConfig, ecfg: EvalConfig, device: str = "cpu") -> dict[str, float]:
     """Accuracy, hard-negative accuracy and false-rejection rate of the labeler on held-out yes/no claims."""
     scenes = sample_scenes(wcfg.seed, ecfg.split, ecfg.n_scenes, wcfg.prior)
     rng = np.random.default_rng([wcfg.seed, 99])
     items = [(s, q) for s in scenes for q in sample_questions(s, rng, ecfg.labeler_questions_per_scene)]
-    engine = HFEngine(labeler)
+    engine = HFEngine(labeler, device=device)
     probs: list[tuple[float, float]] = []
     batch = ecfg.batch_size * 4  # one-token scoring: much cheaper per item than generation
     with progress("judging claims", len(items)) as bar:

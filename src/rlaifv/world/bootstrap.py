@@ -164,7 +164,9 @@ def cell_targets(scenes: list[Scene]) -> dict[str, torch.Tensor]:
     return {"category": cat, "color": color, "size": size}
 
 
-def pretrain_vision(model, tokenizer, scenes: list[Scene], cfg: SFTConfig, seed: int, name: str) -> list[float]:
+def pretrain_vision(
+    model, tokenizer, scenes: list[Scene], cfg: SFTConfig, seed: int, name: str, device: str = "cpu"
+) -> list[float]:
     """Align image tokens with the words for what they show, before the language model learns to read them.
 
     The world's few-second version of LLaVA's feature-alignment stage: each image token (one grid cell) is
@@ -179,10 +181,10 @@ def pretrain_vision(model, tokenizer, scenes: list[Scene], cfg: SFTConfig, seed:
         ids = [tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in words]
         if any(len(i) != 1 for i in ids):
             raise ValueError(f"world words must be single tokens: {words}")
-        return torch.tensor([i[0] for i in ids])
+        return torch.tensor([i[0] for i in ids], device=device)
 
     vocab = {"category": word_ids(CATEGORIES), "color": word_ids(COLORS), "size": word_ids(SIZES)}
-    empty = torch.nn.Parameter(torch.zeros(model.config.text_config.hidden_size))  # the "nothing here" class
+    empty = torch.nn.Parameter(torch.zeros(model.config.text_config.hidden_size, device=device))  # the "nothing here" class
     params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters(),
               *embed.parameters(), empty]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
@@ -191,9 +193,10 @@ def pretrain_vision(model, tokenizer, scenes: list[Scene], cfg: SFTConfig, seed:
     with progress(f"vision alignment ({name})", cfg.vision_pretrain_steps) as bar:
         for _ in range(cfg.vision_pretrain_steps):
             batch = [scenes[i] for i in rng.integers(len(scenes), size=cfg.vision_batch_size)]
-            feats = model.get_image_features(pixel_values=pixel_values([render(s) for s in batch])).pooler_output
+            images = pixel_values([render(s) for s in batch], device)
+            feats = model.get_image_features(pixel_values=images).pooler_output
             feats = torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats  # (B, 9, H)
-            targets = cell_targets(batch)
+            targets = {k: v.to(device) for k, v in cell_targets(batch).items()}
             loss = 0.0
             for kind, ids in vocab.items():
                 classes = embed.weight[ids]  # (C, H)
@@ -211,7 +214,9 @@ def pretrain_vision(model, tokenizer, scenes: list[Scene], cfg: SFTConfig, seed:
     return losses
 
 
-def train_sft(model, examples: list[Example], cfg: SFTConfig, seed: int, pad_id: int, name: str) -> list[float]:
+def train_sft(
+    model, examples: list[Example], cfg: SFTConfig, seed: int, pad_id: int, name: str, device: str = "cpu"
+) -> list[float]:
     """One pass over the examples with AdamW, linear warmup and cosine decay; returns the loss per step."""
     torch.manual_seed(seed)
     order = np.random.default_rng([seed, 3]).permutation(len(examples))
@@ -230,6 +235,7 @@ def train_sft(model, examples: list[Example], cfg: SFTConfig, seed: int, pad_id:
     with progress(f"training {name}", steps) as bar:
         for step in range(steps):
             batch = collate([examples[i] for i in order[step * cfg.batch_size : (step + 1) * cfg.batch_size]], pad_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
             loss = model(**batch).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -242,7 +248,7 @@ def train_sft(model, examples: list[Example], cfg: SFTConfig, seed: int, pad_id:
     return losses
 
 
-def _train_one(cfg: WorldConfig, tokenizer, role: str, out: Path, init_from=None) -> dict:
+def _train_one(cfg: WorldConfig, tokenizer, role: str, out: Path, init_from=None, device: str = "cpu") -> dict:
     model_cfg = cfg.policy_model if role == "policy" else cfg.labeler_model
     train_cfg = cfg.policy_train if role == "policy" else cfg.labeler_train
     make = policy_examples if role == "policy" else labeler_examples
@@ -252,10 +258,11 @@ def _train_one(cfg: WorldConfig, tokenizer, role: str, out: Path, init_from=None
     model = build_model(tokenizer, model_cfg, seed)
     if init_from is not None:
         model.load_state_dict(init_from.state_dict())
+    model.to(device)
     scenes = list({e.scene.scene_id: e.scene for e in examples}.values())
-    vision_losses = pretrain_vision(model, tokenizer, scenes, train_cfg, seed, role)
-    losses = train_sft(model, examples, train_cfg, seed, tokenizer.pad_token_id, role)
-    save_vlm(model, build_processor(tokenizer, model_cfg), out)
+    vision_losses = pretrain_vision(model, tokenizer, scenes, train_cfg, seed, role, device)
+    losses = train_sft(model, examples, train_cfg, seed, tokenizer.pad_token_id, role, device)
+    save_vlm(model.cpu(), build_processor(tokenizer, model_cfg), out)
     return {
         "examples": len(examples),
         "steps": len(losses),

@@ -1,0 +1,67 @@
+"""Cold-cache bootstrap time and base-model quality of the synthetic world, for several seeds, against the goals.
+
+    python benchmarks/world_bootstrap.py --seeds 0 1 2 [--preset default] [--n-test 500]
+
+Each seed bootstraps into a fresh temporary cache (cold), then runs the demo's evaluation. Prints one table row per
+seed and the goals side by side; append the printout to benchmarks/RESULTS.md with the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+GOALS = {
+    "chair_s": (">=", 0.25),
+    "cover": (">=", 0.60),
+    "accuracy": (">=", 0.95),
+    "hard_negative_accuracy": (">=", 0.90),
+    "false_rejection_rate": ("<=", 0.01),
+    "bootstrap_s": ("<=", 180.0),
+    "demo_s": ("<=", 240.0),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--preset", default="default")
+    ap.add_argument("--n-test", type=int, default=500)
+    args = ap.parse_args()
+
+    import torch
+
+    from rlaifv.config import EvalConfig, WorldConfig
+    from rlaifv.demo import run_demo
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}")
+    rows = []
+    for seed in args.seeds:
+        with tempfile.TemporaryDirectory() as tmp:
+            os.environ["RLAIFV_CACHE"] = str(Path(tmp) / "cache")
+            start = time.perf_counter()
+            report = run_demo(Path(tmp) / "demo", seed, WorldConfig.preset(args.preset),
+                              EvalConfig(n_scenes=args.n_test))
+            demo_s = time.perf_counter() - start
+        r0, lab = report["rounds"][0], report["labeler"]
+        rows.append({"seed": seed, **r0, **lab, "bootstrap_s": report["timings"]["bootstrap (0 when cached)"],
+                     "demo_s": demo_s})
+    cols = ["seed", "chair_s", "chair_i", "cover", "attr_err", "mean_len", "accuracy", "hard_negative_accuracy",
+            "false_rejection_rate", "bootstrap_s", "demo_s"]
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    print("goals: " + ", ".join(f"{k} {op} {v}" for k, (op, v) in GOALS.items()))
+    for r in rows:
+        missed = [k for k, (op, v) in GOALS.items() if not (r[k] >= v if op == ">=" else r[k] <= v)]
+        print(f"seed {r['seed']}: " + ("all goals met" if not missed else "missed " + ", ".join(missed)))
+
+
+if __name__ == "__main__":
+    main()

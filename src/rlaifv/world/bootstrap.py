@@ -29,10 +29,8 @@ from rlaifv.config import SFTConfig, WorldConfig
 from rlaifv.progress import log, progress
 from rlaifv.world.language import (
     DESCRIBE_INSTRUCTIONS,
-    describe,
     noisy_caption,
     sample_questions,
-    true_mentions,
     with_suffix,
 )
 from rlaifv.world.models import (
@@ -102,12 +100,7 @@ def policy_examples(cfg: WorldConfig, tokenizer) -> list[Example]:
 
 
 def labeler_examples(cfg: WorldConfig, tokenizer) -> list[Example]:
-    """Balanced yes/no questions with hard negatives, plus exact descriptions of the same scenes.
-
-    The descriptions are there for their dense signal: every token of "There is a red fork on the left" teaches the
-    model to find an object's cell from its name and read it out, which is the skill a yes/no verdict needs but
-    which one answer token per question teaches far too slowly on its own.
-    """
+    """Balanced yes/no questions with hard negatives, half of them with an explicit yes-or-no suffix."""
     rng = np.random.default_rng([cfg.seed, 2])
     n_img = num_image_tokens(cfg.labeler_model)
     # A different slice of the train split than the policy's, so the two models never share scenes by accident.
@@ -117,9 +110,6 @@ def labeler_examples(cfg: WorldConfig, tokenizer) -> list[Example]:
     for scene in scenes:
         for q in sample_questions(scene, rng, cfg.labeler_train.examples_per_scene):
             rows.append((scene, with_suffix(q.question, rng), "Yes" if q.answer else "No"))
-        if rng.random() < cfg.labeler_train.description_share:
-            instruction = DESCRIBE_INSTRUCTIONS[int(rng.integers(len(DESCRIBE_INSTRUCTIONS)))]
-            rows.append((scene, instruction, describe(true_mentions(scene), rng)))
     prompt_cache: dict[str, tuple[int, ...]] = {}
     for _, q, _ in rows:
         if q not in prompt_cache:
@@ -167,27 +157,26 @@ def cell_targets(scenes: list[Scene]) -> dict[str, torch.Tensor]:
 def pretrain_vision(
     model, tokenizer, scenes: list[Scene], cfg: SFTConfig, seed: int, name: str, device: str = "cpu"
 ) -> list[float]:
-    """Align image tokens with the words for what they show, before the language model learns to read them.
+    """Map each image token into the language model's word-embedding space before the LM learns to read it.
 
-    The world's few-second version of LLaVA's feature-alignment stage: each image token (one grid cell) is
-    classified into its category (or empty), color and size by dot products with the language model's own input
-    embeddings of those words, so a cell holding a red fork lands near the embeddings of "red" and "fork". Attention
-    then finds the cell a question talks about by plain similarity, which a two-layer LM learns in few steps.
+    The world's few-second version of LLaVA's feature-alignment stage. One image token covers one grid cell; it is
+    regressed onto the sum of the (fixed) input embeddings of the words for what the cell holds -- "red" + "small"
+    + "fork" -- and onto zero for an empty cell. Image tokens then look to the LM like the words that describe them,
+    at the same scale as text, so it learns to look things up in the image as fast as it would in text.
     """
     torch.manual_seed(seed)
-    embed = model.get_input_embeddings()
+    embed = model.get_input_embeddings().weight.detach()  # (V, H), a fixed target
 
-    def word_ids(words) -> torch.Tensor:
-        ids = [tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in words]
-        if any(len(i) != 1 for i in ids):
-            raise ValueError(f"world words must be single tokens: {words}")
-        return torch.tensor([i[0] for i in ids], device=device)
+    def word_id(word: str) -> int:
+        ids = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"world word {word!r} must be one token, got {ids}")
+        return ids[0]
 
-    vocab = {"category": word_ids(CATEGORIES), "color": word_ids(COLORS), "size": word_ids(SIZES)}
-    empty = torch.nn.Parameter(torch.zeros(model.config.text_config.hidden_size, device=device))  # the "nothing here" class
-    params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters(),
-              *embed.parameters(), empty]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    ids = {kind: torch.tensor([word_id(w) for w in words], device=device)
+           for kind, words in (("category", CATEGORIES), ("color", list(COLORS)), ("size", SIZES))}
+    params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=0.0)
     rng = np.random.default_rng([seed, 4])
     losses: list[float] = []
     with progress(f"vision alignment ({name})", cfg.vision_pretrain_steps) as bar:
@@ -196,21 +185,20 @@ def pretrain_vision(
             images = pixel_values([render(s) for s in batch], device)
             feats = model.get_image_features(pixel_values=images).pooler_output
             feats = torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats  # (B, 9, H)
-            targets = {k: v.to(device) for k, v in cell_targets(batch).items()}
-            loss = 0.0
-            for kind, ids in vocab.items():
-                classes = embed.weight[ids]  # (C, H)
-                if kind == "category":
-                    classes = torch.cat([empty[None], classes])  # (C + 1, H)
-                logits = feats @ classes.T  # (B, 9, C)
-                loss = loss + torch.nn.functional.cross_entropy(
-                    logits.flatten(0, 1), targets[kind].flatten(), ignore_index=-100
-                )
+            targets = cell_targets(batch)
+            occupied = (targets["category"] > 0).to(device)  # (B, 9)
+            goal = torch.zeros_like(feats)  # (B, 9, H): empty cells map to zero
+            cat = embed[ids["category"][(targets["category"] - 1).clamp(min=0).to(device)]]  # (B, 9, H)
+            color = embed[ids["color"][targets["color"].clamp(min=0).to(device)]]  # (B, 9, H)
+            size = embed[ids["size"][targets["size"].clamp(min=0).to(device)]]  # (B, 9, H)
+            goal[occupied] = (cat + color + size)[occupied]
+            # relative error, so the loss reads the same whatever the embedding scale
+            loss = ((feats - goal) ** 2).sum(-1).mean() / (goal**2).sum(-1)[occupied].mean()
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             losses.append(loss.item())
-            bar.advance(1, status=f"loss {np.mean(losses[-20:]):.3f}")
+            bar.advance(1, status=f"rel. error {np.mean(losses[-20:]):.3f}")
     return losses
 
 
@@ -248,7 +236,7 @@ def train_sft(
     return losses
 
 
-def _train_one(cfg: WorldConfig, tokenizer, role: str, out: Path, init_from=None, device: str = "cpu") -> dict:
+def _train_one(cfg: WorldConfig, tokenizer, role: str, out: Path, device: str = "cpu") -> dict:
     model_cfg = cfg.policy_model if role == "policy" else cfg.labeler_model
     train_cfg = cfg.policy_train if role == "policy" else cfg.labeler_train
     make = policy_examples if role == "policy" else labeler_examples
@@ -256,8 +244,6 @@ def _train_one(cfg: WorldConfig, tokenizer, role: str, out: Path, init_from=None
     start = time.perf_counter()
     examples = make(cfg, tokenizer)
     model = build_model(tokenizer, model_cfg, seed)
-    if init_from is not None:
-        model.load_state_dict(init_from.state_dict())
     model.to(device)
     scenes = list({e.scene.scene_id: e.scene for e in examples}.values())
     vision_losses = pretrain_vision(model, tokenizer, scenes, train_cfg, seed, role, device)

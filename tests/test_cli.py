@@ -9,6 +9,9 @@ import sys
 
 import pytest
 
+from rlaifv.records import Generation
+from rlaifv.store import ShardedStore
+
 COMMANDS = [[], ["demo"], ["world"], ["world", "bootstrap"], ["world", "show"], ["eval"], ["eval", "world"]]
 
 
@@ -52,8 +55,13 @@ def test_eval_world_resumes_from_its_store(micro_world, micro_cache, tmp_path):
     args = ["eval", "world", "--policy", str(micro_world.policy), "--n", "12", "--out", str(tmp_path / "e"), "--json"]
     first = _run(args, env=env)
     assert first.returncode == 0, first.stderr
-    again = _run(args, env=env)  # everything is in the store: same numbers, nothing regenerated
+    store = ShardedStore(tmp_path / "e" / "generations", Generation)
+    assert len(store) == 12 and len(store.done_keys()) == 12
+    shards = sorted(p.stat().st_mtime_ns for p in store.shard_paths())
+    again = _run(args, env=env)  # everything is in the store: same numbers, nothing regenerated or rewritten
+    assert again.returncode == 0, again.stderr
     assert json.loads(first.stdout) == json.loads(again.stdout)
+    assert sorted(p.stat().st_mtime_ns for p in store.shard_paths()) == shards
 
 
 def test_bad_config_is_a_readable_error(tmp_path):

@@ -6,11 +6,12 @@ stopped; the metrics are computed from the store.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 
-from rlaifv.config import EvalConfig, WorldConfig, dump_yaml
+from rlaifv.config import EvalConfig, WorldConfig
 from rlaifv.engines.hf import HFEngine, Sampling
 from rlaifv.eval.world_metrics import description_metrics, labeler_metrics
 from rlaifv.progress import progress
@@ -31,22 +32,17 @@ def describe_scenes(engine: HFEngine, scenes: list[Scene], ecfg: EvalConfig, sto
     done = {g.prompt_id: g.text for g in store.read()} if store is not None else {}
     todo = [(i, s) for i, s in enumerate(scenes) if s.scene_id not in done]
     sampling = Sampling(max_new_tokens=ecfg.max_new_tokens)
-    with progress("describing scenes", len(scenes)) as bar:
+    writing = store.writer() if store is not None else nullcontext()
+    with progress("describing scenes", len(scenes)) as bar, writing as writer:
         bar.advance(len(scenes) - len(todo))
-        writer_cm = store.writer() if store is not None else None
-        writer = writer_cm.__enter__() if writer_cm is not None else None
-        try:
-            for start in range(0, len(todo), ecfg.batch_size):
-                batch = todo[start : start + ecfg.batch_size]
-                outs = engine.generate([render(s) for _, s in batch], [instruction_for(i) for i, _ in batch], sampling)
-                for (_, scene), (text, n_tokens) in zip(batch, outs):
-                    done[scene.scene_id] = text
-                    if writer is not None:
-                        writer.add(Generation(prompt_id=scene.scene_id, text=text, n_tokens=n_tokens))
-                bar.advance(len(batch))
-        finally:
-            if writer_cm is not None:
-                writer_cm.__exit__(None, None, None)
+        for start in range(0, len(todo), ecfg.batch_size):
+            batch = todo[start : start + ecfg.batch_size]
+            outs = engine.generate([render(s) for _, s in batch], [instruction_for(i) for i, _ in batch], sampling)
+            for (_, scene), (text, n_tokens) in zip(batch, outs):
+                done[scene.scene_id] = text
+                if writer is not None:
+                    writer.add(Generation(prompt_id=scene.scene_id, text=text, n_tokens=n_tokens))
+            bar.advance(len(batch))
     return [done[s.scene_id] for s in scenes]
 
 
@@ -78,5 +74,3 @@ def evaluate_labeler(labeler: Path, wcfg: WorldConfig, ecfg: EvalConfig, device:
             bar.advance(len(chunk))
     return labeler_metrics([q for _, q in items], probs)
 
-
-__all__ = ["dump_yaml", "evaluate_labeler", "evaluate_policy", "instruction_for"]

@@ -273,6 +273,16 @@ def _load_manifest(root: Path) -> dict:
     return manifest
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def bootstrap(cfg: WorldConfig, force: bool = False) -> WorldModels:
     """The world's models for this config: from the cache when a complete build exists, else built now."""
     key = cache_key(cfg)
@@ -303,6 +313,7 @@ def bootstrap(cfg: WorldConfig, force: bool = False) -> WorldModels:
     if root.exists():  # an unusable or forced-over build
         shutil.rmtree(root)
     os.replace(tmp, root)
-    for stale in base.glob(f".tmp-{key}-*"):  # leftovers of killed builds
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in base.glob(f".tmp-{key}-*"):  # leftovers of killed builds; a live concurrent build keeps its own
+        if not _pid_alive(int(stale.name.rsplit("-", 1)[1])):
+            shutil.rmtree(stale, ignore_errors=True)
     return WorldModels(root, root / "policy", root / "labeler", manifest)

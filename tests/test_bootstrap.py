@@ -26,6 +26,7 @@ def test_bootstrap_trains_both_models_and_reuses_the_cache(micro_world, micro_co
     again = bootstrap(micro_config)
     assert time.perf_counter() - start < 10
     assert again.root == micro_world.root and again.manifest == micro_world.manifest
+    assert not again.built
 
 
 def test_cache_key_depends_on_config_and_seed(micro_config):

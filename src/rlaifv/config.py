@@ -51,7 +51,7 @@ class WorldConfig(StrictModel):
     labeler_model: TinyVLMConfig = Field(default_factory=TinyVLMConfig, description="shape of the yes/no labeler")
     policy_train: SFTConfig = Field(default_factory=SFTConfig, description="captioning SFT of the base policy")
     labeler_train: SFTConfig = Field(
-        default_factory=lambda: SFTConfig(scenes=8000, examples_per_scene=4, lr=1e-3),
+        default_factory=lambda: SFTConfig(scenes=6000, examples_per_scene=4, lr=1e-3),
         description="yes/no SFT of the labeler (balanced answers, hard negatives)",
     )
 

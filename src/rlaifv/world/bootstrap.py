@@ -65,6 +65,7 @@ class WorldModels:
     policy: Path
     labeler: Path
     manifest: dict
+    built: bool = False  # True when this call trained the models, False when they came from the cache
 
 
 def cache_root() -> Path:
@@ -316,4 +317,4 @@ def bootstrap(cfg: WorldConfig, force: bool = False) -> WorldModels:
     for stale in base.glob(f".tmp-{key}-*"):  # leftovers of killed builds; a live concurrent build keeps its own
         if not _pid_alive(int(stale.name.rsplit("-", 1)[1])):
             shutil.rmtree(stale, ignore_errors=True)
-    return WorldModels(root, root / "policy", root / "labeler", manifest)
+    return WorldModels(root, root / "policy", root / "labeler", manifest, built=True)

@@ -83,8 +83,7 @@ def demo(
         report,
         as_json,
         f"base policy: CHAIRs {r0['chair_s']:.3f}, CHAIRi {r0['chair_i']:.3f}, Cover {r0['cover']:.3f}; "
-        f"labeler accuracy {lab['accuracy']:.3f}, false rejections {lab['false_rejection_rate']:.4f}\n"
-        f"report: {workdir / 'report.md'}",
+        f"labeler accuracy {lab['accuracy']:.3f}, false rejections {lab['false_rejection_rate']:.4f}",
     )
 
 

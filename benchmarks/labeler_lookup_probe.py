@@ -5,7 +5,8 @@
 
 No vision tower: the 9 image-token positions of the real chat prompt get, per grid cell, either the input embedding
 of the category word (`cat`), the sum of the category, color and size word embeddings (`sum`, what the bootstrap's
-vision alignment targets), or nothing for an empty cell. The LM then learns balanced yes/no questions. This
+vision alignment targets), three tokens per cell holding those words one each (`split`), or nothing for an empty
+cell. The LM then learns balanced yes/no questions. This
 isolates the language model's side of the labeler problem (benchmarks/RESULTS.md) from perception.
 """
 
@@ -20,7 +21,9 @@ import torch
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cells", choices=("cat", "sum"), default="sum")
+    ap.add_argument("--cells", choices=("cat", "sum", "split"), default="sum",
+                    help="cat: category word; sum: category+color+size summed in one token; "
+                         "split: three tokens per cell (category, color, size)")
     ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -49,22 +52,29 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     prompts: dict[str, list[int]] = {}
 
+    per_cell = 3 if args.cells == "split" else 1
+
     def batch(chunk):
         rows, answers = [], []
         for s in chunk:
-            q = next(q for q in sample_questions(s, rng, 40) if q.kind in args.kinds)
-            rows.append(prompts.setdefault(q.question, list(encode_prompt(tok, q.question, 9))))
+            want = bool(rng.random() < 0.5)  # balanced answers: the question text alone must not give them away
+            q = next((q for q in sample_questions(s, rng, 40) if q.kind in args.kinds and q.answer == want), None)
+            if q is None:
+                q = next(q for q in sample_questions(s, rng, 40) if q.kind in args.kinds)
+            rows.append(prompts.setdefault(q.question, list(encode_prompt(tok, q.question, 9 * per_cell))))
             answers.append(yes if q.answer else no)
         width = max(map(len, rows))
         ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows])  # (B, T), left-padded
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])  # (B, T)
         emb = embed(ids)  # (B, T, H)
         for i, s in enumerate(chunk):
-            cells = torch.zeros(9, emb.shape[-1])  # (9, H): empty cells stay zero
+            cells = torch.zeros(9 * per_cell, emb.shape[-1])  # (9 * per_cell, H): empty cells stay zero
             for o in s.objects:
-                cells[o.cell] = embed.weight[wid(o.category)]
-                if args.cells == "sum":
-                    cells[o.cell] = cells[o.cell] + embed.weight[wid(o.color)] + embed.weight[wid(o.size)]
+                words = [embed.weight[wid(w)] for w in (o.category, o.color, o.size)]
+                if args.cells == "split":
+                    cells[3 * o.cell : 3 * o.cell + 3] = torch.stack(words)
+                else:
+                    cells[o.cell] = words[0] if args.cells == "cat" else sum(words)
             emb[i, ids[i] == image] = cells
         return emb, mask, torch.tensor(answers)
 

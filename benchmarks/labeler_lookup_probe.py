@@ -29,12 +29,15 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--kinds", nargs="+", default=["existence"], help="question kinds: existence color size position")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--end-at-category", action="store_true",
+                    help="cut each prompt right after its category word, so the answer position holds the category "
+                         "itself: a one-hop lookup instead of fetching the category first")
     args = ap.parse_args()
 
     from rlaifv.config import WorldConfig
     from rlaifv.world.language import sample_questions
     from rlaifv.world.models import IMAGE_TOKEN, build_model, build_tokenizer, encode_prompt
-    from rlaifv.world.scenes import sample_scenes
+    from rlaifv.world.scenes import CATEGORIES, sample_scenes
 
     torch.manual_seed(args.seed)
     tok = build_tokenizer(args.seed)
@@ -61,7 +64,13 @@ def main() -> None:
             q = next((q for q in sample_questions(s, rng, 40) if q.kind in args.kinds and q.answer == want), None)
             if q is None:
                 q = next(q for q in sample_questions(s, rng, 40) if q.kind in args.kinds)
-            rows.append(prompts.setdefault(q.question, list(encode_prompt(tok, q.question, 9 * per_cell))))
+            if q.question not in prompts:
+                ids = list(encode_prompt(tok, q.question, 9 * per_cell))
+                if args.end_at_category:
+                    category = next(c for c in CATEGORIES if f" {c}" in q.question)
+                    ids = ids[: len(ids) - ids[::-1].index(wid(category))]
+                prompts[q.question] = ids
+            rows.append(prompts[q.question])
             answers.append(yes if q.answer else no)
         width = max(map(len, rows))
         ids = torch.tensor([[tok.pad_token_id] * (width - len(r)) + r for r in rows])  # (B, T), left-padded

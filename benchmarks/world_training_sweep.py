@@ -35,7 +35,7 @@ def main() -> None:
 
     from rlaifv.config import EvalConfig, SFTConfig, WorldConfig
     from rlaifv.eval.world import evaluate_labeler, evaluate_policy
-    from rlaifv.world.bootstrap import _train_one
+    from rlaifv.world.bootstrap import train_model
     from rlaifv.world.models import TinyVLMConfig, build_tokenizer
 
     tok = build_tokenizer(0)
@@ -48,11 +48,12 @@ def main() -> None:
         train = SFTConfig(**({"examples_per_scene": 4} if role == "labeler" else {}), **train_over)
         cfg = WorldConfig(**{f"{role}_model": model, f"{role}_train": train})
         start = time.perf_counter()
-        stats = _train_one(cfg, tok, role, args.out / name, device=args.device)
+        stats = train_model(cfg, tok, role, args.out / name, device=args.device)
         ecfg = EvalConfig(n_scenes=args.n_test)
-        evaluate = evaluate_labeler if role == "labeler" else evaluate_policy
-        metrics = evaluate(args.out / name, cfg, ecfg, device=args.device) if role == "labeler" else \
-            evaluate(args.out / name, cfg, ecfg, None, args.device)
+        if role == "labeler":
+            metrics = evaluate_labeler(args.out / name, cfg, ecfg, device=args.device)
+        else:
+            metrics = evaluate_policy(args.out / name, cfg, ecfg, device=args.device)
         print(json.dumps({"run": name, "seconds": round(time.perf_counter() - start, 1), **stats, **metrics}),
               flush=True)
 

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rlaifv.config import EvalConfig, WorldConfig, dump_yaml
 from rlaifv.eval.report import ROUND_KEYS, write_report
 from rlaifv.eval.world import evaluate_labeler, evaluate_policy, instruction_for
@@ -23,8 +25,6 @@ from rlaifv.world.scenes import sample_scenes
 
 def _examples(wcfg: WorldConfig, ecfg: EvalConfig, gen_dir: Path, n: int = 5) -> list[dict[str, Any]]:
     """A few base-policy descriptions next to the truth, the first ones that name an absent object first."""
-    import numpy as np
-
     scenes = sample_scenes(wcfg.seed, ecfg.split, ecfg.n_scenes, wcfg.prior)
     texts = {g.prompt_id: g.text for g in ShardedStore(gen_dir, Generation).read()}
     rng = np.random.default_rng(0)

@@ -96,7 +96,8 @@ class HFEngine:
     def yes_no(self, images: list[Image.Image], questions: list[str]) -> list[tuple[float, float]]:
         """(P_yes, P_no) of the next token after each question: one forward, no free text."""
         enc = self._inputs(images, questions)
-        logits = self.model(**enc).logits[:, -1, :]  # (B, V): left padding puts every prompt's end last
+        # (B, V): left padding puts every prompt's end last; only that position goes through the LM head
+        logits = self.model(**enc, logits_to_keep=1).logits[:, -1, :]
         probs = torch.softmax(logits.float(), dim=-1)  # (B, V)
         p_yes = probs[:, self.yes_ids].sum(-1)  # (B,)
         p_no = probs[:, self.no_ids].sum(-1)  # (B,)

@@ -237,7 +237,8 @@ def train_sft(
     return losses
 
 
-def _train_one(cfg: WorldConfig, tokenizer, role: str, out: Path, device: str = "cpu") -> dict:
+def train_model(cfg: WorldConfig, tokenizer, role: str, out: Path, device: str = "cpu") -> dict:
+    """Build, align and train one of the world's models ("policy" or "labeler"), save it to `out`, return stats."""
     model_cfg = cfg.policy_model if role == "policy" else cfg.labeler_model
     train_cfg = cfg.policy_train if role == "policy" else cfg.labeler_train
     make = policy_examples if role == "policy" else labeler_examples
@@ -276,11 +277,11 @@ def _load_manifest(root: Path) -> dict:
 
 def _pid_alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: existence check only
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, owned by someone else
+        pass
     return True
 
 
@@ -302,7 +303,7 @@ def bootstrap(cfg: WorldConfig, force: bool = False) -> WorldModels:
     start = time.perf_counter()
     log(f"world models: bootstrapping (seed {cfg.seed}) into {root}")
     tokenizer = build_tokenizer(cfg.seed, cfg.tokenizer_vocab)
-    stats = {role: _train_one(cfg, tokenizer, role, tmp / role) for role in ("policy", "labeler")}
+    stats = {role: train_model(cfg, tokenizer, role, tmp / role) for role in ("policy", "labeler")}
     manifest = {
         "key": key,
         "version": __version__,

@@ -269,3 +269,11 @@ class Generation(Record):
     prompt_id: str  # the Prompt answered
     text: str  # the response
     n_tokens: int  # generated tokens
+
+
+class BadInput(ValueError):
+    """A record a stage cannot process (missing image, empty response, unparsable model output, ...).
+
+    Stages catch it and quarantine the record with ``str(exc)`` as the reason, so a bad row never stops a long run
+    and is never dropped silently.
+    """

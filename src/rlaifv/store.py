@@ -55,7 +55,8 @@ def _next_part(folder: Path) -> Path:
     return folder / f"part-{index:05d}.parquet"
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's entry to disk (a folder after a rename makes the rename durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -72,11 +73,17 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
-        _fsync(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync(path.parent)
+    fsync_path(path.parent)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Readable JSON (sorted keys), written atomically."""
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str)
+    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _to_json(record: Any) -> str:
@@ -244,14 +251,24 @@ class ShardWriter(Generic[R]):
         return key in self._seen
 
     def add(self, record: R) -> None:
-        if not isinstance(record, self.store.record_type):
-            raise TypeError(
-                f"{self.store!r} stores {self.store.record_type.__name__}, "
-                f"got {type(record).__name__}"
-            )
-        row = record.to_row()
-        self._claim(record.key)
-        self._rows.append(row)
+        self.add_unit([record])
+
+    def add_unit(self, records: list[R]) -> None:
+        """Add the records of one unit of work (e.g. every claim of one response) so they land in the same shard.
+
+        A shard boundary never splits a unit, so after a crash a unit is either wholly stored or wholly missing,
+        and a resumed stage can tell what is done from any one of its keys.
+        """
+        for record in records:
+            if not isinstance(record, self.store.record_type):
+                raise TypeError(
+                    f"{self.store!r} stores {self.store.record_type.__name__}, "
+                    f"got {type(record).__name__}"
+                )
+        rows = [record.to_row() for record in records]
+        for record in records:
+            self._claim(record.key)
+        self._rows.extend(rows)
         if len(self._rows) >= self.store.shard_size:
             self.flush()
 

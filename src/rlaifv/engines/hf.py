@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from rlaifv.engines.packing import collate_packs, common_prefix_length, pack, pack_bounds
+
 # Spellings of the verdict tokens; the ones that are a single token in the tokenizer are summed (REFERENCE 3).
 YES_VARIANTS = ("yes", "Yes", " yes", " Yes", "YES", " YES")
 NO_VARIANTS = ("no", "No", " no", " No", "NO", " NO")
@@ -49,15 +51,24 @@ class HFEngine:
     ) -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        self.path = str(path)
-        self.device = torch.device(device)
-        self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-        self.tokenizer = self.processor.tokenizer
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        self._setup(str(path), model.to(torch.device(device)), processor)
+
+    @classmethod
+    def from_model(cls, model, processor, name: str = "in-memory") -> HFEngine:
+        """An engine around a model already in memory (benchmarks, freshly trained checkpoints)."""
+        engine = cls.__new__(cls)
+        engine._setup(name, model, processor)
+        return engine
+
+    def _setup(self, path: str, model, processor) -> None:
+        self.path = path
+        self.device = next(model.parameters()).device
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"
-        self.model = AutoModelForImageTextToText.from_pretrained(
-            path, dtype=dtype, trust_remote_code=trust_remote_code
-        ).to(self.device)
-        self.model.eval()
+        self.model = model.eval()
         self.yes_ids = single_token_ids(self.tokenizer, YES_VARIANTS)
         self.no_ids = single_token_ids(self.tokenizer, NO_VARIANTS)
         if not self.yes_ids or not self.no_ids:
@@ -75,30 +86,122 @@ class HFEngine:
         enc = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
         return {k: v.to(self.device) for k, v in enc.items()}
 
-    @torch.no_grad()
-    def generate(self, images: list[Image.Image], questions: list[str], sampling: Sampling) -> list[tuple[str, int]]:
-        """One response per (image, question): (text, number of generated tokens before EOS)."""
-        enc = self._inputs(images, questions)
-        kwargs = {"max_new_tokens": sampling.max_new_tokens, "do_sample": sampling.do_sample}
-        if sampling.do_sample:
-            kwargs |= {"temperature": sampling.temperature, "top_p": sampling.top_p}
-        out = self.model.generate(**enc, **kwargs)  # (B, T_prompt + T_new)
-        new = out[:, enc["input_ids"].shape[1] :]  # (B, T_new)
-        eos = self.tokenizer.eos_token_id
-        pad = self.tokenizer.pad_token_id
+    def _decode(self, new: torch.Tensor) -> list[tuple[str, int]]:
+        """(text, tokens before EOS) per row of generated ids (B, T_new)."""
+        stop = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
         results = []
         for row in new.tolist():
-            n = next((i for i, t in enumerate(row) if t in (eos, pad)), len(row))
+            n = next((i for i, t in enumerate(row) if t in stop), len(row))
             results.append((self.tokenizer.decode(row[:n], skip_special_tokens=True).strip(), n))
         return results
 
     @torch.no_grad()
+    def generate(self, images: list[Image.Image], questions: list[str], sampling: Sampling) -> list[tuple[str, int]]:
+        """One response per (image, question): (text, number of generated tokens before EOS)."""
+        return [rows[0] for rows in self.sample(images, questions, 1, sampling)]
+
+    @torch.no_grad()
+    def sample(
+        self, images: list[Image.Image], questions: list[str], n: int, sampling: Sampling, seed: int | None = None
+    ) -> list[list[tuple[str, int]]]:
+        """n responses per (image, question), all with one decoding setting; the prompt is prefilled once.
+
+        The prompts (image tokens included) run through the model once; their KV cache is repeated n times and
+        the n samples decode from it -- unlike `num_return_sequences`, which prefills every sample again. With
+        `seed`, the torch RNG is seeded first, so the same batch gives the same samples.
+        """
+        enc = self._inputs(images, questions)
+        kwargs = {"max_new_tokens": sampling.max_new_tokens, "do_sample": sampling.do_sample}
+        if sampling.do_sample:
+            kwargs |= {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
+        if seed is not None:
+            torch.manual_seed(seed)
+        ids, mask = enc["input_ids"], enc["attention_mask"]  # (B, T) each, left-padded
+        if n > 1:
+            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): what generate derives from the mask
+            vision = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
+            prefill = self.model(
+                input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids[:, :-1],
+                use_cache=True, logits_to_keep=1, **vision,
+            )
+            cache = prefill.past_key_values
+            cache.batch_repeat_interleave(n)  # (B * n) rows share each prompt's prefix
+            # The cache covers all but the last prompt token, so generate feeds that token only and the image
+            # features are never computed again.
+            enc = {"input_ids": ids.repeat_interleave(n, 0), "attention_mask": mask.repeat_interleave(n, 0),
+                   "cache": cache}
+        out = self.model.generate(**enc, **kwargs)  # (B * n, T + T_new)
+        texts = self._decode(out[:, ids.shape[1] :])
+        return [texts[i * n : (i + 1) * n] for i in range(len(questions))]
+
+    def _verdict_probs(self, logits: torch.Tensor) -> list[tuple[float, float]]:
+        """(P_yes, P_no) per row of next-token logits (N, V), each summed over the single-token spellings."""
+        probs = torch.softmax(logits.float(), dim=-1)  # (N, V)
+        p_yes = probs[:, self.yes_ids].sum(-1)  # (N,)
+        p_no = probs[:, self.no_ids].sum(-1)  # (N,)
+        return list(zip(p_yes.tolist(), p_no.tolist()))
+
+    @torch.no_grad()
     def yes_no(self, images: list[Image.Image], questions: list[str]) -> list[tuple[float, float]]:
-        """(P_yes, P_no) of the next token after each question: one forward, no free text."""
+        """(P_yes, P_no) of the next token after each question: one forward per question, no free text."""
         enc = self._inputs(images, questions)
         # (B, V): left padding puts every prompt's end last; only that position goes through the LM head
         logits = self.model(**enc, logits_to_keep=1).logits[:, -1, :]
-        probs = torch.softmax(logits.float(), dim=-1)  # (B, V)
-        p_yes = probs[:, self.yes_ids].sum(-1)  # (B,)
-        p_no = probs[:, self.no_ids].sum(-1)  # (B,)
-        return list(zip(p_yes.tolist(), p_no.tolist()))
+        return self._verdict_probs(logits)
+
+    def encode_group(self, image: Image.Image, questions: list[str]) -> tuple[list[list[int]], dict]:
+        """Token ids of each question's full prompt about one image, and the image's processor outputs.
+
+        The image is preprocessed once: the processor expands the first prompt, and the same run of image tokens
+        is put in place of the image placeholder in the others (verified on the first; if a processor expands
+        differently, every prompt goes through it with the image).
+        """
+        texts = [self.prompt_text(q) for q in questions]
+        first = self.processor(text=[texts[0]], images=[image], return_tensors="pt")
+        vision = {k: v for k, v in first.items() if k not in ("input_ids", "attention_mask")}
+        expanded0 = first["input_ids"][0].tolist()
+        raw = self.tokenizer(texts)["input_ids"]  # the placeholder unexpanded; checked against the processor below
+        image_id = self.model.config.image_token_id if hasattr(self.model.config, "image_token_id") else None
+        if image_id is not None and raw[0].count(image_id) == 1:
+            at = raw[0].index(image_id)
+            run = expanded0[at : at + len(expanded0) - len(raw[0]) + 1]
+            rows = [r[: r.index(image_id)] + run + r[r.index(image_id) + 1 :] for r in raw]
+            if rows[0] == expanded0 and all(r.count(image_id) == 1 for r in raw):
+                return rows, vision
+        rows = [self.processor(text=[t], images=[image])["input_ids"][0] for t in texts]
+        return [list(r) for r in rows], vision
+
+    @torch.no_grad()
+    def yes_no_shared(
+        self, groups: list[tuple[Image.Image, list[str]]], questions_per_pack: int = 64
+    ) -> list[list[tuple[float, float]]]:
+        """(P_yes, P_no) for every question of every image, the image and prompt prefix encoded once per pack.
+
+        Each image's prompts share a token prefix (the chat header and the image); the prefix goes once into a
+        packed row followed by up to `questions_per_pack` question suffixes (engines.packing). Equal to `yes_no`
+        question by question (pinned by a test to 1e-4).
+        """
+        packs, vision_rows, where = [], [], []
+        for g, (image, questions) in enumerate(groups):
+            rows, vision = self.encode_group(image, questions)
+            n_prefix = common_prefix_length(rows) if len(rows) > 1 else len(rows[0]) - 1
+            for lo, hi in pack_bounds([len(r) - n_prefix for r in rows], n_prefix, questions_per_pack):
+                packs.append(pack(rows[lo][:n_prefix], [r[n_prefix:] for r in rows[lo:hi]]))
+                vision_rows.append(vision)
+                where.append((g, lo))
+        batch = collate_packs(packs, self.tokenizer.pad_token_id, self.model.dtype, self.device)
+        for key in vision_rows[0]:
+            batch[key] = torch.cat([v[key] for v in vision_rows]).to(self.device)
+        ends = sorted({e for p in packs for e in p.ends})
+        keep = torch.tensor(ends, device=self.device)
+        logits = self.model(**batch, logits_to_keep=keep).logits  # (B, len(ends), V)
+        column = {e: i for i, e in enumerate(ends)}
+        rows_logits = torch.stack([logits[b, column[e]] for b, p in enumerate(packs) for e in p.ends])  # (N, V)
+        probs = self._verdict_probs(rows_logits)
+        out: list[list[tuple[float, float]]] = [[None] * len(q) for _, q in groups]  # type: ignore[list-item]
+        k = 0
+        for (g, lo), p in zip(where, packs):
+            for j in range(len(p.ends)):
+                out[g][lo + j] = probs[k]
+                k += 1
+        return out

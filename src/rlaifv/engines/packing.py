@@ -1,0 +1,105 @@
+"""Packed sequences: one shared prefix followed by several suffixes that cannot see each other.
+
+Scoring many continuations of one image+prompt (yes/no questions about an image, chosen and rejected answers of a
+DPO pair, best-of-N candidates) would otherwise encode the image and the prompt once per continuation. A pack puts
+the prefix once and every suffix after it in a single row; a block attention mask lets each suffix attend to the
+prefix and to itself only, and each suffix's positions restart right after the prefix, so every suffix token sees
+exactly what it would see in its own sequence. Unlike reusing a KV cache, this also works under gradient
+checkpointing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Pack:
+    """Token layout of one packed row."""
+
+    input_ids: list[int]  # prefix, then suffix 1, suffix 2, ...
+    position_ids: list[int]  # 0..P-1 over the prefix, then P.. again for every suffix
+    segments: list[int]  # 0 on the prefix, k on suffix k (k >= 1)
+    starts: list[int]  # index of each suffix's first token in the row
+    ends: list[int]  # index of each suffix's last token in the row
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def pack(prefix: list[int], suffixes: list[list[int]]) -> Pack:
+    """Lay out prefix + suffixes; every suffix must be non-empty."""
+    if not prefix:
+        raise ValueError("a pack needs a non-empty prefix")
+    ids, pos, seg = list(prefix), list(range(len(prefix))), [0] * len(prefix)
+    starts, ends = [], []
+    for k, suffix in enumerate(suffixes, start=1):
+        if not suffix:
+            raise ValueError(f"suffix {k} is empty")
+        starts.append(len(ids))
+        ids.extend(suffix)
+        pos.extend(range(len(prefix), len(prefix) + len(suffix)))
+        seg.extend([k] * len(suffix))
+        ends.append(len(ids) - 1)
+    return Pack(ids, pos, seg, starts, ends)
+
+
+def block_mask(segments: torch.Tensor, valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive attention mask (B, 1, T, T) for packed rows.
+
+    Query i attends key j iff j <= i, both are real tokens, and j is on the prefix or on i's own suffix. Padding
+    queries attend to themselves only, so no softmax row is empty. 0 = attend, the dtype's minimum = blocked; an
+    additive float mask works with both the eager and the SDPA attention of transformers.
+    """
+    t = segments.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=segments.device).tril()  # (T, T)
+    q_seg, k_seg = segments[:, :, None], segments[:, None, :]  # (B, T, 1), (B, 1, T)
+    allowed = causal & ((k_seg == 0) | (k_seg == q_seg)) & valid[:, None, :] & valid[:, :, None]  # (B, T, T)
+    allowed |= torch.eye(t, dtype=torch.bool, device=segments.device)  # padding rows see themselves
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=segments.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None]  # (B, 1, T, T)
+
+
+def collate_packs(packs: list[Pack], pad_id: int, dtype: torch.dtype, device: torch.device | str) -> dict:
+    """Right-padded batch of packs: input_ids (B, T), position_ids (B, T), attention_mask (B, 1, T, T)."""
+    width = max(len(p) for p in packs)
+    ids = torch.full((len(packs), width), pad_id, dtype=torch.long)  # (B, T)
+    pos = torch.zeros((len(packs), width), dtype=torch.long)  # (B, T)
+    seg = torch.full((len(packs), width), -1, dtype=torch.long)  # (B, T); -1 marks padding
+    for i, p in enumerate(packs):
+        ids[i, : len(p)] = torch.tensor(p.input_ids)
+        pos[i, : len(p)] = torch.tensor(p.position_ids)
+        seg[i, : len(p)] = torch.tensor(p.segments)
+    ids, pos, seg = ids.to(device), pos.to(device), seg.to(device)
+    return {"input_ids": ids, "position_ids": pos, "attention_mask": block_mask(seg, seg >= 0, dtype)}
+
+
+def common_prefix_length(rows: list[list[int]]) -> int:
+    """Length of the longest shared prefix, leaving at least one token of every row as its suffix."""
+    limit = min(len(r) for r in rows) - 1
+    n = 0
+    while n < limit and all(r[n] == rows[0][n] for r in rows):
+        n += 1
+    return n
+
+
+def pack_bounds(suffix_lengths: list[int], prefix_length: int, max_suffixes: int) -> list[tuple[int, int]]:
+    """Split suffixes into consecutive packs: at most `max_suffixes` each, and at most max(4 x prefix, 128) suffix
+    tokens each.
+
+    A pack pays for its prefix once but attention grows with the square of its length, so it pays to pack many
+    suffixes behind a long prefix (a 576-token image: all 64 questions in one row) and few behind a short one (the
+    world's 9-token image: about 8). Measured in benchmarks/feedback_speed.py.
+    """
+    budget = max(4 * prefix_length, 128)
+    bounds, lo, used = [], 0, 0
+    for i, n in enumerate(suffix_lengths):
+        if i > lo and (i - lo >= max_suffixes or used + n > budget):
+            bounds.append((lo, i))
+            lo, used = i, 0
+        used += n
+    bounds.append((lo, len(suffix_lengths)))
+    return bounds

@@ -55,3 +55,21 @@ def test_labeler_metrics_by_hand():
     assert m["hard_negative_accuracy"] == pytest.approx(0.0)
     assert m["false_rejection_rate"] == pytest.approx(1 / 2)
     assert math.isnan(labeler_metrics(qs[:2], probs[:2])["hard_negative_accuracy"])
+
+
+def test_world_errors_and_feedback_metrics_on_hand_made_pairs():
+    from rlaifv.eval.world_metrics import feedback_metrics, world_errors
+    from rlaifv.world.scenes import Scene, WorldObject
+
+    scene = Scene("s", "test", (WorldObject("fork", "red", "small", 0),), ((0, 0),))
+    clean = "There is a small red fork in the top left corner."
+    wrong_color = "There is a blue fork."
+    absent = "There is a red fork. There is a knife."
+    assert world_errors(scene, clean) == 0
+    assert world_errors(scene, wrong_color) == 1
+    assert world_errors(scene, absent) == 1
+    assert world_errors(scene, "There is a blue fork. There is a knife.") == 2
+    m = feedback_metrics([(scene, clean, absent), (scene, absent, clean), (scene, wrong_color, absent)])
+    assert m["feedback_precision"] == 0.5  # one right, one wrong, one tie
+    assert abs(m["true_tie_rate"] - 1 / 3) < 1e-12
+    assert m["n_pairs"] == 3

@@ -17,8 +17,43 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rlaifv.world.language import YesNoQuestion, parse_mentions
+from rlaifv.world.language import Mention, YesNoQuestion, parse_mentions
 from rlaifv.world.scenes import Scene
+
+
+def attribute_checks(scene: Scene, mention: Mention) -> list[bool]:
+    """For a mention of a present object, one entry per attribute it states: True where the scene agrees."""
+    obj = scene.object_of(mention.category)
+    if obj is None:
+        return []
+    pairs = ((mention.color, obj.color), (mention.size, obj.size), (mention.cell, obj.cell))
+    return [said == truth for said, truth in pairs if said is not None]
+
+
+def world_errors(scene: Scene, text: str) -> int:
+    """e(y): statements of a response that the scene makes false -- absent objects plus wrong attributes."""
+    errors = 0
+    for m in parse_mentions(text):
+        if m.category not in scene.categories:
+            errors += 1
+        else:
+            errors += sum(not ok for ok in attribute_checks(scene, m))
+    return errors
+
+
+def feedback_metrics(pairs: Sequence[tuple[Scene, str, str]]) -> dict[str, float]:
+    """How right the preference pairs are, from the ground truth: (scene, chosen, rejected) per pair.
+
+    feedback_precision = pairs with e(chosen) < e(rejected) / pairs with e(chosen) != e(rejected) (is the
+    direction right?); true_tie_rate = pairs with e(chosen) == e(rejected) / all pairs (pairs that teach nothing).
+    """
+    errors = [(world_errors(scene, c), world_errors(scene, r)) for scene, c, r in pairs]
+    decided = [(c, r) for c, r in errors if c != r]
+    return {
+        "feedback_precision": sum(c < r for c, r in decided) / len(decided) if decided else float("nan"),
+        "true_tie_rate": (len(errors) - len(decided)) / len(errors) if errors else float("nan"),
+        "n_pairs": len(errors),
+    }
 
 
 def description_metrics(scenes: Sequence[Scene], responses: Sequence[str]) -> dict[str, float]:
@@ -37,13 +72,9 @@ def description_metrics(scenes: Sequence[Scene], responses: Sequence[str]) -> di
         n_covered += len({m.category for m in mentions} & scene.categories)
         n_words += len(text.split())
         for m in mentions:
-            obj = scene.object_of(m.category)
-            if obj is None:
-                continue
-            for said, truth in ((m.color, obj.color), (m.size, obj.size), (m.cell, obj.cell)):
-                if said is not None:
-                    n_attr += 1
-                    n_attr_wrong += said != truth
+            checks = attribute_checks(scene, m)
+            n_attr += len(checks)
+            n_attr_wrong += sum(not ok for ok in checks)
     return {
         "chair_s": n_hall_resp / len(scenes),
         "chair_i": n_hall / n_mentions if n_mentions else 0.0,

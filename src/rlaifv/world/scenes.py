@@ -12,8 +12,9 @@ to, so no held-out scene ever equals a training scene, whatever the split sizes.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -164,3 +165,33 @@ def sample_scenes(seed: int, split: str, n: int, prior: ScenePrior | None = None
     """The first n scenes of a split."""
     it = iter_scenes(seed, split, prior)
     return [next(it) for _ in range(n)]
+
+
+def scene_to_dict(scene: Scene) -> dict[str, Any]:
+    """A scene as plain JSON-ready data, so it can travel inside a prompt row and be rebuilt exactly later."""
+    return {
+        "scene_id": scene.scene_id,
+        "split": scene.split,
+        "objects": [{"category": o.category, "color": o.color, "size": o.size, "cell": o.cell} for o in scene.objects],
+        "jitter": [[dx, dy] for dx, dy in scene.jitter],
+    }
+
+
+def scene_from_dict(data: Mapping[str, Any]) -> Scene:
+    """Inverse of `scene_to_dict`. Lists stand in for tuples (JSON and Parquet have no tuples).
+
+    Raises ValueError on values outside the world (unknown category, color, size or cell, a jitter per object
+    missing), because metrics computed from a corrupted scene would be silently wrong.
+    """
+    objects = tuple(
+        WorldObject(str(o["category"]), str(o["color"]), str(o["size"]), int(o["cell"])) for o in data["objects"]
+    )
+    jitter = tuple((int(dx), int(dy)) for dx, dy in data["jitter"])
+    for o in objects:
+        if o.category not in CATEGORIES or o.color not in COLORS or o.size not in SIZES or not 0 <= o.cell < N_CELLS:
+            raise ValueError(f"object outside the world: {o}")
+    if len(jitter) != len(objects):
+        raise ValueError(f"{len(objects)} objects but {len(jitter)} jitter offsets")
+    if data["split"] not in SPLITS:
+        raise ValueError(f"unknown split {data['split']!r}")
+    return Scene(str(data["scene_id"]), str(data["split"]), objects, jitter)

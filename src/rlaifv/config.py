@@ -82,6 +82,80 @@ class EvalConfig(StrictModel):
     batch_size: int = Field(64, ge=1, description="prompts per generation batch")
 
 
+# ---------------------------------------------------------------- feedback (`rlaifv collect`)
+
+
+class EngineConfig(StrictModel):
+    """Where a model runs. `path` is a folder (or hub id) that `AutoModelForImageTextToText` loads."""
+
+    path: str = Field("", description="model folder or hub id; empty means the stage's default (the world's model)")
+    device: str = Field("cpu", description="torch device, e.g. 'cpu', 'cuda', 'cuda:1'")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights and compute dtype")
+    trust_remote_code: bool = Field(False, description="run code shipped with the model; only for models you trust")
+
+
+class SampleConfig(StrictModel):
+    """Deconfounded sampling: N responses per prompt, all with one decoding setting (REFERENCE 1)."""
+
+    policy: EngineConfig = Field(default_factory=EngineConfig, description="the policy that answers")
+    n: int = Field(10, ge=1, description="responses per prompt (the paper: 10)")
+    temperature: float = Field(0.7, gt=0, description="sampling temperature, the same for every sample (paper: 0.7)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass; 1.0 = off")
+    max_new_tokens: int = Field(512, ge=1, description="cap on a response's length (paper: 512)")
+    prompts_per_batch: int = Field(8, ge=1, description="prompts prefilled together; their n samples decode in one "
+                                                        "batch of prompts_per_batch * n rows. Part of the seed's "
+                                                        "meaning: changing it changes the samples")
+    seed: int = Field(0, description="seeds every batch, so a rerun (or a resumed run) gives the same candidates")
+
+
+class ClaimsConfig(StrictModel):
+    """Divide: responses into atomic statements, statements into yes/no questions (REFERENCE 2)."""
+
+    splitter: Literal["rules", "llm"] = Field("rules", description="'rules': deterministic, for simple English; "
+                                                                   "'llm': a chat causal LM (splitter_model)")
+    splitter_model: EngineConfig = Field(default_factory=EngineConfig, description="the 'llm' splitter's model")
+    max_new_tokens: int = Field(256, ge=1, description="cap on the splitter's output (paper: 256)")
+    temperature: float = Field(0.0, ge=0, description="splitter sampling temperature; 0 = greedy (paper: 0.2)")
+    max_words: int = Field(300, ge=1, description="responses are cut to this many words before splitting (paper: 300)")
+    question_suffix: str = Field("Answer yes or no.", description="appended to every question; '' for none")
+
+
+class JudgeConfig(StrictModel):
+    """Conquer: the labeler's yes/no verdict on each claim; score = -rejected claims (REFERENCE 3)."""
+
+    labeler: EngineConfig = Field(default_factory=EngineConfig, description="the labeler VLM")
+    mode: Literal["claims", "holistic"] = Field("claims", description="'claims': divide-and-conquer, one verdict per "
+                                                                      "claim; 'holistic': one yes/no on the whole "
+                                                                      "response (the paper's ablation)")
+    shared_prefix: bool = Field(True, description="encode each image and prompt prefix once and score all of its "
+                                                  "questions in one packed sequence; False = one forward per claim")
+    questions_per_pack: int = Field(64, ge=1, description="questions packed behind one image prefix per forward")
+    packs_per_batch: int = Field(4, ge=1, description="packed sequences per forward")
+
+
+class PairsConfig(StrictModel):
+    """Preference pairs from scored candidates (REFERENCE 4)."""
+
+    min_gap: float = Field(1.0, gt=0, description="smallest score difference that makes a pair; ties never pair")
+    max_pairs_per_prompt: int = Field(2, ge=1, description="pairs kept per prompt, drawn with the seed (paper: 2)")
+    length_balance: bool = Field(True, description="drop pairs whose rejected answer is much longer than the "
+                                                   "chosen one until mean lengths match, so DPO does not learn "
+                                                   "'shorter is better'")
+    seed: int = Field(0, description="seeds the choice among a prompt's pairs")
+    round: int = Field(0, ge=0, description="iterative round recorded in each pair")
+
+
+class CollectConfig(StrictModel):
+    """`rlaifv collect`: sample -> claims -> judge -> pairs, each stage in its own folder under the output."""
+
+    sample: SampleConfig = Field(default_factory=SampleConfig, description="deconfounded sampling")
+    claims: ClaimsConfig = Field(default_factory=ClaimsConfig, description="divide")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="conquer")
+    pairs: PairsConfig = Field(default_factory=PairsConfig, description="pairing")
+    shard_size: int = Field(1000, ge=1, description="records per Parquet shard; a crash loses at most one shard's "
+                                                    "worth of work, and the rerun redoes only that")
+
+
 def load_yaml(model: type[BaseModel], path: Path | None, overrides: dict[str, Any] | None = None) -> Any:
     """Validate a YAML file (or nothing) plus overrides into a config model; errors name the bad field."""
     data: dict[str, Any] = {}

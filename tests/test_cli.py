@@ -12,7 +12,8 @@ import pytest
 from rlaifv.records import Generation
 from rlaifv.store import ShardedStore
 
-COMMANDS = [[], ["demo"], ["world"], ["world", "bootstrap"], ["world", "show"], ["eval"], ["eval", "world"]]
+COMMANDS = [[], ["demo"], ["world"], ["world", "bootstrap"], ["world", "show"], ["world", "prompts"], ["eval"],
+            ["eval", "world"], ["collect"], ["sample"], ["claims"], ["judge"], ["pairs"], ["export"]]
 
 
 def _run(args, env=None, cwd=None):

@@ -133,6 +133,34 @@ def world_show(
           "\n".join(f"{t['scene_id']}: {t['truth']}" for t in truth) + f"\nwrote {out}")
 
 
+@world_app.command("prompts")
+def world_prompts(
+    split: str = typer.Option(..., "--split", help="train | prompts | val | test; 'prompts' is the feedback split, "
+                              "keep val and test held out"),
+    n: int = typer.Option(..., "--n", min=1, help="number of prompts: the first n scenes of the split"),
+    out: Path = typer.Option(..., "--out", dir_okay=False,
+                             help="FILE.jsonl (PNGs go to FILE_images/ beside it) or FILE.parquet (images inline)"),
+    seed: int = SeedOpt,
+    preset: str = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Write the world's scenes as a prompt file (id, image, question, ground-truth scene) in the same format as a
+    user's prompts, so both are read the same way."""
+    from rlaifv.feedback.prompts import write_world_prompts
+    from rlaifv.world.scenes import SPLITS
+
+    if split not in SPLITS:
+        raise typer.BadParameter(f"{split!r} is not one of {', '.join(SPLITS)}", param_hint="--split")
+    if out.suffix not in (".jsonl", ".parquet"):
+        raise typer.BadParameter(f"{out} must end in .jsonl or .parquet", param_hint="--out")
+    wcfg = _world_config(preset, config, seed)
+    path = write_world_prompts(wcfg.seed, split, n, out, wcfg.prior)
+    images = path.parent / f"{path.stem}_images" if path.suffix == ".jsonl" else None
+    _emit({"path": str(path), "count": n, "split": split, "seed": wcfg.seed, "images": str(images) if images else None},
+          as_json, f"wrote {n} {split} prompts to {path}")
+
+
 @eval_app.command("world")
 def eval_world(
     policy: Path = typer.Option(..., "--policy", exists=True, file_okay=False, help="policy model folder"),
@@ -154,6 +182,15 @@ def eval_world(
     if labeler is not None:
         result["labeler"] = evaluate_labeler(labeler, wcfg, ecfg)
     _emit(result, as_json, json.dumps(result, indent=2))
+
+
+def _register_commands() -> None:
+    from rlaifv.cli_feedback import register
+
+    register(app)
+
+
+_register_commands()
 
 
 def main() -> None:

@@ -1,0 +1,185 @@
+"""Speed of the feedback engine's two shared-prefix paths, measured side by side in one run.
+
+    python benchmarks/feedback_speed.py judge                        # tiny world labeler, CPU
+    python benchmarks/feedback_speed.py sample                       # tiny world policy, CPU
+    python benchmarks/feedback_speed.py judge --shape llava-7b --device cuda   # LLaVA-1.5-7B shape, random bf16
+
+judge: yes/no verdicts for Q questions about each of I images -- one question per forward (batches of --batch, what
+the paper's code does) vs the image prefix encoded once per packed row (HFEngine.yes_no_shared). Checks that both
+give the same probabilities.
+sample: N samples per prompt -- `generate(num_return_sequences=N)` (prefills every sample) vs prefill once and decode
+N from the repeated cache (HFEngine.sample).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+
+def tiny_engine(role: str):
+    from rlaifv.config import WorldConfig
+    from rlaifv.engines.hf import HFEngine
+    from rlaifv.world.bootstrap import bootstrap
+
+    models = bootstrap(WorldConfig())
+    return HFEngine(models.policy if role == "policy" else models.labeler)
+
+
+def llava_7b_engine(device: str):
+    """LLaVA-1.5-7B's shape (CLIP-L/336: 576 image tokens; Llama 4096 x 32 layers) with random bf16 weights."""
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    from rlaifv.engines.hf import HFEngine
+    from rlaifv.world.models import CHAT_TEMPLATE, IMAGE_TOKEN, build_tokenizer
+
+    tok = build_tokenizer(0)
+    tok.model_max_length = 4096
+    vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                              image_size=336, patch_size=14, projection_dim=768)
+    text = LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids(IMAGE_TOKEN),
+                      image_seq_length=576, vision_feature_layer=-2, vision_feature_select_strategy="default")
+    cfg._attn_implementation = "sdpa"
+    with torch.device(device):
+        model = LlavaForConditionalGeneration(cfg).to(torch.bfloat16)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
+                               num_additional_image_tokens=1, vision_feature_select_strategy="default",
+                               chat_template=CHAT_TEMPLATE)
+    return HFEngine.from_model(model, processor, "llava-1.5-7b-shape")
+
+
+def questions_for(n: int) -> list[str]:
+    from rlaifv.world.language import POSITION_PHRASES
+    from rlaifv.world.scenes import CATEGORIES, COLORS
+
+    out = []
+    for i in range(n):
+        cat, color = CATEGORIES[i % len(CATEGORIES)], list(COLORS)[i % len(COLORS)]
+        form = i % 3
+        if form == 0:
+            out.append(f"Is there a {color} {cat} in the image? Answer yes or no.")
+        elif form == 1:
+            out.append(f"Is the {cat} {POSITION_PHRASES[i % 9]}? Answer yes or no.")
+        else:
+            out.append(f"Does the image show a {cat} next to another object? Answer yes or no.")
+    return out
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def bench_judge(engine, images, n_questions: int, batch: int, device: str, per_pack: int) -> None:
+    qs = questions_for(n_questions)
+    flat = [(im, q) for im in images for q in qs]
+
+    def naive():
+        out = []
+        for lo in range(0, len(flat), batch):
+            chunk = flat[lo : lo + batch]
+            out.extend(engine.yes_no([im for im, _ in chunk], [q for _, q in chunk]))
+        return out
+
+    def shared():
+        return [p for row in engine.yes_no_shared([(im, qs) for im in images], questions_per_pack=per_pack)
+                for p in row]
+
+    naive(), shared()  # warm-up
+    times = {}
+    for name, fn in (("one question per forward", naive), ("shared prefix, packed", shared)):
+        sync(device)
+        start = time.perf_counter()
+        result = fn()
+        sync(device)
+        times[name] = (time.perf_counter() - start, result)
+    a, b = times["one question per forward"][1], times["shared prefix, packed"][1]
+    diff = max(max(abs(x[0] - y[0]), abs(x[1] - y[1])) for x, y in zip(a, b))
+    base = times["one question per forward"][0]
+    print(f"{len(images)} images x {n_questions} questions, {per_pack} questions per packed row, device {device}")
+    print("| path | seconds | claims/s | speedup |\n|---|---|---|---|")
+    for name, (sec, _) in times.items():
+        print(f"| {name} | {sec:.3f} | {len(flat) / sec:.0f} | {base / sec:.2f}x |")
+    print(f"max |dP| between the paths: {diff:.2e}")
+
+
+def bench_sample(engine, images, n: int, max_new_tokens: int, device: str) -> None:
+    from rlaifv.engines.hf import Sampling
+
+    question = "Describe this image in detail."
+    setting = Sampling(max_new_tokens=max_new_tokens, do_sample=True, temperature=0.7)
+
+    def repeated_prefill():
+        enc = engine._inputs(images, [question] * len(images))
+        out = engine.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=0.7,
+                                    top_k=0, num_return_sequences=n)
+        return int((out[:, enc["input_ids"].shape[1]:] != engine.tokenizer.pad_token_id).sum())
+
+    def shared_prefill():
+        rows = engine.sample(images, [question] * len(images), n, setting, seed=0)
+        return sum(k for samples in rows for _, k in samples)
+
+    repeated_prefill(), shared_prefill()
+    print(f"{len(images)} prompts x {n} samples, up to {max_new_tokens} new tokens, device {device}")
+    print("| path | seconds | generated tokens/s | speedup |\n|---|---|---|---|")
+    base = None
+    for name, fn in (("num_return_sequences (prefill x N)", repeated_prefill), ("prefill once", shared_prefill)):
+        torch.manual_seed(0)
+        sync(device)
+        start = time.perf_counter()
+        tokens = fn()
+        sync(device)
+        sec = time.perf_counter() - start
+        base = base or sec
+        print(f"| {name} | {sec:.3f} | {tokens / sec:.0f} | {base / sec:.2f}x |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=("judge", "sample"))
+    ap.add_argument("--shape", choices=("tiny", "llava-7b"), default="tiny")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--questions", type=int, default=64, help="yes/no questions per image (judge)")
+    ap.add_argument("--per-pack", type=int, default=0, help="questions per packed row (0: all of an image's)")
+    ap.add_argument("--batch", type=int, default=32, help="questions per forward on the one-per-forward path")
+    ap.add_argument("--n", type=int, default=10, help="samples per prompt (sample)")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from rlaifv.world.render import render
+    from rlaifv.world.scenes import sample_scenes
+
+    images = [render(s) for s in sample_scenes(0, "test", args.images)]
+    if args.shape == "llava-7b":
+        images = [im.resize((336, 336)) for im in images]
+        engine = llava_7b_engine(args.device)
+    else:
+        engine = tiny_engine("labeler" if args.what == "judge" else "policy")
+        engine.model.to(args.device)
+        engine.device = torch.device(args.device)
+    print(f"model: {engine.path}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    if args.what == "judge":
+        bench_judge(engine, images, args.questions, args.batch, args.device, args.per_pack or args.questions)
+    else:
+        bench_sample(engine, images, args.n, args.max_new_tokens, args.device)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""Command line of the feedback engine: `rlaifv collect` (all stages) and one command per stage.
+
+    rlaifv world prompts --split prompts --n 256 --out prompts.jsonl
+    rlaifv collect --prompts prompts.jsonl --out feedback/   # candidates -> claims -> verdicts -> pairs
+    rlaifv sample --prompts prompts.jsonl --out feedback/ --n 8   # or stage by stage
+    rlaifv claims --out feedback/ ; rlaifv judge --out feedback/ ; rlaifv pairs --out feedback/
+    rlaifv export --out feedback/ --format trl --to pairs.parquet
+
+Every command resumes: rerun it after a crash and it does only what is missing. Models left unset are the synthetic
+world's tiny models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+OutOpt = typer.Option(..., "--out", file_okay=False, help="output folder; one sub-folder per stage")
+PromptsOpt = typer.Option(None, "--prompts", exists=True,
+                          help="prompts: JSONL or Parquet (image path or bytes, question, optional id) or a saved "
+                               "`datasets` folder; only needed the first time")
+CollectConfigOpt = typer.Option(None, "--config", exists=True, dir_okay=False,
+                                help="YAML with CollectConfig fields (sample/claims/judge/pairs); options below "
+                                     "override it")
+NOpt = typer.Option(None, "--n", min=1, help="responses per prompt (default 10)")
+TempOpt = typer.Option(None, "--temperature", min=0.0, help="sampling temperature (default 0.7)")
+MaxTokOpt = typer.Option(None, "--max-new-tokens", min=1, help="cap on a response's length (default 512)")
+PolicyOpt = typer.Option(None, "--policy", help="policy model folder or hub id (default: the world's policy)")
+LabelerOpt = typer.Option(None, "--labeler", help="labeler VLM folder or hub id (default: the world's labeler)")
+SplitterOpt = typer.Option(None, "--splitter", help="rules | llm (default rules)")
+SplitterModelOpt = typer.Option(None, "--splitter-model", help="chat LM for --splitter llm "
+                                                               "(default: the world's splitter)")
+ModeOpt = typer.Option(None, "--mode", help="claims (divide and conquer) | holistic (one question per response)")
+DeviceOpt = typer.Option(None, "--device", help="torch device for every model, e.g. cuda (default cpu)")
+SeedOpt = typer.Option(None, "--seed", help="sampling and pairing seed (default 0)")
+WorldSeedOpt = typer.Option(0, "--world-seed", help="seed of the world whose models fill unset model paths")
+JsonOpt = typer.Option(False, "--json", help="print one JSON object on stdout")
+
+
+def _config(config: Optional[Path], **opts: Any):
+    """CollectConfig from the YAML file, then the command-line options that were given."""
+    from pydantic import ValidationError
+
+    from rlaifv.config import CollectConfig, load_yaml
+    from rlaifv.progress import log
+
+    try:
+        cfg = load_yaml(CollectConfig, config).model_dump()
+        set_ = {
+            ("sample", "n"): opts.get("n"),
+            ("sample", "temperature"): opts.get("temperature"),
+            ("sample", "max_new_tokens"): opts.get("max_new_tokens"),
+            ("sample", "seed"): opts.get("seed"),
+            ("pairs", "seed"): opts.get("seed"),
+            ("claims", "splitter"): opts.get("splitter"),
+            ("judge", "mode"): opts.get("mode"),
+            ("sample", "policy", "path"): opts.get("policy"),
+            ("judge", "labeler", "path"): opts.get("labeler"),
+            ("claims", "splitter_model", "path"): opts.get("splitter_model"),
+        }
+        if opts.get("device"):
+            for role in (("sample", "policy"), ("judge", "labeler"), ("claims", "splitter_model")):
+                set_[(*role, "device")] = opts["device"]
+        for path, value in set_.items():
+            if value is not None:
+                node = cfg
+                for key in path[:-1]:
+                    node = node[key]
+                node[path[-1]] = value
+        return CollectConfig.model_validate(cfg)
+    except (ValidationError, ValueError, OSError) as exc:
+        log(f"[red]error:[/red] {config or 'options'}: {exc}")
+        raise typer.Exit(2) from None
+
+
+def _run(stages: list[str], prompts: Optional[Path], out: Path, cfg, world_seed: int, as_json: bool) -> None:
+    from rlaifv.cli import _emit, _quiet_libraries
+    from rlaifv.collect import run_stage, summarize
+    from rlaifv.config import WorldConfig
+    from rlaifv.progress import log
+    from rlaifv.store import write_json
+
+    _quiet_libraries()
+    if "prompts" in stages and prompts is None and not (out / "prompts" / "shards").exists():
+        log("[red]error:[/red] --prompts is required the first time (no prompts stored in --out yet)")
+        raise typer.Exit(2)
+    results = {}
+    try:
+        for stage in stages:
+            if stage == "prompts" and prompts is None:
+                continue
+            results[stage] = run_stage(stage, prompts, out, cfg, WorldConfig(seed=world_seed))
+    except (ValueError, OSError) as exc:
+        log(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    summary = summarize(out, results)
+    write_json(out / "summary.json", summary)
+    human = "\n".join(f"{name}: {info}" for name, info in summary["stages"].items())
+    if summary.get("feedback_precision") is not None:
+        human += (f"\nfeedback precision {summary['feedback_precision']:.3f}, true ties "
+                  f"{summary['true_tie_rate']:.3f} over {summary['n_pairs']} pairs")
+    _emit(summary, as_json, human + f"\nsummary: {out / 'summary.json'}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the feedback commands to the main app."""
+
+    @app.command()
+    def collect(
+        out: Path = OutOpt, prompts: Optional[Path] = PromptsOpt, config: Optional[Path] = CollectConfigOpt,
+        n: Optional[int] = NOpt, temperature: Optional[float] = TempOpt, max_new_tokens: Optional[int] = MaxTokOpt,
+        policy: Optional[str] = PolicyOpt, labeler: Optional[str] = LabelerOpt, splitter: Optional[str] = SplitterOpt,
+        splitter_model: Optional[str] = SplitterModelOpt, mode: Optional[str] = ModeOpt,
+        device: Optional[str] = DeviceOpt, seed: Optional[int] = SeedOpt, world_seed: int = WorldSeedOpt,
+        as_json: bool = JsonOpt,
+    ) -> None:
+        """Collect preference pairs: sample N responses per prompt, split them into claims, judge every claim
+        with the labeler, pair responses by score. Writes OUT/summary.json."""
+        cfg = _config(config, **{k: v for k, v in locals().items() if k not in ("out", "prompts", "config")})
+        _run(["prompts", "sample", "claims", "judge", "pairs"], prompts, out, cfg, world_seed, as_json)
+
+    @app.command()
+    def sample(
+        out: Path = OutOpt, prompts: Optional[Path] = PromptsOpt, config: Optional[Path] = CollectConfigOpt,
+        n: Optional[int] = NOpt, temperature: Optional[float] = TempOpt, max_new_tokens: Optional[int] = MaxTokOpt,
+        policy: Optional[str] = PolicyOpt, device: Optional[str] = DeviceOpt, seed: Optional[int] = SeedOpt,
+        world_seed: int = WorldSeedOpt, as_json: bool = JsonOpt,
+    ) -> None:
+        """Deconfounded sampling: N responses per prompt with one decoding setting (OUT/candidates)."""
+        cfg = _config(config, **{k: v for k, v in locals().items() if k not in ("out", "prompts", "config")})
+        _run(["prompts", "sample"], prompts, out, cfg, world_seed, as_json)
+
+    @app.command()
+    def claims(
+        out: Path = OutOpt, config: Optional[Path] = CollectConfigOpt, splitter: Optional[str] = SplitterOpt,
+        splitter_model: Optional[str] = SplitterModelOpt, device: Optional[str] = DeviceOpt,
+        world_seed: int = WorldSeedOpt, as_json: bool = JsonOpt,
+    ) -> None:
+        """Divide: split every response into statements and yes/no questions (OUT/claims)."""
+        cfg = _config(config, **{k: v for k, v in locals().items() if k not in ("out", "config")})
+        _run(["claims"], None, out, cfg, world_seed, as_json)
+
+    @app.command()
+    def judge(
+        out: Path = OutOpt, config: Optional[Path] = CollectConfigOpt, labeler: Optional[str] = LabelerOpt,
+        mode: Optional[str] = ModeOpt, device: Optional[str] = DeviceOpt, world_seed: int = WorldSeedOpt,
+        as_json: bool = JsonOpt,
+    ) -> None:
+        """Conquer: the labeler's P(yes)/P(no) for every claim against the image (OUT/verdicts)."""
+        cfg = _config(config, **{k: v for k, v in locals().items() if k not in ("out", "config")})
+        _run(["judge"], None, out, cfg, world_seed, as_json)
+
+    @app.command()
+    def pairs(
+        out: Path = OutOpt, config: Optional[Path] = CollectConfigOpt, seed: Optional[int] = SeedOpt,
+        as_json: bool = JsonOpt,
+    ) -> None:
+        """Score responses (-rejected claims) and build preference pairs (OUT/preferences)."""
+        cfg = _config(config, **{k: v for k, v in locals().items() if k not in ("out", "config")})
+        _run(["pairs"], None, out, cfg, 0, as_json)
+
+    @app.command()
+    def export(
+        out: Path = typer.Option(..., "--out", exists=True, file_okay=False, help="a collect output folder"),
+        fmt: str = typer.Option("trl", "--format", help="trl (prompt/chosen/rejected messages + images) | "
+                                                        "rlaifv-dataset (the RLAIF-V-Dataset columns)"),
+        to: Path = typer.Option(..., "--to", dir_okay=False, help="Parquet file to write"),
+        as_json: bool = JsonOpt,
+    ) -> None:
+        """Export the pairs as Parquet that `datasets.load_dataset("parquet", ...)` reads unchanged."""
+        from rlaifv.cli import _emit
+        from rlaifv.collect import pair_store, stores
+        from rlaifv.feedback.pairs import export_rlaifv_dataset, export_trl
+
+        writers = {"trl": export_trl, "rlaifv-dataset": export_rlaifv_dataset}
+        if fmt not in writers:
+            raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(writers)}", param_hint="--format")
+        found = pair_store(out)
+        writers[fmt](found, stores(out)["prompts"], to)
+        _emit({"path": str(to), "format": fmt, "pairs": len(found)}, as_json,
+              f"wrote {len(found)} pairs to {to} ({fmt})")
+
+

@@ -1,0 +1,161 @@
+"""`rlaifv collect`: the feedback engine end to end -- prompts -> candidates -> claims -> verdicts -> pairs.
+
+Each stage reads the previous stage's store and writes its own under the output folder:
+
+    OUT/prompts      Prompt records ingested from the user's file (bad rows quarantined)
+    OUT/candidates   N sampled responses per prompt               (feedback.sample)
+    OUT/claims       statements and yes/no questions per response (feedback.claims; not in holistic mode)
+    OUT/verdicts     the labeler's P_yes / P_no per claim          (feedback.judge)
+    OUT/preferences  scores and pairs, rebuilt whole when inputs change (feedback.pairs)
+    OUT/summary.json per-stage counts, quarantine reasons and, for world prompts, feedback precision
+
+Every stage resumes where it stopped, so rerunning the same command after a crash finishes the job. Models left
+empty in the config are the synthetic world's (bootstrapped or taken from the cache).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from rlaifv.config import CollectConfig, EngineConfig, WorldConfig
+from rlaifv.progress import log
+from rlaifv.records import Candidate, Claim, Pair, Prompt, Verdict
+from rlaifv.store import ShardedStore, write_json
+
+PREFERENCES = "preferences"  # the pairs stage owns this folder: OUT/preferences/{scores,pairs}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def stores(out: Path, shard_size: int = 1000) -> dict[str, ShardedStore]:
+    return {
+        "prompts": ShardedStore(out / "prompts", Prompt, shard_size),
+        "candidates": ShardedStore(out / "candidates", Candidate, shard_size),
+        "claims": ShardedStore(out / "claims", Claim, shard_size),
+        "verdicts": ShardedStore(out / "verdicts", Verdict, shard_size),
+    }
+
+
+def load_engine(cfg: EngineConfig, default_path: str | Path | None, role: str):
+    from rlaifv.engines.hf import HFEngine
+
+    path = cfg.path or default_path
+    if not path:
+        raise ValueError(f"no model for the {role}: set {role}.path in the config")
+    return HFEngine(path, cfg.device, DTYPES[cfg.dtype], cfg.trust_remote_code)
+
+
+def _world_defaults(cfg: CollectConfig, world: WorldConfig | None) -> dict[str, Path]:
+    """The world's models for every role the config leaves empty (bootstrapping them if needed)."""
+    needs_world = not cfg.sample.policy.path or not cfg.judge.labeler.path or (
+        cfg.claims.splitter == "llm" and not cfg.claims.splitter_model.path
+    )
+    if not needs_world:
+        return {}
+    from rlaifv.world.bootstrap import bootstrap
+
+    models = bootstrap(world or WorldConfig())
+    found = {"policy": models.policy, "labeler": models.labeler}
+    splitter = models.root / "splitter"
+    if splitter.exists():
+        found["splitter"] = splitter
+    return found
+
+
+def run_stage(stage: str, prompts_file: Path | None, out: Path, cfg: CollectConfig,
+              world: WorldConfig | None = None) -> dict:
+    """Run one stage ('prompts', 'sample', 'claims', 'judge' or 'pairs') on the output folder."""
+    from rlaifv.feedback.prompts import ingest_prompts, load_image
+
+    s = stores(out, cfg.shard_size)
+    if stage == "prompts":
+        if prompts_file is None:
+            raise ValueError("the prompts stage needs a prompts file")
+        return ingest_prompts(prompts_file, s["prompts"])
+    defaults = _world_defaults(cfg, world)
+    if stage == "sample":
+        from rlaifv.feedback.sample import run_sample
+
+        engine = load_engine(cfg.sample.policy, defaults.get("policy"), "sample.policy")
+        return run_sample(s["prompts"], s["candidates"], cfg.sample, engine, load_image)
+    if stage == "claims":
+        if cfg.judge.mode == "holistic":
+            return {"done": 0, "skipped": 0, "note": "holistic mode judges whole responses; no claims"}
+        from rlaifv.feedback.claims import make_splitter, run_claims
+
+        splitter = make_splitter(cfg.claims, str(defaults.get("splitter", "")))
+        return run_claims(s["prompts"], s["candidates"], s["claims"], cfg.claims, splitter)
+    if stage == "judge":
+        from rlaifv.feedback.judge import holistic_claims, run_judge
+
+        engine = load_engine(cfg.judge.labeler, defaults.get("labeler"), "judge.labeler")
+        if cfg.judge.mode == "holistic":
+            claims = holistic_claims(s["candidates"].read_all(), cfg.claims.question_suffix)
+        else:
+            claims = s["claims"].read_all()
+        return run_judge(s["prompts"], claims, s["verdicts"], cfg.judge, engine, load_image)
+    if stage == "pairs":
+        from rlaifv.feedback.pairs import build_pairs
+
+        return build_pairs(s["prompts"], s["candidates"], s["verdicts"], out / PREFERENCES, cfg.pairs)
+    raise ValueError(f"unknown stage {stage!r}")
+
+
+def collect(prompts_file: Path, out: Path, cfg: CollectConfig, world: WorldConfig | None = None) -> dict:
+    """All stages in order, then OUT/summary.json; returns the summary."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "collect.yaml").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    timings, results = {}, {}
+    for stage in ("prompts", "sample", "claims", "judge", "pairs"):
+        start = time.perf_counter()
+        results[stage] = run_stage(stage, prompts_file, out, cfg, world)
+        timings[stage] = round(time.perf_counter() - start, 2)
+        log(f"{stage}: {results[stage]} ({timings[stage]} s)")
+    summary = summarize(out, results)
+    summary["seconds"] = timings
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+def summarize(out: Path, results: dict | None = None) -> dict:
+    """Per-stage counts (stored, quarantined by reason) and, for world prompts, how right the pairs are."""
+    s = stores(out)
+    summary: dict = {"stages": {}}
+    for name, store in s.items():
+        reasons = Counter(_reason_class(q.reason) for q in store.read_quarantine())
+        summary["stages"][name] = {"records": len(store), "quarantined": dict(reasons)}
+    pairs_store = pair_store(out)
+    summary["stages"]["pairs"] = {"records": len(pairs_store)}
+    if results and isinstance(results.get("pairs"), dict):
+        summary["stages"]["pairs"].update(results["pairs"])
+    summary.update(world_feedback(s["prompts"], pairs_store))
+    return summary
+
+
+def pair_store(out: Path) -> ShardedStore[Pair]:
+    return ShardedStore(out / PREFERENCES / "pairs", Pair)
+
+
+def world_feedback(prompts: ShardedStore[Prompt], pairs: ShardedStore[Pair]) -> dict:
+    """feedback_precision and true_tie_rate of the pairs when the prompts come from the synthetic world (None
+    where undefined, e.g. no pairs); {} for a user's prompts, which have no ground truth."""
+    from rlaifv.eval.world_metrics import feedback_metrics
+    from rlaifv.feedback.prompts import scene_of
+
+    scenes = {p.prompt_id: scene_of(p) for p in prompts.read()}
+    if not any(scenes.values()):
+        return {}
+    rows = [(scenes[p.prompt_id], p.chosen, p.rejected) for p in pairs.read() if scenes.get(p.prompt_id)]
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in feedback_metrics(rows).items()}
+
+
+def _reason_class(reason: str) -> str:
+    """Group reasons that differ only in details (counts, paths) under their first clause."""
+    return reason.split(":")[0].split(" (")[0][:80]
+
+

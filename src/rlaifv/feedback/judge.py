@@ -1,0 +1,104 @@
+"""Move 2b, conquer: the labeler VLM answers each claim's yes/no question about the image.
+
+The verdict is read from one next-token distribution (P_yes and P_no summed over the tokenizer's spellings); a
+claim is accepted iff P_yes > P_no, so a tie rejects. A response's score is -(rejected claims), computed from the
+verdicts when pairs are built.
+
+Speed: one prompt's image is asked about every claim of every one of its N responses -- often 50-100 questions.
+With `shared_prefix` the image and chat header are encoded once per packed row and the questions follow it behind
+a block mask (engines.packing); the result equals one forward per question.
+
+`holistic` mode asks one question about the whole response instead, for the paper's ablation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Protocol
+
+from PIL import Image
+
+from rlaifv.config import JudgeConfig
+from rlaifv.progress import progress
+from rlaifv.records import BadInput, Candidate, Claim, Prompt, Verdict
+from rlaifv.store import ShardedStore
+
+# The holistic question: the whole response in one yes/no.
+HOLISTIC_QUESTION = 'Here is a description of the image: "{response}" Is everything in this description correct?'
+
+
+class YesNoJudge(Protocol):
+    """What the stage needs from an engine (engines.hf.HFEngine provides it)."""
+
+    def yes_no(self, images: list[Image.Image], questions: list[str]) -> list[tuple[float, float]]: ...
+
+    def yes_no_shared(
+        self, groups: list[tuple[Image.Image, list[str]]], questions_per_pack: int = 64
+    ) -> list[list[tuple[float, float]]]: ...
+
+
+def holistic_claims(candidates: list[Candidate], suffix: str) -> list[Claim]:
+    """One claim per response: the whole response, asked about at once."""
+    out = []
+    for c in candidates:
+        question = HOLISTIC_QUESTION.format(response=c.text.strip())
+        out.append(Claim(c.prompt_id, c.sample_idx, 0, c.text, f"{question} {suffix}".strip()))
+    return out
+
+
+def run_judge(
+    prompts: ShardedStore[Prompt],
+    claims: list[Claim],
+    out: ShardedStore[Verdict],
+    cfg: JudgeConfig,
+    engine: YesNoJudge,
+    load_image: Callable[[Prompt], Image.Image],
+) -> dict:
+    """Verdicts for every claim not yet judged; one prompt's verdicts are written as one unit."""
+    out.write_config(cfg.model_dump(mode="json"))
+    by_prompt: dict[str, list[Claim]] = defaultdict(list)
+    for c in claims:
+        by_prompt[c.prompt_id].append(c)
+    todo = [p for p in prompts.read() if p.prompt_id in by_prompt]
+    done = skipped = 0
+    with out.writer() as writer, progress("judging claims", sum(len(by_prompt[p.prompt_id]) for p in todo)) as bar:
+        for lo in range(0, len(todo), cfg.packs_per_batch):
+            # A batch is a fixed unit of compute: after a crash it is recomputed whole (only what is missing is
+            # written), so a resumed run packs and pads exactly as an uninterrupted one and gets the same floats.
+            prompts_here = todo[lo : lo + cfg.packs_per_batch]
+            n_here = sum(len(by_prompt[p.prompt_id]) for p in prompts_here)
+            if all(c.key in writer for p in prompts_here for c in by_prompt[p.prompt_id]):
+                skipped += n_here
+                bar.advance(n_here)
+                continue
+            batch = []
+            for p in prompts_here:
+                mine = by_prompt[p.prompt_id]
+                try:
+                    batch.append((load_image(p), mine))
+                except BadInput as exc:
+                    for c in mine:
+                        if c.key not in writer:
+                            writer.quarantine(c.key, str(exc), c)
+            groups = [(image, [c.question for c in mine]) for image, mine in batch]
+            if not groups:
+                probs = []
+            elif cfg.shared_prefix:
+                probs = engine.yes_no_shared(groups, cfg.questions_per_pack)
+            else:
+                probs = [engine.yes_no([image] * len(qs), qs) for image, qs in groups]
+            for (_, mine), row in zip(batch, probs):
+                verdicts = []
+                for c, (p_yes, p_no) in zip(mine, row):
+                    if c.key in writer:
+                        skipped += 1
+                    elif not (math.isfinite(p_yes) and math.isfinite(p_no)):
+                        writer.quarantine(c.key, f"labeler returned non-finite probabilities ({p_yes}, {p_no})", c)
+                    else:
+                        verdicts.append(Verdict.from_probs(c.prompt_id, c.sample_idx, c.claim_idx, p_yes, p_no))
+                writer.add_unit(verdicts)
+                done += len(verdicts)
+            bar.advance(n_here, status=f"{done} verdicts")
+    return {"done": done, "skipped": skipped}

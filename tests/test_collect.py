@@ -1,0 +1,183 @@
+"""The feedback engine end to end on the micro world: stages, resume after a real SIGKILL, quarantine, summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlaifv.collect import collect, pair_store, run_stage, stores
+from rlaifv.config import CollectConfig
+
+N_PROMPTS = 6
+
+
+@pytest.fixture(scope="module")
+def world_prompts(tmp_path_factory, micro_config) -> Path:
+    from rlaifv.feedback.prompts import write_world_prompts
+
+    out = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    return write_world_prompts(micro_config.seed, "prompts", N_PROMPTS, out, micro_config.prior)
+
+
+def config_for(world, **changes) -> CollectConfig:
+    cfg = {
+        "sample": {"policy": {"path": str(world.policy)}, "n": 4, "max_new_tokens": 40, "prompts_per_batch": 2,
+                   "temperature": 1.0},
+        "judge": {"labeler": {"path": str(world.labeler)}, "packs_per_batch": 2},
+        "shard_size": 3,
+    }
+    for key, value in changes.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    return CollectConfig.model_validate(cfg)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, micro_world, world_prompts) -> Path:
+    """One uninterrupted collect run: the reference every resumed run must equal."""
+    out = tmp_path_factory.mktemp("collect") / "run"
+    collect(world_prompts, out, config_for(micro_world))
+    return out
+
+
+def rows(out: Path, name: str) -> list[dict]:
+    store = stores(out)[name] if name != "pairs" else pair_store(out)
+    return sorted((r.to_row() for r in store.read()), key=lambda r: json.dumps(r, sort_keys=True, default=str))
+
+
+def test_collect_writes_every_stage_and_a_summary(finished):
+    summary = json.loads((finished / "summary.json").read_text())
+    assert summary["stages"]["prompts"]["records"] == N_PROMPTS
+    assert summary["stages"]["candidates"]["records"] == N_PROMPTS * 4
+    claims = rows(finished, "claims")
+    verdicts = rows(finished, "verdicts")
+    quarantined = sum(summary["stages"]["claims"]["quarantined"].values())
+    assert claims and len(verdicts) == len(claims)
+    # every candidate either has claims or sits in quarantine with a reason
+    with_claims = {(c["prompt_id"], c["sample_idx"]) for c in claims}
+    assert len(with_claims) + quarantined == N_PROMPTS * 4
+    assert all(c["question"].endswith("Answer yes or no.") for c in claims)
+    for v in verdicts:
+        assert v["accepted"] == (v["p_yes"] > v["p_no"])
+    for name in ("candidates", "claims", "verdicts"):
+        assert (finished / name / "config.yaml").exists()  # each stage echoes its config
+
+
+def test_candidates_are_seeded_and_share_one_decoding_setting(finished, micro_world, world_prompts, tmp_path):
+    again = tmp_path / "again"
+    cfg = config_for(micro_world)
+    run_stage("prompts", world_prompts, again, cfg)
+    run_stage("sample", None, again, cfg)
+    assert rows(again, "candidates") == rows(finished, "candidates")
+    settings = {json.dumps(r["sampling"], sort_keys=True) for r in rows(finished, "candidates")}
+    assert len(settings) == 1
+
+
+CHILD = r"""
+import os, signal, sys
+from pathlib import Path
+import rlaifv.store as store
+from rlaifv.collect import run_stage
+from rlaifv.config import CollectConfig
+
+stage, out, kill_after, cfg_json = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+folder = {"sample": "candidates", "claims": "claims", "judge": "verdicts"}[stage]
+written = 0
+atomic_write = store._atomic_write
+
+def write_then_maybe_die(path, write):
+    global written
+    atomic_write(path, write)
+    if path.parent.name == "shards" and path.parent.parent.name == folder:
+        written += 1
+        if written >= kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+store._atomic_write = write_then_maybe_die
+run_stage(stage, None, out, CollectConfig.model_validate_json(cfg_json))
+"""
+
+
+@pytest.mark.parametrize("stage,before", [("sample", ["prompts"]), ("claims", ["prompts", "candidates"]),
+                                          ("judge", ["prompts", "candidates", "claims"])])
+def test_a_stage_killed_midway_resumes_to_the_uninterrupted_result(stage, before, finished, micro_world, tmp_path):
+    out = tmp_path / "run"
+    for name in before:
+        shutil.copytree(finished / name, out / name)
+    cfg = config_for(micro_world)
+    proc = subprocess.run([sys.executable, "-c", CHILD, stage, str(out), "1", cfg.model_dump_json()],
+                          env=os.environ.copy(), stderr=subprocess.PIPE, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    name = {"sample": "candidates", "claims": "claims", "judge": "verdicts"}[stage]
+    partial = rows(out, name)
+    assert 0 < len(partial) < len(rows(finished, name))  # killed with work done and work left
+    run_stage(stage, None, out, cfg)
+    assert rows(out, name) == rows(finished, name)  # nothing lost, nothing twice
+
+
+def test_bad_inputs_are_quarantined_with_reasons(micro_world, world_prompts, tmp_path):
+    from rlaifv.feedback.prompts import read_prompt_rows
+
+    src = [json.loads(line) for line in world_prompts.read_text().splitlines()]
+    base = world_prompts.parent
+    bad = tmp_path / "prompts.jsonl"
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    lines = [
+        {**src[0], "image": str(base / src[0]["image"])},
+        {**src[1], "image": str(base / src[1]["image"])},
+        {"id": "gone", "image": str(tmp_path / "missing.png"), "question": "Describe the image."},
+        {"id": "corrupt", "image": str(tmp_path / "broken.png"), "question": "Describe the image."},
+        {"id": "blank", "image": str(base / src[2]["image"]), "question": "  "},
+    ]
+    bad.write_text("\n".join(json.dumps(r) for r in lines))
+    assert len(list(read_prompt_rows(bad))) == 5
+    out = tmp_path / "run"
+    # An image deleted after ingest: the sampling stage quarantines that prompt and goes on.
+    late = tmp_path / "late.png"
+    shutil.copy(base / src[3]["image"], late)
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text(json.dumps({"id": "late", "image": str(late), "question": "Describe the image."}))
+    cfg = config_for(micro_world)
+    run_stage("prompts", bad, out, cfg)
+    run_stage("prompts", extra, out, cfg)
+    late.unlink()
+    summary = collect(bad, out, cfg)
+    prompts_q = summary["stages"]["prompts"]["quarantined"]
+    assert sum(prompts_q.values()) == 3, prompts_q
+    reasons = " ".join(q.reason for q in stores(out)["prompts"].read_quarantine())
+    assert "missing.png" in reasons or "not found" in reasons.lower()
+    sample_q = stores(out)["candidates"].read_quarantine()
+    assert [q.record_key for q in sample_q] == ["late"]
+    assert summary["stages"]["candidates"]["records"] == 2 * 4
+
+
+def test_holistic_mode_judges_whole_responses(finished, micro_world, tmp_path):
+    out = tmp_path / "holistic"
+    for name in ("prompts", "candidates"):
+        shutil.copytree(finished / name, out / name)
+    cfg = config_for(micro_world, judge={"mode": "holistic"})
+    for stage in ("claims", "judge", "pairs"):
+        run_stage(stage, None, out, cfg)
+    verdicts = rows(out, "verdicts")
+    assert len(verdicts) == N_PROMPTS * 4  # one per response
+    assert not (out / "claims" / "shards").exists()
+
+
+def test_cli_collect_json_prints_one_object(finished, micro_world, tmp_path):
+    out = tmp_path / "cli"
+    shutil.copytree(finished, out)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlaifv.cli", "collect", "--out", str(out), "--policy", str(micro_world.policy),
+         "--labeler", str(micro_world.labeler), "--n", "4", "--json"],
+        capture_output=True, text=True, timeout=300, env=os.environ.copy(),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout)
+    assert summary["stages"]["candidates"]["records"] == N_PROMPTS * 4
+    assert "feedback_precision" in summary

@@ -1,0 +1,271 @@
+"""The divide step's two splitters: rules on hand-written and world English, the LLM splitter on real tiny models."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rlaifv.feedback.split_llm import (
+    LLMSplitter,
+    pair_claims,
+    parse_bullets,
+    read_statements,
+    strip_suffix,
+)
+from rlaifv.feedback.split_rules import RuleSplitter, cut_words
+from rlaifv.records import BadInput
+from rlaifv.world.language import CaptionNoise, Mention, describe, noisy_caption, parse_mentions, true_mentions
+from rlaifv.world.models import build_tokenizer
+from rlaifv.world.scenes import sample_scenes
+from rlaifv.world.splitter import (
+    WORLD_QUESTIONS_PROMPT,
+    WORLD_STATEMENTS_PROMPT,
+    build_splitter,
+    encode_conversation,
+    save_splitter,
+    splitter_examples,
+    train_splitter,
+)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer(0)
+
+
+def rules(response: str, max_words: int = 300):
+    return RuleSplitter(max_words).split([("Describe this image in detail.", response)])[0]
+
+
+# ---------------------------------------------------------------- rule splitter, by hand
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        ("There is a small red fork on the left.",
+         [("There is a small red fork on the left.", "Is there a small red fork on the left?")]),
+        ("A big blue cup is in the center.",
+         [("A big blue cup is in the center.", "Is a big blue cup in the center?")]),
+        ("I can see a little white knife in the top right corner.",
+         [("I can see a little white knife in the top right corner.",
+           "Is there a little white knife in the top right corner?")]),
+        ("I see an apple.", [("I see an apple.", "Is there an apple?")]),
+        ("In the top left corner, there is a green tree.",
+         [("In the top left corner, there is a green tree.", "Is there a green tree in the top left corner?")]),
+        ("The image also shows a yellow star.", [("The image also shows a yellow star.", "Is there a yellow star?")]),
+        ("There are two cats.", [("There are two cats.", "Are there two cats?")]),
+        ("The dogs are asleep.", [("The dogs are asleep.", "Are the dogs asleep?")]),
+        ("The man holds an umbrella.",
+         [("The man holds an umbrella.", "Is it true that the man holds an umbrella?")]),
+        ("The man has a hat.", [("The man has a hat.", "Does the man have a hat?")]),
+        ("The dog can swim.", [("The dog can swim.", "Can the dog swim?")]),
+        # negations stay in the question, so "yes" means the statement holds
+        ("There is no knife.", [("There is no knife.", "Is there no knife?")]),
+        ("The cup isn't red.", [("The cup is not red.", "Is the cup not red?")]),
+        ("I cannot see a spoon.", [("I cannot see a spoon.", "Is there no spoon?")]),
+        # one statement per object, agreement fixed, a shared location given to each object
+        ("There are a fork and a knife.", [("There is a fork.", "Is there a fork?"),
+                                           ("There is a knife.", "Is there a knife?")]),
+        ("There are a red fork, a knife, and two cups on the table.",
+         [("There is a red fork on the table.", "Is there a red fork on the table?"),
+          ("There is a knife on the table.", "Is there a knife on the table?"),
+          ("There are two cups on the table.", "Are there two cups on the table?")]),
+        ("A fork and a knife are on the left.", [("A fork is on the left.", "Is a fork on the left?"),
+                                                 ("A knife is on the left.", "Is a knife on the left?")]),
+        ("The picture shows a kitchen and two chairs.",
+         [("The picture shows a kitchen.", "Is there a kitchen?"),
+          ("The picture shows two chairs.", "Are there two chairs?")]),
+        ("There is a black and white cat.", [("There is a black and white cat.", "Is there a black and white cat?")]),
+        # clauses: each statement keeps (or recovers) its subject
+        ("There is a red fork on the left, and there is a blue cup in the center.",
+         [("There is a red fork on the left.", "Is there a red fork on the left?"),
+          ("There is a blue cup in the center.", "Is there a blue cup in the center?")]),
+        ("There is a fork and there is a knife.", [("There is a fork.", "Is there a fork?"),
+                                                   ("There is a knife.", "Is there a knife?")]),
+        ("There is a cup, and it is blue.", [("There is a cup.", "Is there a cup?"),
+                                              ("The cup is blue.", "Is the cup blue?")]),
+        ("The cup is blue and is on the left.", [("The cup is blue.", "Is the cup blue?"),
+                                                 ("The cup is on the left.", "Is the cup on the left?")]),
+        # separators: ; ! newlines, list markers; questions, headers and hedges are not claims
+        ("The sky is blue; the sun is yellow!\n- There is a kite",
+         [("The sky is blue.", "Is the sky blue?"), ("The sun is yellow.", "Is the sun yellow?"),
+          ("There is a kite.", "Is there a kite?")]),
+        ("Sure! Here is what I see:\nI think it is a park. There is a tree. It seems windy. Is it cold?",
+         [("There is a tree.", "Is there a tree?")]),
+        ("It is 2.5 meters tall.", [("It is 2.5 meters tall.", "Is it 2.5 meters tall?")]),
+    ],
+)
+def test_rule_splitter_forms(response, expected):
+    assert rules(response) == expected
+
+
+@pytest.mark.parametrize(
+    ("response", "reason"),
+    [
+        ("", "empty response"),
+        ("   \n ", "empty response"),
+        ("I think it is a nice picture. It seems calm. Maybe a park?", "no claims found"),
+        ("Sure!", "no claims found"),
+    ],
+)
+def test_rule_splitter_bad_input(response, reason):
+    result = rules(response)
+    assert isinstance(result, BadInput)
+    assert reason in str(result)
+
+
+def test_rule_splitter_cuts_to_max_words():
+    response = "There is a fork. There is a knife.\nThere is a cup."
+    assert cut_words(response, 5) == "There is a fork. There"
+    assert cut_words(response, 6) == "There is a fork. There is"
+    assert cut_words(response, 100) == response
+    assert [s for s, _ in rules(response, max_words=8)] == ["There is a fork.", "There is a knife."]
+
+
+def test_rule_splitter_returns_one_result_per_item_in_order():
+    out = RuleSplitter().split([("q", "There is a cup."), ("q", ""), ("q", "A ball is red.")])
+    assert out[0] == [("There is a cup.", "Is there a cup?")]
+    assert isinstance(out[1], BadInput)
+    assert out[2] == [("A ball is red.", "Is a ball red?")]
+
+
+# ---------------------------------------------------------------- rule splitter, world language
+
+
+def test_rule_splitter_matches_parse_mentions_on_world_responses():
+    """On every sentence form the world writes, the claims are exactly the mentioned objects with their attributes."""
+    rng = np.random.default_rng(0)
+    loud = CaptionNoise(size_mention_prob=0.5, position_mention_prob=0.5)
+    splitter = RuleSplitter()
+    checked = 0
+    for scene in sample_scenes(0, "val", 150):
+        responses = (noisy_caption(scene, rng), noisy_caption(scene, rng, loud), describe(true_mentions(scene), rng))
+        for response in responses:
+            claims = splitter.split_one("Describe this image.", response)
+            per_statement = [parse_mentions(s) for s, _ in claims]
+            assert all(len(m) == 1 for m in per_statement), (response, claims)
+            assert [m[0] for m in per_statement] == parse_mentions(response)
+            assert [parse_mentions(q) for _, q in claims] == per_statement
+            assert all(q.endswith("?") and "answer yes or no" not in q.lower() for _, q in claims)
+            checked += len(claims)
+    assert checked > 1000
+
+
+def test_rule_splitter_multi_object_world_sentence():
+    claims = rules("There are a small red fork and a big white knife in the center.")
+    assert [parse_mentions(s) for s, _ in claims] == [
+        [Mention("fork", "red", "small", 4)], [Mention("knife", "white", "large", 4)]
+    ]
+
+
+# ---------------------------------------------------------------- parsing the LLM's output
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("- a cup.\n- a fork.", ["a cup.", "a fork."]),
+        ("Here are the statements:\n\n* one\n*  two  \n\n", ["one", "two"]),
+        ("  • one\n•two\n", ["one", "two"]),
+        ("1. one\n2) two\n(3) three\n10. ten", ["one", "two", "three", "ten"]),
+        ("**Statements:**\n- one\n---\n-   \n- two\nI hope this helps!", ["one", "two"]),
+        ("There is a cup. There is a fork.", []),
+        ("", []),
+        ("- 2.5 meters\n3.5 meters is not a bullet", ["2.5 meters"]),
+    ],
+)
+def test_parse_bullets(text, expected):
+    assert parse_bullets(text) == expected
+
+
+def test_read_statements_reasons():
+    assert read_statements("Sure:\n- a\n- b", True, 9) == ["a", "b"]
+    for text, finished, reason in [
+        ("none", True, "no claims found"),
+        ("- None.", True, "no claims found"),
+        ("  ", True, "no claims found"),
+        ("There is a cup.", True, "unparsable"),
+        ("- a\n- b", False, "max_new_tokens=9"),
+    ]:
+        with pytest.raises(BadInput, match=reason):
+            read_statements(text, finished, 9)
+
+
+def test_pair_claims_reports_count_mismatch_never_truncates():
+    statements = ["There is a cup.", "The cup is red."]
+    assert pair_claims(statements, "- Is there a cup?\n- Is the cup red? Answer yes or no.", True, 9) == [
+        ("There is a cup.", "Is there a cup?"), ("The cup is red.", "Is the cup red?")
+    ]
+    with pytest.raises(BadInput, match="2 statements, 1 questions"):
+        pair_claims(statements, "- Is there a cup?", True, 9)
+    with pytest.raises(BadInput, match="2 statements, 3 questions"):
+        pair_claims(statements, "- a?\n- b?\n- c?", True, 9)
+    assert strip_suffix("Is it red? (Answer yes or no.)") == "Is it red?"
+
+
+# ---------------------------------------------------------------- LLM splitter on real tiny models
+
+
+def test_world_examples_are_what_the_llm_splitter_parses_and_sends(tokenizer, tmp_path):
+    """Training targets parse back to the rule claims; training prompts are the tokens the splitter generates from."""
+    conversations = splitter_examples(0, 6)
+    assert len(conversations) == 24
+    rule = RuleSplitter()
+    for a, b in zip(conversations[::2], conversations[1::2]):
+        response = a[0]["content"].split("\n", 1)[1]
+        claims = rule.split_one("", response)
+        assert parse_bullets(a[1]["content"]) == [s for s, _ in claims]
+        assert parse_bullets(b[1]["content"]) == [q for _, q in claims]
+    save_splitter(build_splitter(tokenizer, 0, layers=1), tokenizer, tmp_path)
+    splitter = LLMSplitter(tmp_path)
+    assert (splitter.statements_prompt, splitter.questions_prompt) == (WORLD_STATEMENTS_PROMPT, WORLD_QUESTIONS_PROMPT)
+    prompt_ids, target_ids = encode_conversation(tokenizer, conversations[0])
+    sent = splitter.tokenizer(splitter.chat_text(conversations[0][0]["content"]), add_special_tokens=False)
+    assert prompt_ids == sent["input_ids"]
+    assert target_ids[-1] == tokenizer.eos_token_id
+
+
+def test_llm_splitter_random_model_gives_bad_input_not_a_crash(tokenizer, tmp_path):
+    model = build_splitter(tokenizer, seed=1, layers=1)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    tokenizer.save_pretrained(tmp_path)
+    items = [
+        ("Describe this image.", "There is a red fork on the left. A cup is blue."),
+        ("Describe this image.", ""),
+        ("What do you see?", "I can see a kite. " * 200),
+    ]
+    for temperature in (0.0, 0.7):
+        splitter = LLMSplitter(tmp_path, max_new_tokens=12, temperature=temperature, max_words=20, batch_size=2)
+        assert "Question: Describe this image." in splitter.statements_prompts(items[:1])[0]
+        # the response is cut to max_words: template words, minus its two placeholders, plus 4 + 20 words
+        n_words = len(splitter.statements_prompt.split()) - 2 + len(items[2][0].split()) + 20
+        assert len(splitter.statements_prompts(items[2:])[0].split()) == n_words
+        out = splitter.split(items)
+        assert len(out) == 3
+        assert str(out[1]) == "empty response"
+        # A random model's output is noise: each result is a reasoned BadInput or well-formed claims, never a crash
+        reasons = ("max_new_tokens", "unparsable", "no claims found", "count mismatch", "empty response")
+        for r in out:
+            if isinstance(r, BadInput):
+                assert any(k in str(r) for k in reasons), str(r)
+            else:
+                assert r and all(isinstance(st, str) and st and isinstance(q, str) and q for st, q in r), r
+
+
+def test_short_world_splitter_training_saves_and_reloads(tokenizer, tmp_path):
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    stats = train_splitter(0, tmp_path / "splitter", steps=12, batch_size=8, lr=3e-3, tokenizer=tokenizer, layers=1)
+    assert stats["steps"] == 12 and stats["examples"] == 96
+    assert math.isfinite(stats["final_loss"]) and stats["final_loss"] < stats["first_loss"]
+    assert (tmp_path / "splitter" / "model.safetensors").is_file()
+    splitter = LLMSplitter(tmp_path / "splitter", max_new_tokens=40)
+    assert splitter.statements_prompt == WORLD_STATEMENTS_PROMPT
+    out = splitter.split([("Describe this image.", "There is a red fork on the left."), ("Describe.", " ")])
+    assert isinstance(out[0], (list, BadInput)) and isinstance(out[1], BadInput)
+    again = LLMSplitter(tmp_path / "splitter", max_new_tokens=40).split([("Describe this image.",
+                                                                          "There is a red fork on the left.")])
+    assert str(again[0]) == str(out[0])  # greedy decoding of the saved model is deterministic

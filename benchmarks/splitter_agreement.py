@@ -1,6 +1,6 @@
 """Agreement of the world's splitter LM with the RuleSplitter on held-out world responses, and its training time.
 
-    python benchmarks/splitter_agreement.py [--seed 0] [--n 400] [--steps 300] [--threads 2] [--load PATH]
+    python benchmarks/splitter_agreement.py [--seed 0] [--n 1000] [--steps 200] [--threads 2] [--load PATH]
 
 Trains the world splitter (`rlaifv.world.splitter.train_splitter`) into a temporary folder -- or loads one with
 `--load` -- then splits N responses of the `val` split (disjoint from the training scenes) with `LLMSplitter` and
@@ -38,14 +38,34 @@ def agreement(llm: list, rules: list) -> dict[str, float]:
     }
 
 
+def run_seed(seed: int, args: argparse.Namespace) -> tuple[dict, list, list, list]:
+    """Train (or load) one splitter, split the held-out responses both ways; (row, items, llm, rules)."""
+    from rlaifv.feedback.split_llm import LLMSplitter
+    from rlaifv.feedback.split_rules import RuleSplitter
+    from rlaifv.world.splitter import train_splitter, world_responses
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path, stats = args.load, {}
+        if path is None:
+            path = Path(tmp) / "splitter"
+            stats = train_splitter(seed, path, args.steps, args.batch_size, args.lr, layers=args.layers)
+        items = world_responses(seed, "val", (args.n + 1) // 2)[: args.n]
+        rules = RuleSplitter().split(items)
+        start = time.perf_counter()
+        llm = LLMSplitter(path, max_new_tokens=64, batch_size=64).split(items)
+        split_s = time.perf_counter() - start
+    row = {"seed": seed, **stats, **agreement(llm, rules), "split_s": split_s}
+    return row, items, llm, rules
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n", type=int, default=400, help="held-out responses (2 per val scene)")
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--n", type=int, default=1000, help="held-out responses (2 per val scene)")
+    ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--layers", type=int, default=3)
+    ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (1 is steadier on a shared machine)")
     ap.add_argument("--load", type=Path, default=None, help="a trained splitter folder; skips training")
     ap.add_argument("--show", type=int, default=3, help="disagreements to print")
@@ -53,37 +73,25 @@ def main() -> None:
 
     import torch
 
-    from rlaifv.feedback.split_llm import LLMSplitter
-    from rlaifv.feedback.split_rules import RuleSplitter
-    from rlaifv.world.splitter import train_splitter, world_responses
-
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        path, stats = args.load, {}
-        if path is None:
-            path = Path(tmp) / "splitter"
-            stats = train_splitter(args.seed, path, args.steps, args.batch_size, args.lr, layers=args.layers)
-        items = world_responses(args.seed, "val", (args.n + 1) // 2)[: args.n]
-        rules = [r for r in RuleSplitter().split(items)]
-        start = time.perf_counter()
-        llm = LLMSplitter(path, max_new_tokens=160, batch_size=64).split(items)
-        split_s = time.perf_counter() - start
-    result = agreement(llm, rules)
-
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print("| seed | steps | train s | final loss | responses | response agreement | claim agreement | BadInput "
-          "| split s |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    print(
-        f"| {args.seed} | {stats.get('steps', '-')} | {stats.get('seconds', '-')} | "
-        f"{stats.get('final_loss', float('nan')):.4f} | {result['responses']} | {result['response_agreement']:.3f} | "
-        f"{result['claim_agreement']:.3f} | {result['bad_input_rate']:.3f} | {split_s:.1f} |"
-    )
+    print("| seed | steps | train s | final loss | responses | claims | response agreement | claim agreement "
+          "| BadInput | split s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     shown = 0
-    for (_, response), got, want in zip(items, llm, rules):
-        if got != want and shown < args.show:
-            shown += 1
-            print(f"\nresponse: {response}\n  rules: {want}\n  llm:   {got}")
+    for seed in args.seeds:
+        row, items, llm, rules = run_seed(seed, args)
+        print(
+            f"| {seed} | {row.get('steps', '-')} | {row.get('seconds', '-')} "
+            f"| {row.get('final_loss', float('nan')):.4f} "
+            f"| {row['responses']} | {row['claims']} | {row['response_agreement']:.3f} | {row['claim_agreement']:.3f} "
+            f"| {row['bad_input_rate']:.3f} | {row['split_s']:.1f} |",
+            flush=True,
+        )
+        for (_, response), got, want in zip(items, llm, rules):
+            if got != want and shown < args.show:
+                shown += 1
+                print(f"\nresponse: {response}\n  rules: {want}\n  llm:   {got}\n")
 
 
 if __name__ == "__main__":

@@ -25,9 +25,10 @@ from rlaifv.world.splitter import (
     WORLD_STATEMENTS_PROMPT,
     build_splitter,
     encode_conversation,
-    save_splitter,
+    sentence_conversations,
     splitter_examples,
     train_splitter,
+    world_responses,
 )
 
 
@@ -210,62 +211,100 @@ def test_pair_claims_reports_count_mismatch_never_truncates():
 # ---------------------------------------------------------------- LLM splitter on real tiny models
 
 
-def test_world_examples_are_what_the_llm_splitter_parses_and_sends(tokenizer, tmp_path):
-    """Training targets parse back to the rule claims; training prompts are the tokens the splitter generates from."""
-    conversations = splitter_examples(0, 6)
-    assert len(conversations) == 24
-    rule = RuleSplitter()
-    for a, b in zip(conversations[::2], conversations[1::2]):
-        response = a[0]["content"].split("\n", 1)[1]
-        claims = rule.split_one("", response)
-        assert parse_bullets(a[1]["content"]) == [s for s, _ in claims]
-        assert parse_bullets(b[1]["content"]) == [q for _, q in claims]
-    save_splitter(build_splitter(tokenizer, 0, layers=1), tokenizer, tmp_path)
-    splitter = LLMSplitter(tmp_path)
-    assert (splitter.statements_prompt, splitter.questions_prompt) == (WORLD_STATEMENTS_PROMPT, WORLD_QUESTIONS_PROMPT)
-    prompt_ids, target_ids = encode_conversation(tokenizer, conversations[0])
-    sent = splitter.tokenizer(splitter.chat_text(conversations[0][0]["content"]), add_special_tokens=False)
-    assert prompt_ids == sent["input_ids"]
-    assert target_ids[-1] == tokenizer.eos_token_id
+@pytest.fixture(scope="module")
+def world_splitter(tokenizer, tmp_path_factory):
+    """The world splitter, trained briefly (100 steps of 32: a few seconds) and saved."""
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    path = tmp_path_factory.mktemp("splitter")
+    stats = train_splitter(0, path, steps=100, batch_size=32, lr=3e-3, tokenizer=tokenizer)
+    return path, stats
+
+
+def random_model_folder(tokenizer, path):
+    """A randomly initialised one-layer Llama with the world tokenizer and its chat template, saved as-is."""
+    model = build_splitter(tokenizer, seed=1, layers=1)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_world_examples_are_rule_claims_in_the_format_the_splitter_parses():
+    conversations = sentence_conversations("There is a red cup. I think it is nice. A small kite is on the left.")
+    prompts = [c[0]["content"] for c in conversations]
+    answers = [c[1]["content"] for c in conversations]
+    assert prompts == [
+        "Split: There is a red cup.", "Ask:\n1. There is a red cup.",
+        "Split: I think it is nice.",
+        "Split: A small kite is on the left.", "Ask:\n1. A small kite is on the left.",
+    ]
+    assert answers == [
+        "1. There is a red cup.", "1. Is there a red cup?", "none",
+        "1. A small kite is on the left.", "1. Is a small kite on the left?",
+    ]
+    with pytest.raises(BadInput, match="no claims"):
+        read_statements(answers[2], True, 9)
+
+
+def test_world_training_prompt_tokens_are_what_the_splitter_sends(tokenizer, tmp_path):
+    conversations = splitter_examples(0, 3)
+    assert len(conversations) > 12
+    splitter = LLMSplitter(random_model_folder(tokenizer, tmp_path))
+    for conversation in conversations[:4]:
+        prompt_ids, target_ids = encode_conversation(tokenizer, conversation)
+        sent = splitter.tokenizer(splitter.chat_text(conversation[0]["content"]), add_special_tokens=False)
+        assert prompt_ids == sent["input_ids"]
+        assert target_ids[-1] == tokenizer.eos_token_id
 
 
 def test_llm_splitter_random_model_gives_bad_input_not_a_crash(tokenizer, tmp_path):
-    model = build_splitter(tokenizer, seed=1, layers=1)
-    model.save_pretrained(tmp_path, safe_serialization=True)
-    tokenizer.save_pretrained(tmp_path)
+    path = random_model_folder(tokenizer, tmp_path)
     items = [
         ("Describe this image.", "There is a red fork on the left. A cup is blue."),
         ("Describe this image.", ""),
         ("What do you see?", "I can see a kite. " * 200),
     ]
-    for temperature in (0.0, 0.7):
-        splitter = LLMSplitter(tmp_path, max_new_tokens=12, temperature=temperature, max_words=20, batch_size=2)
-        assert "Question: Describe this image." in splitter.statements_prompts(items[:1])[0]
-        # the response is cut to max_words: template words, minus its two placeholders, plus 4 + 20 words
-        n_words = len(splitter.statements_prompt.split()) - 2 + len(items[2][0].split()) + 20
-        assert len(splitter.statements_prompts(items[2:])[0].split()) == n_words
+    for unit, temperature in (("response", 0.0), ("sentence", 0.0), ("response", 0.7)):
+        splitter = LLMSplitter(path, max_new_tokens=12, temperature=temperature, max_words=20, batch_size=2, unit=unit)
         out = splitter.split(items)
         assert len(out) == 3
+        assert all(isinstance(r, BadInput) for r in out), out
         assert str(out[1]) == "empty response"
-        # A random model's output is noise: each result is a reasoned BadInput or well-formed claims, never a crash
-        reasons = ("max_new_tokens", "unparsable", "no claims found", "count mismatch", "empty response")
-        for r in out:
-            if isinstance(r, BadInput):
-                assert any(k in str(r) for k in reasons), str(r)
-            else:
-                assert r and all(isinstance(st, str) and st and isinstance(q, str) and q for st, q in r), r
+        reasons = ("empty response", "max_new_tokens", "unparsable", "no claims found", "count mismatch")
+        assert all(any(k in str(r) for k in reasons) for r in out)
+    assert str(out[0]).startswith("statement output cut at max_new_tokens=12")
 
 
-def test_short_world_splitter_training_saves_and_reloads(tokenizer, tmp_path):
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    stats = train_splitter(0, tmp_path / "splitter", steps=12, batch_size=8, lr=3e-3, tokenizer=tokenizer, layers=1)
-    assert stats["steps"] == 12 and stats["examples"] == 96
-    assert math.isfinite(stats["final_loss"]) and stats["final_loss"] < stats["first_loss"]
-    assert (tmp_path / "splitter" / "model.safetensors").is_file()
-    splitter = LLMSplitter(tmp_path / "splitter", max_new_tokens=40)
-    assert splitter.statements_prompt == WORLD_STATEMENTS_PROMPT
-    out = splitter.split([("Describe this image.", "There is a red fork on the left."), ("Describe.", " ")])
-    assert isinstance(out[0], (list, BadInput)) and isinstance(out[1], BadInput)
-    again = LLMSplitter(tmp_path / "splitter", max_new_tokens=40).split([("Describe this image.",
-                                                                          "There is a red fork on the left.")])
-    assert str(again[0]) == str(out[0])  # greedy decoding of the saved model is deterministic
+def test_llm_splitter_prompts_per_unit(tokenizer, tmp_path):
+    path = random_model_folder(tokenizer, tmp_path)
+    item = [("Describe this image.", "There is a fork. A cup is blue. " + "A kite is red. " * 20)]
+    jobs = LLMSplitter(path, max_words=10).statements_jobs(item)
+    assert len(jobs) == 1 and jobs[0].sentence is None
+    assert "Question: Describe this image.\nAnswer: There is a fork. A cup is blue. A kite\n" in jobs[0].prompt
+    jobs = LLMSplitter(path, max_words=10, unit="sentence").statements_jobs(item)
+    assert [j.sentence for j in jobs] == [0, 1, 2]
+    assert "Sentence: A cup is blue.\n" in jobs[1].prompt and "Sentence: A kite\n" in jobs[2].prompt
+    questions = LLMSplitter(path).questions_prompts([["There is a fork.", "The cup is blue."]])[0]
+    assert questions.endswith("Statements:\n1. There is a fork.\n2. The cup is blue.")
+
+
+def test_world_splitter_trains_saves_and_reloads(world_splitter):
+    path, stats = world_splitter
+    assert stats["steps"] == 100 and stats["examples"] == 3200
+    assert math.isfinite(stats["final_loss"]) and stats["final_loss"] < stats["first_loss"] / 10
+    assert (path / "model.safetensors").is_file()
+    splitter = LLMSplitter(path, max_new_tokens=48)
+    assert (splitter.unit, splitter.statements_prompt) == ("sentence", WORLD_STATEMENTS_PROMPT)
+    assert splitter.questions_prompt == WORLD_QUESTIONS_PROMPT
+
+
+def test_world_splitter_agrees_with_rules_on_held_out_responses(world_splitter):
+    """The point of the world splitter: on val responses its claims are the rule claims, word for word."""
+    path, _ = world_splitter
+    items = world_responses(0, "val", 30)
+    got = LLMSplitter(path, max_new_tokens=48, batch_size=64).split(items)
+    want = RuleSplitter().split(items)
+    agreement = sum(g == w for g, w in zip(got, want)) / len(items)
+    assert agreement >= 0.9, [(i[1], g) for i, g, w in zip(items, got, want) if g != w][:3]
+    again = LLMSplitter(path, max_new_tokens=48, batch_size=7).split(items[:5])
+    assert again == got[:5]  # greedy decoding: batch size and padding do not change the claims
+    assert isinstance(LLMSplitter(path).split([("Describe.", "I think it is nice.")])[0], BadInput)

@@ -1,20 +1,31 @@
 """Divide, with a language model: the paper's two-call splitter on any Hugging Face chat causal LM.
 
 RLAIF-V (REFERENCE 2) splits a response with two LLM calls: (a) extract the self-contained factual statements of a
-question-answer pair as a bullet list, opinions excluded; (b) rewrite those statements as general yes/no questions,
-one per statement, keeping negations. Statements and questions are then paired by position.
+question-answer pair as a list, opinions excluded; (b) rewrite those statements as general yes/no questions, one per
+statement, keeping negations. Statements and questions are then paired by position.
 
 Where this differs from the reference code, on purpose:
 
 - a count mismatch between (a) and (b) is reported as BadInput with both counts, never truncated to the shorter list
   (the reference silently pairs the first min(n, m));
-- an output that hit `max_new_tokens` before its end-of-sequence token is reported, not parsed: its last bullet may
-  be cut mid-sentence;
-- a response with no claims is BadInput ("no claims found"), so the caller quarantines it with a reason.
+- an output that hit `max_new_tokens` before its end-of-sequence token is reported, not parsed: its last item may be
+  cut mid-sentence;
+- a response with no claims is BadInput ("no claims found"), so the caller quarantines it with a reason;
+- call (b) sees the statements as a numbered list and answers with one, so the two lists stay aligned.
+
+Two units of work (`unit`):
+
+- "response" (the paper, the default): one call (a) per response, one call (b) per response;
+- "sentence": one call (a) per sentence of the response (the whole response is still in the prompt, as context for
+  pronouns), and one call (b) per sentence's statements. Claims come back in sentence order. This is how
+  FActScore-style pipelines split long answers, and what lets a very small model split reliably: copying one
+  sentence needs no memory of which sentence comes next. A sentence that yields no claim ("none") contributes
+  nothing; any other failure in a sentence is the whole response's BadInput, naming the sentence.
 
 The prompt texts are module constants and constructor arguments: a general chat model takes the defaults, a small
 task-specific splitter (the synthetic world's, `rlaifv.world.splitter`) is trained and run with short ones. A model
-folder may carry its own prompt texts in `splitter_prompts.json`; they are used unless the caller passes others.
+folder may carry how it was trained to be called in `splitter.json` (prompt texts and unit); those settings are used
+unless the caller passes others.
 """
 
 from __future__ import annotations
@@ -22,8 +33,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from rlaifv.feedback.split_rules import BULLET_RE, Claim, cut_words, sentences
 from rlaifv.records import BadInput
@@ -31,9 +43,10 @@ from rlaifv.records import BadInput
 if TYPE_CHECKING:
     from rlaifv.config import ClaimsConfig
 
-# Call (a). Fields: {instruction}, {response} (cut to max_words) and {sentences} (the same text numbered one sentence
-# per line; a template may use either). Asks for the single word "none" when the answer asserts nothing, so that
-# "no claims" and "unreadable output" stay distinguishable.
+Unit = Literal["response", "sentence"]
+
+# Call (a), unit "response". Fields: {instruction}, {response} (cut to max_words). Asks for the single word "none"
+# when the answer asserts nothing, so that "no claims" and "unreadable output" stay distinguishable.
 STATEMENTS_PROMPT = (
     "Below is a question about an image and an answer to it.\n\n"
     "Question: {instruction}\n"
@@ -43,27 +56,46 @@ STATEMENTS_PROMPT = (
     "understood on its own, and split statements about several objects into one statement per object. Leave out "
     "opinions, guesses and feelings. If the answer makes no factual claim, reply with the single word: none"
 )
-# Call (b). Field: {statements}, call (a)'s statements as a numbered list. Numbering the questions like the
-# statements keeps the two lists aligned; negations kept, so "yes" always means "the claim holds".
+# Call (a), unit "sentence". Fields: {instruction}, {response} (the context) and {sentence} (the one to split).
+SENTENCE_STATEMENTS_PROMPT = (
+    "Below is a question about an image, an answer to it, and one sentence of that answer.\n\n"
+    "Question: {instruction}\n"
+    "Answer: {response}\n"
+    "Sentence: {sentence}\n\n"
+    "List every factual claim that this sentence makes, as short self-contained statements: one statement per "
+    'line, numbered "1.", "2.", ... Replace pronouns with the things they refer to (the answer tells you what they '
+    "are), and split statements about several objects into one statement per object. Leave out opinions, guesses "
+    "and feelings. If the sentence makes no factual claim, reply with the single word: none"
+)
+# Call (b). Field: {statements}, call (a)'s statements as a numbered list. Negations kept, so "yes" always means
+# "the claim holds".
 QUESTIONS_PROMPT = (
     "Rewrite each statement below as a general yes/no question whose answer is yes exactly when the statement is "
     'true. Keep negations ("The cup is not red." becomes "Is the cup not red?"). Give exactly one question per '
     "statement, numbered like the statements, one question per line.\n\n"
     "Statements:\n{statements}"
 )
+DEFAULT_PROMPTS: dict[str, str] = {"response": STATEMENTS_PROMPT, "sentence": SENTENCE_STATEMENTS_PROMPT}
 NO_CLAIMS = "none"
-PROMPTS_FILE = "splitter_prompts.json"  # {"statements": ..., "questions": ...} saved beside a trained splitter
+SETTINGS_FILE = "splitter.json"  # {"unit": ..., "statements_prompt": ..., "questions_prompt": ...} beside a model
 
 _SUFFIX_RE = re.compile(r"\s*\(?(?:please\s+)?answer\s+(?:with\s+)?(?:yes\s+or\s+no|yes/no)\.?\)?\s*$", re.IGNORECASE)
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
+class NoClaims(BadInput):
+    """The splitter found nothing to check: fatal for a response, nothing to worry about for one sentence."""
+
+
+# ---------------------------------------------------------------- text in, text out
+
+
 def parse_bullets(text: str) -> list[str]:
-    """The items of a bullet list in a model's output, in order.
+    """The items of a list in a model's output, in order.
 
     Accepts "-", "*", "•", "1.", "1)" and "(1)" markers with any surrounding spaces; drops lines without a marker
-    (headers like "Here are the statements:", trailing remarks), empty lines, empty bullets, markdown rules ("---")
-    and bulleted headers ("**Statements:**"). A line that is not a bullet is never merged into one, so a model that
+    (headers like "Here are the statements:", trailing remarks), empty lines, empty items, markdown rules ("---")
+    and marked headers ("**Statements:**"). A line that is not an item is never merged into one, so a model that
     drifts out of the format shows up as a count mismatch rather than as a silently wrong claim.
     """
     items = []
@@ -84,7 +116,7 @@ def numbered(items: Sequence[str]) -> str:
 
 
 def response_sentences(response: str) -> list[str]:
-    """The response's sentences, terminators kept, list markers dropped: the {sentences} field's lines."""
+    """The response's sentences, terminators kept and list markers dropped: the units of `unit="sentence"`."""
     return [body + terminator for body, terminator in sentences(response)]
 
 
@@ -94,17 +126,17 @@ def strip_suffix(question: str) -> str:
 
 
 def read_statements(text: str, finished: bool, max_new_tokens: int) -> list[str]:
-    """Statements from call (a)'s output; BadInput when there are none or the output cannot be read."""
+    """Statements from call (a)'s output; NoClaims for "none" or nothing, BadInput when it cannot be read."""
     if not finished:
         raise BadInput(f"statement output cut at max_new_tokens={max_new_tokens}: {text[-80:]!r}")
     stripped = text.strip()
     items = parse_bullets(stripped)
     if stripped.lower().strip(".! ") == NO_CLAIMS or [i.lower().strip(".! ") for i in items] == [NO_CLAIMS]:
-        raise BadInput("no claims found (the splitter answered 'none')")
+        raise NoClaims("no claims found (the splitter answered 'none')")
     if not items:
         if not stripped:
-            raise BadInput("no claims found (empty statement output)")
-        raise BadInput(f"unparsable statement output (no bullet list): {stripped[:120]!r}")
+            raise NoClaims("no claims found (empty statement output)")
+        raise BadInput(f"unparsable statement output (no list): {stripped[:120]!r}")
     return items
 
 
@@ -121,14 +153,28 @@ def pair_claims(statements: list[str], text: str, finished: bool, max_new_tokens
     return list(zip(statements, questions))
 
 
-def load_prompts(path: str | Path) -> dict[str, str]:
-    """Prompt texts saved beside a model (`PROMPTS_FILE`), or {} when the folder has none (a hub id, a chat model)."""
-    file = Path(path) / PROMPTS_FILE
+def load_settings(path: str | Path) -> dict[str, str]:
+    """How a model folder's splitter was trained to be called (`SETTINGS_FILE`), or {} (a hub id, a chat model)."""
+    file = Path(path) / SETTINGS_FILE
     return json.loads(file.read_text()) if file.is_file() else {}
 
 
+@dataclass
+class _Job:
+    """One call-(a) unit: a whole response or one of its sentences, and what became of it."""
+
+    item: int  # index of the (instruction, response) item
+    sentence: int | None  # index of the sentence in the response; None for unit "response"
+    prompt: str
+    statements: list[str] | None = None
+    result: list[Claim] | BadInput | None = None
+
+
+# ---------------------------------------------------------------- the splitter
+
+
 class LLMSplitter:
-    """The 'llm' choice of `ClaimsConfig.splitter`: two batched generation calls per batch of responses.
+    """The 'llm' choice of `ClaimsConfig.splitter`: two rounds of batched generation per batch of responses.
 
     Greedy decoding at temperature 0 (deterministic); otherwise sampling at `temperature` with `top_p` (the paper:
     0.2 and 0.9), seeded per `split` call. Prompts are left-padded so every row's next token sits in the last column.
@@ -143,10 +189,11 @@ class LLMSplitter:
         temperature: float = 0.0,
         max_words: int = 300,
         *,
-        top_p: float = 0.9,
-        batch_size: int = 16,
+        unit: Unit | None = None,
         statements_prompt: str | None = None,
         questions_prompt: str | None = None,
+        top_p: float = 0.9,
+        batch_size: int = 16,
         trust_remote_code: bool = False,
         seed: int = 0,
     ) -> None:
@@ -157,9 +204,12 @@ class LLMSplitter:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
         if max_new_tokens < 1 or max_words < 1 or batch_size < 1 or temperature < 0:
             raise ValueError("max_new_tokens, max_words and batch_size must be >= 1 and temperature >= 0")
-        saved = load_prompts(model_path)
-        self.statements_prompt = statements_prompt or saved.get("statements", STATEMENTS_PROMPT)
-        self.questions_prompt = questions_prompt or saved.get("questions", QUESTIONS_PROMPT)
+        saved = load_settings(model_path)
+        self.unit: Unit = unit or saved.get("unit", "response")
+        if self.unit not in DEFAULT_PROMPTS:
+            raise ValueError(f"unit must be one of {tuple(DEFAULT_PROMPTS)}, got {self.unit!r}")
+        self.statements_prompt = statements_prompt or saved.get("statements_prompt", DEFAULT_PROMPTS[self.unit])
+        self.questions_prompt = questions_prompt or saved.get("questions_prompt", QUESTIONS_PROMPT)
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.max_words, self.batch_size, self.seed = max_words, batch_size, seed
         self.device = torch.device(device)
@@ -238,42 +288,63 @@ class LLMSplitter:
 
     # ------------------------------------------------------------ the two calls
 
-    def statements_prompts(self, items: Sequence[tuple[str, str]]) -> list[str]:
-        """Call (a)'s prompt per item, the response cut to `max_words` words."""
-        prompts = []
-        for instruction, response in items:
+    def statements_jobs(self, items: Sequence[tuple[str, str]]) -> list[_Job]:
+        """Call (a)'s units with their prompts: one per non-empty response, or one per sentence of it."""
+        jobs = []
+        for i, (instruction, response) in enumerate(items):
+            if not response or not response.strip():
+                continue
             cut = cut_words(response, self.max_words)
-            sentences = numbered(response_sentences(cut))
-            fields = {"instruction": instruction.strip(), "response": cut, "sentences": sentences}
-            prompts.append(self.statements_prompt.format(**fields))
-        return prompts
+            fields = {"instruction": instruction.strip(), "response": cut.strip()}
+            if self.unit == "response":
+                jobs.append(_Job(i, None, self.statements_prompt.format(**fields)))
+                continue
+            for k, sentence in enumerate(response_sentences(cut)):
+                jobs.append(_Job(i, k, self.statements_prompt.format(**fields, sentence=sentence)))
+        return jobs
 
     def questions_prompts(self, statements: Sequence[list[str]]) -> list[str]:
-        """Call (b)'s prompt per item: its statements as a numbered list."""
+        """Call (b)'s prompt per unit: its statements as a numbered list."""
         return [self.questions_prompt.format(statements=numbered(s)) for s in statements]
 
     def split(self, items: Sequence[tuple[str, str]]) -> list[list[Claim] | BadInput]:
         """Per (instruction, response): its (statement, question) claims, or the BadInput saying why not."""
-        results: list[list[Claim] | BadInput] = [BadInput("empty response") for _ in items]
-        todo = [i for i, (_, response) in enumerate(items) if response and response.strip()]
-        prompts = self.statements_prompts([items[i] for i in todo])
-        found: dict[int, list[str]] = {}
-        for i, (text, finished) in zip(todo, self.generate(prompts)):
+        jobs = self.statements_jobs(items)
+        for job, (text, finished) in zip(jobs, self.generate([j.prompt for j in jobs])):
             try:
-                found[i] = read_statements(text, finished, self.max_new_tokens)
+                job.statements = read_statements(text, finished, self.max_new_tokens)
             except BadInput as exc:
-                results[i] = exc
-        order = list(found)
-        asked = self.generate(self.questions_prompts([found[i] for i in order]))
-        for i, (text, finished) in zip(order, asked):
+                job.result = exc
+        asking = [j for j in jobs if j.statements is not None]
+        answers = self.generate(self.questions_prompts([j.statements for j in asking]))
+        for job, (text, finished) in zip(asking, answers):
             try:
-                results[i] = pair_claims(found[i], text, finished, self.max_new_tokens)
+                job.result = pair_claims(job.statements, text, finished, self.max_new_tokens)
             except BadInput as exc:
-                results[i] = exc
-        return results
+                job.result = exc
+        by_item: dict[int, list[_Job]] = {}
+        for job in jobs:
+            by_item.setdefault(job.item, []).append(job)
+        return [_assemble(by_item.get(i, [])) for i in range(len(items))]
+
+
+def _assemble(jobs: list[_Job]) -> list[Claim] | BadInput:
+    """One response's claims from its units: the first real failure wins; sentences without claims are skipped."""
+    if not jobs:
+        return BadInput("empty response")
+    claims: list[Claim] = []
+    for job in jobs:
+        if isinstance(job.result, NoClaims) and job.sentence is not None:
+            continue
+        if isinstance(job.result, BadInput):
+            where = "" if job.sentence is None else f"sentence {job.sentence + 1}: "
+            return type(job.result)(f"{where}{job.result}")
+        claims.extend(job.result or [])
+    return claims or NoClaims("no claims found (no sentence yielded a claim)")
 
 
 __all__ = [
-    "NO_CLAIMS", "PROMPTS_FILE", "QUESTIONS_PROMPT", "STATEMENTS_PROMPT", "LLMSplitter", "load_prompts", "numbered",
-    "pair_claims", "parse_bullets", "read_statements", "response_sentences", "strip_suffix",
+    "DEFAULT_PROMPTS", "NO_CLAIMS", "QUESTIONS_PROMPT", "SENTENCE_STATEMENTS_PROMPT", "SETTINGS_FILE",
+    "STATEMENTS_PROMPT", "LLMSplitter", "NoClaims", "Unit", "load_settings", "numbered", "pair_claims",
+    "parse_bullets", "read_statements", "response_sentences", "strip_suffix",
 ]

@@ -1,12 +1,19 @@
-"""The synthetic world's splitter LM: a tiny Llama trained to do the paper's two splitter calls on world responses.
+"""The synthetic world's splitter LM: a tiny Llama trained to make the paper's two splitter calls on world responses.
 
 RLAIF-V fine-tunes a language model to split responses into claims and claims into yes/no questions. The world does
 the same at toy scale, so the demo runs the `llm` splitter path for real: the targets come from the RuleSplitter
-(exact on the world's language, see `rlaifv.feedback.split_rules`), formatted as the bullet lists that `LLMSplitter`
-parses. The model reuses the world's byte-level BPE (`build_tokenizer`), whose chat template the VLMs also use.
+(exact on the world's language, see `rlaifv.feedback.split_rules`), formatted as the numbered lists that
+`LLMSplitter` parses. The model reuses the world's byte-level BPE (`build_tokenizer`) and its chat template.
 
-The prompts are short on purpose: the model is tiny and a long instruction would only cost sequence length. They
-are saved beside the weights (`splitter_prompts.json`), so `LLMSplitter(path)` picks them up by itself.
+Why the world splitter works one sentence at a time (`LLMSplitter(unit="sentence")`): asked to copy a whole
+response's sentences into a list, a tiny Llama must remember which sentence comes next while the same words ("in
+the top", "small", "red") recur in every sentence -- with rotary positions only, that binding takes it thousands of
+steps to learn (measured: 72 % of held-out responses split exactly after 1500 steps of 32, minutes of CPU). One
+sentence per call leaves nothing to bind, and the model learns both calls in a hundred or two short steps.
+
+The prompts are short on purpose (a long instruction would only cost sequence length), and the response is not
+repeated in them: world sentences never need context. The unit and the prompts are saved beside the weights
+(`splitter.json`), so `LLMSplitter(path)` calls the model the way it was trained.
 """
 
 from __future__ import annotations
@@ -20,35 +27,74 @@ import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from rlaifv.feedback.split_llm import PROMPTS_FILE, numbered, response_sentences
+from rlaifv.feedback.split_llm import NO_CLAIMS, SETTINGS_FILE, numbered, response_sentences
 from rlaifv.feedback.split_rules import RuleSplitter
+from rlaifv.records import BadInput
 from rlaifv.world.language import DESCRIBE_INSTRUCTIONS, CaptionNoise, describe, noisy_caption, true_mentions
 from rlaifv.world.models import build_tokenizer
-from rlaifv.world.scenes import sample_scenes
+from rlaifv.world.scenes import SPLITS, sample_scenes
 
-# Call (a): the instruction is kept (the paper's splitter sees the question too); call (b) reads (a)'s bullets.
-WORLD_STATEMENTS_PROMPT = "Split: {instruction}\n{sentences}"
-WORLD_QUESTIONS_PROMPT = "Ask:\n{statements}"
+WORLD_UNIT = "sentence"
+WORLD_STATEMENTS_PROMPT = "Split: {sentence}"  # call (a), one sentence
+WORLD_QUESTIONS_PROMPT = "Ask:\n{statements}"  # call (b), that sentence's statements as a numbered list
+# Sentences that state nothing checkable; a few are mixed into training responses so the model learns to say "none".
+HEDGES: tuple[str, ...] = (
+    "I think it is a nice picture.",
+    "It seems to be a calm scene.",
+    "Maybe the picture was drawn by a child.",
+    "It looks like a drawing for children.",
+    "I hope this description helps!",
+    "Is there anything else you want to know?",
+)
 
 Conversation = list[dict[str, str]]  # [{"role": "user", ...}, {"role": "assistant", ...}]
 Pair = tuple[list[int], list[int]]  # (prompt ids, target ids)
 
 
 def world_responses(
-    seed: int, split: str, n_scenes: int, noise: CaptionNoise = CaptionNoise()
+    seed: int, split: str, n_scenes: int, noise: CaptionNoise = CaptionNoise(), hedge_prob: float = 0.1
 ) -> list[tuple[str, str]]:
     """(instruction, response) pairs as the policy would give them: a noisy caption and a true description per scene.
 
     Noisy captions are what the base policy learned to write (absent partners, habitual colors); true descriptions
-    add the other sentence forms' full attribute sets. Both come from `describe`, so every sentence form appears.
+    state every attribute. Both come from `describe`, so every sentence form appears. With `hedge_prob`, a response
+    gets one of `HEDGES` at a random place: an opinion or a question, which is not a claim.
     """
-    rng = np.random.default_rng([seed, 7, len(split)])
+    rng = np.random.default_rng([seed, 7, SPLITS.index(split)])
     out = []
     for i, scene in enumerate(sample_scenes(seed, split, n_scenes)):
         instruction = DESCRIBE_INSTRUCTIONS[i % len(DESCRIBE_INSTRUCTIONS)]
-        out.append((instruction, noisy_caption(scene, rng, noise)))
-        out.append((instruction, describe(true_mentions(scene), rng)))
+        for response in (noisy_caption(scene, rng, noise), describe(true_mentions(scene), rng)):
+            if rng.random() < hedge_prob:
+                parts = response_sentences(response)
+                parts.insert(int(rng.integers(len(parts) + 1)), HEDGES[int(rng.integers(len(HEDGES)))])
+                response = " ".join(parts)
+            out.append((instruction, response))
     return out
+
+
+def sentence_conversations(
+    response: str, statements_prompt: str = WORLD_STATEMENTS_PROMPT, questions_prompt: str = WORLD_QUESTIONS_PROMPT
+) -> list[Conversation]:
+    """Both calls for every sentence of one response, answered by the RuleSplitter: the ground-truth format.
+
+    Call (a) maps a sentence to its statements (or "none"); call (b) maps those statements to their questions.
+    """
+    rules = RuleSplitter()
+    conversations: list[Conversation] = []
+    for sentence in response_sentences(response):
+        try:
+            claims = rules.split_one("", sentence)
+        except BadInput:
+            claims = []
+        statements = numbered([s for s, _ in claims]) if claims else NO_CLAIMS
+        a = statements_prompt.format(instruction="", response=response, sentence=sentence)
+        conversations.append([{"role": "user", "content": a}, {"role": "assistant", "content": statements}])
+        if claims:
+            b = questions_prompt.format(statements=statements)
+            questions = numbered([q for _, q in claims])
+            conversations.append([{"role": "user", "content": b}, {"role": "assistant", "content": questions}])
+    return conversations
 
 
 def splitter_examples(
@@ -58,22 +104,14 @@ def splitter_examples(
     statements_prompt: str = WORLD_STATEMENTS_PROMPT,
     questions_prompt: str = WORLD_QUESTIONS_PROMPT,
 ) -> list[Conversation]:
-    """Chat-formatted training pairs for both splitter calls, from the world responses of `n` scenes (4 per scene).
+    """Chat-formatted training pairs for both splitter calls, from the world responses of `n` scenes.
 
-    Targets are the RuleSplitter's claims as bullet lists: call (a) maps a response to its statements, call (b) the
-    statements to their questions, exactly the text `LLMSplitter` sends and parses.
+    Two responses per scene, about 3.5 sentences each, about 6.5 conversations per response (one (a) per sentence,
+    one (b) per sentence with claims): roughly 13 conversations per scene.
     """
-    rules = RuleSplitter()
     conversations: list[Conversation] = []
-    for instruction, response in world_responses(seed, split, n):
-        claims = rules.split_one(instruction, response)
-        statements = numbered([s for s, _ in claims])
-        questions = numbered([q for _, q in claims])
-        lines = numbered(response_sentences(response))
-        a = statements_prompt.format(instruction=instruction, response=response, sentences=lines)
-        b = questions_prompt.format(statements=statements)
-        conversations.append([{"role": "user", "content": a}, {"role": "assistant", "content": statements}])
-        conversations.append([{"role": "user", "content": b}, {"role": "assistant", "content": questions}])
+    for _, response in world_responses(seed, split, n):
+        conversations.extend(sentence_conversations(response, statements_prompt, questions_prompt))
     return conversations
 
 
@@ -105,16 +143,32 @@ def collate(pairs: list[Pair], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
+def length_batches(pairs: list[Pair], batch_size: int, rng: np.random.Generator, window: int = 16) -> list[list[Pair]]:
+    """Full, shuffled batches of similar length: sorting within windows of `window` batches cuts padding while
+    batches stay random mixes of both calls. The remainder that does not fill a batch is left out."""
+    order = rng.permutation(len(pairs) - len(pairs) % batch_size)
+    batches = []
+    for start in range(0, len(order), batch_size * window):
+        chunk = sorted(order[start : start + batch_size * window], key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+        batches.extend([pairs[i] for i in chunk[j : j + batch_size]] for j in range(0, len(chunk), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def build_splitter(
     tokenizer: PreTrainedTokenizerFast,
     seed: int,
     hidden: int = 128,
-    layers: int = 3,
+    layers: int = 2,
     heads: int = 4,
     intermediate: int = 384,
     max_positions: int = 512,
+    init_std: float = 0.05,
 ) -> LlamaForCausalLM:
-    """A randomly initialised tiny Llama over the tokenizer's vocabulary (head_dim = hidden / heads = 32)."""
+    """A randomly initialised tiny Llama over the tokenizer's vocabulary (head_dim = hidden / heads = 32).
+
+    `init_std` above Llama's 0.02 default: at width 128 the default leaves attention near-uniform for hundreds of
+    steps; from 0.05 the copy heads a splitter needs formed about twice as fast (measured on whole responses).
+    """
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -124,6 +178,7 @@ def build_splitter(
         num_attention_heads=heads,
         num_key_value_heads=heads,
         max_position_embeddings=max_positions,
+        initializer_range=init_std,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -147,30 +202,29 @@ def _lr_factor(step: int, steps: int, warmup: int) -> float:
 def train_splitter(
     seed: int,
     out: Path,
-    steps: int = 300,
+    steps: int = 200,
     batch_size: int = 32,
     lr: float = 3e-3,
     device: str = "cpu",
     *,
     tokenizer: PreTrainedTokenizerFast | None = None,
-    layers: int = 3,
-    statements_prompt: str = WORLD_STATEMENTS_PROMPT,
-    questions_prompt: str = WORLD_QUESTIONS_PROMPT,
+    layers: int = 2,
 ) -> dict:
     """Train the world splitter from scratch and save it where `LLMSplitter(out)` loads it; returns training stats.
 
-    Each example is seen once (fresh scenes, no epochs), so the loss measures generalisation as it goes. `tokenizer`
-    defaults to the world's `build_tokenizer(seed)`; pass the one in hand to skip rebuilding it.
+    The defaults take about 11 s on two CPU cores and agree with the RuleSplitter on every one of 1000 held-out
+    responses (`benchmarks/splitter_agreement.py`); 100 steps already agree on about 98 %. Each example is seen once
+    (fresh scenes, no epochs). `tokenizer` defaults to the world's `build_tokenizer(seed)`;
+    pass the one in hand to skip rebuilding it.
     """
     start = time.perf_counter()
     tokenizer = tokenizer if tokenizer is not None else build_tokenizer(seed)
-    n_scenes = math.ceil(steps * batch_size / 4)
-    conversations = splitter_examples(seed, n_scenes, "train", statements_prompt, questions_prompt)
+    conversations = splitter_examples(seed, math.ceil(steps * batch_size / 12))
     pairs = [encode_conversation(tokenizer, c) for c in conversations]
     batches = length_batches(pairs, batch_size, np.random.default_rng([seed, 8]))[:steps]
     model = build_splitter(tokenizer, seed, layers=layers).to(device)
     losses = _fit(model, batches, lr, tokenizer.pad_token_id, device)
-    save_splitter(model.cpu(), tokenizer, out, statements_prompt, questions_prompt)
+    save_splitter(model.cpu(), tokenizer, out)
     return {
         "examples": sum(len(b) for b in batches),
         "steps": len(batches),
@@ -179,17 +233,6 @@ def train_splitter(
         "seconds": round(time.perf_counter() - start, 1),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-
-
-def length_batches(pairs: list[Pair], batch_size: int, rng: np.random.Generator, window: int = 16) -> list[list[Pair]]:
-    """Shuffled batches of similar length: sorting within windows of `window` batches cuts padding by about a third
-    (sequences run from ~40 to ~190 tokens) while batches stay random mixes of both calls."""
-    order = rng.permutation(len(pairs))
-    batches = []
-    for start in range(0, len(order), batch_size * window):
-        chunk = sorted(order[start : start + batch_size * window], key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
-        batches.extend([pairs[i] for i in chunk[j : j + batch_size]] for j in range(0, len(chunk), batch_size))
-    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def _fit(model: LlamaForCausalLM, batches: list[list[Pair]], lr: float, pad_id: int, device: str) -> list[float]:
@@ -201,7 +244,7 @@ def _fit(model: LlamaForCausalLM, batches: list[list[Pair]], lr: float, pad_id: 
     losses = []
     for chunk in batches:
         batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
-        loss = model(**batch).loss  # mean over target tokens of (B, T) labels
+        loss = model(**batch).loss  # mean over the target positions of the (B, T) labels
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -212,23 +255,19 @@ def _fit(model: LlamaForCausalLM, batches: list[list[Pair]], lr: float, pad_id: 
     return losses
 
 
-def save_splitter(
-    model: LlamaForCausalLM,
-    tokenizer: PreTrainedTokenizerFast,
-    out: Path,
-    statements_prompt: str = WORLD_STATEMENTS_PROMPT,
-    questions_prompt: str = WORLD_QUESTIONS_PROMPT,
-) -> None:
-    """Safetensors weights, config, tokenizer (with its chat template) and the prompt texts the model was taught."""
+def save_splitter(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, out: Path) -> None:
+    """Safetensors weights, config, tokenizer (with its chat template) and how the model is to be called."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    prompts = {"statements": statements_prompt, "questions": questions_prompt}
-    (out / PROMPTS_FILE).write_text(json.dumps(prompts, indent=2) + "\n")
+    settings = {"unit": WORLD_UNIT, "statements_prompt": WORLD_STATEMENTS_PROMPT,
+                "questions_prompt": WORLD_QUESTIONS_PROMPT}
+    (out / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
 
 
 __all__ = [
-    "WORLD_QUESTIONS_PROMPT", "WORLD_STATEMENTS_PROMPT", "build_splitter", "encode_conversation", "save_splitter",
-    "splitter_examples", "train_splitter", "world_responses",
+    "HEDGES", "WORLD_QUESTIONS_PROMPT", "WORLD_STATEMENTS_PROMPT", "WORLD_UNIT", "build_splitter",
+    "encode_conversation", "save_splitter", "sentence_conversations", "splitter_examples", "train_splitter",
+    "world_responses",
 ]

@@ -118,7 +118,7 @@ _HAS_RE = re.compile(r"^(?P<subj>.+?)\s+(?P<verb>has|have)\s+(?P<rest>.+)$", re.
 _MAX_SUBJECT_WORDS = 8
 
 
-# ---------------------------------------------------------------- text helpers
+# ---------------------------------------------------------------- text
 
 
 def cut_words(text: str, max_words: int) -> str:

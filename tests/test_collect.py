@@ -181,3 +181,23 @@ def test_cli_collect_json_prints_one_object(finished, micro_world, tmp_path):
     summary = json.loads(proc.stdout)
     assert summary["stages"]["candidates"]["records"] == N_PROMPTS * 4
     assert "feedback_precision" in summary
+
+
+def test_llm_splitter_path_runs_on_the_world_splitter(finished, micro_world, tmp_path):
+    # The world's bootstrap trains a tiny splitter LM; `--splitter llm` with no model uses it.
+    assert micro_world.splitter is not None and (micro_world.splitter / "splitter.json").exists()
+    out = tmp_path / "llm"
+    for name in ("prompts", "candidates"):
+        shutil.copytree(finished / name, out / name)
+    cfg = config_for(micro_world, claims={"splitter": "llm"})
+    result = run_stage("claims", None, out, cfg, micro_world_config())
+    claims = stores(out)["claims"]
+    split = {(c.prompt_id, c.sample_idx) for c in claims.read()}
+    assert result["done"] == len(split)
+    assert len(split) + len(claims.read_quarantine()) == N_PROMPTS * 4  # every response: claims or a reason
+
+
+def micro_world_config():
+    from rlaifv.config import WorldConfig
+
+    return WorldConfig.preset("micro")

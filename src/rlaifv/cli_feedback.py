@@ -30,7 +30,8 @@ MaxTokOpt = typer.Option(None, "--max-new-tokens", min=1, help="cap on a respons
 PolicyOpt = typer.Option(None, "--policy", help="policy model folder or hub id (default: the world's policy)")
 LabelerOpt = typer.Option(None, "--labeler", help="labeler VLM folder or hub id (default: the world's labeler)")
 SplitterOpt = typer.Option(None, "--splitter", help="rules | llm (default rules)")
-SplitterModelOpt = typer.Option(None, "--splitter-model", help="chat causal LM (folder or hub id) for --splitter llm")
+SplitterModelOpt = typer.Option(None, "--splitter-model", help="chat causal LM (folder or hub id) for --splitter llm "
+                                                               "(default: the world's splitter)")
 ModeOpt = typer.Option(None, "--mode", help="claims (divide and conquer) | holistic (one question per response)")
 DeviceOpt = typer.Option(None, "--device", help="torch device for every model, e.g. cuda (default cpu)")
 SeedOpt = typer.Option(None, "--seed", help="sampling and pairing seed (default 0)")

@@ -61,9 +61,8 @@ def _world_defaults(cfg: CollectConfig, world: WorldConfig | None) -> dict[str, 
 
     models = bootstrap(world or WorldConfig())
     found = {"policy": models.policy, "labeler": models.labeler}
-    splitter = models.root / "splitter"
-    if splitter.exists():
-        found["splitter"] = splitter
+    if models.splitter is not None:
+        found["splitter"] = models.splitter
     return found
 
 

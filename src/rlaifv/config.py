@@ -55,6 +55,9 @@ class WorldConfig(StrictModel):
         description="yes/no SFT of the labeler (balanced answers, hard negatives)",
     )
 
+    splitter_steps: int = Field(200, ge=1, description="training steps (batches of 32) of the tiny splitter LM that "
+                                                       "turns world responses into claims for `--splitter llm`")
+
     @classmethod
     def preset(cls, name: Literal["default", "micro"]) -> WorldConfig:
         """Named presets; "micro" bootstraps in seconds for tests and is not expected to be any good."""
@@ -68,6 +71,7 @@ class WorldConfig(StrictModel):
                 policy_train=SFTConfig(scenes=256, warmup_steps=2, vision_pretrain_steps=20),
                 labeler_train=SFTConfig(scenes=128, examples_per_scene=4, batch_size=64, warmup_steps=2,
                                         vision_pretrain_steps=20),
+                splitter_steps=20,
             )
         raise ValueError(f"unknown preset {name!r}; expected 'default' or 'micro'")
 

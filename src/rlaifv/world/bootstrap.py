@@ -65,6 +65,7 @@ class WorldModels:
     policy: Path
     labeler: Path
     manifest: dict
+    splitter: Path | None = None  # tiny chat LM that splits world responses into claims (the `llm` splitter)
     built: bool = False  # True when this call trained the models, False when they came from the cache
 
 
@@ -265,13 +266,15 @@ def train_model(cfg: WorldConfig, tokenizer, role: str, out: Path, device: str =
 
 
 def _load_manifest(root: Path) -> dict:
-    """The cached world's manifest, after checking that both models load; raises with the reason otherwise."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    """The cached world's manifest, after checking that its three models load; raises with the reason otherwise."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
     manifest = json.loads((root / MANIFEST).read_text())
     for role in ("policy", "labeler"):
         AutoProcessor.from_pretrained(root / role)
         AutoModelForImageTextToText.from_pretrained(root / role)
+    AutoTokenizer.from_pretrained(root / "splitter")
+    AutoModelForCausalLM.from_pretrained(root / "splitter")
     return manifest
 
 
@@ -294,7 +297,7 @@ def bootstrap(cfg: WorldConfig, force: bool = False) -> WorldModels:
         try:
             manifest = _load_manifest(root)
             log(f"world models: cached at {root}")
-            return WorldModels(root, root / "policy", root / "labeler", manifest)
+            return WorldModels(root, root / "policy", root / "labeler", manifest, splitter=root / "splitter")
         except Exception as exc:  # noqa: BLE001 - any failure to load means the cache entry is unusable
             log(f"[yellow]world models: cached build at {root} is unusable ({type(exc).__name__}: {exc}); rebuilding")
     base.mkdir(parents=True, exist_ok=True)
@@ -303,7 +306,10 @@ def bootstrap(cfg: WorldConfig, force: bool = False) -> WorldModels:
     start = time.perf_counter()
     log(f"world models: bootstrapping (seed {cfg.seed}) into {root}")
     tokenizer = build_tokenizer(cfg.seed, cfg.tokenizer_vocab)
+    from rlaifv.world.splitter import train_splitter
+
     stats = {role: train_model(cfg, tokenizer, role, tmp / role) for role in ("policy", "labeler")}
+    stats["splitter"] = train_splitter(cfg.seed, tmp / "splitter", steps=cfg.splitter_steps, tokenizer=tokenizer)
     manifest = {
         "key": key,
         "version": __version__,
@@ -318,4 +324,4 @@ def bootstrap(cfg: WorldConfig, force: bool = False) -> WorldModels:
     for stale in base.glob(f".tmp-{key}-*"):  # leftovers of killed builds; a live concurrent build keeps its own
         if not _pid_alive(int(stale.name.rsplit("-", 1)[1])):
             shutil.rmtree(stale, ignore_errors=True)
-    return WorldModels(root, root / "policy", root / "labeler", manifest, built=True)
+    return WorldModels(root, root / "policy", root / "labeler", manifest, built=True, splitter=root / "splitter")

@@ -50,20 +50,12 @@ def load_engine(cfg: EngineConfig, default_path: str | Path | None, role: str):
     return HFEngine(path, cfg.device, DTYPES[cfg.dtype], cfg.trust_remote_code)
 
 
-def _world_defaults(cfg: CollectConfig, world: WorldConfig | None) -> dict[str, Path]:
-    """The world's models for every role the config leaves empty (bootstrapping them if needed)."""
-    needs_world = not cfg.sample.policy.path or not cfg.judge.labeler.path or (
-        cfg.claims.splitter == "llm" and not cfg.claims.splitter_model.path
-    )
-    if not needs_world:
-        return {}
+def _world_model(role: str, world: WorldConfig | None) -> Path | None:
+    """The world's model for a role ('policy', 'labeler', 'splitter') that the config leaves empty; bootstrapped
+    (or taken from the cache) only when a stage asks for it."""
     from rlaifv.world.bootstrap import bootstrap
 
-    models = bootstrap(world or WorldConfig())
-    found = {"policy": models.policy, "labeler": models.labeler}
-    if models.splitter is not None:
-        found["splitter"] = models.splitter
-    return found
+    return getattr(bootstrap(world or WorldConfig()), role)
 
 
 def run_stage(stage: str, prompts_file: Path | None, out: Path, cfg: CollectConfig,
@@ -76,23 +68,25 @@ def run_stage(stage: str, prompts_file: Path | None, out: Path, cfg: CollectConf
         if prompts_file is None:
             raise ValueError("the prompts stage needs a prompts file")
         return ingest_prompts(prompts_file, s["prompts"])
-    defaults = _world_defaults(cfg, world)
     if stage == "sample":
         from rlaifv.feedback.sample import run_sample
 
-        engine = load_engine(cfg.sample.policy, defaults.get("policy"), "sample.policy")
+        default = None if cfg.sample.policy.path else _world_model("policy", world)
+        engine = load_engine(cfg.sample.policy, default, "sample.policy")
         return run_sample(s["prompts"], s["candidates"], cfg.sample, engine, load_image)
     if stage == "claims":
         if cfg.judge.mode == "holistic":
             return {"done": 0, "skipped": 0, "note": "holistic mode judges whole responses; no claims"}
         from rlaifv.feedback.claims import make_splitter, run_claims
 
-        splitter = make_splitter(cfg.claims, str(defaults.get("splitter", "")))
+        needs_world = cfg.claims.splitter == "llm" and not cfg.claims.splitter_model.path
+        splitter = make_splitter(cfg.claims, str(_world_model("splitter", world)) if needs_world else "")
         return run_claims(s["prompts"], s["candidates"], s["claims"], cfg.claims, splitter)
     if stage == "judge":
         from rlaifv.feedback.judge import holistic_claims, run_judge
 
-        engine = load_engine(cfg.judge.labeler, defaults.get("labeler"), "judge.labeler")
+        default = None if cfg.judge.labeler.path else _world_model("labeler", world)
+        engine = load_engine(cfg.judge.labeler, default, "judge.labeler")
         if cfg.judge.mode == "holistic":
             claims = holistic_claims(s["candidates"].read_all(), cfg.claims.question_suffix)
         else:

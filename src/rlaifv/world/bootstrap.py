@@ -44,6 +44,7 @@ from rlaifv.world.models import (
 )
 from rlaifv.world.render import render
 from rlaifv.world.scenes import CATEGORIES, COLORS, N_CELLS, SIZES, Scene, sample_scenes
+from rlaifv.world.training import lr_factor, optimizer_step, text_batch
 
 MANIFEST = "bootstrap.json"
 
@@ -121,22 +122,10 @@ def labeler_examples(cfg: WorldConfig, tokenizer) -> list[Example]:
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch with labels only on target tokens."""
-    seqs = [e.prompt_ids + e.target_ids for e in examples]
-    width = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (B, T)
-    labels = torch.full((len(seqs), width), -100, dtype=torch.long)  # (B, T)
-    attention = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, T)
-    for i, (e, s) in enumerate(zip(examples, seqs)):
-        input_ids[i, : len(s)] = torch.tensor(s)
-        labels[i, len(e.prompt_ids) : len(s)] = torch.tensor(e.target_ids)
-        attention[i, : len(s)] = 1
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention,
-        "labels": labels,
-        "pixel_values": pixel_values([render(e.scene) for e in examples]),  # (B, 3, H, W)
-    }
+    """Right-padded batch with labels only on target tokens, and the scenes' images."""
+    batch = text_batch([(e.prompt_ids, e.target_ids) for e in examples], pad_id)
+    batch["pixel_values"] = pixel_values([render(e.scene) for e in examples])  # (B, 3, H, W)
+    return batch
 
 
 # ---------------------------------------------------------------- training
@@ -213,13 +202,7 @@ def train_sft(
     steps = math.ceil(len(examples) / cfg.batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
 
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        t = (step - cfg.warmup_steps) / max(1, steps - cfg.warmup_steps)
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, cfg.warmup_steps))
     model.train()
     losses: list[float] = []
     with progress(f"training {name}", steps) as bar:
@@ -227,11 +210,7 @@ def train_sft(
             batch = collate([examples[i] for i in order[step * cfg.batch_size : (step + 1) * cfg.batch_size]], pad_id)
             batch = {k: v.to(device) for k, v in batch.items()}
             loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            optimizer_step(model, loss, opt, sched)
             losses.append(loss.item())
             bar.advance(1, status=f"loss {np.mean(losses[-20:]):.3f}")
     model.eval()

@@ -178,10 +178,15 @@ def build_model(tokenizer: PreTrainedTokenizerFast, cfg: TinyVLMConfig, seed: in
         tie_word_embeddings=True,
     )
     model = LlavaForConditionalGeneration(config)
+    set_generation_ids(model, tokenizer)
+    return model
+
+
+def set_generation_ids(model, tokenizer: PreTrainedTokenizerFast) -> None:
+    """Pad, EOS and BOS ids in the generation config, so `generate` stops and pads without warnings."""
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
-    return model
 
 
 def pixel_values(images: list, device: torch.device | str = "cpu") -> torch.Tensor:

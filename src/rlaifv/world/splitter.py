@@ -31,8 +31,9 @@ from rlaifv.feedback.split_llm import NO_CLAIMS, SETTINGS_FILE, numbered, respon
 from rlaifv.feedback.split_rules import RuleSplitter
 from rlaifv.records import BadInput
 from rlaifv.world.language import DESCRIBE_INSTRUCTIONS, CaptionNoise, describe, noisy_caption, true_mentions
-from rlaifv.world.models import build_tokenizer
+from rlaifv.world.models import build_tokenizer, set_generation_ids
 from rlaifv.world.scenes import SPLITS, sample_scenes
+from rlaifv.world.training import lr_factor, optimizer_step, text_batch
 
 WORLD_UNIT = "sentence"
 WORLD_STATEMENTS_PROMPT = "Split: {sentence}"  # call (a), one sentence
@@ -132,15 +133,7 @@ def encode_conversation(tokenizer: PreTrainedTokenizerFast, conversation: Conver
 
 def collate(pairs: list[Pair], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded batch; labels only on target tokens, so the loss teaches the answer, not the prompt."""
-    width = max(len(p) + len(t) for p, t in pairs)
-    input_ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)  # (B, T)
-    labels = torch.full((len(pairs), width), -100, dtype=torch.long)  # (B, T)
-    attention = torch.zeros((len(pairs), width), dtype=torch.long)  # (B, T)
-    for i, (p, t) in enumerate(pairs):
-        input_ids[i, : len(p) + len(t)] = torch.tensor(p + t)
-        labels[i, len(p) : len(p) + len(t)] = torch.tensor(t)
-        attention[i, : len(p) + len(t)] = 1
-    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+    return text_batch(pairs, pad_id)
 
 
 def length_batches(pairs: list[Pair], batch_size: int, rng: np.random.Generator, window: int = 16) -> list[list[Pair]]:
@@ -185,18 +178,8 @@ def build_splitter(
         tie_word_embeddings=True,
     )
     model = LlamaForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    set_generation_ids(model, tokenizer)
     return model
-
-
-def _lr_factor(step: int, steps: int, warmup: int) -> float:
-    """Linear warmup, then cosine decay to 5 % of the peak."""
-    if step < warmup:
-        return (step + 1) / warmup
-    t = (step - warmup) / max(1, steps - warmup)
-    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
 
 
 def train_splitter(
@@ -239,17 +222,13 @@ def _fit(model: LlamaForCausalLM, batches: list[list[Pair]], lr: float, pad_id: 
     """AdamW, one step per batch; the loss is the mean cross-entropy of the target tokens."""
     steps = len(batches)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, steps, max(1, steps // 10)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, max(1, steps // 10)))
     model.train()
     losses = []
     for chunk in batches:
         batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
         loss = model(**batch).loss  # mean over the target positions of the (B, T) labels
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        optimizer_step(model, loss, opt, sched)
         losses.append(loss.item())
     model.eval()
     return losses

@@ -1,0 +1,38 @@
+"""Pieces shared by the world's small training loops (policy, labeler and splitter in `rlaifv world bootstrap`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+
+def text_batch(rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded (prompt ids, target ids) rows; labels only on target tokens, so the loss teaches the answer."""
+    width = max(len(p) + len(t) for p, t in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)  # (B, T)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
+    for i, (p, t) in enumerate(rows):
+        input_ids[i, : len(p) + len(t)] = torch.tensor([*p, *t])
+        labels[i, len(p) : len(p) + len(t)] = torch.tensor(list(t))
+        attention[i, : len(p) + len(t)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+
+
+def lr_factor(step: int, steps: int, warmup: int) -> float:
+    """Linear warmup, then cosine decay to 5 % of the peak."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def optimizer_step(model: torch.nn.Module, loss: torch.Tensor, opt, sched) -> None:
+    """Backward, clip the gradient norm at 1, step the optimizer and the schedule, clear the gradients."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)

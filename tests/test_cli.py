@@ -13,7 +13,9 @@ from rlaifv.records import Generation
 from rlaifv.store import ShardedStore
 
 COMMANDS = [[], ["demo"], ["world"], ["world", "bootstrap"], ["world", "show"], ["world", "prompts"], ["eval"],
-            ["eval", "world"], ["collect"], ["sample"], ["claims"], ["judge"], ["pairs"], ["export"]]
+            ["eval", "world"], ["collect"], ["sample"], ["claims"], ["judge"], ["pairs"], ["export"],
+            ["eval", "chair"], ["eval", "amber"], ["eval", "mmhal"], ["eval", "generate"], ["eval", "report"],
+            ["train"]]
 
 
 def _run(args, env=None, cwd=None):

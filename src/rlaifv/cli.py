@@ -188,6 +188,12 @@ def _register_commands() -> None:
     from rlaifv.cli_feedback import register
 
     register(app)
+    from rlaifv.cli_eval import register as register_eval
+
+    register_eval(eval_app)
+    from rlaifv.cli_train import register as register_train
+
+    register_train(app)
 
 
 _register_commands()

@@ -174,3 +174,91 @@ def load_yaml(model: type[BaseModel], path: Path | None, overrides: dict[str, An
 
 def dump_yaml(config: BaseModel) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+# ---------------------------------------------------------------- training (`rlaifv train`)
+
+LR_FULL, LR_LORA = 5e-7, 1e-5  # the paper's learning rates (REFERENCE 5)
+
+
+class DPOConfig(StrictModel):
+    """DPO of a VLM on preference pairs (REFERENCE 5). Field names follow TRL's `DPOConfig` where the meaning is the
+    same; the defaults are the paper's recipe where it has one (beta 0.1, cosine schedule, warmup 0.05, weight decay
+    0.01, global batch 8, 4 epochs, LoRA r 64 / alpha 16 / dropout 0.05, frozen vision tower)."""
+
+    output_dir: str = Field("", description="folder for checkpoints, metrics and the final model; `rlaifv train "
+                                            "--out` and the `out_dir` argument of `train_dpo` override it")
+    beta: float = Field(0.1, gt=0, description="strength of the KL anchor to the reference: larger keeps the policy "
+                                               "closer to it (paper: 0.1)")
+    loss_type: Literal["sigmoid"] = Field("sigmoid", description="'sigmoid': -log sigmoid(beta * (policy log-ratio "
+                                                                 "- reference log-ratio)), the DPO paper's loss")
+    rpo_alpha: float | None = Field(None, ge=0, description="weight of an SFT term on the chosen response (its "
+                                                               "mean per-token NLL, per pair) added to the DPO loss; "
+                                                               "None or 0 = off (paper: off)")
+    average_log_prob: bool = Field(False, description="use per-token mean log-probs instead of sums (policy and "
+                                                      "reference alike), so long responses weigh no more than short "
+                                                      "ones; False = sums, as in the paper")
+    learning_rate: float | None = Field(None, gt=0, description="peak AdamW learning rate; None = the paper's: "
+                                                                   f"{LR_FULL} full fine-tuning, {LR_LORA} with LoRA")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay on matrices (not on biases and norms)")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient norm clipped to this before each optimizer step")
+    lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="learning-rate schedule after warmup (transformers.get_scheduler names)"
+    )
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="share of the optimizer steps spent warming up "
+                                                              "linearly from 0")
+    per_device_train_batch_size: int = Field(8, ge=1, description="pairs per forward on each process; a pair is one "
+                                                                  "packed row (prompt + chosen + rejected)")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="forwards per optimizer step; global batch = "
+                                                                  "per_device_train_batch_size x processes x this")
+    num_train_epochs: float = Field(4.0, gt=0, description="passes over the pairs (paper: 4 per round); ignored "
+                                                           "when max_steps > 0")
+    max_steps: int = Field(-1, description="optimizer steps to run; -1 = as many as num_train_epochs needs")
+    max_length: int | None = Field(None, ge=2, description="longest prompt + response in tokens (image tokens "
+                                                              "included); longer pairs are quarantined with a reason, "
+                                                              "never truncated. None = the model's context length")
+    precompute_ref_batch_size: int | None = Field(None, ge=1, description="pairs per forward of the reference "
+                                                                             "pass; None = per_device_train_batch_"
+                                                                             "size")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: much less "
+                                                            "memory for ~30-50 % more time")
+    bf16: bool = Field(False, description="bf16 autocast with fp32 master weights (the base weights are bf16 too "
+                                          "with LoRA); use it on GPUs, it is slow on most CPUs")
+    use_cpu: bool = Field(False, description="train on the CPU even when a GPU is present")
+    disable_dropout: bool = Field(True, description="set every dropout to 0, so the policy's log-probs match the "
+                                                    "reference's at step 0 (LoRA dropout is kept)")
+    freeze_vision_tower: bool = Field(True, description="the vision tower gets no gradient (paper); the projector "
+                                                        "and the language model train")
+    use_peft: bool = Field(False, description="train LoRA adapters instead of the full model; merged into the saved "
+                                              "model at the end")
+    lora_r: int = Field(64, ge=1, description="LoRA rank (paper: 64)")
+    lora_alpha: int = Field(16, ge=1, description="LoRA scale numerator; the update is scaled by alpha / r (paper: "
+                                                  "16)")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input (paper: 0.05)")
+    lora_target_modules: list[str] | None = Field(None, description="module names (or suffixes) that get LoRA; "
+                                                                       "None = every linear layer outside the "
+                                                                       "vision tower and the output head")
+    save_steps: int = Field(500, ge=1, description="a resumable checkpoint (and a loadable model) every this many "
+                                                   "optimizer steps, and at the end")
+    save_total_limit: int | None = Field(None, ge=1, description="keep only the newest this many checkpoints; "
+                                                                    "None = keep all (the rounds pick among them)")
+    logging_steps: int = Field(10, ge=1, description="one metrics row (means over the steps since the last row) "
+                                                     "every this many optimizer steps")
+    report_to: Literal["all", "none", "tensorboard"] = Field("all", description="trackers beside the CSV, which is "
+                                                                                "always written: 'all' = TensorBoard "
+                                                                                "when it is installed")
+    seed: int = Field(0, description="seeds LoRA init and the data order; the same seed gives the same run")
+    trust_remote_code: bool = Field(False, description="run code shipped with the model; only for models you trust")
+
+    def model_post_init(self, context: Any) -> None:
+        """Cross-field rules, and the learning rate the paper uses for the chosen mode when none is given."""
+        if self.max_steps <= 0 and self.max_steps != -1:
+            raise ValueError(f"max_steps must be -1 (use num_train_epochs) or >= 1, got {self.max_steps}")
+        lora_fields = [name for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
+                       if getattr(self, name) != type(self).model_fields[name].default]
+        if lora_fields and not self.use_peft:
+            raise ValueError(f"{', '.join(lora_fields)} set but use_peft is false: set use_peft: true to "
+                             "train LoRA adapters")
+        if self.lora_target_modules is not None and not self.lora_target_modules:
+            raise ValueError("lora_target_modules is empty: give module names or leave it unset (None)")
+        if self.learning_rate is None:
+            self.learning_rate = LR_LORA if self.use_peft else LR_FULL

@@ -1,0 +1,289 @@
+"""DPO step time and memory: TRL's DPOTrainer vs `rlaifv train`, same VLM, data and batch size, side by side.
+
+    pip install trl==1.16.0        # the benchmark's only extra: pip install -e ".[bench]"
+    OMP_NUM_THREADS=1 python benchmarks/dpo_vs_trl.py                 # tiny LLaVA (world shape, random weights), CPU
+    python benchmarks/dpo_vs_trl.py --shape llava-7b --device cuda --lora --bf16 --response-words 150
+
+Both trainers start from the same saved model (random weights) and read the same TRL-format Parquet file of world
+images with a true and a noisy description. Each side runs in its own subprocess, so its peak memory is its own:
+
+- TRL: `DPOTrainer` with an explicit reference model (full fine-tuning) or the adapter-disabled policy (LoRA); it
+  encodes the image twice per pair (chosen and rejected rows) and runs the reference forward every step;
+- rlaifv: the reference pass once (timed separately), then one packed row per pair and no reference model.
+
+Reported: the loss at step 0 (log 2 = 0.693147 for both, policy = reference), the median step time after two
+warm-up steps, our step time with the reference pass amortized over `--epochs` epochs of `--pairs` pairs, their
+ratio, and peak memory (GPU: torch's peak allocated; CPU: peak RSS of the process, and above its RSS after imports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+LOG2 = math.log(2)
+
+
+# -- the shared model and data -------------------------------------------------------------------------------------
+
+
+def save_model(shape: str, device: str, out: Path) -> Path:
+    """A random-weight VLM and its processor in `out`: the world's tiny LLaVA, or LLaVA-1.5-7B's shape (bf16)."""
+    if shape == "llava-7b":
+        sys.path.insert(0, str(Path(__file__).parent))
+        from feedback_speed import llava_7b_engine
+
+        engine = llava_7b_engine(device)
+        model, processor = engine.model, engine.processor
+    else:
+        from rlaifv.world.models import TinyVLMConfig, build_model, build_processor, build_tokenizer
+
+        cfg = TinyVLMConfig()
+        tokenizer = build_tokenizer(0)
+        model, processor = build_model(tokenizer, cfg, seed=0), build_processor(tokenizer, cfg)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def save_pairs(n: int, image_size: int, response_words: int, out: Path) -> Path:
+    """n world scenes as TRL vision preference rows: the true description chosen, the captioner's noisy one
+    rejected, each repeated up to `response_words` words (0: as they come, ~10-40 words)."""
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from rlaifv.feedback.pairs import TRL_SCHEMA
+    from rlaifv.world.language import describe, noisy_caption, true_mentions
+    from rlaifv.world.render import render
+    from rlaifv.world.scenes import sample_scenes
+
+    def stretch(text: str) -> str:
+        words = text.split()
+        return " ".join((words * math.ceil(response_words / len(words)))[:response_words]) if response_words else text
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for scene in sample_scenes(0, "prompts", n):
+        buf = io.BytesIO()
+        render(scene).resize((image_size, image_size)).save(buf, format="PNG")
+        chosen, rejected = stretch(describe(true_mentions(scene), rng)), stretch(noisy_caption(scene, rng))
+        if chosen == rejected:
+            rejected = stretch(noisy_caption(scene, rng) + " There is a kite.")
+
+        def turn(role: str, content: list) -> list:
+            return [{"role": role, "content": content}]
+
+        rows.append({
+            "images": [{"bytes": buf.getvalue(), "path": None}],
+            "prompt": turn("user", [{"type": "image", "text": None},
+                                    {"type": "text", "text": "Describe this image in detail."}]),
+            "chosen": turn("assistant", [{"type": "text", "text": chosen}]),
+            "rejected": turn("assistant", [{"type": "text", "text": rejected}]),
+        })
+    pq.write_table(pa.Table.from_pylist(rows, schema=TRL_SCHEMA), out)
+    return out
+
+
+# -- measuring -----------------------------------------------------------------------------------------------------
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+class StepClock:
+    """Timestamps after every optimizer step (device-synchronized): step times are their differences."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.stamps = device, [time.perf_counter()]
+
+    def tick(self) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        self.stamps.append(time.perf_counter())
+
+    def median_step(self, warmup: int = 2) -> float:
+        steps = [b - a for a, b in zip(self.stamps, self.stamps[1:])]
+        return statistics.median(steps[warmup:] if len(steps) > warmup + 1 else steps)
+
+
+def memory(device: str, rss_start: float) -> dict:
+    if device.startswith("cuda"):
+        return {"peak_gb": torch.cuda.max_memory_allocated() / 2**30}
+    return {"peak_rss_mb": peak_rss_mb(), "peak_above_start_mb": peak_rss_mb() - rss_start}
+
+
+# -- the two sides (each in its own process) -----------------------------------------------------------------------
+
+
+class StepsDone(Exception):
+    """Raised from the step callback after the last timed step."""
+
+
+def run_ours(args, model_dir: Path, data: Path, work: Path, rss_start: float) -> dict:
+    from rlaifv.config import DPOConfig
+    from rlaifv.train.data import load_pairs
+    from rlaifv.train.dpo import read_metrics, train_dpo
+    from rlaifv.train.reference import compute_reference_logps
+
+    cfg = DPOConfig(per_device_train_batch_size=args.batch, max_steps=args.steps, logging_steps=1,
+                    save_steps=args.steps, learning_rate=args.lr, warmup_ratio=0.0, bf16=args.bf16,
+                    gradient_checkpointing=args.gradient_checkpointing, use_cpu=args.device == "cpu",
+                    use_peft=args.lora, report_to="none", **({"lora_r": 64, "lora_alpha": 16} if args.lora else {}))
+    loaded = load_pairs(data)
+    start = time.perf_counter()
+    compute_reference_logps(loaded, model_dir, cfg, device=args.device)
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    reference_s = time.perf_counter() - start
+    clock = StepClock(args.device)
+
+    def tick(step: int, metrics: dict) -> None:
+        clock.tick()
+        if step == args.steps:  # timed all steps: skip the final checkpoint and export, which TRL is not asked for
+            raise StepsDone
+
+    try:
+        train_dpo(loaded, model_dir, work / "ours", cfg, callback=tick)
+    except StepsDone:
+        pass
+    rows = read_metrics(work / "ours" / "metrics.csv")
+    steps_per_epoch = math.ceil(args.pairs / args.batch)
+    step = clock.median_step()
+    return {"loss_step0": rows[0]["loss"], "step_s": step, "reference_pass_s": reference_s,
+            "step_amortized_s": step + reference_s / (args.epochs * steps_per_epoch), **memory(args.device, rss_start)}
+
+
+def run_trl(args, model_dir: Path, data: Path, work: Path, rss_start: float) -> dict:
+    import datasets
+    from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    dtype = torch.bfloat16 if args.bf16 and args.lora else torch.float32  # as rlaifv loads it
+    processor = AutoProcessor.from_pretrained(model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype).to(args.device)
+    peft_config, ref_model = None, None
+    if args.lora:
+        from peft import LoraConfig
+
+        from rlaifv.train.dpo import lora_targets
+
+        peft_config = LoraConfig(r=64, lora_alpha=16, lora_dropout=0.05, target_modules=lora_targets(model, True))
+    else:  # TRL would otherwise reload the reference from the hub name (STACK_NOTES)
+        ref_model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype).to(args.device)
+    config = DPOConfig(output_dir=str(work / "trl"), per_device_train_batch_size=args.batch, max_steps=args.steps,
+                       logging_steps=1, save_strategy="no", learning_rate=args.lr, lr_scheduler_type="cosine",
+                       bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing,
+                       use_cpu=args.device == "cpu", max_length=None, report_to="none", disable_dropout=True,
+                       dataloader_num_workers=0, seed=0)
+    dataset = datasets.load_dataset("parquet", data_files=str(data), split="train")
+    clock = StepClock(args.device)
+
+    class Tick(TrainerCallback):
+        def on_step_end(self, *_, **__):
+            clock.tick()
+
+    trainer = DPOTrainer(model=model, ref_model=ref_model, args=config, train_dataset=dataset,
+                         processing_class=processor, peft_config=peft_config, callbacks=[Tick()])
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    clock.stamps = [time.perf_counter()]
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"loss_step0": losses[0], "step_s": clock.median_step(), **memory(args.device, rss_start)}
+
+
+# -- driver --------------------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", choices=("tiny", "llava-7b"), default="tiny")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--pairs", type=int, default=32, help="pairs in the data set")
+    ap.add_argument("--batch", type=int, default=4, help="pairs per step, both trainers")
+    ap.add_argument("--steps", type=int, default=8, help="optimizer steps timed (the first two are warm-up)")
+    ap.add_argument("--epochs", type=int, default=4, help="epochs the reference pass is amortized over (paper: 4)")
+    ap.add_argument("--response-words", type=int, default=0, help="stretch responses to this many words (0: as is)")
+    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--lora", action="store_true", help="LoRA r 64 / alpha 16 on the LM's linear layers")
+    ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is steadiest on a shared machine)")
+    ap.add_argument("--side", choices=("ours", "trl"), help=argparse.SUPPRESS)
+    ap.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.shape == "llava-7b" and not args.lora and args.device.startswith("cuda"):
+        print("note: full fine-tuning of a 7B model with AdamW needs ~112 GB; add --lora for one GPU",
+              file=sys.stderr)
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+    if args.side:  # one side, in a fresh process: print its numbers as JSON
+        rss_start = rss_mb()
+        run = run_ours if args.side == "ours" else run_trl
+        result = run(args, args.workdir / "model", args.workdir / "pairs.parquet", args.workdir, rss_start)
+        print(json.dumps(result))
+        return
+
+    with tempfile.TemporaryDirectory(prefix="dpo-vs-trl-") as tmp:
+        work = Path(tmp)
+        save_model(args.shape, args.device, work / "model")
+        save_pairs(args.pairs, 336 if args.shape == "llava-7b" else 96, args.response_words, work / "pairs.parquet")
+        results = {}
+        for side in ("trl", "ours"):
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--side", side, "--workdir", str(work)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                sys.exit(f"{side} failed:\n{done.stderr[-4000:]}")
+            results[side] = json.loads(done.stdout.strip().splitlines()[-1])
+    report(args, results)
+
+
+def report(args, results: dict) -> None:
+    trl, ours = results["trl"], results["ours"]
+    mem_key = "peak_gb" if args.device.startswith("cuda") else "peak_above_start_mb"
+    unit = "GB" if mem_key == "peak_gb" else "MB above start"
+    print(f"shape {args.shape}, device {args.device}, torch {torch.__version__}, threads {args.threads}, "
+          f"{args.pairs} pairs, batch {args.batch}, {args.steps} steps, lora {args.lora}, bf16 {args.bf16}, "
+          f"gradient checkpointing {args.gradient_checkpointing}")
+    print(f"| trainer | loss at step 0 | step s | step s, reference amortized over {args.epochs} epochs | "
+          f"peak memory ({unit}) |\n|---|---|---|---|---|")
+    print(f"| TRL DPOTrainer | {trl['loss_step0']:.6f} | {trl['step_s']:.4f} | {trl['step_s']:.4f} | "
+          f"{trl[mem_key]:.1f} |")
+    print(f"| rlaifv train | {ours['loss_step0']:.6f} | {ours['step_s']:.4f} | {ours['step_amortized_s']:.4f} | "
+          f"{ours[mem_key]:.1f} |")
+    print(f"speed-up {trl['step_s'] / ours['step_s']:.2f}x per step, {trl['step_s'] / ours['step_amortized_s']:.2f}x "
+          f"with the reference pass amortized ({ours['reference_pass_s']:.2f} s once); memory "
+          f"{ours[mem_key] / trl[mem_key]:.0%} of TRL's; |loss0 - log 2|: TRL {abs(trl['loss_step0'] - LOG2):.1e}, "
+          f"ours {abs(ours['loss_step0'] - LOG2):.1e}")
+    if not args.device.startswith("cuda"):
+        print(f"peak RSS: TRL {trl['peak_rss_mb']:.0f} MB, ours {ours['peak_rss_mb']:.0f} MB")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""Benchmark commands of `rlaifv eval`: generate answers, score them, compare runs.
+
+    rlaifv eval generate --benchmark amber --policy my-vlm/ --data AMBER/ --images AMBER/image --out amber.jsonl
+    rlaifv eval amber --responses amber.jsonl --amber-dir AMBER/ --out runs/base/amber.json
+    rlaifv eval chair --responses objhal.jsonl --coco coco/annotations --out runs/base/chair.json
+    rlaifv eval mmhal --responses mmhal.jsonl --template T.json --judge-url http://localhost:8000/v1 --judge-model M
+    rlaifv eval report base=runs/base round1=runs/r1 --out report/
+
+Benchmark files are never downloaded: a missing one is an error naming the exact path expected (docs/evaluation.md
+lists them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+JsonOpt = typer.Option(False, "--json", help="print one JSON object on stdout")
+OutFileOpt = typer.Option(None, "--out", dir_okay=False, help="also write the result as JSON to this file (the "
+                                                             "input of `rlaifv eval report`)")
+ApiKeyEnvOpt = typer.Option("OPENAI_API_KEY", "--api-key-env",
+                            help="name of the environment variable that holds the API key; unset = no key sent")
+ConcurrencyOpt = typer.Option(4, "--concurrency", min=1, help="LLM requests in flight at once")
+TimeoutOpt = typer.Option(120.0, "--timeout", min=1.0, help="seconds per LLM request before it is retried")
+RetriesOpt = typer.Option(5, "--retries", min=0, help="retries per LLM request on timeouts, 429 and 5xx, with "
+                                                      "exponential backoff")
+
+
+@contextmanager
+def _readable_errors() -> Iterator[None]:
+    """Missing or malformed benchmark files and refused LLM requests end the command with one clear line."""
+    from rich.markup import escape
+
+    from rlaifv.engines.openai_chat import ChatError
+    from rlaifv.eval.benchfiles import BadBenchmarkFile, MissingBenchmarkFile
+    from rlaifv.progress import console
+
+    try:
+        yield
+    except (MissingBenchmarkFile, BadBenchmarkFile, ChatError, ValueError, OSError) as exc:
+        # soft_wrap: a path in the message stays on one line, ready to copy
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _finish(result: dict[str, Any], out: Optional[Path], as_json: bool, human: str) -> None:
+    from rlaifv.cli import _emit
+    from rlaifv.store import write_json
+
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(out, result)
+        human += f"\nwrote {out}"
+    _emit(result, as_json, human)
+
+
+def _pct(x: Optional[float]) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _chat(url: str, model: Optional[str], api_key_env: str, concurrency: int, timeout: float, retries: int,
+          max_tokens: int = 512):
+    from rlaifv.engines.openai_chat import ChatClient, ChatSettings
+
+    if not model:
+        raise ValueError(f"a model name is needed for {url}")
+    return ChatClient(ChatSettings(url=url, model=model, api_key_env=api_key_env, concurrency=concurrency,
+                                   timeout_s=timeout, max_retries=retries, max_tokens=max_tokens))
+
+
+def register(eval_app: typer.Typer) -> None:
+    """Add chair, amber, mmhal, generate and report to the `eval` group."""
+
+    @eval_app.command("chair")
+    def eval_chair(
+        responses: Path = typer.Option(..., "--responses", dir_okay=False,
+                                       help="JSONL rows with image_id and response"),
+        coco: Optional[Path] = typer.Option(None, "--coco", file_okay=False,
+                                            help="folder with COCO 2014 instances_train2014.json, "
+                                                 "instances_val2014.json, captions_train2014.json, "
+                                                 "captions_val2014.json"),
+        ground_truth: Optional[Path] = typer.Option(None, "--ground-truth", dir_okay=False,
+                                                    help="JSONL rows with image_id, instances (COCO category "
+                                                         "names) and captions; instead of --coco"),
+        synonyms: Optional[Path] = typer.Option(None, "--synonyms", dir_okay=False,
+                                                help="synonym list, one line per category, first entry canonical "
+                                                     "(default: the original CHAIR list shipped with rlaifv)"),
+        extract: str = typer.Option("rules", "--extract",
+                                    help="rules: CHAIR's word rules (offline, deterministic); llm: a chat LLM lists "
+                                         "each response's objects, as published Object HalBench numbers were made"),
+        llm_url: Optional[str] = typer.Option(None, "--llm-url", help="OpenAI-compatible base URL of the extractor "
+                                                                      "LLM for --extract llm"),
+        llm_model: Optional[str] = typer.Option(None, "--llm-model", help="model name at --llm-url"),
+        llm_hf: Optional[Path] = typer.Option(None, "--llm-hf", help="local Hugging Face chat model folder for "
+                                                                      "--extract llm, instead of --llm-url"),
+        device: str = typer.Option("cpu", "--device", help="torch device of --llm-hf"),
+        extractions: Optional[Path] = typer.Option(None, "--extractions", dir_okay=False,
+                                                   help="cache of the LLM's answers, resumed on a rerun (default: "
+                                                        "RESPONSES stem + .objects.jsonl)"),
+        api_key_env: str = ApiKeyEnvOpt, concurrency: int = ConcurrencyOpt, timeout: float = TimeoutOpt,
+        retries: int = RetriesOpt, out: Optional[Path] = OutFileOpt, as_json: bool = JsonOpt,
+    ) -> None:
+        """Object HalBench / CHAIR: hallucinated COCO objects per response (CHAIRs, CHAIRs refine, CHAIRi, recall).
+
+        Rates are fractions. per_response lists every mention (word, category), repeats included.
+        """
+        from rlaifv.eval.chair import evaluate
+
+        with _readable_errors():
+            chat = None
+            if extract == "llm":
+                if llm_hf is not None:
+                    from rlaifv.eval.llm_calls import LocalChat
+
+                    chat = LocalChat(llm_hf, device=device)
+                elif llm_url:
+                    chat = _chat(llm_url, llm_model, api_key_env, concurrency, timeout, retries)
+                else:
+                    raise ValueError("--extract llm needs --llm-url and --llm-model, or --llm-hf")
+            elif extract != "rules":
+                raise ValueError(f"--extract must be rules or llm, got {extract!r}")
+            result = evaluate(responses, coco=coco, ground_truth=ground_truth, synonyms=synonyms, chat=chat,
+                              cache=extractions)
+        _finish(result, out, as_json,
+                f"{result['n_responses']} responses ({result['extract']} extraction): "
+                f"CHAIRs {_pct(result['chair_s'])}, response-level (CHAIRs refine) {_pct(result['chair_s_refine'])}, "
+                f"mention-level (CHAIRi) {_pct(result['chair_i'])}, recall {_pct(result['recall'])}")
+
+    @eval_app.command("amber")
+    def eval_amber(
+        responses: Path = typer.Option(..., "--responses", dir_okay=False,
+                                       help="JSONL rows with id (AMBER query id) and response"),
+        amber_dir: Path = typer.Option(..., "--amber-dir", file_okay=False,
+                                       help="AMBER's root folder: data/annotations.json, data/relation.json, "
+                                            "data/safe_words.txt, data/metrics.txt"),
+        out: Optional[Path] = OutFileOpt, as_json: bool = JsonOpt,
+    ) -> None:
+        """AMBER: discriminative accuracy, precision, recall, F1 ("No" positive) and generative CHAIR, Cover, Hal,
+        Cog, plus the AMBER score, rounded as AMBER's own script rounds them (percentages)."""
+        from rlaifv.eval.amber import AmberData, amber_scores, read_responses
+
+        with _readable_errors():
+            data = AmberData.load(amber_dir)
+            result = amber_scores(read_responses(responses, data), data)
+        lines = [f"{part}: " + ", ".join(f"{k} {v}" for k, v in vals.items())
+                 for part, vals in result.get("discriminative", {}).items()]
+        if "generative" in result:
+            lines.append("generative: " + ", ".join(f"{k} {v}" for k, v in result["generative"].items()))
+        if "amber_score" in result:
+            lines.append(f"AMBER score {result['amber_score']}")
+        _finish(result, out, as_json, "\n".join(lines))
+
+    @eval_app.command("mmhal")
+    def eval_mmhal(
+        template: Path = typer.Option(..., "--template", dir_okay=False,
+                                      help="mmhal-bench_answer_template.json (the 96 questions)"),
+        responses: Optional[Path] = typer.Option(None, "--responses", dir_okay=False,
+                                                 help="JSONL rows with index (0-based question) and response, or "
+                                                      "the template filled in (.json with model_answer)"),
+        judge_url: Optional[str] = typer.Option(None, "--judge-url", help="OpenAI-compatible base URL of the judge"),
+        judge_model: Optional[str] = typer.Option(None, "--judge-model", help="judge model name at --judge-url"),
+        judgements: Optional[Path] = typer.Option(None, "--judgements", dir_okay=False,
+                                                  help="judge outputs, JSONL rows with index and judge_output. "
+                                                       "With --judge-url: where they are saved and resumed from "
+                                                       "(default: RESPONSES stem + .judgements.jsonl). Without: "
+                                                       "re-score this file offline"),
+        judge_max_tokens: int = typer.Option(1024, "--judge-max-tokens", min=16, help="cap on each judge answer"),
+        api_key_env: str = ApiKeyEnvOpt, concurrency: int = ConcurrencyOpt, timeout: float = TimeoutOpt,
+        retries: int = RetriesOpt, out: Optional[Path] = OutFileOpt, as_json: bool = JsonOpt,
+    ) -> None:
+        """MMHal-Bench: a judge LLM rates each answer 0-6; average score, hallucination rate (ratings below 3, a
+        fraction) and per-type scores, unrounded."""
+        from rlaifv.eval.benchfiles import JsonlLog
+        from rlaifv.eval.llm_calls import run_calls
+        from rlaifv.eval.mmhal import judge_jobs, load_template, mmhal_scores, read_judgements, read_responses
+
+        with _readable_errors():
+            questions = load_template(template)
+            if judge_url:
+                if responses is None or not judge_model:
+                    raise ValueError("judging needs --responses and --judge-model besides --judge-url")
+                judgements = judgements or responses.with_name(responses.stem + ".judgements.jsonl")
+                answers = read_responses(responses, len(questions))
+                chat = _chat(judge_url, judge_model, api_key_env, concurrency, timeout, retries, judge_max_tokens)
+                run_calls(chat, JsonlLog(judgements, "index"), judge_jobs(questions, answers), "judge_output",
+                          "judging")
+            elif judgements is None:
+                raise ValueError("give --judge-url and --judge-model (with --responses) to judge, or --judgements "
+                                 "FILE to re-score saved judge outputs")
+            result = mmhal_scores(questions, read_judgements(judgements, len(questions)))
+            result |= {"judgements": str(judgements), "judge_model": judge_model}
+        _finish(result, out, as_json,
+                f"average score {result['average_score']:.2f}, hallucination rate "
+                f"{100 * result['hallucination_rate']:.1f}% over {result['n_questions']} questions "
+                f"({result['n_unparsable']} judge outputs without exactly one rating, scored 0)\n"
+                + ", ".join(f"{t} {s:.2f}" for t, s in result["per_type"].items()))
+
+    @eval_app.command("generate")
+    def eval_generate(
+        benchmark: str = typer.Option(..., "--benchmark", help="objhal | amber | mmhal"),
+        data: Path = typer.Option(..., "--data", help="objhal: prompts JSONL (image_id, question, image); amber: "
+                                                      "AMBER's root folder; mmhal: the question template JSON"),
+        out: Path = typer.Option(..., "--out", dir_okay=False, help="responses JSONL to write; resumed if it exists"),
+        policy: Optional[str] = typer.Option(None, "--policy", help="VLM folder or hub id that answers"),
+        images: Optional[Path] = typer.Option(None, "--images", file_okay=False,
+                                              help="image folder (objhal: default the prompts file's folder; amber: "
+                                                   "DATA/image; mmhal: the template's folder/images)"),
+        amber_split: str = typer.Option("all", "--amber-split", help="all | generative | discriminative | "
+                                                                     "existence | attribute | relation"),
+        config: Optional[Path] = typer.Option(None, "--config", exists=True, dir_okay=False,
+                                              help="YAML with BenchGenerateConfig fields; options below override it"),
+        num_beams: Optional[int] = typer.Option(None, "--num-beams", min=1, help="beam width (default 3, paper)"),
+        max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="default 512"),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="prompts per batch (default 4)"),
+        device: Optional[str] = typer.Option(None, "--device", help="torch device, e.g. cuda (default cpu)"),
+        dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (default float32)"),
+        as_json: bool = JsonOpt,
+    ) -> None:
+        """Answer a benchmark's prompts with a policy (beam search, 3 beams by default), resumable, into the
+        responses file that `rlaifv eval chair|amber|mmhal` reads."""
+        from rlaifv.cli import _emit, _quiet_libraries
+        from rlaifv.config import load_yaml
+        from rlaifv.eval.bench_generate import BenchGenerateConfig, benchmark_items, generate
+
+        _quiet_libraries()
+        with _readable_errors():
+            cfg = load_yaml(BenchGenerateConfig, config, {"num_beams": num_beams, "max_new_tokens": max_new_tokens,
+                                                          "batch_size": batch_size})
+            engine = cfg.policy.model_dump()
+            engine.update({k: v for k, v in {"path": policy, "device": device, "dtype": dtype}.items() if v})
+            cfg = cfg.model_copy(update={"policy": type(cfg.policy).model_validate(engine)})
+            items = benchmark_items(benchmark, data, images, amber_split)  # type: ignore[arg-type]
+            key = "index" if benchmark == "mmhal" else "id"
+            result = generate(items, out, key, cfg)
+        _emit(result, as_json, f"{result['items']} prompts: {result['generated']} answered now, "
+                               f"{result['resumed']} already in {out}")
+
+    @eval_app.command("report")
+    def eval_report(
+        runs: list[str] = typer.Argument(..., help="runs to compare: NAME=PATH or PATH, each a folder with "
+                                                   "chair.json / amber.json / mmhal.json, or one result JSON"),
+        out: Path = typer.Option(Path("eval-report"), "--out", file_okay=False,
+                                 help="folder for report.md and the PNG charts"),
+        paper: bool = typer.Option(True, "--paper/--no-paper", help="show the paper's published numbers beside ours"),
+        charts: bool = typer.Option(True, "--charts/--no-charts", help="draw PNG bar charts (needs matplotlib)"),
+        as_json: bool = JsonOpt,
+    ) -> None:
+        """Compare runs (base policy vs each round) in a markdown table with PNG bar charts, next to the paper's
+        numbers where the benchmark is the same."""
+        from rlaifv.cli import _emit
+        from rlaifv.eval.compare import write_report
+
+        with _readable_errors():
+            summary = write_report(runs, out, paper=paper, charts=charts)
+        human = f"wrote {summary['report']}" + "".join(f"\nwrote {c}" for c in summary["charts"])
+        if "warning" in summary:
+            human += f"\n{summary['warning']}"
+        _emit(summary, as_json, human)

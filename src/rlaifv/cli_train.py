@@ -1,0 +1,111 @@
+"""Command line of training: `rlaifv train` (DPO of any HF VLM on preference pairs).
+
+    rlaifv train --pairs feedback/ --policy my-vlm/ --out runs/r1            # a collect folder, reference = policy
+    rlaifv train --pairs pairs.parquet --policy my-vlm/ --out runs/r1 --lora --bf16 --device cuda
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m rlaifv.cli train --pairs ... --out ...
+
+Rerun the same command after a crash and it resumes from the newest checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add `train` to the main app."""
+
+    @app.command()
+    def train(
+        pairs: Path = typer.Option(..., "--pairs", exists=True,
+                                   help="preference pairs: a collect folder or pair store, or a Parquet / JSONL "
+                                        "file or saved `datasets` folder in TRL's VLM format or the "
+                                        "RLAIF-V-Dataset columns"),
+        policy: str = typer.Option(..., "--policy", help="the VLM to train: folder or hub id"),
+        out: Optional[Path] = typer.Option(None, "--out", file_okay=False,
+                                           help="folder for checkpoints, metrics.csv and the final model "
+                                                "(default: output_dir of the config)"),
+        reference: Optional[str] = typer.Option(None, "--reference",
+                                                help="reference model folder or hub id (default: the policy)"),
+        config: Optional[Path] = typer.Option(None, "--config", exists=True, dir_okay=False,
+                                              help="YAML with DPOConfig fields; the options below override it"),
+        beta: Optional[float] = typer.Option(None, "--beta", help="DPO beta (default 0.1)"),
+        lr: Optional[float] = typer.Option(None, "--lr", help="peak learning rate (default 5e-7, 1e-5 with --lora)"),
+        epochs: Optional[float] = typer.Option(None, "--epochs", help="passes over the pairs (default 4)"),
+        max_steps: Optional[int] = typer.Option(None, "--max-steps", help="optimizer steps; overrides --epochs"),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="pairs per forward per process "
+                                                                                    "(default 8)"),
+        grad_accum: Optional[int] = typer.Option(None, "--grad-accum", min=1, help="forwards per optimizer step "
+                                                                                   "(default 1)"),
+        lora: Optional[bool] = typer.Option(None, "--lora/--full", help="train LoRA adapters (merged when saved) "
+                                                                        "or the full model (default full)"),
+        bf16: Optional[bool] = typer.Option(None, "--bf16/--fp32", help="bf16 mixed precision (GPUs) or fp32"),
+        gradient_checkpointing: Optional[bool] = typer.Option(
+            None, "--gradient-checkpointing/--no-gradient-checkpointing",
+            help="recompute activations: less memory, more time"),
+        device: Optional[str] = typer.Option(None, "--device", help="cpu forces the CPU; otherwise accelerate "
+                                                                    "picks (a GPU when there is one)"),
+        seed: Optional[int] = typer.Option(None, "--seed", help="seeds LoRA init and data order (default 0)"),
+        reference_only: bool = typer.Option(False, "--reference-only",
+                                            help="only compute the reference log-probs (and quarantine bad pairs)"),
+        as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+    ) -> None:
+        """DPO of a VLM on preference pairs: reference log-probs computed once and stored beside the pairs, one
+        packed sequence per pair, checkpoints every save_steps, resumable; writes OUT/model and OUT/summary.json."""
+        from rlaifv.cli import _emit, _quiet_libraries
+
+        _quiet_libraries()
+        cfg = _config(config, out, beta=beta, learning_rate=lr, num_train_epochs=epochs, max_steps=max_steps,
+                      per_device_train_batch_size=batch_size, gradient_accumulation_steps=grad_accum,
+                      use_peft=lora, bf16=bf16, gradient_checkpointing=gradient_checkpointing, seed=seed,
+                      use_cpu=True if device == "cpu" else None)
+        try:
+            if reference_only:
+                from rlaifv.train.reference import compute_reference_logps
+
+                result = compute_reference_logps(pairs, reference or policy, cfg, device=device)
+                _emit(result, as_json, f"reference log-probs: {result}")
+                return
+            from accelerate import PartialState
+
+            from rlaifv.train.dpo import train_dpo
+
+            summary = train_dpo(pairs, policy, out, cfg, reference)
+        except ImportError as exc:
+            from rlaifv.progress import log
+
+            log(f"[red]error:[/red] {exc}; `rlaifv train` needs accelerate (and peft for --lora): "
+                "pip install 'rlaifv[train]'")
+            raise typer.Exit(2) from None
+        except (ValueError, OSError) as exc:
+            from rlaifv.progress import log
+
+            log(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from None
+        if PartialState().is_main_process:
+            final = summary.get("final") or {}
+            _emit(summary, as_json, f"trained {summary['steps']} steps on {summary['n_train']} pairs "
+                                    f"(quarantined {summary['quarantined'] or 'none'}); final loss "
+                                    f"{final.get('loss', float('nan')):.4f}, reward accuracy "
+                                    f"{final.get('rewards/accuracies', float('nan')):.3f}\nmodel: {summary['model']}")
+
+
+def _config(path: Optional[Path], out: Optional[Path], **overrides):
+    """DPOConfig from the YAML file, then the options that were given; a bad value is a readable error."""
+    from pydantic import ValidationError
+
+    from rlaifv.config import DPOConfig, load_yaml
+    from rlaifv.progress import log
+
+    try:
+        cfg = load_yaml(DPOConfig, path, overrides)
+    except (ValidationError, ValueError, OSError) as exc:
+        log(f"[red]error:[/red] {path or 'options'}: {exc}")
+        raise typer.Exit(2) from None
+    if out is None and not cfg.output_dir:
+        log("[red]error:[/red] no output folder: pass --out or set output_dir in the config")
+        raise typer.Exit(2)
+    return cfg

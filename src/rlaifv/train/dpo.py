@@ -1,0 +1,600 @@
+"""DPO for any Hugging Face VLM, on accelerate: sigmoid loss on stored reference log-probs, one packed row per pair.
+
+A run, top to bottom (`DPOTrainer.run`):
+
+1. the reference pass (train.reference): the reference model's log-probs of every pair, stored beside the pairs
+   and reused by every later run, epoch and process; pairs that cannot train are quarantined there with a reason;
+2. the policy: dropout off, vision tower frozen, optional LoRA (peft), optional gradient checkpointing;
+3. the steps: each global batch is a fixed slice of a per-epoch seeded permutation, split over processes and
+   accumulation steps, so 1 process x batch 8, 2 processes x batch 4 and batch 1 x accumulation 8 see the same pairs
+   and follow the same loss curve; a batch's log-probs come from one packed row per pair (train.logps);
+4. every `save_steps`: a checkpoint (accelerate state + a model transformers loads), written under a temporary name
+   and renamed when complete; a rerun of the same command resumes from the newest one, and its losses, metrics
+   and final model equal an uninterrupted run's;
+5. the end: the model (LoRA merged) with its processor in OUT/model, `summary.json`.
+
+Metrics go to OUT/metrics.csv always, and to TensorBoard through accelerate's tracker when it is installed.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+from rlaifv.config import DPOConfig
+from rlaifv.progress import log, progress
+from rlaifv.store import fsync_path, write_json
+from rlaifv.train.data import LoadedPairs, load_pairs
+from rlaifv.train.encode import PairEncoder
+from rlaifv.train.logps import ResponseLogps, packed_logps
+from rlaifv.train.reference import (
+    compute_reference_logps,
+    encode_batch,
+    length_limit,
+    load_model,
+    read_reference,
+    reference_store,
+)
+
+CHECKPOINTS, MODEL, ADAPTER = "checkpoints", "model", "adapter"
+METRICS, SUMMARY, RUN = "metrics.csv", "summary.json", "run.yaml"
+TRAINER_STATE = "trainer_state.json"
+METRIC_NAMES = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+                "logps/chosen", "logps/rejected")
+VISION_TOWER_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder")
+
+Callback = Callable[[int, dict[str, float]], None]
+
+
+# -- the loss ------------------------------------------------------------------------------------------------------
+
+
+def sigmoid_dpo_loss(
+    policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DPO (Rafailov et al. 2023, eq. 7): -log sigmoid(beta * [(log pi(y_w) - log pi(y_l)) - (log ref(y_w) - log
+    ref(y_l))]) per pair, with the implicit rewards beta * (log pi(y) - log ref(y)) of both responses.
+
+    All inputs (B,); returns losses (B,), chosen rewards (B,), rejected rewards (B,) (rewards detached).
+    """
+    logits = (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected)  # (B,)
+    losses = -F.logsigmoid(beta * logits)  # (B,)
+    chosen_rewards = beta * (policy_chosen - ref_chosen).detach()  # (B,)
+    rejected_rewards = beta * (policy_rejected - ref_rejected).detach()  # (B,)
+    return losses, chosen_rewards, rejected_rewards
+
+
+def dpo_objective(policy: ResponseLogps, ref: ResponseLogps, cfg: DPOConfig) -> tuple[torch.Tensor, dict]:
+    """Per-pair loss (B,) under the config's options, and per-pair metrics (each (B,), detached).
+
+    `average_log_prob` divides policy and reference sums by the response lengths; `rpo_alpha` adds that weight times
+    the chosen response's mean per-token NLL (per pair, so any split of a batch gives the same mean loss).
+    """
+    scale = (policy.chosen_tokens, policy.rejected_tokens) if cfg.average_log_prob else (1, 1)
+    losses, chosen_r, rejected_r = sigmoid_dpo_loss(
+        policy.chosen / scale[0], policy.rejected / scale[1], ref.chosen / scale[0], ref.rejected / scale[1], cfg.beta
+    )
+    metrics = {
+        "rewards/chosen": chosen_r,
+        "rewards/rejected": rejected_r,
+        "rewards/margins": chosen_r - rejected_r,
+        "rewards/accuracies": (chosen_r > rejected_r).float(),
+        "logps/chosen": policy.chosen.detach(),
+        "logps/rejected": policy.rejected.detach(),
+    }
+    if cfg.rpo_alpha:
+        nll = -policy.chosen / policy.chosen_tokens  # (B,)
+        losses = losses + cfg.rpo_alpha * nll
+        metrics["nll_loss"] = nll.detach()
+    metrics["loss"] = losses.detach()
+    return losses, metrics
+
+
+# -- which pairs each step sees ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The pairs of every optimizer step, for every process and accumulation step.
+
+    Epoch e visits the pairs in a permutation seeded by (seed, e); step i of the epoch takes the next global batch
+    of it, and the last step of an epoch is filled up from the epoch's start (every micro-batch has the same size, so
+    a mean over micro-batches is the mean over the global batch). A step's pairs depend on the global batch size
+    only, never on how it is split, which is what makes different process counts and accumulation comparable.
+    """
+
+    n_pairs: int
+    per_device: int
+    accumulation: int
+    processes: int
+    seed: int
+
+    @property
+    def global_batch(self) -> int:
+        return self.per_device * self.accumulation * self.processes
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.n_pairs / self.global_batch)
+
+    def total_steps(self, cfg: DPOConfig) -> int:
+        return cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * self.steps_per_epoch)
+
+    def global_indices(self, step: int) -> list[int]:
+        epoch, i = divmod(step, self.steps_per_epoch)
+        order = torch.randperm(self.n_pairs, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+        wrapped = order * math.ceil(self.global_batch / self.n_pairs + 1)
+        lo = i * self.global_batch
+        return wrapped[lo : lo + self.global_batch]
+
+    def micro_batches(self, step: int, rank: int) -> list[list[int]]:
+        """This process's micro-batches of one step, in accumulation order."""
+        indices = self.global_indices(step)
+        return [indices[(j * self.processes + rank) * self.per_device :][: self.per_device]
+                for j in range(self.accumulation)]
+
+
+# -- the model -----------------------------------------------------------------------------------------------------
+
+
+def vision_tower(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The image encoder: the submodule built from `config.vision_config`, else one with a usual name."""
+    vision_config = getattr(model.config, "vision_config", None)
+    for _, module in model.named_modules():
+        if module is not model and vision_config is not None and getattr(module, "config", None) is vision_config:
+            return module
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in VISION_TOWER_NAMES:
+            return module
+    return None
+
+
+def lora_targets(model: torch.nn.Module, skip_vision: bool) -> list[str]:
+    """Every linear layer outside the output head (and outside the vision tower when it is frozen)."""
+    head = model.get_output_embeddings()
+    tower = vision_tower(model) if skip_vision else None
+    skipped = {id(m) for m in tower.modules()} if tower is not None else set()
+    return [name for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and m is not head and id(m) not in skipped]
+
+
+def enable_checkpointing(model: torch.nn.Module) -> None:
+    """Activation (gradient) checkpointing, non-reentrant: works with frozen inputs and LoRA without extra hooks."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name; the old one warns
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def prepare_policy(model: torch.nn.Module, cfg: DPOConfig) -> torch.nn.Module:
+    """Dropout off, vision tower frozen, gradient checkpointing and LoRA as configured; returns the model to train."""
+    model.config.use_cache = False
+    if cfg.disable_dropout:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+    tower = vision_tower(model)
+    if cfg.freeze_vision_tower:
+        if tower is None:
+            raise ValueError(f"{type(model).__name__}: no vision tower found to freeze; set freeze_vision_tower: "
+                             "false")
+        tower.requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(model)
+    if cfg.use_peft:
+        from peft import LoraConfig, get_peft_model
+
+        targets = cfg.lora_target_modules or lora_targets(model, cfg.freeze_vision_tower)
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=targets, bias="none")
+        model = get_peft_model(model, lora)
+    model.train()
+    if cfg.freeze_vision_tower and tower is not None:
+        tower.eval()
+    return model
+
+
+def optimizer_of(model: torch.nn.Module, cfg: DPOConfig) -> torch.optim.Optimizer:
+    """AdamW on the trainable parameters; weight decay on matrices only (not biases and norms), as transformers."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate)
+
+
+def merged_lora_model(policy: str | Path, peft_config: Any, lora_state: dict[str, torch.Tensor]):
+    """The policy with trained LoRA weights merged in, built on the CPU from the policy's files (fp32)."""
+    from peft import get_peft_model, set_peft_model_state_dict
+    from transformers import AutoModelForImageTextToText
+
+    base = AutoModelForImageTextToText.from_pretrained(policy, dtype=torch.float32)
+    model = get_peft_model(base, peft_config)
+    set_peft_model_state_dict(model, lora_state)
+    return model.merge_and_unload()
+
+
+# -- the run -------------------------------------------------------------------------------------------------------
+
+
+class DPOTrainer:
+    """One DPO run into `out_dir`; `run()` does everything, resuming from the newest checkpoint if there is one."""
+
+    def __init__(self, pairs: Path | LoadedPairs, policy: str | Path, out_dir: Path, cfg: DPOConfig,
+                 reference: str | Path | None = None, ref_store_dir: Path | None = None,
+                 callback: Callback | None = None) -> None:
+        self.loaded = pairs if isinstance(pairs, LoadedPairs) else load_pairs(Path(pairs))
+        self.policy, self.reference = str(policy), str(reference or policy)
+        self.out, self.cfg = Path(out_dir), cfg
+        self.ref_store_dir, self.callback = ref_store_dir, callback
+        self.run_record = {"pairs": _where(self.loaded.source), "policy": _where(self.policy),
+                           "reference": _where(self.reference),
+                           "config": cfg.model_dump(mode="json", exclude={"output_dir"})}
+
+    def run(self) -> dict[str, Any]:
+        finished = self._finished()
+        if finished is not None:
+            log(f"{self.out}: already trained with this config; nothing to do")
+            return finished
+        start_time = time.perf_counter()
+        self._setup_accelerator()
+        self._setup_reference()
+        self._setup_policy()
+        start = self._resume()
+        self._train(start)
+        summary = self._finish(start, time.perf_counter() - start_time)
+        self.acc.end_training()
+        return summary
+
+    # -- setup -----------------------------------------------------------------------------------------------------
+
+    def _finished(self) -> dict[str, Any] | None:
+        if (self.out / SUMMARY).is_file() and self._saved_record() == self.run_record:
+            return json.loads((self.out / SUMMARY).read_text(encoding="utf-8"))
+        return None
+
+    def _saved_record(self) -> dict[str, Any] | None:
+        path = self.out / RUN
+        return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    def _setup_accelerator(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
+
+        trackers = self._trackers()
+        self.acc = Accelerator(
+            gradient_accumulation_steps=self.cfg.gradient_accumulation_steps,
+            mixed_precision="bf16" if self.cfg.bf16 else "no",
+            cpu=self.cfg.use_cpu,
+            log_with=trackers or None,
+            project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "runs")),
+        )
+        self.main = self.acc.is_main_process
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            saved = self._saved_record()
+            if saved is not None and saved != self.run_record:
+                raise ValueError(f"{self.out} holds a run with other pairs, models or config ({self.out / RUN}); "
+                                 "use a new output folder")
+            _write_yaml(self.out / RUN, self.run_record)
+        self.acc.wait_for_everyone()
+        if trackers:
+            hparams = {k: v for k, v in self.run_record["config"].items() if isinstance(v, int | float | str | bool)}
+            self.acc.init_trackers("dpo", config=hparams)
+
+    def _trackers(self) -> list[str]:
+        if self.cfg.report_to == "none":
+            return []
+        installed = importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX")
+        if not installed and self.cfg.report_to == "tensorboard":
+            raise ValueError("report_to is 'tensorboard' but it is not installed: pip install tensorboard")
+        return ["tensorboard"] if installed else []
+
+    def _setup_reference(self) -> None:
+        """Reference log-probs on the main process (others wait), then every process reads the finished store."""
+        store = reference_store(self.loaded.source, self.reference, self.cfg, self.ref_store_dir)
+        if _zero_stage(self.acc) == 3:
+            try:  # ZeRO-3 loads models sharded over all processes: the main one cannot run the pass alone
+                read_reference(store, self.loaded)
+            except ValueError:
+                raise ValueError("with DeepSpeed ZeRO-3, compute the reference log-probs first, without the launcher:"
+                                 " rlaifv train ... --reference-only") from None
+        elif self.main:
+            compute_reference_logps(self.loaded, self.reference, self.cfg, store.root, self.acc.device)
+        self.acc.wait_for_everyone()
+        self.ref_store = store
+        self.table = read_reference(store, self.loaded)
+        self.examples = [e for e in self.loaded.examples if e.key in self.table.logps]
+        if not self.examples:
+            raise ValueError(f"no pair can train: all {len(self.table.quarantined)} are quarantined "
+                             f"({self.table.reasons()}); see {store.quarantine_dir}")
+        if self.main and self.table.quarantined:
+            log(f"quarantined {len(self.table.quarantined)} pairs: {self.table.reasons()} ({store.quarantine_dir})")
+
+    def _setup_policy(self) -> None:
+        from accelerate.utils import set_seed
+        from transformers import get_scheduler
+
+        set_seed(self.cfg.seed)  # LoRA's initial weights
+        model, self.processor = load_model(self.policy, self.cfg)
+        self.encoder = PairEncoder(self.processor, length_limit(model.config, self.cfg))
+        self.pad_id = self.processor.tokenizer.pad_token_id
+        model = prepare_policy(model, self.cfg)
+        optimizer = optimizer_of(model, self.cfg)
+        self.schedule = Schedule(len(self.examples), self.cfg.per_device_train_batch_size,
+                                 self.cfg.gradient_accumulation_steps, self.acc.num_processes, self.cfg.seed)
+        self.total_steps = self.schedule.total_steps(self.cfg)
+        if self.acc.state.deepspeed_plugin is not None:  # DeepSpeed reads it from a prepared dataloader otherwise
+            self.acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = (
+                self.cfg.per_device_train_batch_size)
+        # Not handed to accelerate.prepare, which would step it once per process: it steps once per optimizer step.
+        self.scheduler = get_scheduler(self.cfg.lr_scheduler_type, optimizer,
+                                       num_warmup_steps=math.ceil(self.cfg.warmup_ratio * self.total_steps),
+                                       num_training_steps=self.total_steps)
+        self.model, self.optimizer = self.acc.prepare(model, optimizer)
+        self.acc.register_for_checkpointing(self.scheduler)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+    # -- checkpoints -----------------------------------------------------------------------------------------------
+
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first (temporary folders of an interrupted save never match)."""
+        root = self.out / CHECKPOINTS
+        found = [p for p in root.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[1].isdigit()]
+        return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+    def _resume(self) -> int:
+        """Load the newest checkpoint, if any; returns the step to continue from."""
+        self.window: dict[str, list[float]] = {}
+        found = self.checkpoints()
+        if not found:
+            if self.main:
+                self._write_metrics_header()
+            return 0
+        latest = found[-1]
+        self.acc.load_state(str(latest / "state"))
+        state = json.loads((latest / TRAINER_STATE).read_text(encoding="utf-8"))
+        self.window = state["window"]
+        if self.main:
+            self._truncate_metrics(state["step"])
+            log(f"resuming from {latest} (step {state['step']} of {self.total_steps})")
+        return state["step"]
+
+    def _save_checkpoint(self, step: int) -> None:
+        """accelerate state, trainer state and a loadable model under a temporary name, then one rename."""
+        root = self.out / CHECKPOINTS
+        tmp, final = root / f".checkpoint-{step}.tmp", root / f"checkpoint-{step}"
+        if self.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            root.mkdir(parents=True, exist_ok=True)
+        self.acc.wait_for_everyone()
+        self.acc.save_state(str(tmp / "state"))
+        self._export_model(tmp)
+        if self.main:
+            write_json(tmp / TRAINER_STATE, {"step": step, "window": self.window, "total_steps": self.total_steps})
+            os.replace(tmp, final)
+            fsync_path(root)
+            if self.cfg.save_total_limit is not None:
+                for old in self.checkpoints()[: -self.cfg.save_total_limit]:
+                    shutil.rmtree(old)
+        self.acc.wait_for_everyone()
+
+    def _export_model(self, folder: Path) -> None:
+        """folder/model, which `AutoModelForImageTextToText.from_pretrained` loads unchanged (LoRA merged, processor
+        included), and with LoRA the adapter alone in folder/adapter."""
+        state = self.acc.get_state_dict(self.model)  # full weights on the main process, gathered if sharded
+        if not self.main:
+            return
+        unwrapped = self.acc.unwrap_model(self.model)
+        if self.cfg.use_peft:
+            from peft import get_peft_model_state_dict
+
+            lora_state = get_peft_model_state_dict(unwrapped, state_dict=state)
+            unwrapped.save_pretrained(folder / ADAPTER, state_dict=lora_state)
+            merged = merged_lora_model(self.policy, unwrapped.peft_config["default"], lora_state)
+            merged.save_pretrained(folder / MODEL)
+        else:
+            unwrapped.save_pretrained(folder / MODEL, state_dict=state)
+        self.processor.save_pretrained(folder / MODEL)
+
+    # -- training --------------------------------------------------------------------------------------------------
+
+    def _train(self, start: int) -> None:
+        bar_cm = progress("DPO steps", self.total_steps) if self.main else nullcontext()
+        with bar_cm as bar:
+            if bar is not None:
+                bar.advance(start)
+            for step in range(start, self.total_steps):
+                metrics = self._step(step)
+                for name, value in metrics.items():
+                    total = self.window.setdefault(name, [0.0, 0])
+                    total[0] += value
+                    total[1] += 1
+                done = step + 1
+                if done % self.cfg.logging_steps == 0 or done == self.total_steps:
+                    self._log_row(done)
+                if self.main:
+                    if bar is not None:
+                        bar.advance(1, status=f"loss {metrics['loss']:.4f}")
+                    if self.callback is not None:
+                        self.callback(done, metrics)
+                if done % self.cfg.save_steps == 0 or done == self.total_steps:
+                    self._save_checkpoint(done)
+
+    def _step(self, step: int) -> dict[str, float]:
+        """One optimizer step over this process's micro-batches; returns means over the global batch."""
+        lr = self.scheduler.get_last_lr()[0]
+        per_pair: dict[str, list[torch.Tensor]] = {}
+        grad_norm = None
+        for micro in self.schedule.micro_batches(step, self.acc.process_index):
+            with self.acc.accumulate(self.model):
+                losses, metrics = self._forward([self.examples[i] for i in micro])
+                self.acc.backward(losses.mean())
+                if self.acc.sync_gradients:
+                    grad_norm = self.acc.clip_grad_norm_(self.params, self.cfg.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            for name, values in metrics.items():
+                per_pair.setdefault(name, []).append(values)
+        self.scheduler.step()
+        means = {name: self.acc.gather(torch.cat(values)).float().mean().item()
+                 for name, values in per_pair.items()}
+        norm = float(grad_norm) if grad_norm is not None else math.nan  # DeepSpeed clips inside backward
+        return {**means, "grad_norm": norm, "learning_rate": lr}
+
+    def _forward(self, examples: list) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        def bad(example, reason: str) -> None:  # passed the reference pass, so its input changed since
+            raise ValueError(f"pair {example.key} can no longer be read ({reason}); fix it and rerun to resume")
+
+        encoded = encode_batch(self.encoder, examples, bad)
+        policy = packed_logps(self.model, encoded, self.pad_id)
+        ref = self.table.batch([e.key for e in examples], policy.chosen.device)
+        if not (torch.equal(ref.chosen_tokens, policy.chosen_tokens)
+                and torch.equal(ref.rejected_tokens, policy.rejected_tokens)):
+            raise ValueError("the policy tokenizes responses differently from the reference pass: policy and "
+                             "reference must share a tokenizer and chat template")
+        return dpo_objective(policy, ref, self.cfg)
+
+    # -- metrics ---------------------------------------------------------------------------------------------------
+
+    def _columns(self) -> list[str]:
+        extra = ["nll_loss"] if self.cfg.rpo_alpha else []
+        return ["step", "epoch", *METRIC_NAMES, *extra, "grad_norm", "learning_rate"]
+
+    def _write_metrics_header(self) -> None:
+        with (self.out / METRICS).open("w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerow(self._columns())
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop the rows a killed run logged after its last checkpoint; the resumed run writes them again."""
+        path = self.out / METRICS
+        rows = read_metrics(path) if path.is_file() else []
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, self._columns())
+            writer.writeheader()
+            writer.writerows(r for r in rows if r["step"] <= step)
+        os.replace(tmp, path)
+
+    def _log_row(self, step: int) -> None:
+        row = {"step": step, "epoch": round(step / self.schedule.steps_per_epoch, 4),
+               **{name: total / count for name, (total, count) in self.window.items()}}
+        self.window = {}
+        if self.main:
+            with (self.out / METRICS).open("a", newline="", encoding="utf-8") as f:
+                csv.DictWriter(f, self._columns()).writerow(row)
+        self.acc.log({k: v for k, v in row.items() if k != "step"}, step=step)
+
+    # -- the end ---------------------------------------------------------------------------------------------------
+
+    def _finish(self, start: int, seconds: float) -> dict[str, Any]:
+        checkpoints = self.checkpoints()
+        summary = {
+            "out_dir": str(self.out),
+            "model": str(self.out / MODEL),
+            "checkpoints": [str(p / MODEL) for p in checkpoints],
+            "metrics": str(self.out / METRICS),
+            "reference_store": str(self.ref_store.root),
+            "n_pairs": len(self.loaded.examples) + len(self.loaded.bad),
+            "n_train": len(self.examples),
+            "quarantined": self.table.reasons(),
+            "steps": self.total_steps,
+            "epochs": round(self.total_steps / self.schedule.steps_per_epoch, 4),
+            "global_batch": self.schedule.global_batch,
+            "processes": self.acc.num_processes,
+            "resumed_from_step": start,
+            "final": read_metrics(self.out / METRICS)[-1] if self.main else None,
+            "seconds": round(seconds, 2),
+        }
+        if self.main:
+            for name in (MODEL, ADAPTER) if self.cfg.use_peft else (MODEL,):
+                _publish(checkpoints[-1] / name, self.out / name)
+            if self.cfg.use_peft:
+                summary["adapter"] = str(self.out / ADAPTER)
+            write_json(self.out / SUMMARY, summary)
+        self.acc.wait_for_everyone()
+        return summary
+
+
+def _publish(source: Path, dest: Path) -> None:
+    """dest as a copy of the last checkpoint's folder, hard-linked where possible (no second copy on disk)."""
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp, copy_function=_link_or_copy)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    fsync_path(dest.parent)
+
+
+def _where(path: str | Path) -> str:
+    """A local path made absolute (the same run named from another folder is still the same run); hub ids as is."""
+    return str(Path(path).resolve()) if Path(path).exists() else str(path)
+
+
+def _zero_stage(acc) -> int | None:
+    plugin = acc.state.deepspeed_plugin
+    return plugin.zero_stage if plugin is not None else None
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _write_yaml(path: Path, obj: dict[str, Any]) -> None:
+    """YAML, written through a temp file and a rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(obj, sort_keys=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Rows of a metrics.csv as numbers; a torn last line (a kill mid-write) is skipped."""
+    rows = []
+    with Path(path).open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            try:
+                parsed = {k: float(v) for k, v in row.items() if k is not None and v not in (None, "")}
+                parsed["step"] = int(parsed["step"])
+            except (KeyError, ValueError):
+                continue
+            rows.append(parsed)
+    return rows
+
+
+def train_dpo(
+    pairs: Path | LoadedPairs,
+    policy_path: str | Path,
+    out_dir: Path | None,
+    cfg: DPOConfig,
+    reference_path: str | Path | None = None,
+    ref_store_dir: Path | None = None,
+    callback: Callback | None = None,
+) -> dict[str, Any]:
+    """Train `policy_path` with DPO on `pairs` into `out_dir` (default cfg.output_dir); returns the run's summary.
+
+    The reference defaults to the policy. Rerunning with the same arguments resumes an interrupted run, or returns
+    the saved summary of a finished one. `callback(step, metrics)` runs on the main process after every optimizer
+    step, before that step's checkpoint is saved (metrics are the step's means over the global batch).
+    """
+    if not (out_dir or cfg.output_dir):
+        raise ValueError("no output folder: pass out_dir or set output_dir in the config")
+    out = Path(out_dir or cfg.output_dir)
+    return DPOTrainer(pairs, policy_path, out, cfg, reference_path, ref_store_dir, callback).run()

@@ -1,0 +1,104 @@
+"""Summed log-probs of the chosen and rejected responses of each pair, from one forward per pair.
+
+DPO needs log p(chosen | image, prompt) and log p(rejected | image, prompt). Two sequences per pair encode the
+image and the prompt twice; here one packed row (engines.packing) holds prompt + chosen + rejected, with a block
+attention mask and positions restarting after the prompt, so the image goes through the vision tower once and the
+prompt through the language model once. Unlike reusing a KV cache, this is an ordinary forward, so it also works
+under gradient checkpointing (which drops a passed-in cache).
+
+Token t of a response is predicted by the logits one position earlier -- except each response's first token, which
+both responses read from the prompt's last position (the rejected response does not follow the chosen one).
+`separate_logps` computes the same numbers the plain way, two sequences per pair; tests pin their agreement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from rlaifv.engines.packing import collate_packs, pack
+from rlaifv.train.encode import EncodedPair
+
+
+@dataclass
+class ResponseLogps:
+    """Per-pair response log-probs and lengths, in batch order."""
+
+    chosen: torch.Tensor  # (B,) sum over the chosen response's tokens of log p(token | everything before it)
+    rejected: torch.Tensor  # (B,) the same for the rejected response
+    chosen_tokens: torch.Tensor  # (B,) tokens in each chosen response
+    rejected_tokens: torch.Tensor  # (B,) tokens in each rejected response
+
+
+def vision_inputs(pairs: list[EncodedPair], device: torch.device, repeat: int = 1) -> dict[str, torch.Tensor]:
+    """The pairs' processor outputs (pixel values, ...) concatenated along the batch, each repeated `repeat` times."""
+    return {
+        key: torch.cat([p.vision[key] for p in pairs for _ in range(repeat)]).to(device)
+        for key in pairs[0].vision
+    }
+
+
+def _token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[target] per row: logits (N, V), targets (N,) -> (N,), in fp32."""
+    return logits.float().log_softmax(-1).gather(-1, targets[:, None])[:, 0]
+
+
+def packed_logps(model: torch.nn.Module, pairs: list[EncodedPair], pad_id: int) -> ResponseLogps:
+    """Response log-probs of a batch of pairs, one packed row per pair: prefix = prompt, suffixes = chosen, rejected.
+
+    Only the positions that predict response tokens go through the LM head (`logits_to_keep`): the image and prompt
+    positions are most of the row and their logits are never needed.
+    """
+    first = next(model.parameters())  # works through DDP / peft wrappers, which hide `.device` and `.dtype`
+    device = first.device
+    packs = [pack(p.prompt_ids, [p.chosen_ids, p.rejected_ids]) for p in pairs]
+    rows, positions, targets, owner = [], [], [], []  # one entry per response token of the batch
+    for b, p in enumerate(packs):
+        last_prompt = p.starts[0] - 1  # predicts the first token of both responses
+        for k, (start, end) in enumerate(zip(p.starts, p.ends)):
+            n = end - start + 1
+            rows += [b] * n
+            positions += [last_prompt, *range(start, end)]
+            targets += p.input_ids[start : end + 1]
+            owner += [2 * b + k] * n  # 2b = chosen of pair b, 2b + 1 = its rejected
+    keep = sorted(set(positions))
+    column = {pos: i for i, pos in enumerate(keep)}
+    batch = collate_packs(packs, pad_id, first.dtype, device)  # input_ids, position_ids (B, T); mask (B, 1, T, T)
+    batch.update(vision_inputs(pairs, device))
+    logits = model(**batch, logits_to_keep=torch.tensor(keep, device=device), use_cache=False).logits  # (B, K, V)
+    rows_t = torch.tensor(rows, device=device)  # (N,)
+    cols_t = torch.tensor([column[pos] for pos in positions], device=device)  # (N,)
+    logps = _token_logps(logits[rows_t, cols_t], torch.tensor(targets, device=device))  # (N,)
+    sums = torch.zeros(2 * len(pairs), device=device).index_add(0, torch.tensor(owner, device=device), logps)  # (2B,)
+    return ResponseLogps(sums[0::2], sums[1::2], *_lengths(pairs, device))
+
+
+def separate_logps(model: torch.nn.Module, pairs: list[EncodedPair], pad_id: int) -> ResponseLogps:
+    """The same numbers the plain way: prompt + chosen and prompt + rejected as two right-padded sequences.
+
+    Twice the image and prompt compute of `packed_logps`; kept as the reference its results are tested against.
+    """
+    device = next(model.parameters()).device
+    seqs = [p.prompt_ids + r for p in pairs for r in (p.chosen_ids, p.rejected_ids)]  # 2B rows
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (2B, T)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)  # (2B, T)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False,
+                   **vision_inputs(pairs, device, repeat=2)).logits  # (2B, T, V)
+    sums = []
+    for i, s in enumerate(seqs):
+        n_prompt = len(pairs[i // 2].prompt_ids)
+        target = ids[i, n_prompt : len(s)].to(device)  # (L,)
+        sums.append(_token_logps(logits[i, n_prompt - 1 : len(s) - 1], target).sum())  # logits (L, V)
+    flat = torch.stack(sums)  # (2B,)
+    return ResponseLogps(flat[0::2], flat[1::2], *_lengths(pairs, device))
+
+
+def _lengths(pairs: list[EncodedPair], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    chosen = torch.tensor([len(p.chosen_ids) for p in pairs], device=device)  # (B,)
+    rejected = torch.tensor([len(p.rejected_ids) for p in pairs], device=device)  # (B,)
+    return chosen, rejected

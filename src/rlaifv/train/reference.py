@@ -1,0 +1,216 @@
+"""The reference model's log-probs of every pair, computed once and stored beside the pairs.
+
+DPO compares the policy's log-probs with a frozen reference model's. Computing the reference's once per round, before
+training, means no reference model sits in memory while the policy trains (TRL refuses to precompute them for image
+datasets). The pass writes `RefLogps` records to a sharded store (atomic shards: a killed pass loses at most one
+unflushed shard and the rerun computes only what is missing) and quarantines, with a reason, every pair that cannot
+train: rows the loader rejected, images that fail to load, pairs longer than the context.
+
+The store sits beside the pairs (`<pairs>.reference-<fingerprint>`); the fingerprint covers what the numbers depend
+on -- the reference model's folder and weight files, the precision and the length limit -- so a different reference
+gets a different store instead of stale numbers.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from rlaifv.config import DPOConfig
+from rlaifv.feedback.prompts import load_image, reason_kind
+from rlaifv.progress import progress
+from rlaifv.records import BadInput, Record
+from rlaifv.store import ShardedStore
+from rlaifv.train.data import LoadedPairs, PreferenceExample, load_pairs, pair_store_root
+from rlaifv.train.encode import EncodedPair, PairEncoder, context_length
+from rlaifv.train.logps import ResponseLogps, packed_logps
+
+STAGE = "reference"
+SHARD_SIZE = 256
+
+
+@dataclass(frozen=True, slots=True)
+class RefLogps(Record):
+    """The reference model's summed response log-probs of one pair (keyed like the pair)."""
+
+    KEY_FIELDS: ClassVar[tuple[str, ...]] = ("pair_key",)
+
+    pair_key: str  # PreferenceExample.key / Pair.key
+    chosen_logp: float  # sum of log p_ref over the chosen response's tokens
+    rejected_logp: float  # the same for the rejected response
+    chosen_tokens: int  # chosen response length in tokens (the policy must tokenize it the same way)
+    rejected_tokens: int  # rejected response length in tokens
+
+
+def weights_dtype(cfg: DPOConfig) -> torch.dtype:
+    """Precision the weights are loaded in: bf16 only for LoRA's frozen base; trained weights stay fp32 masters.
+
+    The reference is loaded like the policy, so at step 0 (policy = reference) both give the same log-probs.
+    """
+    return torch.bfloat16 if cfg.bf16 and cfg.use_peft else torch.float32
+
+
+def load_model(path: str | Path, cfg: DPOConfig, device: torch.device | str = "cpu"):
+    """A VLM from a folder or hub id, with the processor that goes with it."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    model = AutoModelForImageTextToText.from_pretrained(
+        path, dtype=weights_dtype(cfg), trust_remote_code=cfg.trust_remote_code
+    )
+    return model.to(device), processor
+
+
+def length_limit(model_config: Any, cfg: DPOConfig) -> int | None:
+    """The longest allowed prompt + response: max_length, capped by the model's context."""
+    limits = [x for x in (cfg.max_length, context_length(model_config)) if x is not None]
+    return min(limits) if limits else None
+
+
+def fingerprint(reference: str | Path, cfg: DPOConfig) -> dict[str, Any]:
+    """What the reference log-probs depend on; a changed weight file (size or mtime) changes it."""
+    path = Path(reference)
+    files = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) if path.is_dir() else []
+    return {
+        "reference": str(path.resolve()) if path.exists() else str(reference),
+        "weights": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files],
+        "dtype": str(weights_dtype(cfg)),
+        "bf16": cfg.bf16,
+        "max_length": cfg.max_length,
+    }
+
+
+def reference_store(source: Path, reference: str | Path, cfg: DPOConfig,
+                    store_dir: Path | None = None) -> ShardedStore[RefLogps]:
+    """The store of this source's reference log-probs: `store_dir`, else a folder beside the source."""
+    if store_dir is None:
+        source = Path(os.path.abspath(pair_store_root(Path(source)) or source))
+        digest = hashlib.sha256(json.dumps(fingerprint(reference, cfg), sort_keys=True).encode()).hexdigest()[:12]
+        store_dir = source.with_name(f"{source.name}.reference-{digest}")
+    return ShardedStore(Path(store_dir), RefLogps, SHARD_SIZE, stage=STAGE)
+
+
+def compute_reference_logps(
+    pairs: Path | LoadedPairs,
+    reference: str | Path,
+    cfg: DPOConfig,
+    store_dir: Path | None = None,
+    device: torch.device | str | None = None,
+) -> dict[str, Any]:
+    """Reference log-probs of every pair not yet in the store; returns counts and the store's path.
+
+    Pairs go in fixed batches of `precompute_ref_batch_size` in source order; a batch with any missing pair is
+    recomputed whole, so a resumed pass pads and batches exactly as an uninterrupted one and stores the same floats.
+    The model is freed before returning.
+    """
+    loaded = pairs if isinstance(pairs, LoadedPairs) else load_pairs(Path(pairs))
+    store = reference_store(loaded.source, reference, cfg, store_dir)
+    store.write_config({"source": str(loaded.source), **fingerprint(reference, cfg)})
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() and not cfg.use_cpu else "cpu"))
+    counts = {"done": 0, "skipped": 0, "quarantined": 0}
+    with store.writer() as writer:
+        for key, reason, row in loaded.bad:
+            if key not in writer:
+                writer.quarantine(key, reason, row)
+                counts["quarantined"] += 1
+        todo = [e for e in loaded.examples if e.key not in writer]
+        counts["skipped"] = len(loaded.examples) - len(todo)
+        if todo:
+            _compute(loaded.examples, reference, cfg, device, writer, counts)
+    return {**counts, "store": str(store.root), "pairs": len(loaded.examples)}
+
+
+def _compute(examples: list[PreferenceExample], reference: str | Path, cfg: DPOConfig, device: torch.device,
+             writer, counts: dict[str, int]) -> None:
+    model, processor = load_model(reference, cfg, device)
+    model.eval()
+    encoder = PairEncoder(processor, length_limit(model.config, cfg))
+    pad_id = processor.tokenizer.pad_token_id
+    size = cfg.precompute_ref_batch_size or cfg.per_device_train_batch_size
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
+    with progress("reference log-probs", len(examples)) as bar:
+        for lo in range(0, len(examples), size):
+            batch = examples[lo : lo + size]
+            if all(e.key in writer for e in batch):
+                bar.advance(len(batch))
+                continue
+            encoded = encode_batch(encoder, batch, lambda e, reason: _quarantine(writer, e, reason, counts))
+            if encoded:
+                with torch.no_grad(), autocast:
+                    out = packed_logps(model, encoded, pad_id)
+                for i, pair in enumerate(encoded):
+                    if pair.key not in writer:
+                        writer.add(_record(pair, out, i))
+                        counts["done"] += 1
+            bar.advance(len(batch), status=f"{counts['done']} pairs")
+    del model
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def encode_batch(encoder: PairEncoder, batch: list[PreferenceExample], on_bad) -> list[EncodedPair]:
+    """Load and encode each example; `on_bad(example, reason)` gets the ones that cannot train."""
+    encoded = []
+    for example in batch:
+        try:
+            encoded.append(encoder(example, load_image(example.prompt)))
+        except BadInput as exc:
+            on_bad(example, str(exc))
+    return encoded
+
+
+def _quarantine(writer, example: PreferenceExample, reason: str, counts: dict[str, int]) -> None:
+    if example.key not in writer:
+        row = {"prompt_id": example.prompt.prompt_id, "image": example.prompt.image,
+               "question": example.prompt.question, "chosen": example.chosen, "rejected": example.rejected}
+        writer.quarantine(example.key, reason, row)
+        counts["quarantined"] += 1
+
+
+def _record(pair: EncodedPair, out: ResponseLogps, i: int) -> RefLogps:
+    return RefLogps(pair.key, float(out.chosen[i]), float(out.rejected[i]), len(pair.chosen_ids),
+                    len(pair.rejected_ids))
+
+
+@dataclass
+class ReferenceTable:
+    """A finished reference pass: log-probs by pair key, and the quarantined keys with their reasons."""
+
+    logps: dict[str, RefLogps]
+    quarantined: dict[str, str]  # key -> reason
+
+    def reasons(self) -> dict[str, int]:
+        """Quarantined pairs counted by kind of reason ("too long", "image file not found", ...)."""
+        counts: dict[str, int] = {}
+        for reason in self.quarantined.values():
+            counts[reason_kind(reason)] = counts.get(reason_kind(reason), 0) + 1
+        return counts
+
+    def batch(self, keys: list[str], device: torch.device) -> ResponseLogps:
+        rows = [self.logps[k] for k in keys]
+
+        def column(name: str, dtype: torch.dtype) -> torch.Tensor:
+            return torch.tensor([getattr(r, name) for r in rows], dtype=dtype, device=device)  # (B,)
+
+        return ResponseLogps(column("chosen_logp", torch.float32), column("rejected_logp", torch.float32),
+                             column("chosen_tokens", torch.long), column("rejected_tokens", torch.long))
+
+
+def read_reference(store: ShardedStore[RefLogps], loaded: LoadedPairs) -> ReferenceTable:
+    """The store's numbers for the loaded pairs; raises if a pair is neither computed nor quarantined."""
+    table = ReferenceTable({r.pair_key: r for r in store.read()},
+                           {q.record_key: q.reason for q in store.read_quarantine()})
+    missing = [e.key for e in loaded.examples if e.key not in table.logps and e.key not in table.quarantined]
+    if missing:
+        raise ValueError(f"{store.root}: no reference log-probs for {len(missing)} pairs (e.g. {missing[0]}); "
+                         "run the reference pass first")
+    return table

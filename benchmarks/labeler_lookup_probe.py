@@ -41,6 +41,17 @@ def main() -> None:
     ap.add_argument("--match-init", type=float, default=0.0,
                     help="start the last layer's query and key projections at this multiple of the identity, so its "
                          "heads begin as content matchers (0: random init)")
+    ap.add_argument("--subject-aux", type=float, default=0.0,
+                    help="weight of auxiliary heads that read, at the question's category word after the first layer, "
+                         "what the image holds for that category (present, color, size, cell): the lookup itself is "
+                         "supervised densely instead of through the one-bit verdict")
+    ap.add_argument("--per-row", type=int, default=1,
+                    help="questions about one scene packed behind one image in a row (block mask, positions "
+                         "restarting after the image prefix): the judge's own layout, more verdicts per step")
+    ap.add_argument("--answer-aux", type=float, default=0.0,
+                    help="(packed rows) weight of auxiliary heads that read, at each question's last token after the "
+                         "last layer, both what the image holds for the subject and what the question asks, so "
+                         "the second hop (gathering both operands of the comparison) is supervised too")
     ap.add_argument("--layers", type=int, default=None, help="Llama depth (default: the world labeler's)")
     ap.add_argument("--scenes", type=int, default=20000, help="distinct training scenes, cycled through")
     ap.add_argument("--device", default="cpu")
@@ -91,7 +102,7 @@ def main() -> None:
         return sum(embed.weight[wid(w)].detach() for w in keep).cpu()
 
     def batch(chunk):
-        rows, answers, goals = [], [], []
+        rows, answers, goals, subj = [], [], [], []
         kinds.clear()
         for s in chunk:
             want = bool(rng.random() < 0.5)  # balanced answers: the question text alone must not give them away
@@ -105,6 +116,13 @@ def main() -> None:
                     ids = ids[: len(ids) - ids[::-1].index(wid(category))]
                 prompts[q.question] = ids
             rows.append(prompts[q.question])
+            category = next(c for c in CATEGORIES if f" {c}" in q.question)
+            obj = s.object_of(category)
+            subj.append((rows[-1][::-1].index(wid(category)),  # offset of the category word from the row's end
+                         int(obj is not None),
+                         list(COLORS).index(obj.color) if obj else -100,
+                         ("small", "large").index(obj.size) if obj else -100,
+                         obj.cell if obj else -100))
             answers.append(yes if q.answer else no)
             goals.append(content(q.question))
             kinds.append(q.kind)
@@ -125,27 +143,119 @@ def main() -> None:
                 for c in range(9):
                     cells[c] = cells[c] + sum(embed.weight[wid(w)] for w in cell_place[c])
             emb[i, ids[i] == image] = cells
-        return emb, mask, torch.tensor(answers, device=args.device), torch.stack(goals).to(args.device)
+        subj_t = torch.tensor(subj, device=args.device)  # (B, 5): offset from end, present, color, size, cell
+        return emb, mask, torch.tensor(answers, device=args.device), torch.stack(goals).to(args.device), subj_t
 
-    opt = torch.optim.AdamW([*lm.parameters(), *head.parameters()], lr=args.lr)
+    hidden = lm.config.hidden_size
+    subject_heads = torch.nn.ModuleList([torch.nn.Linear(hidden, k) for k in (2, len(COLORS), 2, 9)]).to(args.device)
+    answer_heads = torch.nn.ModuleList([torch.nn.Linear(hidden, k) for k in (2, len(COLORS), 2, 9, len(COLORS), 2, 9)]
+                                       ).to(args.device)
+    opt = torch.optim.AdamW([*lm.parameters(), *head.parameters(), *subject_heads.parameters(),
+                             *answer_heads.parameters()], lr=args.lr)
+
+    from rlaifv.engines.packing import collate_packs, pack
+
+    def packed_batch(chunk):
+        """Rows of `per_row` questions per scene; returns embeddings, mask, positions, and per-question targets."""
+        packs, answers, subj, kinds_ = [], [], [], []
+        prefix = list(encode_prompt(tok, "Q", 9))
+        prefix = prefix[: prefix.index(image) + 9 + 1]  # <s> USER: <image>x9 "\n" -- shared by every question
+        for r, s in enumerate(chunk):
+            qs = [q for q in sample_questions(s, rng, 4 * args.per_row) if q.kind in args.kinds]
+            qs = qs[: args.per_row]
+            suffixes = []
+            for q in qs:
+                full = list(encode_prompt(tok, q.question, 9))
+                suffixes.append(full[len(prefix):])
+            p = pack(prefix, suffixes)
+            for q, start, end in zip(qs, p.starts, p.ends):
+                category = next(c for c in CATEGORIES if f" {c}" in q.question)
+                obj = s.object_of(category)
+                cat_at = start + p.input_ids[start : end + 1].index(wid(category))
+                asked_color = next((list(COLORS).index(c) for c in COLORS if f" {c}?" in q.question), -100)
+                asked_size = next((i for i, z in enumerate(("small", "large")) if f" {z}?" in q.question), -100)
+                asked_cell = next((i for i, ph in sorted(enumerate(POSITION_PHRASES), key=lambda t: -len(t[1]))
+                                   if f" {ph}?" in q.question), -100)
+                subj.append((r, end, cat_at, int(obj is not None),
+                             list(COLORS).index(obj.color) if obj else -100,
+                             ("small", "large").index(obj.size) if obj else -100, obj.cell if obj else -100,
+                             asked_color, asked_size, asked_cell))
+                answers.append(yes if q.answer else no)
+                kinds_.append(q.kind)
+            packs.append(p)
+        batch_ = collate_packs(packs, tok.pad_token_id, torch.float32, args.device)
+        emb = embed(batch_["input_ids"])
+        for i, s in enumerate(chunk):
+            cells = torch.zeros(9, emb.shape[-1], device=args.device)
+            for o in s.objects:
+                cells[o.cell] = sum(embed.weight[wid(w)] for w in (o.category, o.color, o.size))
+            if args.cell_position:
+                for c in range(9):
+                    cells[c] = cells[c] + sum(embed.weight[wid(w)] for w in cell_place[c])
+            emb[i, batch_["input_ids"][i] == image] = cells
+        kinds.clear()
+        kinds.extend(kinds_)
+        return emb, batch_, torch.tensor(answers, device=args.device), torch.tensor(subj, device=args.device)
+
+    def packed_loss(chunk):
+        emb, b, y, subj = packed_batch(chunk)
+        out = lm(inputs_embeds=emb, attention_mask=b["attention_mask"], position_ids=b["position_ids"],
+                 output_hidden_states=True)
+        logits = head(out.last_hidden_state[subj[:, 0], subj[:, 1]])  # (Q, V) at each question's last token
+        ce = torch.nn.functional.cross_entropy(logits, y)
+        h = out.hidden_states[1][subj[:, 0], subj[:, 2]]  # (Q, H) at each question's category word
+        sub = sum(torch.nn.functional.cross_entropy(hd(h), subj[:, 3 + j], ignore_index=-100)
+                  for j, hd in enumerate(subject_heads))
+        if args.answer_aux:
+            h_end = out.hidden_states[-1][subj[:, 0], subj[:, 1]]  # (Q, H) at each question's last token
+            ans = sum(torch.nn.functional.cross_entropy(hd(h_end), subj[:, 3 + j], ignore_index=-100)
+                      for j, hd in enumerate(answer_heads))
+            sub = sub + args.answer_aux / max(args.subject_aux, 1e-9) * ans
+        return ce, sub, logits, y
+
+    if args.per_row > 1:
+        start = time.perf_counter()
+        for step in range(args.steps):
+            start_at = (step * args.batch) % (len(scenes) - args.batch)
+            ce, sub, _, _ = packed_loss(scenes[start_at : start_at + args.batch])
+            (ce + args.subject_aux * sub).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if step % 100 == 0:
+                print(f"step {step:5d}  verdict CE {ce.item():.3f}  subject {sub.item():.3f}  "
+                      f"{time.perf_counter() - start:.0f} s", flush=True)
+        with torch.no_grad():
+            _, _, logits, y = packed_loss(held_out[: 8 * args.batch])
+            right = ((logits[:, yes] > logits[:, no]) == (y == yes)).cpu().numpy()
+            print(f"held-out accuracy (packed {args.per_row}/row, subject aux {args.subject_aux}, "
+                  f"steps {args.steps}): {right.mean():.3f}")
+            print("  by kind: " + ", ".join(f"{k} {right[np.array(kinds) == k].mean():.3f}" for k in args.kinds))
+        return
     start = time.perf_counter()
     for step in range(args.steps):
         start_at = (step * args.batch) % (len(scenes) - args.batch)
-        emb, mask, y, goal = batch(scenes[start_at : start_at + args.batch])
+        emb, mask, y, goal, subj = batch(scenes[start_at : start_at + args.batch])
         out = lm(inputs_embeds=emb, attention_mask=mask, output_hidden_states=True)
         logits = head(out.last_hidden_state[:, -1])  # (B, V)
         ce = torch.nn.functional.cross_entropy(logits, y)
         h1 = out.hidden_states[1][:, -1]  # (B, H): residual stream after the first layer
         aux = ((h1 - goal) ** 2).sum(-1).mean() / (goal**2).sum(-1).mean()
         loss = ce + args.aux_weight * aux
+        sub = torch.zeros((), device=args.device)
+        if args.subject_aux:
+            rows_i = torch.arange(len(subj), device=args.device)
+            h_subj = out.hidden_states[1][rows_i, emb.shape[1] - 1 - subj[:, 0]]  # (B, H) at the category word
+            sub = sum(torch.nn.functional.cross_entropy(h(h_subj), subj[:, 1 + j], ignore_index=-100)
+                      for j, h in enumerate(subject_heads))
+            loss = loss + args.subject_aux * sub
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         if step % 100 == 0:
-            print(f"step {step:5d}  verdict CE {ce.item():.3f}  aux {aux.item():.3f}  "
+            print(f"step {step:5d}  verdict CE {ce.item():.3f}  aux {aux.item():.3f}  subject {sub.item():.3f}  "
                   f"{time.perf_counter() - start:.0f} s", flush=True)
     with torch.no_grad():
-        emb, mask, y, _ = batch(held_out)
+        emb, mask, y, _, _ = batch(held_out)
         logits = head(lm(inputs_embeds=emb, attention_mask=mask).last_hidden_state[:, -1])
         said_yes = logits[:, yes] > logits[:, no]
         print(f"held-out accuracy ({' '.join(args.kinds)}, cells={args.cells}, aux={args.aux_weight}, "

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from rlaifv.world.language import (
+    QUESTION_KINDS,
     CaptionNoise,
     Mention,
     describe,
@@ -126,14 +127,16 @@ def test_questions_are_balanced_and_answers_exact(seed):
     qs = [(s, q) for s in sample_scenes(seed, "test", 200) for q in sample_questions(s, rng, 6)]
     answers = [q.answer for _, q in qs]
     assert sum(answers) == len(answers) // 2
+    assert {q.kind for _, q in qs} == set(QUESTION_KINDS)
     for scene, q in qs:
-        cat = next(c for c in CATEGORIES if f" {c}" in q.question)
-        obj = scene.object_of(cat)
-        if q.kind == "existence":
-            assert q.answer == (obj is not None)
-        else:
+        # the text says exactly what the question's claim says, and the scene decides the answer
+        assert parse_mentions(q.question) == [q.claim]
+        obj = scene.object_of(q.claim.category)
+        truth = obj is not None and all(
+            said is None or said == real
+            for said, real in ((q.claim.color, obj.color), (q.claim.size, obj.size), (q.claim.cell, obj.cell))
+        )
+        assert q.answer == truth
+        if q.kind in ("color", "size", "position"):
             assert obj is not None  # attribute questions are asked of present objects
-            if q.answer:
-                value = {"color": obj.color, "size": obj.size}.get(q.kind)
-                assert value is None or value in q.question
     assert any(q.hard for _, q in qs) and all(not q.answer for _, q in qs if q.hard)

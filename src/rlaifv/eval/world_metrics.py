@@ -17,17 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rlaifv.world.language import Mention, YesNoQuestion, parse_mentions
+from rlaifv.world.language import YesNoQuestion, attribute_checks, parse_mentions
 from rlaifv.world.scenes import Scene
-
-
-def attribute_checks(scene: Scene, mention: Mention) -> list[bool]:
-    """For a mention of a present object, one entry per attribute it states: True where the scene agrees."""
-    obj = scene.object_of(mention.category)
-    if obj is None:
-        return []
-    pairs = ((mention.color, obj.color), (mention.size, obj.size), (mention.cell, obj.cell))
-    return [said == truth for said, truth in pairs if said is not None]
 
 
 def world_errors(scene: Scene, text: str) -> int:

@@ -25,15 +25,12 @@ import numpy as np
 import torch
 
 from rlaifv import __version__
-from rlaifv.config import SFTConfig, WorldConfig
+from rlaifv.config import SFTConfig, VisionAlignConfig, WorldConfig
 from rlaifv.progress import log, progress
-from rlaifv.world.language import (
-    DESCRIBE_INSTRUCTIONS,
-    noisy_caption,
-    sample_questions,
-    with_suffix,
-)
+from rlaifv.world.labeler import labeler_rows, train_labeler
+from rlaifv.world.language import CELL_WORDS, DESCRIBE_INSTRUCTIONS, noisy_caption
 from rlaifv.world.models import (
+    TinyVLMConfig,
     build_model,
     build_processor,
     build_tokenizer,
@@ -41,12 +38,16 @@ from rlaifv.world.models import (
     num_image_tokens,
     pixel_values,
     save_vlm,
+    word_token_id,
 )
 from rlaifv.world.render import render
 from rlaifv.world.scenes import CATEGORIES, COLORS, N_CELLS, SIZES, Scene, sample_scenes
 from rlaifv.world.training import lr_factor, optimizer_step, text_batch
 
 MANIFEST = "bootstrap.json"
+# Part of the cache key: raised whenever a change to the world's data or training changes what a bootstrap builds,
+# so a cache filled by an older build of the same package version is never picked up.
+BOOTSTRAP_REVISION = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +77,9 @@ def cache_root() -> Path:
 
 
 def cache_key(cfg: WorldConfig) -> str:
-    payload = json.dumps({"config": cfg.model_dump(mode="json"), "version": __version__}, sort_keys=True)
+    payload = json.dumps(
+        {"config": cfg.model_dump(mode="json"), "version": __version__, "revision": BOOTSTRAP_REVISION}, sort_keys=True
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -100,25 +103,6 @@ def policy_examples(cfg: WorldConfig, tokenizer) -> list[Example]:
             rows.append((scene, int(rng.integers(len(prompts))), noisy_caption(scene, rng, cfg.noise)))
     targets = _encode_targets(tokenizer, [r[2] for r in rows])
     return [Example(s, prompts[i], t) for (s, i, _), t in zip(rows, targets)]
-
-
-def labeler_examples(cfg: WorldConfig, tokenizer) -> list[Example]:
-    """Balanced yes/no questions with hard negatives, half of them with an explicit yes-or-no suffix."""
-    rng = np.random.default_rng([cfg.seed, 2])
-    n_img = num_image_tokens(cfg.labeler_model)
-    # A different slice of the train split than the policy's, so the two models never share scenes by accident.
-    scenes = sample_scenes(cfg.seed, "train", cfg.policy_train.scenes + cfg.labeler_train.scenes, cfg.prior)
-    scenes = scenes[cfg.policy_train.scenes:]
-    rows = []
-    for scene in scenes:
-        for q in sample_questions(scene, rng, cfg.labeler_train.examples_per_scene):
-            rows.append((scene, with_suffix(q.question, rng), "Yes" if q.answer else "No"))
-    prompt_cache: dict[str, tuple[int, ...]] = {}
-    for _, q, _ in rows:
-        if q not in prompt_cache:
-            prompt_cache[q] = encode_prompt(tokenizer, q, n_img)
-    targets = _encode_targets(tokenizer, [r[2] for r in rows])
-    return [Example(s, prompt_cache[q], t) for (s, q, _), t in zip(rows, targets)]
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
@@ -146,43 +130,40 @@ def cell_targets(scenes: list[Scene]) -> dict[str, torch.Tensor]:
 
 
 def pretrain_vision(
-    model, tokenizer, scenes: list[Scene], cfg: SFTConfig, seed: int, name: str, device: str = "cpu"
+    model, tokenizer, scenes: list[Scene], cfg: VisionAlignConfig, seed: int, device: str = "cpu"
 ) -> list[float]:
     """Map each image token into the language model's word-embedding space before the LM learns to read it.
 
     The world's few-second version of LLaVA's feature-alignment stage. One image token covers one grid cell; it is
     regressed onto the sum of the (fixed) input embeddings of the words for what the cell holds -- "red" + "small"
-    + "fork" -- and onto zero for an empty cell. Image tokens then look to the LM like the words that describe them,
+    + "fork" -- and onto zero for an empty cell; with `cfg.positions`, the cell's place words ("top" + "left")
+    are added to every cell's target. Image tokens then look to the LM like the words that describe them,
     at the same scale as text, so it learns to look things up in the image as fast as it would in text.
     """
     torch.manual_seed(seed)
     embed = model.get_input_embeddings().weight.detach()  # (V, H), a fixed target
-
-    def word_id(word: str) -> int:
-        ids = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            raise ValueError(f"world word {word!r} must be one token, got {ids}")
-        return ids[0]
-
-    ids = {kind: torch.tensor([word_id(w) for w in words], device=device)
+    ids = {kind: torch.tensor([word_token_id(tokenizer, w) for w in words], device=device)
            for kind, words in (("category", CATEGORIES), ("color", list(COLORS)), ("size", SIZES))}
+    # (9, H): each cell's place words summed, added to every cell's target when positions are aligned too
+    place = torch.stack([embed[[word_token_id(tokenizer, w) for w in words]].sum(0) for words in CELL_WORDS])
+    place = place if cfg.positions else torch.zeros_like(place)
     params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     rng = np.random.default_rng([seed, 4])
     losses: list[float] = []
-    with progress(f"vision alignment ({name})", cfg.vision_pretrain_steps) as bar:
-        for _ in range(cfg.vision_pretrain_steps):
-            batch = [scenes[i] for i in rng.integers(len(scenes), size=cfg.vision_batch_size)]
+    with progress("vision alignment", cfg.steps) as bar:
+        for _ in range(cfg.steps):
+            batch = [scenes[i] for i in rng.integers(len(scenes), size=cfg.batch_size)]
             images = pixel_values([render(s) for s in batch], device)
             feats = model.get_image_features(pixel_values=images).pooler_output
             feats = torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats  # (B, 9, H)
             targets = cell_targets(batch)
             occupied = (targets["category"] > 0).to(device)  # (B, 9)
-            goal = torch.zeros_like(feats)  # (B, 9, H): empty cells map to zero
+            goal = place.expand_as(feats).clone()  # (B, 9, H): empty cells map to their place words (or zero)
             cat = embed[ids["category"][(targets["category"] - 1).clamp(min=0).to(device)]]  # (B, 9, H)
             color = embed[ids["color"][targets["color"].clamp(min=0).to(device)]]  # (B, 9, H)
             size = embed[ids["size"][targets["size"].clamp(min=0).to(device)]]  # (B, 9, H)
-            goal[occupied] = (cat + color + size)[occupied]
+            goal[occupied] += (cat + color + size)[occupied]
             # relative error, so the loss reads the same whatever the embedding scale
             loss = ((feats - goal) ** 2).sum(-1).mean() / (goal**2).sum(-1)[occupied].mean()
             loss.backward()
@@ -194,7 +175,7 @@ def pretrain_vision(
 
 
 def train_sft(
-    model, examples: list[Example], cfg: SFTConfig, seed: int, pad_id: int, name: str, device: str = "cpu"
+    model, examples: list[Example], cfg: SFTConfig, seed: int, pad_id: int, name: str = "policy", device: str = "cpu"
 ) -> list[float]:
     """One pass over the examples with AdamW, linear warmup and cosine decay; returns the loss per step."""
     torch.manual_seed(seed)
@@ -217,25 +198,52 @@ def train_sft(
     return losses
 
 
-def train_model(cfg: WorldConfig, tokenizer, role: str, out: Path, device: str = "cpu") -> dict:
-    """Build, align and train one of the world's models ("policy" or "labeler"), save it to `out`, return stats."""
+def labeler_scenes(cfg: WorldConfig) -> list[Scene]:
+    """A different slice of the train split than the policy's, so the two models never share scenes by accident."""
+    n_policy = cfg.policy_train.scenes
+    return sample_scenes(cfg.seed, "train", n_policy + cfg.labeler_train.scenes, cfg.prior)[n_policy:]
+
+
+# Weights the alignment stage produces; both models start from them (tied, so the LM head follows the embeddings).
+ALIGNED_PREFIXES = ("model.vision_tower.", "model.multi_modal_projector.", "model.language_model.embed_tokens.")
+
+
+def align_vision(cfg: WorldConfig, tokenizer, model_cfg: TinyVLMConfig, device: str = "cpu") -> tuple[dict, dict]:
+    """Run the alignment stage once for a model shape; returns the aligned weights and stats."""
+    seed = cfg.seed * 1000 + 4
+    start = time.perf_counter()
+    model = build_model(tokenizer, model_cfg, seed).to(device)
+    scenes = sample_scenes(cfg.seed, "train", cfg.policy_train.scenes, cfg.prior)
+    losses = pretrain_vision(model, tokenizer, scenes, cfg.vision, seed, device)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k.startswith(ALIGNED_PREFIXES)}
+    stats = {"steps": len(losses), "final_rel_error": float(np.mean(losses[-20:])) if losses else None,
+             "seconds": round(time.perf_counter() - start, 1)}
+    return state, stats
+
+
+def train_model(cfg: WorldConfig, tokenizer, role: str, out: Path, aligned: dict, device: str = "cpu") -> dict:
+    """Build one of the world's models ("policy" or "labeler") from the aligned weights, train it, save it to `out`."""
     model_cfg = cfg.policy_model if role == "policy" else cfg.labeler_model
     train_cfg = cfg.policy_train if role == "policy" else cfg.labeler_train
-    make = policy_examples if role == "policy" else labeler_examples
     seed = cfg.seed * 1000 + (1 if role == "policy" else 2)
     start = time.perf_counter()
-    examples = make(cfg, tokenizer)
+    if role == "policy":
+        examples = policy_examples(cfg, tokenizer)
+    else:
+        examples = labeler_rows(labeler_scenes(cfg), tokenizer, num_image_tokens(model_cfg),
+                                train_cfg.examples_per_scene, cfg.seed)
     model = build_model(tokenizer, model_cfg, seed)
+    unexpected = model.load_state_dict(aligned, strict=False).unexpected_keys
+    if unexpected:
+        raise ValueError(f"aligned weights do not fit the {role} model: {unexpected[:3]}")
     model.to(device)
-    scenes = list({e.scene.scene_id: e.scene for e in examples}.values())
-    vision_losses = pretrain_vision(model, tokenizer, scenes, train_cfg, seed, role, device)
-    losses = train_sft(model, examples, train_cfg, seed, tokenizer.pad_token_id, role, device)
+    train = train_sft if role == "policy" else train_labeler
+    losses = train(model, examples, train_cfg, seed, tokenizer.pad_token_id, device=device)
     save_vlm(model.cpu(), build_processor(tokenizer, model_cfg), out)
     return {
         "examples": len(examples),
         "steps": len(losses),
         "final_loss": float(np.mean(losses[-20:])),
-        "vision_final_loss": float(np.mean(vision_losses[-20:])) if vision_losses else None,
         "seconds": round(time.perf_counter() - start, 1),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
@@ -287,7 +295,13 @@ def bootstrap(cfg: WorldConfig, force: bool = False) -> WorldModels:
     tokenizer = build_tokenizer(cfg.seed, cfg.tokenizer_vocab)
     from rlaifv.world.splitter import train_splitter
 
-    stats = {role: train_model(cfg, tokenizer, role, tmp / role) for role in ("policy", "labeler")}
+    stats: dict = {}
+    aligned: dict[str, dict] = {}  # one alignment per model shape; the default world's two models share one
+    for role, shape in (("policy", cfg.policy_model), ("labeler", cfg.labeler_model)):
+        shape_key = shape.model_dump_json(exclude={"tie_embeddings"})  # the head is not part of the alignment
+        if shape_key not in aligned:
+            aligned[shape_key], stats[f"vision_{role}"] = align_vision(cfg, tokenizer, shape)
+        stats[role] = train_model(cfg, tokenizer, role, tmp / role, aligned[shape_key])
     stats["splitter"] = train_splitter(cfg.seed, tmp / "splitter", steps=cfg.splitter_steps, tokenizer=tokenizer)
     manifest = {
         "key": key,

@@ -12,7 +12,7 @@ The parser maps any text (a policy's output included) back to mentions, which is
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -46,6 +46,11 @@ POSITION_PHRASES: tuple[str, ...] = (
     "in the top left corner", "at the top", "in the top right corner",
     "on the left", "in the center", "on the right",
     "in the bottom left corner", "at the bottom", "in the bottom right corner",
+)
+# The place words of each cell's phrase ("in the top left corner" -> top, left); vision alignment adds them to a
+# cell's features so a position can be found by content.
+CELL_WORDS: tuple[tuple[str, ...], ...] = tuple(
+    tuple(w for w in phrase.split() if w in ("top", "bottom", "left", "right", "center")) for phrase in POSITION_PHRASES
 )
 SIZE_SYNONYMS: dict[str, str] = {"small": "small", "little": "small", "large": "large", "big": "large"}
 
@@ -158,12 +163,36 @@ def _with_optional_attrs(category, color, size, cell, rng, noise: CaptionNoise) 
 
 @dataclass(frozen=True, slots=True)
 class YesNoQuestion:
-    """An atomic yes/no question with its exact answer; `kind` says what it probes, `hard` marks hard negatives."""
+    """A yes/no question with its exact answer.
+
+    `claim` is what the question asserts (a category and the attributes it names); the answer is whether the scene
+    makes that claim true. `kind` says what it probes, `hard` marks hard negatives.
+    """
 
     question: str
     answer: bool
-    kind: str  # "existence" | "color" | "size" | "position"
+    kind: str  # one of QUESTION_KINDS
     hard: bool  # a false claim that the co-occurrence prior or a near miss makes tempting
+    claim: Mention | None = None
+
+
+# "claim" questions assert a whole object with several attributes, the way a response's sentence does once the
+# claim splitter has turned it into a question ("Is there a small red fork on the left?").
+QUESTION_KINDS: tuple[str, ...] = ("existence", "color", "size", "position", "claim")
+
+
+def attribute_checks(scene: Scene, mention: Mention) -> list[bool]:
+    """For a mention of a present object, one entry per attribute it states: True where the scene agrees."""
+    obj = scene.object_of(mention.category)
+    if obj is None:
+        return []
+    pairs = ((mention.color, obj.color), (mention.size, obj.size), (mention.cell, obj.cell))
+    return [said == truth for said, truth in pairs if said is not None]
+
+
+def claim_holds(scene: Scene, mention: Mention) -> bool:
+    """True iff the scene has the mentioned category with every attribute the mention states."""
+    return mention.category in scene.categories and all(attribute_checks(scene, mention))
 
 
 def existence_question(category: str, rng: np.random.Generator) -> str:
@@ -183,9 +212,57 @@ def attribute_question(category: str, kind: str, value: str | int) -> str:
     raise ValueError(f"unknown attribute kind {kind!r}")
 
 
+def claim_question(m: Mention, rng: np.random.Generator) -> str:
+    """A whole-object claim as a question, in the forms the rule splitter gives world sentences."""
+    np_ = noun_phrase(m, rng)
+    if m.cell is None:
+        return f"Is there {np_}?"
+    pos = POSITION_PHRASES[m.cell]
+    return f"Is there {np_} {pos}?" if rng.random() < 0.75 else f"Is {np_} {pos}?"
+
+
 def _neighbors(cell: int) -> list[int]:
     r, c = divmod(cell, 3)
     return [rr * 3 + cc for rr, cc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)) if 0 <= rr < 3 and 0 <= cc < 3]
+
+
+def _wrong_value(obj: WorldObject, kind: str, rng: np.random.Generator) -> str | int:
+    """A near-miss value of one attribute: the category's typical color, the other size, a neighbouring cell."""
+    if kind == "color":
+        typical = TYPICAL_COLOR[obj.category]
+        others = [c for c in COLORS if c != obj.color]
+        return typical if typical != obj.color and rng.random() < 0.5 else others[int(rng.integers(len(others)))]
+    if kind == "size":
+        return "small" if obj.size == "large" else "large"
+    near = _neighbors(obj.cell)
+    return near[int(rng.integers(len(near)))]
+
+
+def _stated(category: str, color: str, size: str, cell: int, rng: np.random.Generator) -> Mention:
+    """A mention that states each attribute with the captioner's usual frequencies (at least one attribute)."""
+    keep = [rng.random() < 0.7, rng.random() < 0.5, rng.random() < 0.7]
+    if not any(keep):
+        keep[int(rng.integers(3))] = True
+    return Mention(category, color if keep[0] else None, size if keep[1] else None, cell if keep[2] else None)
+
+
+def _claim(scene: Scene, obj: WorldObject, want_true: bool, absent_partners: list[str], absent: list[str],
+           rng: np.random.Generator) -> YesNoQuestion:
+    if want_true:
+        m = _stated(obj.category, obj.color, obj.size, obj.cell, rng)
+        return YesNoQuestion(claim_question(m, rng), True, "claim", False, m)
+    if rng.random() < 0.4 and absent:  # an absent object, stated with plausible attributes
+        hard = bool(absent_partners) and rng.random() < 0.6
+        pool = absent_partners if hard else absent
+        cat = pool[int(rng.integers(len(pool)))]
+        color = TYPICAL_COLOR[cat] if rng.random() < 0.5 else list(COLORS)[int(rng.integers(len(COLORS)))]
+        m = _stated(cat, color, SIZES[int(rng.integers(2))], int(rng.integers(N_CELLS)), rng)
+        return YesNoQuestion(claim_question(m, rng), False, "claim", hard, m)
+    m = _stated(obj.category, obj.color, obj.size, obj.cell, rng)  # a present object with one attribute wrong
+    stated = [f for f in ("color", "size", "cell") if getattr(m, f) is not None]
+    field = stated[int(rng.integers(len(stated)))]
+    m = replace(m, **{field: _wrong_value(obj, "position" if field == "cell" else field, rng)})
+    return YesNoQuestion(claim_question(m, rng), False, "claim", True, m)
 
 
 def sample_questions(scene: Scene, rng: np.random.Generator, n: int) -> list[YesNoQuestion]:
@@ -196,31 +273,25 @@ def sample_questions(scene: Scene, rng: np.random.Generator, n: int) -> list[Yes
     absent_partners = [PARTNER[o.category] for o in present if PARTNER.get(o.category) in absent]
     for i in range(n):
         want_true = i % 2 == 0
-        kind = ("existence", "color", "size", "position")[int(rng.integers(4))]
+        kind = QUESTION_KINDS[int(rng.integers(len(QUESTION_KINDS)))]
         obj: WorldObject = present[int(rng.integers(len(present)))]
+        if kind == "claim":
+            out.append(_claim(scene, obj, want_true, absent_partners, absent, rng))
+            continue
         if kind == "existence":
             if want_true:
-                out.append(YesNoQuestion(existence_question(obj.category, rng), True, kind, False))
+                cat, hard = obj.category, False
             else:
                 hard = bool(absent_partners) and rng.random() < 0.6
                 pool = absent_partners if hard else absent
                 cat = pool[int(rng.integers(len(pool)))]
-                out.append(YesNoQuestion(existence_question(cat, rng), False, kind, hard))
+            out.append(YesNoQuestion(existence_question(cat, rng), want_true, kind, hard, Mention(cat)))
             continue
         true_value = {"color": obj.color, "size": obj.size, "position": obj.cell}[kind]
-        if want_true:
-            value = true_value
-        elif kind == "color":
-            typical = TYPICAL_COLOR[obj.category]
-            others = [c for c in COLORS if c != obj.color]
-            value = typical if typical != obj.color and rng.random() < 0.5 else others[int(rng.integers(len(others)))]
-        elif kind == "size":
-            value = "small" if obj.size == "large" else "large"
-        else:
-            near = _neighbors(obj.cell)
-            value = near[int(rng.integers(len(near)))]
+        value = true_value if want_true else _wrong_value(obj, kind, rng)
+        field = "cell" if kind == "position" else kind
         q = attribute_question(obj.category, kind, value)
-        out.append(YesNoQuestion(q, bool(want_true), kind, not want_true))
+        out.append(YesNoQuestion(q, bool(want_true), kind, not want_true, Mention(obj.category, **{field: value})))
     return out
 
 
@@ -270,7 +341,8 @@ def parse_mentions(text: str) -> list[Mention]:
 
 
 __all__ = [
-    "DESCRIBE_INSTRUCTIONS", "POSITION_PHRASES", "YES_NO_SUFFIX", "CaptionNoise", "Mention",
-    "YesNoQuestion", "describe", "existence_question", "noisy_caption", "parse_mentions", "sample_questions",
+    "CELL_WORDS", "DESCRIBE_INSTRUCTIONS", "POSITION_PHRASES", "QUESTION_KINDS", "YES_NO_SUFFIX", "CaptionNoise",
+    "Mention", "YesNoQuestion", "attribute_checks", "claim_holds", "claim_question", "describe", "existence_question",
+    "noisy_caption", "parse_mentions", "sample_questions",
     "true_mentions", "with_suffix",
 ]

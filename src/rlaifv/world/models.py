@@ -70,6 +70,9 @@ class TinyVLMConfig(BaseModel):
     text_heads: int = Field(4, description="attention heads of the Llama LM")
     text_intermediate: int = Field(384, description="Llama MLP width")
     max_positions: int = Field(256, description="longest sequence (image tokens + prompt + response)")
+    tie_embeddings: bool = Field(True, description="share the input embeddings with the output head; an untied "
+                                                   "head lets training keep the input embeddings (the vision "
+                                                   "alignment's targets) fixed")
 
 
 def _tokenizer_corpus(seed: int, n_scenes: int = 1500) -> list[str]:
@@ -166,7 +169,7 @@ def build_model(tokenizer: PreTrainedTokenizerFast, cfg: TinyVLMConfig, seed: in
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=cfg.tie_embeddings,
     )
     config = LlavaConfig(
         vision_config=vision,
@@ -175,7 +178,7 @@ def build_model(tokenizer: PreTrainedTokenizerFast, cfg: TinyVLMConfig, seed: in
         image_seq_length=num_image_tokens(cfg),
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
-        tie_word_embeddings=True,
+        tie_word_embeddings=cfg.tie_embeddings,
     )
     model = LlavaForConditionalGeneration(config)
     set_generation_ids(model, tokenizer)
@@ -204,6 +207,14 @@ def save_vlm(model: LlavaForConditionalGeneration, processor: LlavaProcessor, pa
     """Save in the standard layout (safetensors weights, configs, processor) that `from_pretrained` reads."""
     model.save_pretrained(path, safe_serialization=True)
     processor.save_pretrained(path)
+
+
+def word_token_id(tokenizer, word: str) -> int:
+    """The single token of a world word as it appears inside a sentence (after a space); raises if it is not one."""
+    ids = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"world word {word!r} must be one token, got {ids}")
+    return ids[0]
 
 
 def encode_prompt(tokenizer, question: str, n_image_tokens: int) -> tuple[int, ...]:

@@ -42,10 +42,9 @@ def load_json(path: Path, what: str) -> Any:
         raise BadBenchmarkFile(f"{path}: not valid JSON ({exc})") from None
 
 
-def read_jsonl(path: Path, what: str, required: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; blank lines skipped; a bad line or a row without a `required` key names file and line."""
-    require_file(path, what)
-    rows = []
+def iter_jsonl(path: Path, required: Iterable[str] = ()) -> Iterator[dict[str, Any]]:
+    """Objects of a JSONL file, blank lines skipped; a bad line or a missing `required` key names file and line."""
+    required = tuple(required)
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
@@ -59,8 +58,13 @@ def read_jsonl(path: Path, what: str, required: Iterable[str] = ()) -> list[dict
             missing = [key for key in required if key not in row]
             if missing:
                 raise BadBenchmarkFile(f"{path}, line {number}: missing key(s) {', '.join(missing)}")
-            rows.append(row)
-    return rows
+            yield row
+
+
+def read_jsonl(path: Path, what: str, required: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Rows of a JSONL file that must exist (`what` names it in the error when it does not)."""
+    require_file(path, what)
+    return list(iter_jsonl(path, required))
 
 
 class JsonlLog:
@@ -89,17 +93,7 @@ class JsonlLog:
                 f.truncate(data.rfind(b"\n") + 1)
 
     def _lines(self) -> Iterator[dict[str, Any]]:
-        with open(self.path, encoding="utf-8") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise BadBenchmarkFile(f"{self.path}, line {number}: not valid JSON ({exc})") from None
-                if not isinstance(row, dict) or self.key not in row:
-                    raise BadBenchmarkFile(f"{self.path}, line {number}: expected an object with key {self.key!r}")
-                yield row
+        return iter_jsonl(self.path, required=(self.key,))
 
     def __contains__(self, key: Any) -> bool:
         return key in self.rows

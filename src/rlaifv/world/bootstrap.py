@@ -147,7 +147,10 @@ def pretrain_vision(
     # (9, H): each cell's place words summed, added to every cell's target when positions are aligned too
     place = torch.stack([embed[[word_token_id(tokenizer, w) for w in words]].sum(0) for words in CELL_WORDS])
     place = place if cfg.positions else torch.zeros_like(place)
-    params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters()]
+    # (H, 13): a training-only read-out of each cell's category (0 = empty) from its image token
+    category_head = torch.nn.Linear(embed.shape[1], len(CATEGORIES) + 1).to(device)
+    params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters(),
+              *category_head.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     rng = np.random.default_rng([seed, 4])
     losses: list[float] = []
@@ -166,7 +169,12 @@ def pretrain_vision(
             goal[occupied] += (cat + color + size)[occupied]
             # relative error, so the loss reads the same whatever the embedding scale
             loss = ((feats - goal) ** 2).sum(-1).mean() / (goal**2).sum(-1)[occupied].mean()
-            loss.backward()
+            if cfg.category_weight:
+                logits = category_head(feats)  # (B, 9, 13)
+                ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets["category"].flatten().to(device))
+                (loss + cfg.category_weight * ce).backward()
+            else:
+                loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             losses.append(loss.item())

@@ -213,10 +213,10 @@ def test_pair_claims_reports_count_mismatch_never_truncates():
 
 @pytest.fixture(scope="module")
 def world_splitter(tokenizer, tmp_path_factory):
-    """The world splitter, trained briefly (100 steps of 32: a few seconds) and saved."""
+    """The world splitter, trained briefly (200 steps of 32, as the bootstrap does: seconds) and saved."""
     torch.set_num_threads(min(2, torch.get_num_threads()))
     path = tmp_path_factory.mktemp("splitter")
-    stats = train_splitter(0, path, steps=100, batch_size=32, lr=3e-3, tokenizer=tokenizer)
+    stats = train_splitter(0, path, steps=200, batch_size=32, lr=3e-3, tokenizer=tokenizer)
     return path, stats
 
 
@@ -289,7 +289,7 @@ def test_llm_splitter_prompts_per_unit(tokenizer, tmp_path):
 
 def test_world_splitter_trains_saves_and_reloads(world_splitter):
     path, stats = world_splitter
-    assert stats["steps"] == 100 and stats["examples"] == 3200
+    assert stats["steps"] == 200 and stats["examples"] == 6400
     assert math.isfinite(stats["final_loss"]) and stats["final_loss"] < stats["first_loss"] / 10
     assert (path / "model.safetensors").is_file()
     splitter = LLMSplitter(path, max_new_tokens=48)

@@ -51,9 +51,8 @@ def llava_7b_engine(device: str):
                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
     cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids(IMAGE_TOKEN),
                       image_seq_length=576, vision_feature_layer=-2, vision_feature_select_strategy="default")
-    cfg._attn_implementation = "sdpa"
-    with torch.device(device):
-        model = LlavaForConditionalGeneration(cfg).to(torch.bfloat16)
+    with torch.device(device):  # built on the device in bf16: no fp32 copy, no 7B random init on the CPU
+        model = LlavaForConditionalGeneration._from_config(cfg, dtype=torch.bfloat16, attn_implementation="sdpa")
     image_processor = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
                                num_additional_image_tokens=1, vision_feature_select_strategy="default",
@@ -83,6 +82,18 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def reset_peak(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_col(device: str, header: bool = False) -> str:
+    """A peak-memory column on CUDA (torch's peak allocated, weights included); nothing on the CPU."""
+    if not device.startswith("cuda"):
+        return ""
+    return " peak GB |" if header else f" {torch.cuda.max_memory_allocated() / 2**30:.1f} |"
+
+
 def bench_judge(engine, images, n_questions: int, batch: int, device: str, per_pack: int) -> None:
     qs = questions_for(n_questions)
     flat = [(im, q) for im in images for q in qs]
@@ -102,17 +113,19 @@ def bench_judge(engine, images, n_questions: int, batch: int, device: str, per_p
     times = {}
     for name, fn in (("one question per forward", naive), ("shared prefix, packed", shared)):
         sync(device)
+        reset_peak(device)
         start = time.perf_counter()
         result = fn()
         sync(device)
-        times[name] = (time.perf_counter() - start, result)
+        times[name] = (time.perf_counter() - start, result, peak_col(device))
     a, b = times["one question per forward"][1], times["shared prefix, packed"][1]
     diff = max(max(abs(x[0] - y[0]), abs(x[1] - y[1])) for x, y in zip(a, b))
     base = times["one question per forward"][0]
     print(f"{len(images)} images x {n_questions} questions, {per_pack} questions per packed row, device {device}")
-    print("| path | seconds | claims/s | speedup |\n|---|---|---|---|")
-    for name, (sec, _) in times.items():
-        print(f"| {name} | {sec:.3f} | {len(flat) / sec:.0f} | {base / sec:.2f}x |")
+    print(f"| path | seconds | claims/s | speedup |{peak_col(device, True)}\n|---|---|---|---|"
+          + "---|" * bool(peak_col(device, True)))
+    for name, (sec, _, peak) in times.items():
+        print(f"| {name} | {sec:.3f} | {len(flat) / sec:.0f} | {base / sec:.2f}x |{peak}")
     print(f"max |dP| between the paths: {diff:.2e}")
 
 
@@ -134,17 +147,19 @@ def bench_sample(engine, images, n: int, max_new_tokens: int, device: str) -> No
 
     repeated_prefill(), shared_prefill()
     print(f"{len(images)} prompts x {n} samples, up to {max_new_tokens} new tokens, device {device}")
-    print("| path | seconds | generated tokens/s | speedup |\n|---|---|---|---|")
+    print(f"| path | seconds | generated tokens/s | speedup |{peak_col(device, True)}\n|---|---|---|---|"
+          + "---|" * bool(peak_col(device, True)))
     base = None
     for name, fn in (("num_return_sequences (prefill x N)", repeated_prefill), ("prefill once", shared_prefill)):
         torch.manual_seed(0)
         sync(device)
+        reset_peak(device)
         start = time.perf_counter()
         tokens = fn()
         sync(device)
         sec = time.perf_counter() - start
         base = base or sec
-        print(f"| {name} | {sec:.3f} | {tokens / sec:.0f} | {base / sec:.2f}x |")
+        print(f"| {name} | {sec:.3f} | {tokens / sec:.0f} | {base / sec:.2f}x |{peak_col(device)}")
 
 
 def main() -> None:

@@ -2,8 +2,9 @@
 
     python benchmarks/world_bootstrap.py --seeds 0 1 2 [--preset default] [--n-test 500]
 
-Each seed bootstraps into a fresh temporary cache (cold), then runs the demo's evaluation. Prints one table row per
-seed and the goals side by side; append the printout to benchmarks/RESULTS.md with the machine it ran on.
+Each seed bootstraps into a fresh temporary cache (cold), then runs the demo's evaluation of the base models (no
+rounds; benchmarks/demo_rounds.py times those). Prints one table row per seed and the goals side by side; append
+the printout to benchmarks/RESULTS.md with the machine it ran on.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def main() -> None:
             os.environ["RLAIFV_CACHE"] = str(Path(tmp) / "cache")
             start = time.perf_counter()
             report = run_demo(Path(tmp) / "demo", seed, WorldConfig.preset(args.preset),
-                              EvalConfig(n_scenes=args.n_test))
+                              EvalConfig(n_scenes=args.n_test), rounds=0)  # the base models only
             demo_s = time.perf_counter() - start
         r0, lab = report["rounds"][0], report["labeler"]
         rows.append({"seed": seed, **r0, **lab, "bootstrap_s": report["timings"]["bootstrap"],

@@ -15,7 +15,7 @@ from rlaifv.store import ShardedStore
 COMMANDS = [[], ["demo"], ["world"], ["world", "bootstrap"], ["world", "show"], ["world", "prompts"], ["eval"],
             ["eval", "world"], ["collect"], ["sample"], ["claims"], ["judge"], ["pairs"], ["export"],
             ["eval", "chair"], ["eval", "amber"], ["eval", "mmhal"], ["eval", "generate"], ["eval", "report"],
-            ["train"]]
+            ["train"], ["iterate"]]
 
 
 def _run(args, env=None, cwd=None):
@@ -40,7 +40,8 @@ def test_world_show_writes_a_picture_and_json(tmp_path):
 
 def test_demo_micro_end_to_end_prints_one_json_object(micro_world, micro_cache, tmp_path):
     env = {**os.environ, "RLAIFV_CACHE": micro_cache}
-    out = _run(["demo", "--preset", "micro", "--workdir", str(tmp_path / "d"), "--n-test", "16", "--json"], env=env)
+    out = _run(["demo", "--preset", "micro", "--workdir", str(tmp_path / "d"), "--n-test", "16", "--rounds", "0",
+                "--json"], env=env)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)  # exactly one object: json.loads fails on anything extra
     assert report["seed"] == 0 and report["rounds"][0]["round"] == 0

@@ -43,11 +43,10 @@ def _config(config: Optional[Path], **opts: Any):
     """CollectConfig from the YAML file, then the command-line options that were given."""
     from pydantic import ValidationError
 
-    from rlaifv.config import CollectConfig, load_yaml
+    from rlaifv.config import CollectConfig, with_options
     from rlaifv.progress import log
 
     try:
-        cfg = load_yaml(CollectConfig, config).model_dump()
         set_ = {
             ("sample", "n"): opts.get("n"),
             ("sample", "temperature"): opts.get("temperature"),
@@ -63,13 +62,7 @@ def _config(config: Optional[Path], **opts: Any):
         if opts.get("device"):
             for role in (("sample", "policy"), ("judge", "labeler"), ("claims", "splitter_model")):
                 set_[(*role, "device")] = opts["device"]
-        for path, value in set_.items():
-            if value is not None:
-                node = cfg
-                for key in path[:-1]:
-                    node = node[key]
-                node[path[-1]] = value
-        return CollectConfig.model_validate(cfg)
+        return with_options(CollectConfig, config, set_)
     except (ValidationError, ValueError, OSError) as exc:
         log(f"[red]error:[/red] {config or 'options'}: {exc}")
         raise typer.Exit(2) from None

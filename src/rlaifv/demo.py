@@ -1,26 +1,35 @@
 """`rlaifv demo`: the whole loop on the synthetic world, on a laptop, with no download.
 
-So far: bootstrap the world's base policy and labeler (or reuse the cache), evaluate both on the held-out `test`
-split, and write `report.json` / `report.md`. `rounds[0]` of the report is always the base policy.
+Bootstrap the world's base policy, labeler and splitter (or reuse the cache), run the iterative rounds on fresh
+world scenes (loop.iterate: collect -> DPO -> checkpoint selection on `val`), evaluate the base policy and every
+round's selected checkpoint on the held-out `test` split, evaluate the labeler, and write `report.json` /
+`report.md` (with a chart of the rounds). `rounds[0]` of the report is always the base policy; `rounds[k]` is
+round k's checkpoint with the pairs that trained it. The rounds resume like `rlaifv iterate`: rerun the same
+command after a crash.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rlaifv.config import EvalConfig, WorldConfig, dump_yaml
-from rlaifv.eval.report import ROUND_KEYS, write_report
-from rlaifv.eval.world import evaluate_labeler, evaluate_policy, instruction_for
+from rlaifv.config import EvalConfig, IterateConfig, WorldConfig, dump_yaml
+from rlaifv.eval.report import FEEDBACK_KEYS, ROUND_KEYS, write_report
+from rlaifv.eval.world import evaluate_labeler, instruction_for
+from rlaifv.loop import STATE, iterate, round_dir
 from rlaifv.progress import log
 from rlaifv.records import Generation
 from rlaifv.store import ShardedStore
 from rlaifv.world.bootstrap import bootstrap
 from rlaifv.world.language import describe, parse_mentions, true_mentions
 from rlaifv.world.scenes import sample_scenes
+
+DEMO_ROUNDS = 3  # what fits the 10-minute cold budget on a 2-core CPU next to the ~3-minute bootstrap
 
 
 def _examples(wcfg: WorldConfig, ecfg: EvalConfig, gen_dir: Path, n: int = 5) -> list[dict[str, Any]]:
@@ -38,21 +47,41 @@ def _examples(wcfg: WorldConfig, ecfg: EvalConfig, gen_dir: Path, n: int = 5) ->
     return rows[: n - 2] + [r for r in rows if not r["hallucinated"]][:2]
 
 
-def run_demo(workdir: Path, seed: int = 0, world: WorldConfig | None = None, ecfg: EvalConfig | None = None) -> dict:
-    """Run the demo into `workdir` and return the report (also written as report.json and report.md)."""
+def report_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The loop's rows as the report's: test metrics for every round, plus the training pairs' counts for k >= 1."""
+    return [{"round": r["round"], **{k: r[k] for k in ROUND_KEYS},
+             **({k: r[k] for k in FEEDBACK_KEYS} if r["round"] > 0 else {})} for r in rows]
+
+
+def run_demo(workdir: Path, seed: int = 0, world: WorldConfig | None = None, ecfg: EvalConfig | None = None,
+             rounds: int = DEMO_ROUNDS, icfg: IterateConfig | None = None) -> dict:
+    """Run the demo into `workdir` and return the report (also written as report.json and report.md).
+
+    `icfg` sets how a round collects, trains and selects (default: IterateConfig's world defaults); `rounds` and
+    `ecfg` (the `test` evaluation) override its fields of the same meaning.
+    """
     wcfg = (world or WorldConfig()).model_copy(update={"seed": seed})
     ecfg = ecfg or EvalConfig()
+    icfg = IterateConfig.model_validate({**(icfg or IterateConfig()).model_dump(), "rounds": rounds,
+                                         "eval": ecfg.model_dump(), "test_metrics": True})
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.yaml").write_text(f"# world\n{dump_yaml(wcfg)}# eval\n{dump_yaml(ecfg)}")
+    tmp = workdir / f".config.yaml.tmp-{os.getpid()}"
+    tmp.write_text(f"# world\n{dump_yaml(wcfg)}# rounds\n{dump_yaml(icfg)}")
+    os.replace(tmp, workdir / "config.yaml")
     timings: dict[str, float] = {}
 
     models = bootstrap(wcfg)
     timings["bootstrap"] = models.manifest["seconds"] if models.built else 0.0  # 0: reused from the cache
 
     t = time.perf_counter()
-    base_dir = workdir / "round-0" / "eval"
-    policy = evaluate_policy(models.policy, wcfg, ecfg, base_dir)
-    timings["evaluate base policy"] = time.perf_counter() - t
+    loop = iterate(workdir, icfg, world=wcfg)
+    seconds = _step_seconds(workdir)
+    timings["evaluate base policy"] = seconds.get("round-0/finish", 0.0)
+    if "round-0/select" in seconds:
+        timings["base policy on val (for selection)"] = seconds["round-0/select"]
+    for k in range(1, rounds + 1):
+        timings[f"round {k}"] = sum(v for name, v in seconds.items() if name.startswith(f"round-{k}/"))
+    timings["rounds in all (this run)"] = time.perf_counter() - t
 
     t = time.perf_counter()
     labeler = evaluate_labeler(models.labeler, wcfg, ecfg)
@@ -60,13 +89,19 @@ def run_demo(workdir: Path, seed: int = 0, world: WorldConfig | None = None, ecf
 
     report = {
         "seed": seed,
-        "rounds": [{"round": 0, **{k: policy[k] for k in ROUND_KEYS}}],
+        "rounds": report_rounds(loop["rounds"]),
         "labeler": {k: labeler[k] for k in ("accuracy", "hard_negative_accuracy", "false_rejection_rate")},
         "n_test_scenes": ecfg.n_scenes,
-        "models": {"policy": str(models.policy), "labeler": str(models.labeler)},
-        "examples": _examples(wcfg, ecfg, base_dir / "generations"),
+        "models": {"policy": str(models.policy), "labeler": str(models.labeler),
+                   "rounds": [r["policy"] for r in loop["rounds"][1:]]},
+        "examples": _examples(wcfg, ecfg, round_dir(workdir, 0) / "eval" / "generations"),
         "timings": timings,
     }
     json_path, md_path = write_report(workdir, report)
     log(f"report: {md_path} and {json_path}")
     return report
+
+
+def _step_seconds(workdir: Path) -> dict[str, float]:
+    """Seconds per finished step of the rounds, from the loop's state file."""
+    return json.loads((workdir / STATE).read_text(encoding="utf-8")).get("seconds", {})

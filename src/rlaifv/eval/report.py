@@ -1,4 +1,5 @@
-"""The demo's report: `report.json` for machines, `report.md` for people, written atomically."""
+"""The demo's report: `report.json` for machines, `report.md` for people (with a PNG chart of the rounds), written
+atomically."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 ROUND_KEYS = ("chair_s", "chair_i", "cover", "attr_err", "mean_len")
+FEEDBACK_KEYS = ("n_pairs", "feedback_precision", "true_tie_rate")  # of the pairs that trained a round, k >= 1
+CHART = "rounds.png"
+CHART_LINES = (("chair_s", "CHAIRs"), ("chair_i", "CHAIRi"), ("cover", "Cover"))
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -16,22 +20,66 @@ def _atomic_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def render_markdown(report: dict[str, Any]) -> str:
+def _fraction(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
+def round_table(rounds: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows: world metrics of every round's policy, and the pairs that trained it."""
+    lines = [
+        "| round | CHAIRs | CHAIRi | Cover | attr. error | mean length (words) | pairs | feedback precision |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rounds:
+        name = "base policy" if r["round"] == 0 else f"round {r['round']}"
+        pairs = str(r["n_pairs"]) if "n_pairs" in r else "—"
+        lines.append(
+            f"| {name} | {r['chair_s']:.3f} | {r['chair_i']:.3f} | {r['cover']:.3f} | {r['attr_err']:.3f} "
+            f"| {r['mean_len']:.1f} | {pairs} | {_fraction(r.get('feedback_precision'))} |"
+        )
+    return lines
+
+
+def draw_rounds_chart(rounds: list[dict[str, Any]], path: Path) -> Path:
+    """CHAIRs, CHAIRi and Cover over the rounds as a line chart (PNG, written atomically); needs matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [r["round"] for r in rounds]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for key, label in CHART_LINES:
+        ax.plot(xs, [r[key] for r in rounds], marker="o", label=f"{label} {'↑' if key == 'cover' else '↓'}")
+    ax.set_xticks(xs, ["base" if x == 0 else str(x) for x in xs])
+    ax.set_xlabel("round")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def render_markdown(report: dict[str, Any], chart: str | None = None, chart_note: str | None = None) -> str:
     lines = [
         "# rlaifv demo report",
         "",
         f"Synthetic world, seed {report['seed']}, held-out `test` split ({report.get('n_test_scenes', '?')} scenes).",
-        "Lower is better for CHAIRs, CHAIRi and attribute error; higher is better for Cover.",
+        "Lower is better for CHAIRs, CHAIRi and attribute error; higher is better for Cover. Round k's row is the",
+        "checkpoint round k selected on `val` scenes; its pairs are the ones that trained it, and their feedback",
+        "precision is the share whose chosen response really has fewer false statements (ground truth), among pairs",
+        "where the two differ.",
         "",
-        "| round | CHAIRs | CHAIRi | Cover | attr. error | mean length (words) |",
-        "|---|---|---|---|---|---|",
+        *round_table(report["rounds"]),
     ]
-    for r in report["rounds"]:
-        name = "base policy" if r["round"] == 0 else f"round {r['round']}"
-        lines.append(
-            f"| {name} | {r['chair_s']:.3f} | {r['chair_i']:.3f} | {r['cover']:.3f} | {r['attr_err']:.3f} "
-            f"| {r['mean_len']:.1f} |"
-        )
+    if chart:
+        lines += ["", f"![CHAIRs, CHAIRi and Cover over rounds]({chart})"]
+    elif chart_note:
+        lines += ["", f"(chart skipped: {chart_note})"]
     lab = report["labeler"]
     lines += [
         "",
@@ -55,8 +103,16 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def write_report(workdir: Path, report: dict[str, Any]) -> tuple[Path, Path]:
+    """report.json and report.md, plus rounds.png when there are rounds after the base policy; without matplotlib
+    the chart is skipped with a note in report.md, never an error."""
     workdir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = workdir / "report.json", workdir / "report.md"
+    chart = note = None
+    if len(report["rounds"]) > 1:
+        try:
+            chart = draw_rounds_chart(report["rounds"], workdir / CHART).name
+        except ImportError:
+            note = 'matplotlib is not installed; pip install "rlaifv[eval]"'
     _atomic_text(json_path, json.dumps(report, indent=2) + "\n")
-    _atomic_text(md_path, render_markdown(report))
+    _atomic_text(md_path, render_markdown(report, chart, note))
     return json_path, md_path

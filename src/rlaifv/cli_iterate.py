@@ -1,0 +1,126 @@
+"""Command line of the iterative rounds: `rlaifv iterate`.
+
+    rlaifv iterate --out runs/iter                                   # the world: fresh scenes and models, 3 rounds
+    rlaifv iterate --out runs/iter --rounds 4                        # continue a finished run with a 4th round
+    rlaifv iterate --out runs/mine --prompts mine.jsonl --policy my-vlm/ --labeler big-vlm/ --device cuda \\
+        --config iterate.yaml                                        # a user's data: select on reward accuracy
+
+Kill it anywhere and rerun the same command: it continues from the last finished step (OUT/state.json).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+
+def _config(path: Optional[Path], **opts: Any):
+    """IterateConfig from the YAML file, then the command-line options that were given."""
+    from pydantic import ValidationError
+
+    from rlaifv.config import IterateConfig, with_options
+    from rlaifv.progress import log
+
+    try:
+        set_ = {
+            ("rounds",): opts.get("rounds"),
+            ("select_on",): opts.get("select_on"),
+            ("collect", "sample", "policy", "path"): opts.get("policy"),
+            ("collect", "judge", "labeler", "path"): opts.get("labeler"),
+            ("collect", "claims", "splitter"): opts.get("splitter"),
+            ("collect", "claims", "splitter_model", "path"): opts.get("splitter_model"),
+        }
+        if opts.get("seed") is not None:
+            for key in (("seed",), ("collect", "sample", "seed"), ("collect", "pairs", "seed"), ("dpo", "seed")):
+                set_[key] = opts["seed"]
+        if opts.get("device"):
+            for role in ("sample", "policy"), ("judge", "labeler"), ("claims", "splitter_model"):
+                set_[("collect", *role, "device")] = opts["device"]
+            if opts["device"] == "cpu":
+                set_[("dpo", "use_cpu")] = True
+        return with_options(IterateConfig, path, set_)
+    except (ValidationError, ValueError, OSError) as exc:
+        log(f"[red]error:[/red] {path or 'options'}: {exc}")
+        raise typer.Exit(2) from None
+
+
+def _table(summary: dict[str, Any]) -> str:
+    """One line per round for the terminal."""
+    lines = []
+    for row in summary["rounds"]:
+        parts = [f"round {row['round']}"]
+        if "chair_s" in row:
+            parts.append(f"CHAIRs {row['chair_s']:.3f} CHAIRi {row['chair_i']:.3f} Cover {row['cover']:.3f} "
+                         f"length {row['mean_len']:.1f}")
+        if row["round"] > 0:
+            parts.append(f"{row['n_pairs']} pairs")
+            if row.get("feedback_precision") is not None:
+                parts.append(f"feedback precision {row['feedback_precision']:.3f}")
+            if row.get("selection") and "accuracy" in row["selection"]:
+                parts.append(f"held-out reward accuracy {row['selection']['accuracy']:.3f}")
+            parts.append(row.get("skipped") or f"step {row['step']}")
+        lines.append(", ".join(parts))
+    return "\n".join(lines) + f"\npolicy: {summary['policy']}\nsummary: {summary['out']}/summary.json"
+
+
+def register(app: typer.Typer) -> None:
+    """Add `iterate` to the main app."""
+
+    @app.command()
+    def iterate(
+        out: Path = typer.Option(..., "--out", file_okay=False,
+                                 help="output folder: state.json, summary.json and one round-K folder per round"),
+        prompts: Optional[Path] = typer.Option(None, "--prompts", exists=True,
+                                               help="prompts file (as for `rlaifv collect`), used whole every round; "
+                                                    "default: fresh scenes of the world's prompts split each round"),
+        rounds: Optional[int] = typer.Option(None, "--rounds", min=0, help="rounds to run (default 3); raise it to "
+                                                                           "continue a finished run"),
+        select_on: Optional[str] = typer.Option(None, "--select-on",
+                                                help="how a round picks its checkpoint: world (CHAIRs on the world's "
+                                                     "val scenes, Cover kept) | reward (implicit-reward accuracy on "
+                                                     "held-out pairs) | auto (default: world on world prompts, "
+                                                     "reward on a prompts file)"),
+        config: Optional[Path] = typer.Option(None, "--config", exists=True, dir_okay=False,
+                                              help="YAML with IterateConfig fields (the collect, dpo and eval "
+                                                   "sections and the selection settings); the options here override "
+                                                   "it"),
+        policy: Optional[str] = typer.Option(None, "--policy", help="starting policy, folder or hub id (default: "
+                                                                    "the world's)"),
+        labeler: Optional[str] = typer.Option(None, "--labeler", help="labeler VLM, fixed over the rounds "
+                                                                      "(default: the world's)"),
+        splitter: Optional[str] = typer.Option(None, "--splitter", help="rules | llm (default rules)"),
+        splitter_model: Optional[str] = typer.Option(None, "--splitter-model",
+                                                     help="chat causal LM for --splitter llm (default: the world's)"),
+        device: Optional[str] = typer.Option(None, "--device", help="torch device of every model, e.g. cuda "
+                                                                    "(default cpu; DPO uses a GPU when there is one "
+                                                                    "unless this is cpu)"),
+        seed: Optional[int] = typer.Option(None, "--seed", help="base seed of sampling, pairing, DPO data order and "
+                                                                "the held-out draw; round k adds k - 1 (default 0)"),
+        world_seed: int = typer.Option(0, "--world-seed", help="seed of the world: its models and scenes"),
+        preset: str = typer.Option("default", "--preset", help="world preset: default | micro (seconds, tests)"),
+        as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+    ) -> None:
+        """Iterative RLAIF-V: each round collects feedback with the current policy, trains it with DPO against
+        itself as reference, and keeps its best checkpoint as the next round's policy. Resumable."""
+        from rlaifv.cli import _emit, _quiet_libraries, _world_config
+        from rlaifv.progress import log
+
+        _quiet_libraries()
+        if select_on is not None and select_on not in ("auto", "world", "reward"):
+            raise typer.BadParameter(f"{select_on!r} is not one of auto, world, reward", param_hint="--select-on")
+        cfg = _config(config, rounds=rounds, select_on=select_on, policy=policy, labeler=labeler, splitter=splitter,
+                      splitter_model=splitter_model, device=device, seed=seed)
+        world = _world_config(preset, None, world_seed)
+        from rlaifv.loop import iterate as run_rounds
+
+        try:
+            summary = run_rounds(out, cfg, prompts, world)
+        except ImportError as exc:
+            log(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
+        except (ValueError, OSError) as exc:
+            log(f"[red]error:[/red] {exc}")
+            raise typer.Exit(1) from None
+        _emit(summary, as_json, _table(summary))

@@ -1,0 +1,361 @@
+"""`rlaifv iterate`: rounds of RLAIF-V as a resumable state machine (move 3).
+
+Round k (1-based) starts from policy P_k (round 1: the starting policy), which is also its reference, and ends by
+choosing P_{k+1} among its DPO checkpoints. Everything it reads and writes stays under OUT/round-k/:
+
+    prompts.parquet   the k-th slice of the world's `prompts` split (fresh scenes every round; a user's file is used
+                      whole every round instead)
+    config.yaml       the round's policy, reference, selection mode and collect config
+    collect/          collect() with P_k: candidates, claims, verdicts, pairs, summary.json
+    split.json        which pairs train and which are held out (whole prompts; select_on 'reward' only)
+    reference/        P_k's log-probs of every pair (train.compute_reference_logps) and quarantined pairs
+    dpo/              train_dpo(): run.yaml, metrics.csv, checkpoints/checkpoint-N/model, summary.json
+    select/           each checkpoint's selection metrics (checkpoint-N.json) and selection.json
+    eval/             the chosen checkpoint's greedy descriptions of the world's `test` scenes (test_metrics)
+    round.json        the round's row: test metrics, pairs that trained it and their feedback precision, the choice
+
+OUT/round-0/ holds the starting policy's `test` evaluation and its `val` evaluation (the Cover that selection must
+keep). OUT/state.json lists every finished step with its result and is rewritten atomically after each step; a
+step runs only if it is not listed. The steps themselves resume (collect's stores, DPO's checkpoints, evaluation's
+generation store), so a run killed anywhere and rerun with the same command continues where it was killed and, each
+step being deterministic given its inputs and seeds, ends with the same result. OUT/summary.json has the rows.
+
+The loop composes the stages (collect, train, eval, infer.reward through selection); it computes nothing itself.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rlaifv.config import CollectConfig, DPOConfig, IterateConfig, WorldConfig
+from rlaifv.eval.report import ROUND_KEYS
+from rlaifv.progress import log
+from rlaifv.store import write_json
+
+STATE, SUMMARY, CONFIG = "state.json", "summary.json", "iterate.yaml"
+STATE_VERSION = 1
+
+
+def iterate(out: Path, cfg: IterateConfig, prompts_file: Path | None = None, world: WorldConfig | None = None,
+            dpo_callback: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """Run (or continue) `cfg.rounds` rounds into `out`; returns the summary (also OUT/summary.json).
+
+    Without `prompts_file` every round collects on fresh scenes of the world's `prompts` split. Models left empty in
+    `cfg.collect` are the world's. `dpo_callback(step, metrics)` runs after every DPO step of every round.
+    """
+    return Loop(Path(out), cfg, prompts_file, world or WorldConfig(), dpo_callback).run()
+
+
+def round_dir(out: Path, k: int) -> Path:
+    return Path(out) / f"round-{k}"
+
+
+class Loop:
+    """One iterate run: `run()` walks the steps in order, skipping those state.json lists as finished."""
+
+    def __init__(self, out: Path, cfg: IterateConfig, prompts_file: Path | None, world: WorldConfig,
+                 dpo_callback: Callable[[int, dict[str, float]], None] | None = None) -> None:
+        self.out, self.cfg, self.world, self.dpo_callback = out, cfg, world, dpo_callback
+        self.prompts_file = Path(prompts_file).resolve() if prompts_file is not None else None
+        self.select_on = cfg.select_on if cfg.select_on != "auto" else ("world" if prompts_file is None else "reward")
+        self.test_metrics = cfg.test_metrics if cfg.test_metrics is not None else prompts_file is None
+        self.device = cfg.collect.sample.policy.device  # evaluation and reward scoring run where the policy samples
+        self._pairs: dict[int, Any] = {}  # round -> LoadedPairs, read once per process
+
+    # -- state -----------------------------------------------------------------------------------------------------
+
+    def _run_record(self) -> dict[str, Any]:
+        """What a rerun must match; `rounds` may change (more rounds continue a finished run)."""
+        return {"config": self.cfg.model_dump(mode="json", exclude={"rounds"}),
+                "world": self.world.model_dump(mode="json"),
+                "prompts": str(self.prompts_file) if self.prompts_file else None}
+
+    def _open_state(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / STATE
+        record = json.loads(json.dumps(self._run_record()))
+        if path.is_file():
+            self.state = json.loads(path.read_text(encoding="utf-8"))
+            if self.state.get("version") != STATE_VERSION or self.state.get("run") != record:
+                raise ValueError(f"{self.out} holds an iterate run with another config, world or prompts file "
+                                 f"({path}); use a new output folder (only `rounds` may change)")
+        else:
+            self.state = {"version": STATE_VERSION, "run": record, "steps": {}, "seconds": {}}
+            write_json(path, self.state)
+        _write_yaml(self.out / CONFIG, self.cfg.model_dump(mode="json"))
+
+    def step(self, name: str, fn: Callable[[], Any]) -> Any:
+        """fn()'s result, computed once: a finished step's result is read back from state.json. `seconds` records how
+        long the run that finished a step spent in it (a resumed step: only the part after the restart)."""
+        steps = self.state["steps"]
+        if name not in steps:
+            log(f"[bold]{name}[/bold]")
+            start = time.perf_counter()
+            steps[name] = json.loads(json.dumps(fn(), default=str))
+            self.state["seconds"][name] = round(time.perf_counter() - start, 2)
+            write_json(self.out / STATE, self.state)
+        return steps[name]
+
+    # -- the run ---------------------------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        self._open_state()
+        start = self.step("start", lambda: {"policy": self._start_policy()})
+        rows = [self.step("round-0/finish", lambda: self._base_row(start["policy"]))]
+        self._write_summary(rows)
+        for k in range(1, self.cfg.rounds + 1):
+            rows.append(self._round(k, rows[-1]["policy"]))
+            self._write_summary(rows)  # OUT/summary.json grows by a row per round
+        return self.summary(rows)
+
+    def summary(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"out": str(self.out), "select_on": self.select_on, "policy": rows[-1]["policy"],
+                "rounds": rows, "state": str(self.out / STATE)}
+
+    def _write_summary(self, rows: list[dict[str, Any]]) -> None:
+        write_json(self.out / SUMMARY, self.summary(rows))
+
+    def _start_policy(self) -> str:
+        if self.cfg.collect.sample.policy.path:
+            return self.cfg.collect.sample.policy.path
+        from rlaifv.world.bootstrap import bootstrap
+
+        return str(bootstrap(self.world).policy)
+
+    def _base_row(self, policy: str) -> dict[str, Any]:
+        row: dict[str, Any] = {"round": 0, "policy": policy}
+        if self.test_metrics:
+            row.update(self._test_eval(policy, round_dir(self.out, 0)))
+        return row
+
+    def _round(self, k: int, policy: str) -> dict[str, Any]:
+        r = round_dir(self.out, k)
+        done = self.state["steps"].get(f"round-{k}/finish")
+        if done is not None:
+            return done
+        r.mkdir(parents=True, exist_ok=True)
+        collect_cfg = self._collect_config(k, policy)
+        _write_yaml(r / "config.yaml", {"round": k, "policy": policy, "reference": policy,
+                                        "select_on": self.select_on, "collect": collect_cfg.model_dump(mode="json")})
+        prompts = self.step(f"round-{k}/prompts", lambda: self._prompts(k, r))
+        collected = self.step(f"round-{k}/collect", lambda: self._collect(prompts["file"], r, collect_cfg))
+        split = self.step(f"round-{k}/split", lambda: self._split(k, r))
+        if split["n_train"] == 0:
+            return self.step(f"round-{k}/finish", lambda: self._skipped_row(k, r, policy, "no pairs to train on"))
+        dpo_cfg = self.cfg.dpo.model_copy(update={"seed": self.cfg.dpo.seed + k - 1, "output_dir": ""})
+        ref = self.step(f"round-{k}/reference", lambda: self._reference(k, r, policy, dpo_cfg))
+        if ref["n_train"] == 0:
+            return self.step(f"round-{k}/finish", lambda: self._skipped_row(k, r, policy, "every pair quarantined"))
+        dpo_cfg = dpo_cfg.model_copy(update={"save_steps": ref["save_steps"]})
+        trained = self.step(f"round-{k}/train", lambda: self._train(k, r, policy, dpo_cfg))
+        if self.select_on == "world":
+            self.step("round-0/select", self._base_val)
+        selected = self.step(f"round-{k}/select", lambda: self._select(k, r, dpo_cfg, trained))
+        return self.step(f"round-{k}/finish", lambda: self._finish(k, r, selected, collected))
+
+    # -- the steps of a round --------------------------------------------------------------------------------------
+
+    def _collect_config(self, k: int, policy: str) -> CollectConfig:
+        """The round's collect config: its policy and its seeds (see IterateConfig)."""
+        data = self.cfg.collect.model_dump()
+        data["sample"]["policy"]["path"] = policy
+        data["sample"]["seed"] += k - 1
+        data["pairs"]["seed"] += k - 1
+        data["pairs"]["round"] = k
+        return CollectConfig.model_validate(data)
+
+    def _prompts(self, k: int, r: Path) -> dict[str, Any]:
+        """The round's prompts: scenes [(k-1) n, k n) of the world's `prompts` split, or the user's file."""
+        if self.prompts_file is not None:
+            return {"file": str(self.prompts_file)}
+        import pyarrow.parquet as pq
+
+        from rlaifv.feedback.prompts import write_world_prompts
+
+        n = self.cfg.prompts_per_round
+        every = write_world_prompts(self.world.seed, "prompts", k * n, r / ".prompts-all.parquet", self.world.prior)
+        path, tmp = r / "prompts.parquet", r / f".prompts.parquet.tmp-{os.getpid()}"
+        pq.write_table(pq.read_table(every).slice((k - 1) * n, n), tmp)
+        os.replace(tmp, path)
+        every.unlink()
+        return {"file": str(path), "scenes": [(k - 1) * n, k * n]}
+
+    def _collect(self, prompts_file: str, r: Path, cfg: CollectConfig) -> dict[str, Any]:
+        from rlaifv.collect import collect
+
+        summary = collect(Path(prompts_file), r / "collect", cfg, self.world)
+        return {k: summary.get(k) for k in ("feedback_precision", "true_tie_rate", "n_pairs", "seconds")}
+
+    def _loaded(self, k: int):
+        """The round's pairs as the trainer reads them, loaded once per process."""
+        if k not in self._pairs:
+            from rlaifv.train.data import load_pairs
+
+            self._pairs[k] = load_pairs(round_dir(self.out, k) / "collect")
+        return self._pairs[k]
+
+    def _split(self, k: int, r: Path) -> dict[str, Any]:
+        """Hold out the pairs of a seeded share of the prompts (reward selection only); written to split.json."""
+        loaded = self._loaded(k)
+        prompts = sorted({e.prompt.prompt_id for e in loaded.examples})
+        held: set[str] = set()
+        if self.select_on == "reward" and len(prompts) >= 2:
+            n = min(len(prompts) - 1, max(1, round(self.cfg.heldout_fraction * len(prompts))))
+            held = set(random.Random(f"{self.cfg.seed + k - 1}").sample(prompts, n))
+        split = {"heldout_prompts": sorted(held),
+                 "train": [e.key for e in loaded.examples if e.prompt.prompt_id not in held],
+                 "heldout": [e.key for e in loaded.examples if e.prompt.prompt_id in held]}
+        write_json(r / "split.json", split)
+        return {"n_train": len(split["train"]), "n_heldout": len(split["heldout"]), "n_bad": len(loaded.bad)}
+
+    def _subsets(self, k: int):
+        """(training pairs as LoadedPairs, held-out examples), from split.json."""
+        from rlaifv.train.data import LoadedPairs
+
+        loaded = self._loaded(k)
+        split = json.loads((round_dir(self.out, k) / "split.json").read_text(encoding="utf-8"))
+        train = set(split["train"])
+        examples = [e for e in loaded.examples if e.key in train]
+        heldout = [e for e in loaded.examples if e.key not in train]
+        return LoadedPairs(loaded.source, examples, loaded.bad), heldout
+
+    def _reference_table(self, k: int):
+        """The round's finished reference pass (its store is named explicitly, so no fingerprint is needed)."""
+        from rlaifv.train.reference import read_reference, reference_store
+
+        loaded = self._loaded(k)
+        return read_reference(reference_store(loaded.source, "", self.cfg.dpo, round_dir(self.out, k) / "reference"),
+                              loaded)
+
+    def _reference(self, k: int, r: Path, policy: str, dpo_cfg: DPOConfig) -> dict[str, Any]:
+        """P_k's log-probs of every pair, held-out ones included; fixes the round's checkpoint interval."""
+        from rlaifv.train import compute_reference_logps
+        from rlaifv.train.dpo import Schedule
+
+        result = compute_reference_logps(self._loaded(k), policy, dpo_cfg, r / "reference")
+        table = self._reference_table(k)
+        train, _ = self._subsets(k)
+        n_train = sum(e.key in table.logps for e in train.examples)
+        steps = Schedule(max(n_train, 1), dpo_cfg.per_device_train_batch_size, dpo_cfg.gradient_accumulation_steps,
+                         1, dpo_cfg.seed).total_steps(dpo_cfg)
+        return {**result, "n_train": n_train, "steps": steps,
+                "save_steps": max(1, math.ceil(steps / self.cfg.checkpoints))}
+
+    def _train(self, k: int, r: Path, policy: str, dpo_cfg: DPOConfig) -> dict[str, Any]:
+        from rlaifv.train import train_dpo
+
+        train, _ = self._subsets(k)
+        summary = train_dpo(train, policy, r / "dpo", dpo_cfg, reference_path=policy, ref_store_dir=r / "reference",
+                            callback=self.dpo_callback)
+        keep = ("checkpoints", "model", "metrics", "n_train", "quarantined", "steps", "final", "resumed_from_step",
+                "seconds")
+        return {name: summary[name] for name in keep}
+
+    def _select(self, k: int, r: Path, dpo_cfg: DPOConfig, trained: dict[str, Any]) -> dict[str, Any]:
+        """Measure every checkpoint (each measurement kept in select/checkpoint-N.json) and choose the best."""
+        from rlaifv.selection import choose
+
+        selector = self._selector(k, dpo_cfg)
+        folder = r / "select"
+        folder.mkdir(parents=True, exist_ok=True)
+        candidates = []
+        for model in trained["checkpoints"]:
+            step = int(Path(model).parent.name.split("-")[1])
+            path = folder / f"checkpoint-{step}.json"
+            if path.is_file():
+                metrics = json.loads(path.read_text(encoding="utf-8"))
+            elif selector is None:
+                metrics = {}
+            else:
+                metrics = selector.measure(Path(model), folder / f"checkpoint-{step}")
+                write_json(path, metrics)
+            candidates.append({"checkpoint": model, "step": step, "metrics": metrics})
+        if selector is None:  # nothing held out to measure with: the last checkpoint, as plain DPO would keep
+            best, note = candidates[-1], "no held-out pairs with reference log-probs: the last checkpoint"
+            log(f"[yellow]round {k}: {note}")
+        else:
+            best, note = choose(candidates, selector), None
+        result = {"select_on": self.select_on, "candidates": candidates, "checkpoint": best["checkpoint"],
+                  "step": best["step"], "metrics": best["metrics"], "note": note}
+        write_json(folder / "selection.json", result)
+        return result
+
+    def _selector(self, k: int, dpo_cfg: DPOConfig):
+        """The round's Selector (selection.py); None for reward selection without a held-out pair."""
+        from rlaifv.selection import RewardSelector, WorldSelector
+
+        if self.select_on == "world":
+            base = self.state["steps"]["round-0/select"]
+            val = self.cfg.eval.model_copy(update={"split": "val", "n_scenes": self.cfg.val_scenes})
+            return WorldSelector(self.world, val, base["cover"], self.cfg.cover_tolerance, self.cfg.cover_penalty,
+                                 self.device)
+        table = self._reference_table(k)
+        _, heldout = self._subsets(k)
+        heldout = [e for e in heldout if e.key in table.logps]
+        return RewardSelector(heldout, table, dpo_cfg, self.device) if heldout else None
+
+    def _base_val(self) -> dict[str, Any]:
+        """The starting policy on `val`: the Cover that world selection must keep."""
+        from rlaifv.eval.world import evaluate_policy
+
+        val = self.cfg.eval.model_copy(update={"split": "val", "n_scenes": self.cfg.val_scenes})
+        policy = self.state["steps"]["start"]["policy"]
+        return evaluate_policy(Path(policy), self.world, val, round_dir(self.out, 0) / "select", self.device)
+
+    def _test_eval(self, policy: str, r: Path) -> dict[str, float]:
+        from rlaifv.eval.world import evaluate_policy
+
+        metrics = evaluate_policy(Path(policy), self.world, self.cfg.eval, r / "eval", self.device)
+        return {name: metrics[name] for name in ROUND_KEYS}
+
+    def _trained_feedback(self, k: int) -> dict[str, Any]:
+        """n_pairs, feedback_precision and true_tie_rate of the pairs that trained the round (held-out and
+        quarantined pairs left out); precision and tie rate are None without world scenes or decided pairs."""
+        from rlaifv.eval.world_metrics import feedback_metrics
+        from rlaifv.feedback.prompts import scene_of
+
+        train, _ = self._subsets(k)
+        logps = self._reference_table(k).logps
+        trained = [e for e in train.examples if e.key in logps]
+        rows = [(scene_of(e.prompt), e.chosen, e.rejected) for e in trained]
+        if not rows or any(scene is None for scene, _, _ in rows):
+            return {"n_pairs": len(trained), "feedback_precision": None, "true_tie_rate": None}
+        found = feedback_metrics(rows)
+        return {"n_pairs": len(trained), **{name: None if isinstance(v, float) and math.isnan(v) else v
+                                           for name, v in found.items() if name != "n_pairs"}}
+
+    def _finish(self, k: int, r: Path, selected: dict[str, Any], collected: dict[str, Any]) -> dict[str, Any]:
+        row: dict[str, Any] = {"round": k}
+        if self.test_metrics:
+            row.update(self._test_eval(selected["checkpoint"], r))
+        row.update(self._trained_feedback(k))
+        row.update({"policy": selected["checkpoint"], "step": selected["step"], "select_on": self.select_on,
+                    "selection": selected["metrics"], "collected_pairs": collected["n_pairs"]})
+        write_json(r / "round.json", row)
+        return row
+
+    def _skipped_row(self, k: int, r: Path, policy: str, reason: str) -> dict[str, Any]:
+        """A round that could not train keeps its policy; its row repeats the previous row's test metrics."""
+        log(f"[yellow]round {k}: {reason}; the policy stays {policy}")
+        previous = self.state["steps"][f"round-{k - 1}/finish"]
+        row = {"round": k, **{name: previous[name] for name in ROUND_KEYS if name in previous}, "n_pairs": 0,
+               "feedback_precision": None, "true_tie_rate": None, "policy": policy, "step": 0,
+               "select_on": self.select_on, "selection": None, "skipped": reason}
+        write_json(r / "round.json", row)
+        return row
+
+
+def _write_yaml(path: Path, obj: Any) -> None:
+    """YAML through a temp file and a rename."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(obj, sort_keys=False), encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,268 @@
+"""`rlaifv iterate` on the micro world: every round on disk, resume after a SIGKILL inside a round's DPO gives the same
+result, reward selection picks the checkpoint whose implicit reward ranks held-out pairs best (recomputed here the
+plain way), and the demo's report gets one row per round.
+
+The micro world's labeler accepts every claim, so no response would ever lose to another and no pair would form;
+these runs judge with the micro *policy* instead, which rejects every claim: the responses with fewer claims win.
+The pairs teach nothing useful, but they are real pairs from real models, which is all the loop's mechanics need.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from rlaifv.config import EvalConfig, IterateConfig
+from rlaifv.eval.report import FEEDBACK_KEYS, ROUND_KEYS
+from rlaifv.feedback.prompts import load_image, write_world_prompts
+from rlaifv.loop import STATE, iterate
+from rlaifv.selection import WorldSelector, choose
+from rlaifv.train.data import load_pairs
+from rlaifv.train.encode import PairEncoder
+from rlaifv.train.logps import separate_logps
+from rlaifv.world.scenes import sample_scenes
+
+PROMPTS = 6
+STEPS_PER_ROUND = ("prompts", "collect", "split", "reference", "train", "select", "finish")
+
+
+def config_for(world, **changes) -> IterateConfig:
+    cfg = {
+        "rounds": 2, "prompts_per_round": PROMPTS, "checkpoints": 2, "val_scenes": 8, "test_metrics": True,
+        "collect": {"sample": {"n": 4, "max_new_tokens": 24, "temperature": 1.0, "prompts_per_batch": PROMPTS},
+                    "judge": {"labeler": {"path": str(world.policy)}}},
+        "dpo": {"learning_rate": 1e-4, "warmup_ratio": 0.0, "per_device_train_batch_size": 2, "max_steps": 4,
+                "logging_steps": 1, "report_to": "none"},
+        "eval": {"n_scenes": 8},
+    }
+    for key, value in changes.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    return IterateConfig.model_validate(cfg)
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, micro_world, micro_config) -> dict:
+    """An uninterrupted 2-round run, selecting on world metrics: what every resumed run must equal."""
+    out = tmp_path_factory.mktemp("iterate") / "base"
+    return iterate(out, config_for(micro_world), world=micro_config)
+
+
+def _state(out: Path) -> dict:
+    return json.loads((Path(out) / STATE).read_text())
+
+
+def test_two_rounds_leave_every_round_on_disk(baseline, micro_world, micro_config):
+    out, cfg = Path(baseline["out"]), config_for(micro_world)
+    steps = _state(out)["steps"]
+    assert [r["round"] for r in baseline["rounds"]] == [0, 1, 2]
+    assert baseline["rounds"][0]["policy"] == str(micro_world.policy)
+    scenes = [s.scene_id for s in sample_scenes(micro_config.seed, "prompts", 2 * PROMPTS, micro_config.prior)]
+    for k in (1, 2):
+        r, row = out / f"round-{k}", baseline["rounds"][k]
+        assert all(f"round-{k}/{name}" in steps for name in STEPS_PER_ROUND)
+        # fresh scenes: round k collects on the k-th slice of the prompts split
+        assert pq.read_table(r / "prompts.parquet").column("id").to_pylist() == scenes[(k - 1) * PROMPTS:][:PROMPTS]
+        # the round starts from the previous round's choice, which is also its reference
+        start = baseline["rounds"][k - 1]["policy"]
+        assert yaml.safe_load((r / "config.yaml").read_text())["policy"] == start
+        run = yaml.safe_load((r / "dpo" / "run.yaml").read_text())
+        assert run["policy"] == run["reference"] == str(Path(start).resolve())
+        assert json.loads((r / "collect" / "summary.json").read_text())["stages"]["candidates"]["records"] == 24
+        split = json.loads((r / "split.json").read_text())
+        assert split["heldout"] == [] and row["n_pairs"] == len(split["train"]) > 0  # nothing held out on the world
+        # every checkpoint was measured on val, and the choice is the lowest objective (the earlier step on a tie)
+        checkpoints = sorted(int(p.name.split("-")[1]) for p in (r / "dpo" / "checkpoints").iterdir())
+        assert checkpoints == [2, 4]
+        measured = {s: json.loads((r / "select" / f"checkpoint-{s}.json").read_text()) for s in checkpoints}
+        base_cover = steps["round-0/select"]["cover"]
+        floor = base_cover - cfg.cover_tolerance  # below it, each unit of Cover lost costs cover_penalty CHAIRs
+        scores = {s: m["chair_s"] + cfg.cover_penalty * max(0.0, floor - m["cover"]) for s, m in measured.items()}
+        assert scores == {s: m["objective"] for s, m in measured.items()}
+        assert row["step"] == min(checkpoints, key=lambda s: (scores[s], s))
+        assert row["policy"] == str(r / "dpo" / "checkpoints" / f"checkpoint-{row['step']}" / "model")
+        assert json.loads((r / "round.json").read_text()) == row
+        assert set(ROUND_KEYS) | set(FEEDBACK_KEYS) <= set(row)
+    assert json.loads((out / "summary.json").read_text())["rounds"] == baseline["rounds"]
+
+
+KILLED_RUN = """
+import os, signal, sys
+from pathlib import Path
+from rlaifv.config import IterateConfig, WorldConfig
+from rlaifv.loop import iterate
+
+out, cfg = Path(sys.argv[1]), IterateConfig.model_validate_json(sys.argv[2])
+
+def die(step, metrics):  # round 2, DPO step 3: checkpoint-2 is saved, steps 3 and 4 are not
+    if step == 3 and (out / "round-2" / "dpo").exists():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+iterate(out, cfg, world=WorldConfig.preset("micro"), dpo_callback=die)
+"""
+
+
+def _without_paths(rows: list[dict], out: Path) -> list[dict]:
+    return json.loads(json.dumps(rows).replace(str(out), "OUT"))
+
+
+def test_sigkill_inside_a_round_resumes_to_the_same_result(baseline, micro_world, micro_config, tmp_path):
+    out, cfg = tmp_path / "killed", config_for(micro_world)
+    child = subprocess.run([sys.executable, "-c", KILLED_RUN, str(out), cfg.model_dump_json()],
+                           capture_output=True, text=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-3000:]
+    steps = _state(out)["steps"]
+    assert "round-1/finish" in steps and "round-2/reference" in steps and "round-2/train" not in steps
+    assert [p.name for p in (out / "round-2" / "dpo" / "checkpoints").iterdir()] == ["checkpoint-2"]
+
+    resumed = iterate(out, cfg, world=micro_config)  # the same call again
+    base_out = Path(baseline["out"])
+    got, want = _without_paths(resumed["rounds"], out), _without_paths(baseline["rounds"], base_out)
+    assert got[1:] == want[1:]  # same choices, metrics, pairs; round 0 is the same base policy
+    trained, want_trained = _state(out)["steps"]["round-2/train"], _state(base_out)["steps"]["round-2/train"]
+    assert trained["resumed_from_step"] == 2 and want_trained["resumed_from_step"] == 0
+    assert trained["final"] == pytest.approx(want_trained["final"], rel=1e-6, abs=1e-6)
+    resumed_weights = load_file(str(Path(resumed["policy"]) / "model.safetensors"))
+    base_weights = load_file(str(Path(baseline["policy"]) / "model.safetensors"))
+    for name, tensor in base_weights.items():
+        torch.testing.assert_close(resumed_weights[name], tensor, atol=1e-6, rtol=0)
+
+    # a finished run is not redone; another config is refused; more rounds continue it
+    stamp = (out / STATE).stat().st_mtime_ns
+    assert iterate(out, cfg, world=micro_config)["rounds"] == resumed["rounds"]
+    assert (out / STATE).stat().st_mtime_ns == stamp
+    with pytest.raises(ValueError, match="another config"):
+        iterate(out, config_for(micro_world, cover_tolerance=0.5), world=micro_config)
+    more = iterate(out, cfg.model_copy(update={"rounds": 3}), world=micro_config)
+    assert [r["round"] for r in more["rounds"]] == [0, 1, 2, 3] and more["rounds"][:3] == resumed["rounds"]
+    assert (out / "round-3" / "round.json").is_file()
+
+
+def _implicit_reward_accuracy(checkpoint: Path, reference: Path, pairs: list, beta: float) -> tuple[int, float]:
+    """Correct pairs and mean margin of beta * log(pi / pi_ref), from two separate sequences per response."""
+    def logps(path):
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
+        processor = AutoProcessor.from_pretrained(path)
+        encoder = PairEncoder(processor, None)
+        with torch.no_grad():
+            return separate_logps(model, [encoder(e, load_image(e.prompt)) for e in pairs],
+                                  processor.tokenizer.pad_token_id)
+
+    policy, ref = logps(checkpoint), logps(reference)
+    margins = beta * (policy.chosen - ref.chosen) - beta * (policy.rejected - ref.rejected)
+    assert bool((margins.abs() > 1e-3).all()), "a margin this close to 0 would make the count fragile"
+    return int((margins > 0).sum()), float(margins.mean())
+
+
+def test_select_on_reward_picks_the_best_held_out_reward_accuracy(micro_world, micro_config, micro_cache, tmp_path):
+    prompts = write_world_prompts(micro_config.seed, "prompts", PROMPTS, tmp_path / "mine.jsonl", micro_config.prior)
+    cfg = config_for(micro_world, rounds=1, checkpoints=3, heldout_fraction=0.5, test_metrics=None,
+                     dpo={"learning_rate": 1e-3, "max_steps": 6})
+    (tmp_path / "iterate.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json", exclude={"rounds"})))
+    out = tmp_path / "run"
+    child = subprocess.run(
+        [sys.executable, "-m", "rlaifv.cli", "iterate", "--out", str(out), "--prompts", str(prompts), "--rounds", "1",
+         "--config", str(tmp_path / "iterate.yaml"), "--preset", "micro", "--json"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "RLAIFV_CACHE": micro_cache})
+    assert child.returncode == 0, child.stderr[-3000:]
+    summary = json.loads(child.stdout)  # exactly one JSON object on stdout
+    row = summary["rounds"][1]
+    assert summary["select_on"] == "reward" and "chair_s" not in row  # a prompts file: no ground truth used
+
+    # the held-out pairs are those of half the prompts, none of which trained
+    r = out / "round-1"
+    split = json.loads((r / "split.json").read_text())
+    loaded = load_pairs(r / "collect")
+    by_key = {e.key: e for e in loaded.examples}
+    prompt_ids = {e.prompt.prompt_id for e in loaded.examples}
+    assert len(split["heldout_prompts"]) == round(0.5 * len(prompt_ids))
+    assert {by_key[k].prompt.prompt_id for k in split["heldout"]} == set(split["heldout_prompts"])
+    assert not {by_key[k].prompt.prompt_id for k in split["train"]} & set(split["heldout_prompts"])
+    assert sorted(split["train"] + split["heldout"]) == sorted(by_key) and row["n_pairs"] == len(split["train"])
+
+    heldout = [by_key[k] for k in split["heldout"]]
+    want = {}
+    for path in sorted((r / "dpo" / "checkpoints").iterdir(), key=lambda p: int(p.name.split("-")[1])):
+        step = int(path.name.split("-")[1])
+        correct, margin = _implicit_reward_accuracy(path / "model", micro_world.policy, heldout, cfg.dpo.beta)
+        got = json.loads((r / "select" / f"checkpoint-{step}.json").read_text())
+        assert got["n"] == len(heldout) and round(got["accuracy"] * len(heldout)) == correct
+        assert got["margin"] == pytest.approx(margin, abs=1e-4)
+        want[step] = (-correct, -margin, step)
+    assert len(want) == 3
+    assert row["step"] == min(want, key=lambda s: want[s])
+
+
+def test_demo_reports_one_row_per_round(baseline, micro_world, micro_config):
+    from rlaifv.demo import run_demo
+
+    out = Path(baseline["out"])
+    report = run_demo(out, 0, micro_config, EvalConfig(n_scenes=8), rounds=2, icfg=config_for(micro_world))
+    rows = report["rounds"]
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert set(rows[0]) == {"round", *ROUND_KEYS}
+    for k in (1, 2):
+        assert set(rows[k]) == set(rows[0]) | set(FEEDBACK_KEYS)
+        assert rows[k] == {key: baseline["rounds"][k][key] for key in rows[k]}  # the rounds were not run again
+    md = (out / "report.md").read_text()
+    assert "| base policy |" in md and "| round 1 |" in md and "| round 2 |" in md
+    assert "![CHAIRs, CHAIRi and Cover over rounds](rounds.png)" in md
+    assert (out / "rounds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "report.json").read_text())["rounds"] == rows
+
+
+def test_every_iterate_field_is_documented():
+    for name, field in IterateConfig.model_fields.items():
+        assert field.description, f"{name} has no description"
+    with pytest.raises(ValueError, match="eval.split must be 'test'"):
+        IterateConfig(eval=EvalConfig(split="val"))
+
+
+WITHOUT_MATPLOTLIB = """
+import json, sys
+from pathlib import Path
+sys.modules["matplotlib"] = None  # what `import matplotlib` finds when it is not installed: ImportError
+from rlaifv.eval.report import write_report
+write_report(Path(sys.argv[1]), json.loads(sys.argv[2]))
+"""
+
+
+def test_report_without_matplotlib_skips_the_chart_with_a_note(tmp_path):
+    row = dict(zip(ROUND_KEYS, (0.5, 0.3, 0.6, 0.2, 20.0)))
+    report = {"seed": 0, "labeler": {"accuracy": 0.9, "hard_negative_accuracy": 0.9, "false_rejection_rate": 0.1},
+              "rounds": [{"round": 0, **row}, {"round": 1, **row, "n_pairs": 10, "feedback_precision": 0.75,
+                                                "true_tie_rate": 0.2}]}
+    done = subprocess.run([sys.executable, "-c", WITHOUT_MATPLOTLIB, str(tmp_path), json.dumps(report)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    md = (tmp_path / "report.md").read_text()
+    assert "chart skipped: matplotlib is not installed" in md and "| round 1 |" in md and "| 0.750 |" in md
+    assert not (tmp_path / "rounds.png").exists()
+
+
+def test_world_selection_trades_chair_s_against_lost_cover(micro_config):
+    """Base Cover 0.80, tolerance 0.03, penalty 5: Cover may fall to 0.77 for free, each 0.01 below costs 0.05."""
+    selector = WorldSelector(micro_config, EvalConfig(split="val", n_scenes=1), 0.80, 0.03, 5.0)
+
+    def candidate(step: int, chair_s: float, cover: float) -> dict:
+        metrics = {"chair_s": chair_s, "cover": cover}
+        return {"step": step, "metrics": {**metrics, "objective": selector.objective(metrics)}}
+
+    fewer_objects = candidate(10, 0.05, 0.70)
+    kept_cover, same_later = candidate(20, 0.15, 0.78), candidate(30, 0.15, 0.79)
+    assert fewer_objects["metrics"]["objective"] == pytest.approx(0.05 + 5 * 0.07)
+    assert kept_cover["metrics"]["objective"] == same_later["metrics"]["objective"] == pytest.approx(0.15)
+    assert choose([fewer_objects, same_later, kept_cover], selector)["step"] == 20  # a tie: the earlier step
+    assert choose([fewer_objects, kept_cover, candidate(50, 0.12, 0.771)], selector)["step"] == 50
+    with pytest.raises(ValueError, match="'val' split"):
+        WorldSelector(micro_config, EvalConfig(split="test"), 0.80, 0.03, 5.0)

@@ -28,8 +28,11 @@ def tiny_engine(role: str):
     return HFEngine(models.policy if role == "policy" else models.labeler)
 
 
-def llava_7b_engine(device: str):
-    """LLaVA-1.5-7B's shape (CLIP-L/336: 576 image tokens; Llama 4096 x 32 layers) with random bf16 weights."""
+def llava_7b_model(device: str, mini: bool = False):
+    """(model, processor) of LLaVA-1.5-7B's shape (CLIP-L/336: 576 image tokens; Llama 4096 x 32 layers; 32k
+    vocabulary) with random bf16 weights. `mini` keeps the token geometry (576 image tokens, 32k vocabulary, 128-wide
+    heads) with a 2 x 1024 Llama and a 2 x 64 CLIP: the 7B shape's memory terms per layer at a size a CPU steps
+    through in seconds."""
     from transformers import (
         CLIPImageProcessor,
         CLIPVisionConfig,
@@ -39,24 +42,38 @@ def llava_7b_engine(device: str):
         LlavaProcessor,
     )
 
-    from rlaifv.engines.hf import HFEngine
     from rlaifv.world.models import CHAT_TEMPLATE, IMAGE_TOKEN, build_tokenizer
 
     tok = build_tokenizer(0)
     tok.model_max_length = 4096
-    vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                              image_size=336, patch_size=14, projection_dim=768)
-    text = LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                       num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+    if mini:
+        vision = CLIPVisionConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=1,
+                                  image_size=336, patch_size=14, projection_dim=64)
+        width, ffn, layers, heads = 1024, 2752, 2, 8
+    else:
+        vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                  num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768)
+        width, ffn, layers, heads = 4096, 11008, 32, 32
+    text = LlamaConfig(vocab_size=32000, hidden_size=width, intermediate_size=ffn, num_hidden_layers=layers,
+                       num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=4096,
                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
     cfg = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids(IMAGE_TOKEN),
                       image_seq_length=576, vision_feature_layer=-2, vision_feature_select_strategy="default")
+    torch.manual_seed(0)
     with torch.device(device):  # built on the device in bf16: no fp32 copy, no 7B random init on the CPU
         model = LlavaForConditionalGeneration._from_config(cfg, dtype=torch.bfloat16, attn_implementation="sdpa")
     image_processor = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
                                num_additional_image_tokens=1, vision_feature_select_strategy="default",
                                chat_template=CHAT_TEMPLATE)
+    return model, processor
+
+
+def llava_7b_engine(device: str):
+    """An HFEngine over `llava_7b_model(device)`."""
+    from rlaifv.engines.hf import HFEngine
+
+    model, processor = llava_7b_model(device)
     return HFEngine.from_model(model, processor, "llava-1.5-7b-shape")
 
 

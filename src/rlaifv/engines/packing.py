@@ -46,21 +46,27 @@ def pack(prefix: list[int], suffixes: list[list[int]]) -> Pack:
     return Pack(ids, pos, seg, starts, ends)
 
 
+MASK_ALIGN = 16  # elements per mask row: CUDA's memory-efficient SDPA pads (and keeps, per layer) a copy otherwise
+
+
 def block_mask(segments: torch.Tensor, valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Additive attention mask (B, 1, T, T) for packed rows.
 
     Query i attends key j iff j <= i, both are real tokens, and j is on the prefix or on i's own suffix. Padding
     queries attend to themselves only, so no softmax row is empty. 0 = attend, the dtype's minimum = blocked; an
-    additive float mask works with both the eager and the SDPA attention of transformers.
+    additive float mask works with both the eager and the SDPA attention of transformers. Pass the dtype attention
+    runs in (autocast's under autocast): a mask in another dtype is cast again in every layer. The mask is a view
+    of a buffer whose rows are a multiple of MASK_ALIGN long, so CUDA's memory-efficient SDPA uses it in place.
     """
-    t = segments.shape[1]
-    causal = torch.ones(t, t, dtype=torch.bool, device=segments.device).tril()  # (T, T)
+    b, t = segments.shape
+    device = segments.device
+    causal = torch.ones(t, t, dtype=torch.bool, device=device).tril()  # (T, T)
     q_seg, k_seg = segments[:, :, None], segments[:, None, :]  # (B, T, 1), (B, 1, T)
     allowed = causal & ((k_seg == 0) | (k_seg == q_seg)) & valid[:, None, :] & valid[:, :, None]  # (B, T, T)
-    allowed |= torch.eye(t, dtype=torch.bool, device=segments.device)  # padding rows see themselves
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=segments.device)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[:, None]  # (B, 1, T, T)
+    allowed |= torch.eye(t, dtype=torch.bool, device=device)  # padding rows see themselves
+    width = -(-t // MASK_ALIGN) * MASK_ALIGN
+    mask = torch.zeros(b, 1, t, width, dtype=dtype, device=device)[..., :t]  # (B, 1, T, T), aligned rows
+    return mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
 
 
 def collate_packs(packs: list[Pack], pad_id: int, dtype: torch.dtype, device: torch.device | str) -> dict:

@@ -41,6 +41,7 @@ from rlaifv.store import fsync_path, write_json
 from rlaifv.train.data import LoadedPairs, load_pairs
 from rlaifv.train.encode import PairEncoder
 from rlaifv.train.logps import ResponseLogps, packed_logps
+from rlaifv.train.lora import lean_lora
 from rlaifv.train.reference import (
     compute_reference_logps,
     encode_batch,
@@ -204,6 +205,7 @@ def prepare_policy(model: torch.nn.Module, cfg: DPOConfig) -> torch.nn.Module:
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=targets, bias="none")
         model = get_peft_model(model, lora)
+        lean_lora(model)  # no per-adapter copies of the layer inputs kept for the backward pass
     model.train()
     if cfg.freeze_vision_tower and tower is not None:
         tower.eval()
@@ -347,6 +349,15 @@ class DPOTrainer:
                                        num_warmup_steps=math.ceil(self.cfg.warmup_ratio * self.total_steps),
                                        num_training_steps=self.total_steps)
         self.model, self.optimizer = self.acc.prepare(model, optimizer)
+        self.autocast = nullcontext
+        original = self.model.__dict__.pop("_original_forward", None)
+        if original is not None:
+            # accelerate's mixed precision wraps forward in autocast and upcasts every output to fp32: a full fp32
+            # copy of the (B, K, V) logits (and of the vision tower's outputs) at the top of the memory peak, which
+            # token_logps does not need (bf16 -> fp32 is exact, so the log-probs are the same). Autocast is applied
+            # around the step's forward instead (`_forward`), where it also sets the attention mask's dtype.
+            self.model.forward = original
+            self.autocast = self.acc.autocast
         self.acc.register_for_checkpointing(self.scheduler)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
 
@@ -462,7 +473,8 @@ class DPOTrainer:
             raise ValueError(f"pair {example.key} can no longer be read ({reason}); fix it and rerun to resume")
 
         encoded = encode_batch(self.encoder, examples, bad)
-        policy = packed_logps(self.model, encoded, self.pad_id)
+        with self.autocast():
+            policy = packed_logps(self.model, encoded, self.pad_id)
         ref = self.table.batch([e.key for e in examples], policy.chosen.device)
         if not (torch.equal(ref.chosen_tokens, policy.chosen_tokens)
                 and torch.equal(ref.rejected_tokens, policy.rejected_tokens)):

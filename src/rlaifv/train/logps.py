@@ -39,9 +39,64 @@ def vision_inputs(pairs: list[EncodedPair], device: torch.device, repeat: int = 
     }
 
 
+CHUNK_ELEMENTS = 2**24  # logits per fp32 chunk of `token_logps` (64 MB)
+
+
+class _TokenLogps(torch.autograd.Function):
+    """log softmax(logits[rows[n], cols[n]])[targets[n]] in fp32, a chunk of rows at a time.
+
+    The plain `logits[rows, cols].float().log_softmax(-1).gather(...)` keeps an (N, V) copy of the logits, an fp32
+    one and the fp32 log-softmax for the backward pass, and the backward makes two more (N, V) fp32 tensors: for 4
+    pairs of 150-word answers and a 32k vocabulary ~0.7 GB. This keeps only the logits it is given and a logsumexp
+    per row, and recomputes the softmax chunk by chunk in the backward pass.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, targets: torch.Tensor):
+        n = targets.shape[0]
+        out = torch.empty(n, dtype=torch.float32, device=logits.device)  # (N,)
+        lse = torch.empty(n, dtype=torch.float32, device=logits.device)  # (N,)
+        step = max(1, CHUNK_ELEMENTS // logits.shape[-1])
+        for lo in range(0, n, step):
+            x = logits[rows[lo : lo + step], cols[lo : lo + step]].float()  # (n, V)
+            lse[lo : lo + step] = torch.logsumexp(x, -1)
+            out[lo : lo + step] = x.gather(-1, targets[lo : lo + step, None])[:, 0] - lse[lo : lo + step]
+        ctx.save_for_backward(logits, rows, cols, targets, lse)
+        ctx.step = step
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, rows, cols, targets, lse = ctx.saved_tensors
+        grad_logits = torch.zeros_like(logits)
+        step = ctx.step
+        for lo in range(0, targets.shape[0], step):
+            r, c, g = rows[lo : lo + step], cols[lo : lo + step], grad[lo : lo + step, None]  # g (n, 1)
+            x = logits[r, c].float()  # (n, V)
+            dx = x.sub_(lse[lo : lo + step, None]).exp_().mul_(-g)  # -softmax * g
+            dx.scatter_add_(-1, targets[lo : lo + step, None], g)  # + g at the target
+            grad_logits.index_put_((r, c), dx.to(logits.dtype), accumulate=True)  # a position may predict twice
+        return grad_logits, None, None, None
+
+
+def token_logps(logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits[rows[n], cols[n]])[targets[n]] per n, in fp32: logits (R, C, V), the rest (N,) -> (N,)."""
+    return _TokenLogps.apply(logits, rows, cols, targets)
+
+
 def _token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log softmax(logits)[target] per row: logits (N, V), targets (N,) -> (N,), in fp32."""
-    return logits.float().log_softmax(-1).gather(-1, targets[:, None])[:, 0]
+    n = torch.arange(targets.shape[0], device=logits.device)
+    return token_logps(logits[None], torch.zeros_like(n), n, targets)
+
+
+def mask_dtype(param: torch.Tensor, device: torch.device) -> torch.dtype:
+    """The dtype attention runs in: autocast's when it is on, else the weights'.
+
+    A mask in another dtype is cast by autocast in every layer, and the memory-efficient kernel keeps each layer's
+    copy for the backward pass.
+    """
+    return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else param.dtype
 
 
 def packed_logps(model: torch.nn.Module, pairs: list[EncodedPair], pad_id: int) -> ResponseLogps:
@@ -64,12 +119,12 @@ def packed_logps(model: torch.nn.Module, pairs: list[EncodedPair], pad_id: int) 
             owner += [2 * b + k] * n  # 2b = chosen of pair b, 2b + 1 = its rejected
     keep = sorted(set(positions))
     column = {pos: i for i, pos in enumerate(keep)}
-    batch = collate_packs(packs, pad_id, first.dtype, device)  # input_ids, position_ids (B, T); mask (B, 1, T, T)
+    batch = collate_packs(packs, pad_id, mask_dtype(first, device), device)  # ids, positions (B, T); mask (B, 1, T, T)
     batch.update(vision_inputs(pairs, device))
     logits = model(**batch, logits_to_keep=torch.tensor(keep, device=device), use_cache=False).logits  # (B, K, V)
     rows_t = torch.tensor(rows, device=device)  # (N,)
     cols_t = torch.tensor([column[pos] for pos in positions], device=device)  # (N,)
-    logps = _token_logps(logits[rows_t, cols_t], torch.tensor(targets, device=device))  # (N,)
+    logps = token_logps(logits, rows_t, cols_t, torch.tensor(targets, device=device))  # (N,)
     sums = torch.zeros(2 * len(pairs), device=device).index_add(0, torch.tensor(owner, device=device), logps)  # (2B,)
     return ResponseLogps(sums[0::2], sums[1::2], *_lengths(pairs, device))
 

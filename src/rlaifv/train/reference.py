@@ -17,6 +17,7 @@ import gc
 import hashlib
 import json
 import os
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,12 +105,15 @@ def compute_reference_logps(
     cfg: DPOConfig,
     store_dir: Path | None = None,
     device: torch.device | str | None = None,
+    timings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Reference log-probs of every pair not yet in the store; returns counts and the store's path.
 
     Pairs go in fixed batches of `precompute_ref_batch_size` in source order; a batch with any missing pair is
     recomputed whole, so a resumed pass pads and batches exactly as an uninterrupted one and stores the same floats.
-    The model is freed before returning.
+    The model is freed before returning. `timings`, if given, gets the seconds spent loading the model (`load_s`)
+    and computing (`compute_s`: encoding, forwards and writing; 0 when nothing was missing), and the seconds of
+    each computed batch with its number of pairs (`batches`: [(pairs, seconds), ...]; the first holds the warm-up).
     """
     loaded = pairs if isinstance(pairs, LoadedPairs) else load_pairs(Path(pairs))
     store = reference_store(loaded.source, reference, cfg, store_dir)
@@ -123,15 +127,22 @@ def compute_reference_logps(
                 counts["quarantined"] += 1
         todo = [e for e in loaded.examples if e.key not in writer]
         counts["skipped"] = len(loaded.examples) - len(todo)
+        clock: dict[str, Any] = {"load_s": 0.0, "compute_s": 0.0, "batches": []}
         if todo:
-            _compute(loaded.examples, reference, cfg, device, writer, counts)
+            _compute(loaded.examples, reference, cfg, device, writer, counts, clock)
+        if timings is not None:
+            timings.update(clock)
     return {**counts, "store": str(store.root), "pairs": len(loaded.examples)}
 
 
 def _compute(examples: list[PreferenceExample], reference: str | Path, cfg: DPOConfig, device: torch.device,
-             writer, counts: dict[str, int]) -> None:
+             writer, counts: dict[str, int], clock: dict[str, Any]) -> None:
+    start = time.perf_counter()
     model, processor = load_model(reference, cfg, device)
     model.eval()
+    _synchronize(device)
+    clock["load_s"] = time.perf_counter() - start
+    start = time.perf_counter()
     encoder = PairEncoder(processor, length_limit(model.config, cfg))
     pad_id = processor.tokenizer.pad_token_id
     size = cfg.precompute_ref_batch_size or cfg.per_device_train_batch_size
@@ -142,19 +153,28 @@ def _compute(examples: list[PreferenceExample], reference: str | Path, cfg: DPOC
             if all(e.key in writer for e in batch):
                 bar.advance(len(batch))
                 continue
+            began = time.perf_counter()
             encoded = encode_batch(encoder, batch, lambda e, reason: _quarantine(writer, e, reason, counts))
             if encoded:
                 with torch.no_grad(), autocast:
                     out = packed_logps(model, encoded, pad_id)
                 for i, pair in enumerate(encoded):
                     if pair.key not in writer:
-                        writer.add(_record(pair, out, i))
+                        writer.add(_record(pair, out, i))  # float(): waits for the forward
                         counts["done"] += 1
+                clock["batches"].append((len(encoded), time.perf_counter() - began))
             bar.advance(len(batch), status=f"{counts['done']} pairs")
+    _synchronize(device)
+    clock["compute_s"] = time.perf_counter() - start
     del model
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def encode_batch(encoder: PairEncoder, batch: list[PreferenceExample], on_bad) -> list[EncodedPair]:

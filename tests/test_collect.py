@@ -89,7 +89,7 @@ from rlaifv.config import CollectConfig
 stage, out, kill_after, cfg_json = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 folder = {"sample": "candidates", "claims": "claims", "judge": "verdicts"}[stage]
 written = 0
-atomic_write = store._atomic_write
+atomic_write = store.atomic_write
 
 def write_then_maybe_die(path, write):
     global written
@@ -99,7 +99,7 @@ def write_then_maybe_die(path, write):
         if written >= kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
 
-store._atomic_write = write_then_maybe_die
+store.atomic_write = write_then_maybe_die
 run_stage(stage, None, out, CollectConfig.model_validate_json(cfg_json))
 """
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
@@ -62,6 +63,19 @@ def _emit(obj: Any, as_json: bool, human: str) -> None:
         typer.echo(json.dumps(obj))
     else:
         log(human)
+
+
+def _run_long(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run a long command's library call; its errors become a one-line message and an exit code (2: a missing
+    package, 1: bad input or files) instead of a traceback."""
+    try:
+        return fn(*args)
+    except ImportError as exc:
+        log(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    except (ValueError, OSError) as exc:
+        log(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -211,6 +225,9 @@ def _register_commands() -> None:
     from rlaifv.cli_iterate import register as register_iterate
 
     register_iterate(app)
+    from rlaifv.cli_bon import register as register_bon
+
+    register_bon(app)
 
 
 _register_commands()

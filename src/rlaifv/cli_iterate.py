@@ -104,8 +104,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Iterative RLAIF-V: each round collects feedback with the current policy, trains it with DPO against
         itself as reference, and keeps its best checkpoint as the next round's policy. Resumable."""
-        from rlaifv.cli import _emit, _quiet_libraries, _world_config
-        from rlaifv.progress import log
+        from rlaifv.cli import _emit, _quiet_libraries, _run_long, _world_config
 
         _quiet_libraries()
         if select_on is not None and select_on not in ("auto", "world", "reward"):
@@ -115,12 +114,5 @@ def register(app: typer.Typer) -> None:
         world = _world_config(preset, None, world_seed)
         from rlaifv.loop import iterate as run_rounds
 
-        try:
-            summary = run_rounds(out, cfg, prompts, world)
-        except ImportError as exc:
-            log(f"[red]error:[/red] {exc}")
-            raise typer.Exit(2) from None
-        except (ValueError, OSError) as exc:
-            log(f"[red]error:[/red] {exc}")
-            raise typer.Exit(1) from None
+        summary = _run_long(run_rounds, out, cfg, prompts, world)
         _emit(summary, as_json, _table(summary))

@@ -333,8 +333,8 @@ def _world_collect() -> CollectConfig:
 
     Length balancing is off: in the world a hallucination is always one added sentence, so the paper's filter (keep
     the threshold r that evens mean lengths) drops exactly the cleanest pairs, those whose chosen answer is the
-    rejected one without the invented object. With it, 3 rounds cut seed 0's test CHAIRs by 7 %; without it, by about
-    half at the same Cover tolerance (benchmarks/RESULTS.md). For free-form answers turn it back on (the paper's
+    rejected one without the invented object. With it, 3 rounds cut seed 0's test CHAIRs by 7 %; without it, by 32 % at
+    a similar Cover cost (benchmarks/RESULTS.md). For free-form answers turn it back on (the paper's
     setting), since there longer answers are not simply answers with more hallucinations."""
     return CollectConfig(sample=SampleConfig(n=10, max_new_tokens=96), pairs=PairsConfig(length_balance=False))
 
@@ -368,9 +368,10 @@ class IterateConfig(StrictModel):
                             "of the checkpoint's implicit reward beta * log(pi / pi_ref) on held-out pairs, for data "
                             "without ground truth; 'auto': 'world' on world prompts, 'reward' on a prompts file"
     )
-    checkpoints: int = Field(5, ge=1, description="checkpoints saved and evaluated per round, evenly spaced over the "
-                                                  "round's DPO steps (the last step always included); sets "
-                                                  "dpo.save_steps for each round")
+    checkpoints: int = Field(10, ge=1, description="checkpoints saved and evaluated per round, evenly spaced over the "
+                                                   "round's DPO steps (the last step always included); sets "
+                                                   "dpo.save_steps for each round. More give the selection a "
+                                                   "checkpoint before Cover drops (on the world, 5 left none)")
     val_scenes: int = Field(200, ge=1, description="world `val` scenes described per checkpoint for "
                                                    "select_on 'world'")
     cover_tolerance: float = Field(0.03, ge=0, le=1, description="Cover may fall this much (absolute) below the "
@@ -401,3 +402,43 @@ class IterateConfig(StrictModel):
         if self.eval.split != "test":
             raise ValueError(f"eval.split must be 'test' (the reported numbers); checkpoints are selected on 'val' "
                              f"scenes (val_scenes), got {self.eval.split!r}")
+
+
+# ---------------------------------------------------------------- best-of-N (`rlaifv bon`)
+
+
+class BonConfig(StrictModel):
+    """`rlaifv bon`: self-feedback at inference (REFERENCE 6). N samples per prompt from the sampler (the aligned
+    policy unless `sampler.path` is set), each scored with the policy's implicit reward against the reference,
+    r = beta / T * sum_t [log pi(y_t | ...) - log pi_ref(y_t | ...)] ('mean', T = response tokens) or without the 1/T
+    ('sum'); the argmax is kept, with every candidate's numbers beside it."""
+
+    policy: EngineConfig = Field(default_factory=EngineConfig, description="the aligned policy whose reward ranks the "
+                                                                           "samples (required)")
+    reference: EngineConfig = Field(default_factory=EngineConfig, description="the reference it was aligned against, "
+                                                                              "e.g. the round's starting policy "
+                                                                              "(required; same tokenizer)")
+    sampler: EngineConfig = Field(default_factory=EngineConfig, description="model that draws the N samples; empty "
+                                                                            "path = the policy")
+    n: int = Field(16, ge=1, description="samples per prompt (paper Fig. 5 sweeps 1 ... 64; more is better and "
+                                         "costs N x the decoding and scoring)")
+    reward: Literal["mean", "sum"] = Field("mean", description="'mean': divide by the response's tokens (does not "
+                                                               "favour short answers); 'sum': the summed form, which "
+                                                               "prefers short answers")
+    beta: float = Field(0.1, gt=0, description="the DPO beta the policy was trained with; scales every reward alike, "
+                                               "so it never changes the choice (paper: 0.1)")
+    temperature: float = Field(0.7, gt=0, description="sampling temperature of every sample")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass; 1.0 = off")
+    max_new_tokens: int = Field(512, ge=1, description="cap on a sample's length")
+    prompts_per_batch: int = Field(8, ge=1, description="prompts sampled together and scored together; part of the "
+                                                        "seed's meaning, as for `rlaifv sample`")
+    seed: int = Field(0, description="seeds every sampling batch, so a rerun gives the same samples")
+    max_length: int | None = Field(None, ge=2, description="longest prompt + response in tokens (image tokens "
+                                                              "included); longer candidates are quarantined, never "
+                                                              "chosen. None = the models' context length")
+    candidates_per_pack: int = Field(16, ge=1, description="candidates scored behind one prompt prefix in a packed "
+                                                           "row; a prompt with more gets several rows (and encodes "
+                                                           "its prefix once per row). Attention memory grows with "
+                                                           "the square of the row's length")
+    packs_per_batch: int = Field(4, ge=1, description="packed rows per forward")
+    shard_size: int = Field(1000, ge=1, description="rows per Parquet shard of every store under the output")

@@ -34,7 +34,7 @@ from rlaifv.records import Quarantined, Record
 R = TypeVar("R", bound=Record)
 
 _PART = re.compile(r"^part-(\d+)\.parquet$")
-_TMP_GLOB = ".*.tmp-*"  # matches the temp names made by _atomic_write
+_TMP_GLOB = ".*.tmp-*"  # matches the temp names made by atomic_write
 
 
 def _part_paths(folder: Path) -> list[Path]:
@@ -64,7 +64,7 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write via a temp file in the same folder, fsync, then rename into place.
 
     The rename is atomic on one filesystem, so ``path`` is either absent or whole;
@@ -83,7 +83,7 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 def write_json(path: Path, obj: Any) -> None:
     """Readable JSON (sorted keys), written atomically."""
     text = json.dumps(obj, indent=2, sort_keys=True, default=str)
-    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _to_json(record: Any) -> str:
@@ -212,7 +212,7 @@ class ShardedStore(Generic[R]):
     ) -> Path:
         table = pa.Table.from_pylist(rows, schema=schema)
         path = _next_part(folder)
-        _atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp))
         return path
 
     # -- config ----------------------------------------------------------------
@@ -223,7 +223,7 @@ class ShardedStore(Generic[R]):
         text = yaml.safe_dump(
             dict(config), sort_keys=False, allow_unicode=True, default_flow_style=False
         )
-        _atomic_write(
+        atomic_write(
             self.config_path, lambda tmp: tmp.write_text(text, encoding="utf-8")
         )
         return self.config_path

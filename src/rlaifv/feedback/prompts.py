@@ -18,7 +18,7 @@ import json
 import math
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from PIL import Image
 
 from rlaifv.progress import progress
 from rlaifv.records import BadInput, Prompt
-from rlaifv.store import ShardedStore, ShardWriter
+from rlaifv.store import ShardedStore, ShardWriter, atomic_write
 from rlaifv.world.scenes import Scene, ScenePrior, sample_scenes, scene_from_dict, scene_to_dict
 
 ROW_FIELDS = ("id", "image", "question")  # every other column of a row becomes the prompt's meta
@@ -395,7 +395,7 @@ def write_world_prompts(seed: int, split: str, n: int, out: Path, prior: ScenePr
             png = _png_bytes(render(scene))
             if out.suffix == ".jsonl":
                 images.mkdir(exist_ok=True)
-                _write_atomic(images / f"{scene.scene_id}.png", lambda tmp, png=png: tmp.write_bytes(png))
+                atomic_write(images / f"{scene.scene_id}.png", lambda tmp, png=png: tmp.write_bytes(png))
                 image: str | bytes = f"{images.name}/{scene.scene_id}.png"
             else:
                 image = png
@@ -404,10 +404,10 @@ def write_world_prompts(seed: int, split: str, n: int, out: Path, prior: ScenePr
             bar.advance(1)
     if out.suffix == ".jsonl":
         text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        _write_atomic(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     else:
         table = pa.Table.from_pylist(rows)
-        _write_atomic(out, lambda tmp: pq.write_table(table, tmp))
+        atomic_write(out, lambda tmp: pq.write_table(table, tmp))
     return out
 
 
@@ -415,13 +415,3 @@ def _png_bytes(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temp file in the same folder and rename it over `path`: readers see the old or the new file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -1,0 +1,110 @@
+"""Command line of best-of-N with the aligned policy's own reward: `rlaifv bon`.
+
+    rlaifv bon --policy runs/iter/round-3/policy --reference runs/iter/round-3/reference --prompts prompts.jsonl \\
+        --n 16 --out bon/                                   # OUT/best.jsonl: one chosen answer per prompt
+    rlaifv bon ... --reward sum --beta 0.1 --sampler base-vlm/ --device cuda --config bon.yaml
+
+Kill it anywhere and rerun the same command: it continues (sampling, then scoring) and never writes a prompt twice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+
+def _config(path: Optional[Path], **opts: Any):
+    """BonConfig from the YAML file, then the command-line options that were given."""
+    from pydantic import ValidationError
+
+    from rlaifv.config import BonConfig, with_options
+    from rlaifv.progress import log
+
+    try:
+        set_ = {(name,): opts.get(name) for name in ("n", "reward", "beta", "temperature", "max_new_tokens", "seed")}
+        for role in ("policy", "reference", "sampler"):
+            set_[(role, "path")] = opts.get(role)
+            set_[(role, "device")] = opts.get("device")
+            set_[(role, "dtype")] = opts.get("dtype")
+        return with_options(BonConfig, path, set_)
+    except (ValidationError, ValueError, OSError) as exc:
+        log(f"[red]error:[/red] {path or 'options'}: {exc}")
+        raise typer.Exit(2) from None
+
+
+def _human(summary: dict[str, Any]) -> str:
+    def num(x: Any, digits: int = 4) -> str:
+        return "-" if x is None else f"{x:.{digits}f}"
+
+    lines = [f"{summary['scored']} of {summary['prompts']} prompts answered, {summary['quarantined']} quarantined"
+             + (f" ({summary['quarantine_reasons']})" if summary["quarantined"] else "")]
+    if summary["candidates_set_aside"]:
+        lines.append(f"candidates set aside: {summary['candidates_set_aside']}")
+    lines.append(f"reward ({summary['reward']}): chosen {num(summary['mean_chosen_reward'])}, all candidates "
+                 f"{num(summary['mean_candidate_reward'])}; tokens: chosen {num(summary['mean_chosen_tokens'], 1)}, "
+                 f"all {num(summary['mean_candidate_tokens'], 1)}")
+    lines.append(f"chosen sample index: {summary['chosen_index_counts']}")
+    lines.append(f"best answers: {summary['best']}\nsummary: {summary['out']}/summary.json")
+    return "\n".join(lines)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `bon` to the main app."""
+
+    @app.command()
+    def bon(
+        out: Path = typer.Option(..., "--out", file_okay=False,
+                                 help="output folder: prompts, candidates, bon (every candidate's scores), "
+                                      "best.jsonl / best.parquet (the chosen answers), summary.json"),
+        prompts: Optional[Path] = typer.Option(None, "--prompts", exists=True,
+                                               help="prompts: JSONL or Parquet (image path or bytes, question, "
+                                                    "optional id) or a saved `datasets` folder; only needed the "
+                                                    "first time"),
+        policy: Optional[str] = typer.Option(None, "--policy", help="the aligned policy (folder or hub id): samples, "
+                                                                    "unless --sampler is given, and scores"),
+        reference: Optional[str] = typer.Option(None, "--reference",
+                                                help="the reference the policy was aligned against (folder or hub "
+                                                     "id), e.g. the round's starting policy; same tokenizer"),
+        sampler: Optional[str] = typer.Option(None, "--sampler", help="a separate model that draws the samples "
+                                                                      "(default: the policy)"),
+        n: Optional[int] = typer.Option(None, "--n", min=1, help="samples per prompt (default 16)"),
+        reward: Optional[str] = typer.Option(None, "--reward", help="mean: beta/T * sum of log-ratios, T = response "
+                                                                    "tokens (default) | sum: without the 1/T, "
+                                                                    "prefers short answers"),
+        beta: Optional[float] = typer.Option(None, "--beta",
+                                             help="the policy's DPO beta (default 0.1); scales every reward alike"),
+        temperature: Optional[float] = typer.Option(None, "--temperature",
+                                                    help="sampling temperature (default 0.7)"),
+        max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1,
+                                                     help="cap on a sample's length (default 512)"),
+        seed: Optional[int] = typer.Option(None, "--seed", help="sampling seed (default 0)"),
+        device: Optional[str] = typer.Option(None, "--device", help="torch device of every model, e.g. cuda "
+                                                                    "(default cpu)"),
+        dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 (default) | bfloat16 | float16, for "
+                                                                  "every model"),
+        config: Optional[Path] = typer.Option(None, "--config", exists=True, dir_okay=False,
+                                              help="YAML with BonConfig fields (top_p, max_length, "
+                                                   "candidates_per_pack, per-model devices, ...); the options here "
+                                                   "override it"),
+        as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+    ) -> None:
+        """Best-of-N with self-feedback: sample N answers per prompt, score each with the aligned policy's implicit
+        reward against the reference, keep the best. Resumable."""
+        from rlaifv.cli import _emit, _quiet_libraries, _run_long
+        from rlaifv.progress import log
+
+        _quiet_libraries()
+        if reward is not None and reward not in ("mean", "sum"):
+            raise typer.BadParameter(f"{reward!r} is not one of mean, sum", param_hint="--reward")
+        cfg = _config(config, policy=policy, reference=reference, sampler=sampler, n=n, reward=reward, beta=beta,
+                      temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, device=device, dtype=dtype)
+        for role in ("policy", "reference"):
+            if not getattr(cfg, role).path:
+                log(f"[red]error:[/red] --{role} is required (or {role}.path in --config)")
+                raise typer.Exit(2)
+        from rlaifv.infer.bon import best_of_n
+
+        summary = _run_long(best_of_n, out, cfg, prompts)
+        _emit(summary, as_json, _human(summary))

@@ -1,0 +1,450 @@
+"""Move 4, self-feedback at inference: best-of-N ranked by the aligned policy's own reward (REFERENCE 6).
+
+A DPO-aligned policy carries a reward model inside it: r(y) = beta * log(pi(y | x) / pi_ref(y | x)). Best-of-N draws
+N answers per prompt and keeps the one this reward ranks first, with no labeler at inference. The summed form prefers
+short answers, so the default divides by the answer's tokens T:
+
+    r(y) = (beta / T) * sum_t [log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)]      ('mean'; 'sum' drops the 1/T)
+
+Stages, each resumable, under one output folder:
+
+    OUT/prompts      Prompt records ingested from the user's file            (feedback.prompts)
+    OUT/candidates   N samples per prompt, one prefill per prompt             (feedback.sample, the sampler model)
+    OUT/bon          one BonRow per prompt: all N texts, both models' log-prob sums, token counts, rewards, the
+                     reason each unscorable candidate was set aside, the chosen index and text; a prompt with no
+                     scorable candidate is quarantined with the reasons
+    OUT/best.jsonl   the chosen answers: {"id", "question", "image", "response", "sample_idx", "reward", "n_tokens"}
+                     plus the prompt's meta (so an image_id column of the prompts file reaches `rlaifv eval chair`)
+    OUT/best.parquet the same rows (meta as JSON text)
+    OUT/summary.json counts, mean rewards, how often each sample index was chosen
+
+Scoring encodes each prompt's image and text once per model and packs its candidates behind it
+(infer.reward.group_logps, the trainer's shared-prefix computation with k responses). The candidates are tokenized
+the way train.encode tokenizes DPO pairs -- the response as the model reads it after the chat template's prompt,
+end-of-turn token included -- so the reward is the one the policy's DPO loss optimised. Identical candidates are
+scored once, so their rewards are equal and the tie goes to the lowest sample index, as every tie does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from rlaifv.config import BonConfig, EngineConfig, SampleConfig
+from rlaifv.infer.reward import ResponseGroup, group_logps, implicit_reward
+from rlaifv.progress import log, progress
+from rlaifv.records import BadInput, Candidate, Prompt, Record
+from rlaifv.store import ShardedStore, atomic_write, write_json
+from rlaifv.train.data import PreferenceExample
+from rlaifv.train.encode import PairEncoder, context_length
+
+STAGE = "bon"
+EMPTY = "empty response"
+
+
+@dataclass(frozen=True, slots=True)
+class BonRow(Record):
+    """The N candidates of one prompt, their scores and the chosen one. Lists are in sample order; a candidate that
+    could not be scored has None log-probs and reward and a non-empty reason."""
+
+    KEY_FIELDS: ClassVar[tuple[str, ...]] = ("prompt_id",)
+
+    prompt_id: str  # the Prompt answered
+    question: str  # its question (copied so the export needs no join)
+    image: str  # its image path ("" when the prompt holds the bytes)
+    texts: list[str]  # the N sampled answers
+    policy_logps: list[float | None]  # sum over each answer's tokens of log pi
+    ref_logps: list[float | None]  # the same under pi_ref
+    n_tokens: list[int]  # tokens scored per answer (end-of-turn included); 0 where it has none
+    rewards: list[float | None]  # r per answer (`reward_kind`)
+    reasons: list[str]  # "" = scored; else why the answer was set aside (never chosen)
+    chosen_idx: int  # the argmax of rewards, lowest index on ties
+    chosen_text: str  # texts[chosen_idx]
+    chosen_reward: float  # rewards[chosen_idx]
+    reward_kind: str  # 'mean' (divided by n_tokens) or 'sum'
+    beta: float  # scale of every reward
+    sampler: str  # model that drew the answers
+
+    # Lists have no entry in records.py's column map, so this record spells out its Parquet schema.
+    @classmethod
+    def arrow_schema(cls) -> pa.Schema:
+        f64, text = pa.float64(), pa.string()
+        types = {"texts": pa.list_(text), "policy_logps": pa.list_(f64), "ref_logps": pa.list_(f64),
+                 "n_tokens": pa.list_(pa.int64()), "rewards": pa.list_(f64), "reasons": pa.list_(text),
+                 "chosen_idx": pa.int64(), "chosen_reward": f64, "beta": f64}
+        return pa.schema([pa.field(f.name, types.get(f.name, text), nullable=False) for f in fields(cls)])
+
+    def to_row(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_row(cls, row: Any) -> Self:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+
+# -- rewards and the choice ----------------------------------------------------------------------------------------
+
+
+def rewards_of(policy_logps: Sequence[float], ref_logps: Sequence[float], n_tokens: Sequence[int], beta: float,
+               kind: str) -> list[float]:
+    """r per candidate: beta * (log pi - log pi_ref), divided by the tokens for kind 'mean' (infer.reward)."""
+    if kind not in ("mean", "sum"):
+        raise ValueError(f"reward must be 'mean' or 'sum', got {kind!r}")
+    pol = torch.tensor(policy_logps, dtype=torch.float64)  # (N,)
+    ref = torch.tensor(ref_logps, dtype=torch.float64)  # (N,)
+    tokens = torch.tensor(n_tokens, dtype=torch.float64) if kind == "mean" else None  # (N,)
+    return implicit_reward(pol, ref, beta, tokens).tolist()
+
+
+def choose(rewards: Sequence[float | None]) -> int | None:
+    """Index of the highest reward, the lowest index among equals; None (unscored) and NaN never win. None when no
+    candidate has a reward."""
+    best = None
+    for i, r in enumerate(rewards):
+        if r is not None and not math.isnan(r) and (best is None or r > rewards[best]):
+            best = i
+    return best
+
+
+# -- the models ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Scorer:
+    """A VLM that scores candidates: the model in eval mode, its processor, the longest prompt + answer allowed."""
+
+    name: str
+    model: Any
+    processor: Any
+    limit: int | None
+
+    @classmethod
+    def load(cls, cfg: EngineConfig, max_length: int | None = None) -> Scorer:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        from rlaifv.collect import DTYPES
+
+        processor = AutoProcessor.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
+        model = AutoModelForImageTextToText.from_pretrained(cfg.path, dtype=DTYPES[cfg.dtype],
+                                                            trust_remote_code=cfg.trust_remote_code)
+        return cls.from_model(model.to(torch.device(cfg.device)), processor, cfg.path, max_length)
+
+    @classmethod
+    def from_model(cls, model: Any, processor: Any, name: str = "in-memory", max_length: int | None = None) -> Scorer:
+        """Around a model already in memory (the sampling engine's, a benchmark's)."""
+        limits = [x for x in (max_length, context_length(model.config)) if x is not None]
+        return cls(name, model.eval(), processor, min(limits) if limits else None)
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.processor.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def encode(self, prompt: Prompt, image: Image.Image, texts: Sequence[str]) -> tuple[ResponseGroup, list[str]]:
+        """The prompt's ids and image inputs, every answer's ids, and per answer "" or why it cannot be scored
+        (empty, or prompt + answer longer than `limit`); a set-aside answer's ids are kept for its token count.
+
+        BadInput when the processor rejects the prompt."""
+        encoder = PairEncoder(self.processor, self.limit)
+        prompt_text = encoder.texts(PreferenceExample("", prompt, "", ""))[0]
+        try:
+            enc = self.processor(text=[prompt_text], images=[image], return_tensors="pt")
+        except ValueError as exc:
+            raise BadInput(f"processor rejected the prompt: {exc}") from None
+        prefix = enc["input_ids"][0].tolist()
+        raw_prompt = self.processor.tokenizer(prompt_text)["input_ids"]
+        responses, reasons = [], []
+        for text in texts:
+            full = encoder.texts(PreferenceExample("", prompt, text, text))[1]
+            ids = encoder._response_ids(raw_prompt, prompt_text, full)  # train.encode's tokenization of a response
+            responses.append(ids)
+            if not text.strip() or not ids:
+                reasons.append(EMPTY)
+            elif self.limit is not None and len(prefix) + len(ids) > self.limit:
+                reasons.append(f"too long: prompt {len(prefix)} + response {len(ids)} = {len(prefix) + len(ids)} "
+                               f"tokens > {self.limit} (the model's context or max_length)")
+            else:
+                reasons.append("")
+        vision = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
+        return ResponseGroup(prefix, responses, vision), reasons
+
+
+# -- scoring -------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PromptCandidates:
+    """One prompt to score: its record, its sampled candidates and its image."""
+
+    prompt: Prompt
+    candidates: list[Candidate]  # in sample order
+    image: Image.Image
+
+
+def score_prompts(items: list[PromptCandidates], policy: Scorer, reference: Scorer, cfg: BonConfig,
+                  sampler: str = "") -> list[BonRow | tuple[str, dict[str, Any]]]:
+    """A BonRow per prompt, or (reason, row) for a prompt none of whose candidates can be scored. Both models see
+    each prompt once per packed row; identical answers of a prompt are scored once."""
+    groups: dict[str, list[ResponseGroup]] = {"policy": [], "reference": []}
+    plans = []  # per item: (reasons, tokens, unique index per candidate)
+    for item in items:
+        texts = [c.text for c in item.candidates]
+        pol, reasons = policy.encode(item.prompt, item.image, texts)
+        ref, ref_reasons = reference.encode(item.prompt, item.image, texts)
+        reasons = [a or b for a, b in zip(reasons, ref_reasons)]
+        unique: dict[tuple[int, ...], int] = {}
+        where = []
+        for i, (a, b) in enumerate(zip(pol.responses, ref.responses)):
+            if reasons[i]:
+                where.append(None)
+                continue
+            if a != b:
+                raise ValueError(f"the policy ({policy.name}) and the reference ({reference.name}) tokenize answer "
+                                 f"{i} of prompt {item.prompt.prompt_id} differently; they must share a tokenizer")
+            where.append(unique.setdefault(tuple(a), len(unique)))
+        plans.append((reasons, [len(r) for r in pol.responses], where))
+        if unique:
+            responses = [list(ids) for ids in unique]
+            groups["policy"].append(ResponseGroup(pol.prefix_ids, responses, pol.vision))
+            groups["reference"].append(ResponseGroup(ref.prefix_ids, responses, ref.vision))
+    sums = {}
+    for role, scorer in (("policy", policy), ("reference", reference)):
+        sums[role] = iter(group_logps(scorer.model, groups[role], scorer.pad_id, cfg.candidates_per_pack,
+                                      cfg.packs_per_batch))
+    results: list[BonRow | tuple[str, dict[str, Any]]] = []
+    for item, (reasons, tokens, where) in zip(items, plans):
+        n = len(item.candidates)
+        pol_l: list[float | None] = [None] * n
+        ref_l: list[float | None] = [None] * n
+        rewards: list[float | None] = [None] * n
+        if any(w is not None for w in where):
+            pol_u, ref_u = next(sums["policy"]).tolist(), next(sums["reference"]).tolist()
+            for i, w in enumerate(where):
+                if w is None:
+                    continue
+                if not (math.isfinite(pol_u[w]) and math.isfinite(ref_u[w])):
+                    reasons[i] = f"non-finite log-prob (policy {pol_u[w]}, reference {ref_u[w]})"
+                    continue
+                pol_l[i], ref_l[i] = pol_u[w], ref_u[w]
+                rewards[i] = rewards_of([pol_u[w]], [ref_u[w]], [tokens[i]], cfg.beta, cfg.reward)[0]
+        texts = [c.text for c in item.candidates]
+        best = choose(rewards)
+        row = {"prompt_id": item.prompt.prompt_id, "question": item.prompt.question, "image": item.prompt.image,
+               "texts": texts, "policy_logps": pol_l, "ref_logps": ref_l, "n_tokens": tokens, "rewards": rewards,
+               "reasons": reasons, "reward_kind": cfg.reward, "beta": cfg.beta, "sampler": sampler}
+        if best is None:
+            detail = "; ".join(f"sample {i}: {r}" for i, r in enumerate(reasons))
+            results.append((f"no candidate can be scored: {detail}", row))
+        else:
+            results.append(BonRow(**row, chosen_idx=best, chosen_text=texts[best], chosen_reward=rewards[best]))
+    return results
+
+
+def run_bon(prompts: ShardedStore[Prompt], candidates: ShardedStore[Candidate], out: ShardedStore[BonRow],
+            cfg: BonConfig, policy: Scorer, reference: Scorer,
+            load_image: Callable[[Prompt], Image.Image] | None = None, sampler: str = "") -> dict[str, Any]:
+    """Score the candidates of every prompt not yet in `out` and store the choice; returns counts.
+
+    Prompts go in fixed batches of `cfg.prompts_per_batch` in store order; a batch with any prompt missing is
+    recomputed whole and only the missing rows are written, so a resumed run pads and packs exactly as an
+    uninterrupted one and stores the same floats. A prompt the sampling stage quarantined, or whose image no longer
+    loads, is quarantined here too, with the reason.
+    """
+    if load_image is None:
+        from rlaifv.feedback.prompts import load_image
+    by_prompt: dict[str, list[Candidate]] = defaultdict(list)
+    for c in candidates.read():
+        by_prompt[c.prompt_id].append(c)
+    not_sampled = {q.record_key: q.reason for q in candidates.read_quarantine()}
+    todo = list(prompts.read())
+    counts = {"done": 0, "skipped": 0, "quarantined": 0}
+    with out.writer() as writer, progress("best-of-N scoring", len(todo)) as bar, torch.no_grad():
+        for lo in range(0, len(todo), cfg.prompts_per_batch):
+            batch = todo[lo : lo + cfg.prompts_per_batch]
+            missing = {p.prompt_id for p in batch if p.prompt_id not in writer}
+            counts["skipped"] += len(batch) - len(missing)
+            items = []
+            for p in batch:
+                quarantine = p.prompt_id in missing
+                if p.prompt_id in not_sampled:
+                    if quarantine:
+                        writer.quarantine(p.prompt_id, f"sampling: {not_sampled[p.prompt_id]}",
+                                          p.to_row() | {"image_bytes": None})
+                        counts["quarantined"] += 1
+                    continue
+                found = sorted(by_prompt.get(p.prompt_id, []), key=lambda c: c.sample_idx)
+                if not found:
+                    raise ValueError(f"prompt {p.prompt_id} has no candidates in {candidates.root}; run the "
+                                     "sampling stage first")
+                try:
+                    items.append(PromptCandidates(p, found, load_image(p)))
+                except BadInput as exc:
+                    if quarantine:
+                        writer.quarantine(p.prompt_id, str(exc), p.to_row() | {"image_bytes": None})
+                        counts["quarantined"] += 1
+            if items and any(it.prompt.prompt_id in missing for it in items):
+                for item, result in zip(items, score_prompts(items, policy, reference, cfg, sampler)):
+                    if item.prompt.prompt_id not in missing:
+                        continue
+                    if isinstance(result, BonRow):
+                        writer.add(result)
+                        counts["done"] += 1
+                    else:
+                        writer.quarantine(item.prompt.prompt_id, *result)
+                        counts["quarantined"] += 1
+            bar.advance(len(batch), status=f"{counts['done']} prompts scored")
+    return counts
+
+
+# -- end to end ----------------------------------------------------------------------------------------------------
+
+
+def bon_stores(out: Path, shard_size: int = 1000) -> dict[str, ShardedStore]:
+    out = Path(out)
+    return {
+        "prompts": ShardedStore(out / "prompts", Prompt, shard_size),
+        "candidates": ShardedStore(out / "candidates", Candidate, shard_size),
+        "bon": ShardedStore(out / "bon", BonRow, shard_size, stage=STAGE),
+    }
+
+
+def sample_config(cfg: BonConfig) -> SampleConfig:
+    """The sampling stage's settings: the sampler (default: the policy) and the decoding setting."""
+    return SampleConfig(policy=cfg.sampler if cfg.sampler.path else cfg.policy, n=cfg.n,
+                        temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                        prompts_per_batch=cfg.prompts_per_batch, seed=cfg.seed)
+
+
+def _settings(cfg: BonConfig) -> dict[str, Any]:
+    """What the stored results depend on: the config without devices and shard size."""
+    data = cfg.model_dump(mode="json")
+    for role in ("policy", "reference", "sampler"):
+        data[role].pop("device")
+    data.pop("shard_size")
+    return data
+
+
+def _check_resume(store: ShardedStore[BonRow], cfg: BonConfig) -> None:
+    """A rerun into a folder made with other settings would mix two runs' answers: refuse it."""
+    if not store.config_path.exists():
+        return
+    before, now = store.read_config(), _settings(cfg)
+    changed = sorted(k for k in now.keys() | before.keys() if before.get(k) != now.get(k))
+    if changed:
+        raise ValueError(f"{store.root.parent} was made with other settings ({', '.join(changed)} differ); rerun with "
+                         f"the same settings to resume, or use a new --out")
+
+
+def _unfinished(prompts: ShardedStore[Prompt], done: set[str], first_key: Callable[[str], str]) -> int:
+    return sum(1 for p in prompts.read() if p.prompt_id not in done and first_key(p.prompt_id) not in done)
+
+
+def best_of_n(out: Path, cfg: BonConfig, prompts: Path | None = None) -> dict[str, Any]:
+    """Ingest the prompts (once), sample N answers per prompt, score them, keep the best; resumable at every stage.
+    Writes OUT/best.jsonl, OUT/best.parquet and OUT/summary.json; returns the summary."""
+    from rlaifv.collect import load_engine
+    from rlaifv.feedback.prompts import ingest_prompts, load_image
+    from rlaifv.feedback.sample import run_sample
+
+    for role in ("policy", "reference"):
+        if not getattr(cfg, role).path:
+            raise ValueError(f"best-of-N needs a {role} model: set --{role} (or {role}.path in the config)")
+    out = Path(out)
+    s = bon_stores(out, cfg.shard_size)
+    _check_resume(s["bon"], cfg)
+    if prompts is not None:
+        ingest_prompts(Path(prompts), s["prompts"])
+    elif not s["prompts"].shard_paths():
+        raise ValueError(f"no prompts stored in {out} yet: pass --prompts the first time")
+    s["bon"].write_config(_settings(cfg))
+    scfg = sample_config(cfg)
+    engine = None
+    if _unfinished(s["prompts"], s["candidates"].done_keys(), lambda pid: f"{pid}/0"):
+        engine = load_engine(scfg.policy, None, "sampler")
+        log(f"sampling {cfg.n} answers per prompt with {engine.path}")
+        run_sample(s["prompts"], s["candidates"], scfg, engine, load_image)
+    counts = {"done": 0, "skipped": len(s["bon"].done_keys()), "quarantined": 0}
+    if _unfinished(s["prompts"], s["bon"].done_keys(), lambda pid: pid):
+        if engine is not None and scfg.policy == cfg.policy:  # the sampler is the policy: keep it loaded
+            policy = Scorer.from_model(engine.model, engine.processor, cfg.policy.path, cfg.max_length)
+        else:
+            del engine
+            policy = Scorer.load(cfg.policy, cfg.max_length)
+        engine = None
+        reference = Scorer.load(cfg.reference, cfg.max_length)
+        counts = run_bon(s["prompts"], s["candidates"], s["bon"], cfg, policy, reference, load_image,
+                         sampler=scfg.policy.path)
+    export_best(s["bon"], s["prompts"], out / "best.jsonl", out / "best.parquet")
+    summary = summarize(out, s["bon"], s["prompts"]) | {"this_run": counts}
+    write_json(out / "summary.json", summary)
+    return summary
+
+
+# -- outputs -------------------------------------------------------------------------------------------------------
+
+BEST_SCHEMA = pa.schema([("id", pa.string()), ("question", pa.string()), ("image", pa.string()),
+                         ("response", pa.string()), ("sample_idx", pa.int64()), ("reward", pa.float64()),
+                         ("n_tokens", pa.int64()), ("meta", pa.string())])
+
+
+def best_rows(bon: ShardedStore[BonRow], prompts: ShardedStore[Prompt] | None = None) -> list[dict[str, Any]]:
+    """The chosen answer of every scored prompt, in store order: id, question, image, response, sample_idx, reward,
+    n_tokens, plus the prompt's meta (e.g. an image_id column of the prompts file, which `rlaifv eval chair` reads)."""
+    metas = {p.prompt_id: p.meta for p in prompts.read()} if prompts is not None else {}
+    rows = []
+    for r in bon.read():
+        row = {"id": r.prompt_id, "question": r.question, "image": r.image, "response": r.chosen_text,
+               "sample_idx": r.chosen_idx, "reward": r.chosen_reward, "n_tokens": r.n_tokens[r.chosen_idx]}
+        rows.append({**metas.get(r.prompt_id, {}), **row})
+    return rows
+
+
+def export_best(bon: ShardedStore[BonRow], prompts: ShardedStore[Prompt] | None, jsonl: Path | None,
+                parquet: Path | None = None) -> int:
+    """Write the chosen answers as JSONL and/or Parquet (rebuilt whole, atomically); returns how many."""
+    rows = best_rows(bon, prompts)
+    keys = {f.name for f in BEST_SCHEMA}
+    if jsonl is not None:
+        text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True, default=str) + "\n" for r in rows)
+        atomic_write(Path(jsonl), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    if parquet is not None:
+        flat = [{k: r[k] for k in keys - {"meta"}} | {"meta": json.dumps({k: v for k, v in r.items() if k not in keys},
+                                                                          sort_keys=True, default=str)} for r in rows]
+        table = pa.Table.from_pylist(flat, schema=BEST_SCHEMA)
+        atomic_write(Path(parquet), lambda tmp: pq.write_table(table, tmp))
+    return len(rows)
+
+
+def summarize(out: Path, bon: ShardedStore[BonRow], prompts: ShardedStore[Prompt]) -> dict[str, Any]:
+    """Counts over the whole store (not just this run): prompts scored and quarantined, candidates set aside by
+    reason, mean chosen and mean candidate reward and length, and how often each sample index won."""
+    rows = bon.read_all()
+    quarantined = bon.read_quarantine()
+    set_aside = Counter(r.split(":")[0] for row in rows for r in row.reasons if r)
+    scored = [x for row in rows for x in row.rewards if x is not None]
+    chosen_tokens = [row.n_tokens[row.chosen_idx] for row in rows]
+    all_tokens = [t for row in rows for t, reason in zip(row.n_tokens, row.reasons) if not reason]
+
+    def mean(xs: list[float]) -> float | None:
+        return sum(xs) / len(xs) if xs else None
+
+    return {
+        "out": str(out), "best": str(Path(out) / "best.jsonl"), "prompts": len(prompts), "scored": len(rows),
+        "quarantined": len(quarantined),
+        "quarantine_reasons": dict(Counter(q.reason.split(":")[0] for q in quarantined)),
+        "candidates_set_aside": dict(set_aside),
+        "reward": rows[0].reward_kind if rows else None,
+        "mean_chosen_reward": mean([row.chosen_reward for row in rows]), "mean_candidate_reward": mean(scored),
+        "mean_chosen_tokens": mean(chosen_tokens), "mean_candidate_tokens": mean(all_tokens),
+        "chosen_index_counts": {str(k): v for k, v in sorted(Counter(row.chosen_idx for row in rows).items())},
+    }

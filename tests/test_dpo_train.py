@@ -49,8 +49,10 @@ def _assert_same_curve(rows: list[dict], want: list[dict], atol: float, names=CO
     assert [r["step"] for r in rows] == [r["step"] for r in want]
     for got, expected in zip(rows, want):
         for name in names:
-            # relative 1e-6 too: summed log-probs are ~-200, where fp32 resolves ~1e-5
-            assert got[name] == pytest.approx(expected[name], rel=1e-6, abs=atol), (got["step"], name)
+            # relative 1e-6 too: summed log-probs are ~-200, where fp32 resolves ~1e-5. The gradient norm sums the
+            # squares of every gradient, whose float order varies between runs by a few 1e-6 (seen: 2.2e-6)
+            rel = 1e-5 if name == "grad_norm" else 1e-6
+            assert got[name] == pytest.approx(expected[name], rel=rel, abs=atol), (got["step"], name)
 
 
 def _weights(folder: str | Path) -> dict[str, torch.Tensor]:

@@ -392,7 +392,9 @@ class DPOTrainer:
         tmp, final = root / f".checkpoint-{step}.tmp", root / f"checkpoint-{step}"
         if self.main:
             shutil.rmtree(tmp, ignore_errors=True)
-            root.mkdir(parents=True, exist_ok=True)
+            # made before the barrier: every rank writes its RNG state into it, and accelerate creates it on the
+            # main process only, so another rank could otherwise write before it exists
+            (tmp / "state").mkdir(parents=True)
         self.acc.wait_for_everyone()
         self.acc.save_state(str(tmp / "state"))
         self._export_model(tmp)

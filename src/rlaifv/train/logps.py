@@ -68,14 +68,17 @@ class _TokenLogps(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         logits, rows, cols, targets, lse = ctx.saved_tensors
-        grad_logits = torch.zeros_like(logits)
+        grad_logits = torch.zeros(logits.shape, dtype=logits.dtype, device=logits.device)  # (R, C, V)
+        flat = grad_logits.view(-1, logits.shape[-1])  # (R * C, V)
         step = ctx.step
         for lo in range(0, targets.shape[0], step):
             r, c, g = rows[lo : lo + step], cols[lo : lo + step], grad[lo : lo + step, None]  # g (n, 1)
             x = logits[r, c].float()  # (n, V)
             dx = x.sub_(lse[lo : lo + step, None]).exp_().mul_(-g)  # -softmax * g
             dx.scatter_add_(-1, targets[lo : lo + step, None], g)  # + g at the target
-            grad_logits.index_put_((r, c), dx.to(logits.dtype), accumulate=True)  # a position may predict twice
+            # a position may predict twice (the prefix's last token starts every response); index_add_ sums the
+            # duplicates in a fixed order, where index_put_(accumulate=True) on a CPU does not
+            flat.index_add_(0, r * logits.shape[1] + c, dx.to(logits.dtype))
         return grad_logits, None, None, None
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -89,6 +90,8 @@ def test_batch_1_with_accumulation_4_equals_batch_4(baseline, world_pairs, micro
 
 KILLED_RUN = """
 import json, os, signal, sys
+import torch
+torch.set_num_threads(int(os.environ["RLAIFV_TEST_THREADS"]))  # the parent's: the same float order as its runs
 from rlaifv.config import DPOConfig
 from rlaifv.train.dpo import train_dpo
 
@@ -104,7 +107,8 @@ train_dpo(pairs, policy, out, DPOConfig.model_validate_json(cfg), callback=die)
 def test_run_killed_by_sigkill_resumes_onto_the_same_loss_curve(baseline, world_pairs, micro_world, tmp_path):
     out, cfg = tmp_path / "killed", DPOConfig(**BASE)
     child = subprocess.run([sys.executable, "-c", KILLED_RUN, str(world_pairs), str(micro_world.policy), str(out),
-                            cfg.model_dump_json()], capture_output=True, text=True, timeout=300)
+                            cfg.model_dump_json()], capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "RLAIFV_TEST_THREADS": str(torch.get_num_threads())})
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
     assert [r["step"] for r in read_metrics(out / "metrics.csv")] == [1, 2, 3, 4, 5]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-3"]

@@ -166,7 +166,7 @@ class Scorer:
         responses, reasons = [], []
         for text in texts:
             full = encoder.texts(PreferenceExample("", prompt, text, text))[1]
-            ids = encoder._response_ids(raw_prompt, prompt_text, full)  # train.encode's tokenization of a response
+            ids = encoder.response_ids(raw_prompt, prompt_text, full)
             responses.append(ids)
             if not text.strip() or not ids:
                 reasons.append(EMPTY)

@@ -68,8 +68,8 @@ class PairEncoder:
             raise BadInput(f"processor rejected the prompt: {exc}") from None
         prompt_ids = enc["input_ids"][0].tolist()
         raw_prompt = self.tokenizer(prompt_text)["input_ids"]
-        chosen = self._response_ids(raw_prompt, prompt_text, chosen_text)
-        rejected = self._response_ids(raw_prompt, prompt_text, rejected_text)
+        chosen = self.response_ids(raw_prompt, prompt_text, chosen_text)
+        rejected = self.response_ids(raw_prompt, prompt_text, rejected_text)
         for name, ids in (("chosen", chosen), ("rejected", rejected)):
             if not ids:
                 raise BadInput(f"empty response: {name} has no tokens")
@@ -80,7 +80,7 @@ class PairEncoder:
         vision = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
         return EncodedPair(example.key, prompt_ids, chosen, rejected, vision)
 
-    def _response_ids(self, raw_prompt: list[int], prompt_text: str, full_text: str) -> list[int]:
+    def response_ids(self, raw_prompt: list[int], prompt_text: str, full_text: str) -> list[int]:
         """Ids of the full text after the prompt's; the response alone when the tokenizer merges across the seam."""
         full = self.tokenizer(full_text)["input_ids"]
         if full[: len(raw_prompt)] == raw_prompt:

@@ -42,6 +42,12 @@ def stores(out: Path, shard_size: int = 1000) -> dict[str, ShardedStore]:
 
 
 def load_engine(cfg: EngineConfig, default_path: str | Path | None, role: str):
+    """The engine a role's config names: a model loaded here (kind 'hf'; `default_path` when `path` is empty) or
+    a client of OpenAI-compatible servers (kind 'openai')."""
+    if cfg.kind == "openai":
+        from rlaifv.engines.openai_vlm import OpenAIEngine
+
+        return OpenAIEngine(cfg)
     from rlaifv.engines.hf import HFEngine
 
     path = cfg.path or default_path
@@ -50,9 +56,11 @@ def load_engine(cfg: EngineConfig, default_path: str | Path | None, role: str):
     return HFEngine(path, cfg.device, DTYPES[cfg.dtype], cfg.trust_remote_code)
 
 
-def _world_model(role: str, world: WorldConfig | None) -> Path | None:
+def _world_model(role: str, world: WorldConfig | None, cfg: EngineConfig | None = None) -> Path | None:
     """The world's model for a role ('policy', 'labeler', 'splitter') that the config leaves empty; bootstrapped
-    (or taken from the cache) only when a stage asks for it."""
+    (or taken from the cache) only when a stage asks for it. None when `cfg` names a model or a server."""
+    if cfg is not None and (cfg.path or cfg.kind != "hf"):
+        return None
     from rlaifv.world.bootstrap import bootstrap
 
     return getattr(bootstrap(world or WorldConfig()), role)
@@ -71,8 +79,7 @@ def run_stage(stage: str, prompts_file: Path | None, out: Path, cfg: CollectConf
     if stage == "sample":
         from rlaifv.feedback.sample import run_sample
 
-        default = None if cfg.sample.policy.path else _world_model("policy", world)
-        engine = load_engine(cfg.sample.policy, default, "sample.policy")
+        engine = load_engine(cfg.sample.policy, _world_model("policy", world, cfg.sample.policy), "sample.policy")
         return run_sample(s["prompts"], s["candidates"], cfg.sample, engine, load_image)
     if stage == "claims":
         if cfg.judge.mode == "holistic":
@@ -85,8 +92,7 @@ def run_stage(stage: str, prompts_file: Path | None, out: Path, cfg: CollectConf
     if stage == "judge":
         from rlaifv.feedback.judge import holistic_claims, run_judge
 
-        default = None if cfg.judge.labeler.path else _world_model("labeler", world)
-        engine = load_engine(cfg.judge.labeler, default, "judge.labeler")
+        engine = load_engine(cfg.judge.labeler, _world_model("labeler", world, cfg.judge.labeler), "judge.labeler")
         if cfg.judge.mode == "holistic":
             claims = holistic_claims(s["candidates"].read_all(), cfg.claims.question_suffix)
         else:

@@ -136,12 +136,42 @@ class EvalConfig(StrictModel):
 
 
 class EngineConfig(StrictModel):
-    """Where a model runs. `path` is a folder (or hub id) that `AutoModelForImageTextToText` loads."""
+    """Where a model runs: in this process (`kind: hf`, `path` is a folder or hub id that
+    `AutoModelForImageTextToText` loads) or on OpenAI-compatible servers such as vLLM or SGLang (`kind: openai`,
+    `urls` and `model`; engines.openai_vlm). Each role (policy, labeler, ...) picks its own."""
 
-    path: str = Field("", description="model folder or hub id; empty means the stage's default (the world's model)")
-    device: str = Field("cpu", description="torch device, e.g. 'cpu', 'cuda', 'cuda:1'")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights and compute dtype")
-    trust_remote_code: bool = Field(False, description="run code shipped with the model; only for models you trust")
+    kind: Literal["hf", "openai"] = Field("hf", description="'hf': load the model here; 'openai': send requests to "
+                                                            "`urls`")
+    path: str = Field("", description="hf: model folder or hub id; empty means the stage's default (the world's "
+                                      "model)")
+    device: str = Field("cpu", description="hf: torch device, e.g. 'cpu', 'cuda', 'cuda:1'")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="hf: weights and compute dtype")
+    trust_remote_code: bool = Field(False, description="hf: run code shipped with the model; only for models you "
+                                                       "trust")
+    urls: list[str] = Field(default_factory=list, description="openai: server base URLs (http://host:8000/v1); "
+                                                              "requests spread over all of them")
+    model: str = Field("", description="openai: the model name the servers serve (vLLM: --served-model-name, or the "
+                                       "path it was started with)")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai: name of the environment variable holding the "
+                                                           "API key (unset or empty: none sent). Only the name is "
+                                                           "ever written to configs and logs")
+    concurrency: int = Field(8, ge=1, description="openai: requests in flight per URL")
+    timeout_s: float = Field(300.0, gt=0, description="openai: seconds per request before it is retried")
+    max_retries: int = Field(5, ge=0, description="openai: retries of a request after a timeout, a connection error, "
+                                                  "429 or 5xx, with exponential backoff; other 4xx answers are not "
+                                                  "retried (the record is quarantined with the server's message)")
+    top_logprobs: int = Field(20, ge=2, le=20, description="openai judging: alternatives returned for the verdict "
+                                                            "token; yes/no spellings outside them count as 0 "
+                                                            "(vLLM's default --max-logprobs is 20)")
+
+    def model_post_init(self, context: Any) -> None:
+        if self.kind == "openai" and (not self.urls or not self.model):
+            raise ValueError("an engine of kind 'openai' needs `urls` (at least one server) and `model`")
+
+    @property
+    def name(self) -> str:
+        """What stored records name as their model: the folder, or model@first-URL for a server."""
+        return f"{self.model}@{self.urls[0]}" if self.kind == "openai" else self.path
 
 
 class SampleConfig(StrictModel):
@@ -402,6 +432,10 @@ class IterateConfig(StrictModel):
         if self.eval.split != "test":
             raise ValueError(f"eval.split must be 'test' (the reported numbers); checkpoints are selected on 'val' "
                              f"scenes (val_scenes), got {self.eval.split!r}")
+        if self.collect.sample.policy.kind != "hf":
+            raise ValueError("collect.sample.policy must be of kind 'hf' in iterate: each round samples from the "
+                             "policy the previous round trained, which a server does not load by itself yet "
+                             "(the labeler may be served)")
 
 
 # ---------------------------------------------------------------- best-of-N (`rlaifv bon`)

@@ -25,6 +25,15 @@ class ChatError(RuntimeError):
     """A request the server refused (4xx), or one that still failed after every retry."""
 
 
+class ChatRefused(ChatError):
+    """A 4xx other than 408/429: this request is wrong (model name, context length, content) and retrying it cannot
+    help; other requests may still succeed."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status  # the HTTP status code
+
+
 @dataclass(frozen=True)
 class ChatSettings:
     """Where the server is and how to talk to it."""
@@ -62,8 +71,8 @@ class ChatClient:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
-    def _post(self, body: bytes) -> dict[str, Any]:
-        request = urllib.request.Request(self.settings.endpoint, data=body, headers=self._headers(), method="POST")
+    def _post(self, body: bytes, endpoint: str) -> dict[str, Any]:
+        request = urllib.request.Request(endpoint, data=body, headers=self._headers(), method="POST")
         with urllib.request.urlopen(request, timeout=self.settings.timeout_s) as response:
             return json.loads(response.read().decode("utf-8"))
 
@@ -71,23 +80,31 @@ class ChatClient:
         """The assistant's answer to one user message (optionally after a system message)."""
         s = self.settings
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        body = json.dumps(
-            {"model": s.model, "messages": messages, "temperature": s.temperature, "max_tokens": s.max_tokens}
-        ).encode("utf-8")
+        answer = self.post({"model": s.model, "messages": messages, "temperature": s.temperature,
+                            "max_tokens": s.max_tokens})
+        return _answer_text(answer, s.endpoint)
+
+    def post(self, request: dict[str, Any], endpoint: str | None = None) -> dict[str, Any]:
+        """The server's JSON answer to one request (to chat completions unless `endpoint` names another URL),
+        retried as the module note says; ChatRefused for a 4xx that retrying cannot fix, ChatError when every try
+        failed."""
+        s = self.settings
+        endpoint = endpoint or s.endpoint
+        body = json.dumps(request).encode("utf-8")
         last = ""
         for attempt in range(s.max_retries + 1):
             if attempt:
                 self._sleep(min(s.backoff_s * 2 ** (attempt - 1), s.max_backoff_s))
             try:
-                return _answer_text(self._post(body), s.endpoint)
+                return self._post(body, endpoint)
             except urllib.error.HTTPError as exc:
                 detail = exc.read().decode("utf-8", "replace")[:300]
                 if 400 <= exc.code < 500 and exc.code not in (408, 429):
-                    raise ChatError(f"{s.endpoint} refused the request: HTTP {exc.code}: {detail}") from None
+                    raise ChatRefused(f"{endpoint} refused the request: HTTP {exc.code}: {detail}", exc.code) from None
                 last = f"HTTP {exc.code}: {detail}"
             except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
                 last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
-        raise ChatError(f"{s.endpoint}: no answer after {s.max_retries + 1} tries; last error: {last}")
+        raise ChatError(f"{endpoint}: no answer after {s.max_retries + 1} tries; last error: {last}")
 
     def map(self, prompts: Sequence[tuple[Any, str]], system: str | None = None) -> Iterator[tuple[Any, str]]:
         """(key, answer) for each (key, prompt), in completion order, with at most `concurrency` in flight.

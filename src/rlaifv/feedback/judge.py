@@ -30,13 +30,14 @@ HOLISTIC_QUESTION = 'Here is a description of the image: "{response}" Is everyth
 
 
 class YesNoJudge(Protocol):
-    """What the stage needs from an engine (engines.hf.HFEngine provides it)."""
+    """What the stage needs from an engine (engines.hf.HFEngine and engines.openai_vlm.OpenAIEngine provide it):
+    (P_yes, P_no) per question, or BadInput where the engine refused that question alone (a server's 4xx)."""
 
-    def yes_no(self, images: list[Image.Image], questions: list[str]) -> list[tuple[float, float]]: ...
+    def yes_no(self, images: list[Image.Image], questions: list[str]) -> list[tuple[float, float] | BadInput]: ...
 
     def yes_no_shared(
         self, groups: list[tuple[Image.Image, list[str]]], questions_per_pack: int = 64
-    ) -> list[list[tuple[float, float]]]: ...
+    ) -> list[list[tuple[float, float] | BadInput]]: ...
 
 
 def holistic_claims(candidates: list[Candidate], suffix: str) -> list[Claim]:
@@ -91,10 +92,15 @@ def run_judge(
                 probs = [engine.yes_no([image] * len(qs), qs) for image, qs in groups]
             for (_, mine), row in zip(batch, probs):
                 verdicts = []
-                for c, (p_yes, p_no) in zip(mine, row):
+                for c, answer in zip(mine, row):
                     if c.key in writer:
                         skipped += 1
-                    elif not (math.isfinite(p_yes) and math.isfinite(p_no)):
+                        continue
+                    if isinstance(answer, BadInput):
+                        writer.quarantine(c.key, f"labeler refused the claim: {answer}", c)
+                        continue
+                    p_yes, p_no = answer
+                    if not (math.isfinite(p_yes) and math.isfinite(p_no)):
                         writer.quarantine(c.key, f"labeler returned non-finite probabilities ({p_yes}, {p_no})", c)
                     else:
                         verdicts.append(Verdict.from_probs(c.prompt_id, c.sample_idx, c.claim_idx, p_yes, p_no))

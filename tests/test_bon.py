@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -286,3 +287,40 @@ def test_the_command_writes_best_answers_and_one_json_object(aligned, micro_worl
     assert bad.exit_code == 2 and "mean, sum" in bad.output
     changed = runner.invoke(app, [*args[:-1], "--beta", "0.5"])
     assert changed.exit_code == 1 and "other settings" in changed.output
+
+
+def _row(prompt_id: str, texts: list[str], pol: list, ref: list, tokens: list[int]) -> BonRow:
+    rewards = [None if p is None else 0.1 * (p - r) / t for p, r, t in zip(pol, ref, tokens)]
+    best = choose(rewards)
+    return BonRow(prompt_id=prompt_id, question="Describe.", image="", texts=texts, policy_logps=pol, ref_logps=ref,
+                  n_tokens=tokens, rewards=rewards, reasons=["" if p is not None else EMPTY for p in pol],
+                  chosen_idx=best, chosen_text=texts[best], chosen_reward=rewards[best], reward_kind="mean", beta=0.1,
+                  sampler="s")
+
+
+def test_world_bon_table_picks_among_the_first_n_with_each_reward_form():
+    from rlaifv.eval.world_bon import bon_table, pick_first_n
+    from rlaifv.world.language import describe, true_mentions
+    from rlaifv.world.scenes import CATEGORIES, sample_scenes
+
+    scene = sample_scenes(0, "test", 1)[0]
+    absent = next(c for c in CATEGORIES if c not in scene.categories)
+    truth = describe(true_mentions(scene), np.random.default_rng(0))
+    invented = f"{truth} There is {'an' if absent[0] in 'aeiou' else 'a'} {absent}."
+    # log(pi / pi_ref) per sample: 0 invents an object (-1.5 nats over 8 tokens); 1 is the truth (-1.2 over 12);
+    # 2 is the truth cut short (-0.5 over 2: the best sum, the worst mean); 3 could not be scored.
+    row = _row(scene.scene_id, [invented, truth, truth.split(".")[0] + ".", ""],
+               [-5.5, -3.2, -1.5, None], [-4.0, -2.0, -1.0, None], [8, 12, 2, 0])
+    assert [pick_first_n(row, n, "mean") for n in (1, 2, 3, 4)] == [0, 1, 1, 1]
+    assert [pick_first_n(row, n, "sum") for n in (1, 2, 3, 4)] == [0, 1, 2, 2]
+    unscorable = _row("x", ["", "a"], [None, -1.0], [None, -1.0], [0, 1])
+    assert pick_first_n(unscorable, 1, "mean") == 0  # nothing scorable among the first 1: plain sampling's answer
+
+    table = bon_table([row], {scene.scene_id: scene}, ns=(1, 2, 4))
+    assert [(r["reward"], r["n"]) for r in table] == [("mean", 1), ("mean", 2), ("mean", 4), ("sum", 1), ("sum", 2),
+                                                       ("sum", 4)]
+    by = {(r["reward"], r["n"]): r for r in table}
+    assert by["mean", 1]["chair_s"] == 1.0 and by["mean", 4]["chair_s"] == 0.0 and by["mean", 4]["cover"] == 1.0
+    assert by["sum", 4]["mean_len"] < by["mean", 4]["mean_len"]  # the sum's short-answer bias
+    with pytest.raises(ValueError, match="best-of-8 needs 8 samples"):
+        bon_table([row], {scene.scene_id: scene}, ns=(1, 8))

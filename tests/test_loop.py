@@ -207,7 +207,8 @@ def test_demo_reports_one_row_per_round(baseline, micro_world, micro_config):
     from rlaifv.demo import run_demo
 
     out = Path(baseline["out"])
-    report = run_demo(out, 0, micro_config, EvalConfig(n_scenes=8), rounds=2, icfg=config_for(micro_world))
+    report = run_demo(out, 0, micro_config, EvalConfig(n_scenes=8), rounds=2, icfg=config_for(micro_world),
+                      bon_samples=4)
     rows = report["rounds"]
     assert [r["round"] for r in rows] == [0, 1, 2]
     assert set(rows[0]) == {"round", *ROUND_KEYS}
@@ -219,6 +220,39 @@ def test_demo_reports_one_row_per_round(baseline, micro_world, micro_config):
     assert "![CHAIRs, CHAIRi and Cover over rounds](rounds.png)" in md
     assert (out / "rounds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "report.json").read_text())["rounds"] == rows
+    _check_bon_section(report, out, micro_config)
+
+
+def _check_bon_section(report: dict, out: Path, world) -> None:
+    """Round 2's policy against round 2's reference on the test scenes: N = 1 is the first sample of each scene, the
+    largest N keeps the answer with the highest mean reward recomputed here from the stored log-probs."""
+    from rlaifv.eval.world_bon import BON_KEYS
+    from rlaifv.eval.world_metrics import description_metrics
+    from rlaifv.infer.bon import BonRow
+    from rlaifv.store import ShardedStore
+
+    assert report["bon_setup"]["policy"] == report["models"]["rounds"][1]
+    assert report["bon_setup"]["reference"] == report["models"]["rounds"][0]
+    assert [(r["reward"], r["n"]) for r in report["bon"]] == [(k, n) for k in ("mean", "sum") for n in (1, 2, 4)]
+    assert all(set(r) == set(BON_KEYS) for r in report["bon"])
+    rows = ShardedStore(out / "bon" / "bon", BonRow).read_all()
+    scenes = {s.scene_id: s for s in sample_scenes(world.seed, "test", 8, world.prior)}
+    assert sorted(r.prompt_id for r in rows) == sorted(scenes) and all(len(r.texts) == 4 for r in rows)
+
+    def metrics(pick) -> dict:
+        got = description_metrics([scenes[r.prompt_id] for r in rows], [r.texts[pick(r)] for r in rows])
+        return {k: pytest.approx(got[k]) for k in BON_KEYS[2:]}
+
+    def best_mean(r) -> int:
+        rewards = [(p - q) / t for p, q, t in zip(r.policy_logps, r.ref_logps, r.n_tokens)]
+        return max(range(4), key=lambda i: (rewards[i], -i))
+
+    by = {(r["reward"], r["n"]): r for r in report["bon"]}
+    assert {k: by["mean", 1][k] for k in BON_KEYS[2:]} == metrics(lambda r: 0)
+    assert {k: by["mean", 4][k] for k in BON_KEYS[2:]} == metrics(best_mean)
+    md = (out / "report.md").read_text()
+    assert "## Best-of-N with the final policy's own reward" in md and "| 4 | sum |" in md
+    assert (out / "bon.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_every_iterate_field_is_documented():
@@ -226,6 +260,12 @@ def test_every_iterate_field_is_documented():
         assert field.description, f"{name} has no description"
     with pytest.raises(ValueError, match="eval.split must be 'test'"):
         IterateConfig(eval=EvalConfig(split="val"))
+    served = {"kind": "openai", "urls": ["http://127.0.0.1:8000/v1"], "model": "policy"}
+    with pytest.raises(ValueError, match="kind 'hf' in iterate"):
+        IterateConfig.model_validate({"collect": {"sample": {"policy": served}}})
+    assert IterateConfig.model_validate({"collect": {"judge": {"labeler": served}}}).collect.judge.labeler.urls
+    with pytest.raises(ValueError, match="needs `urls`"):
+        IterateConfig.model_validate({"collect": {"judge": {"labeler": {"kind": "openai", "model": "labeler"}}}})
 
 
 WITHOUT_MATPLOTLIB = """

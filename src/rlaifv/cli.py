@@ -88,6 +88,9 @@ def demo(
     rounds: Optional[int] = typer.Option(None, "--rounds", min=0,
                                          help="iterative rounds after the bootstrap (default 3, what fits 10 minutes "
                                               "on a 2-core CPU; 0: evaluate the base models only)"),
+    bon_samples: Optional[int] = typer.Option(None, "--bon-samples", min=0,
+                                              help="answers per test scene for the best-of-N section, which reports "
+                                                   "N = 1, 2, 4, ... up to this (default 16; 0 skips it)"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Run RLAIF-V end to end on the built-in synthetic world (no download, no GPU): bootstrap, iterative rounds of
@@ -96,7 +99,8 @@ def demo(
     from rlaifv.demo import run_demo
 
     try:
-        extra = {} if rounds is None else {"rounds": rounds}
+        given = {"rounds": rounds, "bon_samples": bon_samples}
+        extra = {k: v for k, v in given.items() if v is not None}
         report = run_demo(workdir, seed, _world_config(preset, config, seed), EvalConfig(n_scenes=n_test), **extra)
     except ValueError as exc:
         log(f"[red]error:[/red] {exc}")
@@ -106,6 +110,8 @@ def demo(
              f"round {r['round']}: CHAIRs {r['chair_s']:.3f}, CHAIRi {r['chair_i']:.3f}, Cover {r['cover']:.3f} "
              f"({r['n_pairs']} pairs, feedback precision {_fraction(r['feedback_precision'])})"
              for r in report["rounds"]]
+    lines += [f"best-of-{r['n']} ({r['reward']} reward): CHAIRs {r['chair_s']:.3f}, Cover {r['cover']:.3f}, "
+              f"{r['mean_len']:.1f} words" for r in report.get("bon", []) if r["n"] in (1, 8)]
     lab = report["labeler"]
     lines.append(f"labeler accuracy {lab['accuracy']:.3f}, false rejections {lab['false_rejection_rate']:.4f}")
     _emit(report, as_json, "\n".join(lines))

@@ -2,8 +2,9 @@
 
 Bootstrap the world's base policy, labeler and splitter (or reuse the cache), run the iterative rounds on fresh
 world scenes (loop.iterate: collect -> DPO -> checkpoint selection on `val`), evaluate the base policy and every
-round's selected checkpoint on the held-out `test` split, evaluate the labeler, and write `report.json` /
-`report.md` (with a chart of the rounds). `rounds[0]` of the report is always the base policy; `rounds[k]` is
+round's selected checkpoint on the held-out `test` split, evaluate the labeler, run best-of-N with the final
+policy's own reward on the `test` split (eval.world_bon), and write `report.json` / `report.md` (with charts of the
+rounds and of best-of-N). `rounds[0]` of the report is always the base policy; `rounds[k]` is
 round k's checkpoint with the pairs that trained it. The rounds resume like `rlaifv iterate`: rerun the same
 command after a crash.
 """
@@ -21,6 +22,7 @@ import numpy as np
 from rlaifv.config import EvalConfig, IterateConfig, WorldConfig, dump_yaml
 from rlaifv.eval.report import FEEDBACK_KEYS, ROUND_KEYS, write_report
 from rlaifv.eval.world import evaluate_labeler, instruction_for
+from rlaifv.eval.world_bon import BON_TEMPERATURE, world_bon
 from rlaifv.loop import STATE, iterate, round_dir
 from rlaifv.progress import log
 from rlaifv.records import Generation
@@ -29,6 +31,7 @@ from rlaifv.world.bootstrap import bootstrap
 from rlaifv.world.language import describe, parse_mentions, true_mentions
 from rlaifv.world.scenes import sample_scenes
 
+DEMO_BON_SAMPLES = 16  # answers per test scene for the best-of-N section (paper Fig. 5 goes to 64)
 DEMO_ROUNDS = 3  # what fits the 10-minute cold budget on a 2-core CPU next to the ~3-minute bootstrap
 
 
@@ -54,11 +57,12 @@ def report_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run_demo(workdir: Path, seed: int = 0, world: WorldConfig | None = None, ecfg: EvalConfig | None = None,
-             rounds: int = DEMO_ROUNDS, icfg: IterateConfig | None = None) -> dict:
+             rounds: int = DEMO_ROUNDS, icfg: IterateConfig | None = None, bon_samples: int = DEMO_BON_SAMPLES) -> dict:
     """Run the demo into `workdir` and return the report (also written as report.json and report.md).
 
     `icfg` sets how a round collects, trains and selects (default: IterateConfig's world defaults); `rounds` and
-    `ecfg` (the `test` evaluation) override its fields of the same meaning.
+    `ecfg` (the `test` evaluation) override its fields of the same meaning. `bon_samples` answers per test scene feed
+    the best-of-N section (0: none; it needs at least one round, whose starting policy is the reference).
     """
     wcfg = (world or WorldConfig()).model_copy(update={"seed": seed})
     ecfg = ecfg or EvalConfig()
@@ -87,9 +91,16 @@ def run_demo(workdir: Path, seed: int = 0, world: WorldConfig | None = None, ecf
     labeler = evaluate_labeler(models.labeler, wcfg, ecfg)
     timings["evaluate labeler"] = time.perf_counter() - t
 
+    bon: dict[str, Any] = {}
+    if bon_samples and rounds:
+        t = time.perf_counter()
+        bon = _best_of_n(workdir, loop["rounds"], wcfg, ecfg, bon_samples, icfg.collect.sample.policy.device)
+        timings["best-of-N"] = time.perf_counter() - t
+
     report = {
         "seed": seed,
         "rounds": report_rounds(loop["rounds"]),
+        **bon,
         "labeler": {k: labeler[k] for k in ("accuracy", "hard_negative_accuracy", "false_rejection_rate")},
         "n_test_scenes": ecfg.n_scenes,
         "models": {"policy": str(models.policy), "labeler": str(models.labeler),
@@ -100,6 +111,20 @@ def run_demo(workdir: Path, seed: int = 0, world: WorldConfig | None = None, ecf
     json_path, md_path = write_report(workdir, report)
     log(f"report: {md_path} and {json_path}")
     return report
+
+
+def _best_of_n(workdir: Path, rows: list[dict[str, Any]], wcfg: WorldConfig, ecfg: EvalConfig, n_max: int,
+               device: str) -> dict[str, Any]:
+    """The report's `bon` rows and `bon_setup`: the final round's policy against that round's reference (the policy
+    it started from). Nothing when the final round trained nothing (policy == reference: every reward would be 0)."""
+    policy, reference = rows[-1]["policy"], rows[-2]["policy"]
+    if policy == reference:
+        log("best-of-N skipped: the final round left the policy unchanged, so its reward is 0 for every answer")
+        return {}
+    table, summary = world_bon(workdir / "bon", policy, reference, wcfg, ecfg, n_max, device)
+    return {"bon": table, "bon_setup": {"policy": policy, "reference": reference, "samples": n_max,
+                                        "temperature": BON_TEMPERATURE, "scored": summary["scored"],
+                                        "quarantined": summary["quarantined"]}}
 
 
 def _step_seconds(workdir: Path) -> dict[str, float]:

@@ -297,3 +297,45 @@ def test_collect_on_the_server_and_resume_requests_nothing(server, micro_config,
         assert run_stage(stage, None, out, cfg, micro_config)["done"] == 0
     assert requests_received(server) == before  # the reruns sent nothing
     print(f"collect on the server: {seconds:.1f} s")
+
+
+# ---------------------------------------------------------------- a served claim splitter
+
+
+def test_text_chat_answers_what_the_local_model_answers(engine, hf_labeler):
+    import torch
+
+    tok = hf_labeler.tokenizer
+    prompts = ["List the objects: a red cup and a fork.", "Is the sky green?"]
+    got = engine.chat(prompts, 12)
+    for prompt, (text, finished) in zip(prompts, got):
+        chat = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                       tokenize=False)
+        ids = tok(chat, add_special_tokens=False, return_tensors="pt")
+        with torch.no_grad():
+            new = hf_labeler.model.generate(**ids, max_new_tokens=12, do_sample=False)[0, ids["input_ids"].shape[1]:]
+        stop = new.tolist().index(tok.eos_token_id) if tok.eos_token_id in new.tolist() else len(new)
+        assert text.strip() == tok.decode(new[:stop], skip_special_tokens=True).strip()
+        assert finished == (stop < len(new))
+
+
+def test_served_splitter_reads_the_servers_answers_and_quarantines_refusals(server):
+    from rlaifv.config import ClaimsConfig
+    from rlaifv.feedback.claims import make_splitter
+    from rlaifv.feedback.split_llm import ServedSplitter
+
+    cfg = ClaimsConfig(splitter="llm", splitter_model=engine_config(server), max_new_tokens=24)
+    assert isinstance(make_splitter(cfg), ServedSplitter)
+    # The default prompts are longer than the micro model's 256 positions: short ones, as a small splitter has.
+    splitter = ServedSplitter(cfg.splitter_model, 24, statements_prompt="Claims of: {response}",
+                              questions_prompt="Questions for: {statements}")
+    items = [("Describe the image.", "There is a red cup on the left."), ("Describe the image.", ""),
+             ("Describe the image.", TOO_LONG)]
+    before = requests_received(server)
+    got = splitter.split(items)
+    assert len(got) == 3 and isinstance(got[1], BadInput) and str(got[1]) == "empty response"
+    assert isinstance(got[2], BadInput) and "HTTP 400" in str(got[2])  # refused by the server: its message
+    # The untrained micro model does not write a numbered list: the first answer is read and found unusable,
+    # or yields claims; either way the server was asked (call (a) for the two non-empty responses, at least).
+    assert isinstance(got[0], list) or "statement output" in str(got[0])
+    assert requests_received(server) - before >= 2

@@ -193,6 +193,20 @@ class OpenAIEngine:
             out.append(rows[0])
         return out
 
+    def chat(self, prompts: list[str], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+             seed: int | None = None) -> list[tuple[str, bool] | BadInput]:
+        """A text-only user turn per prompt (the server applies the model's chat template): (answer, finished) --
+        finished: it ended before `max_tokens` -- or BadInput where the server refused the prompt. Greedy at
+        temperature 0; otherwise sampled with `top_p`, each request seeded from `seed` and its index."""
+        bodies = []
+        for i, prompt in enumerate(prompts):
+            body: dict[str, Any] = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+                                    "temperature": temperature}
+            if temperature > 0:
+                body |= {"top_p": top_p} | ({} if seed is None else {"seed": prompt_seed(seed, i)})
+            bodies.append(body)
+        return [a if isinstance(a, BadInput) else _text_answer(a) for a in self._post_all(bodies)]
+
     def yes_no(self, images: list[Image.Image], questions: list[str]) -> list[tuple[float, float] | BadInput]:
         """(P_yes, P_no) of the answer's first token for each (image, question), or BadInput where refused."""
         labels = self.label_ids() if images else None
@@ -228,6 +242,14 @@ def _choices(answer: dict[str, Any] | BadInput, n: int) -> list[tuple[str, int]]
     if len(rows) != n:
         raise ChatError(f"asked for {n} choices, the server returned {len(rows)}")
     return rows
+
+
+def _text_answer(answer: dict[str, Any]) -> tuple[str, bool]:
+    try:
+        choice = answer["choices"][0]
+        return choice["message"]["content"] or "", choice.get("finish_reason") == "stop"
+    except (KeyError, IndexError, TypeError) as exc:
+        raise ChatError(f"answer without choices[0].message.content ({exc}): {json.dumps(answer)[:300]}") from None
 
 
 def _n_tokens(choice: dict[str, Any]) -> int:

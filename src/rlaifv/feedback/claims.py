@@ -26,11 +26,16 @@ class Splitter(Protocol):
 
 
 def make_splitter(cfg: ClaimsConfig, default_model: str = "") -> Splitter:
-    """The configured splitter; an `llm` splitter loads `cfg.splitter_model.path` (or `default_model`)."""
+    """The configured splitter; an `llm` splitter loads `cfg.splitter_model.path` (or `default_model`), or sends
+    its calls to the servers of a `splitter_model` of kind 'openai'."""
     if cfg.splitter == "rules":
         from rlaifv.feedback.split_rules import RuleSplitter
 
         return RuleSplitter(max_words=cfg.max_words)
+    if cfg.splitter_model.kind == "openai":
+        from rlaifv.feedback.split_llm import ServedSplitter
+
+        return ServedSplitter(cfg.splitter_model, cfg.max_new_tokens, cfg.temperature, cfg.max_words)
     from rlaifv.feedback.split_llm import LLMSplitter
 
     path = cfg.splitter_model.path or default_model

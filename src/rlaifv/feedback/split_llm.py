@@ -1,4 +1,5 @@
-"""Divide, with a language model: the paper's two-call splitter on any Hugging Face chat causal LM.
+"""Divide, with a language model: the paper's two-call splitter on any chat LLM, a Hugging Face causal LM loaded
+here (`LLMSplitter`) or one served behind OpenAI-compatible URLs (`ServedSplitter`, `splitter_model.kind: openai`).
 
 RLAIF-V (REFERENCE 2) splits a response with two LLM calls: (a) extract the self-contained factual statements of a
 question-answer pair as a list, opinions excluded; (b) rewrite those statements as general yes/no questions, one per
@@ -41,7 +42,7 @@ from rlaifv.feedback.split_rules import BULLET_RE, Claim, cut_words, sentences
 from rlaifv.records import BadInput
 
 if TYPE_CHECKING:
-    from rlaifv.config import ClaimsConfig
+    from rlaifv.config import ClaimsConfig, EngineConfig
 
 Unit = Literal["response", "sentence"]
 
@@ -173,8 +174,72 @@ class _Job:
 # ---------------------------------------------------------------- the splitter
 
 
-class LLMSplitter:
-    """The 'llm' choice of `ClaimsConfig.splitter`: two rounds of batched generation per batch of responses.
+class TwoCallSplitter:
+    """The two calls and the reading of their outputs, whatever model writes the text: a subclass supplies
+    `generate` (a local model, `LLMSplitter`; a served one, `ServedSplitter`)."""
+
+    def __init__(self, unit: Unit, statements_prompt: str | None, questions_prompt: str | None, max_new_tokens: int,
+                 max_words: int, saved: dict[str, str] | None = None) -> None:
+        saved = saved or {}
+        if max_new_tokens < 1 or max_words < 1:
+            raise ValueError("max_new_tokens and max_words must be >= 1")
+        self.unit: Unit = unit or saved.get("unit", "response")  # type: ignore[assignment]
+        if self.unit not in DEFAULT_PROMPTS:
+            raise ValueError(f"unit must be one of {tuple(DEFAULT_PROMPTS)}, got {self.unit!r}")
+        self.statements_prompt = statements_prompt or saved.get("statements_prompt", DEFAULT_PROMPTS[self.unit])
+        self.questions_prompt = questions_prompt or saved.get("questions_prompt", QUESTIONS_PROMPT)
+        self.max_new_tokens, self.max_words = max_new_tokens, max_words
+
+    def generate(self, prompts: list[str]) -> list[tuple[str, bool] | BadInput]:
+        """(text, finished) per prompt -- finished: the model ended its answer before `max_new_tokens` -- or the
+        BadInput of a prompt the model's server refused."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ the two calls
+
+    def statements_jobs(self, items: Sequence[tuple[str, str]]) -> list[_Job]:
+        """Call (a)'s units with their prompts: one per non-empty response, or one per sentence of it."""
+        jobs = []
+        for i, (instruction, response) in enumerate(items):
+            if not response or not response.strip():
+                continue
+            cut = cut_words(response, self.max_words)
+            fields = {"instruction": instruction.strip(), "response": cut.strip()}
+            if self.unit == "response":
+                jobs.append(_Job(i, None, self.statements_prompt.format(**fields)))
+                continue
+            for k, sentence in enumerate(response_sentences(cut)):
+                jobs.append(_Job(i, k, self.statements_prompt.format(**fields, sentence=sentence)))
+        return jobs
+
+    def questions_prompts(self, statements: Sequence[list[str]]) -> list[str]:
+        """Call (b)'s prompt per unit: its statements as a numbered list."""
+        return [self.questions_prompt.format(statements=numbered(s)) for s in statements]
+
+    def split(self, items: Sequence[tuple[str, str]]) -> list[list[Claim] | BadInput]:
+        """Per (instruction, response): its (statement, question) claims, or the BadInput saying why not."""
+        jobs = self.statements_jobs(items)
+        for job, answer in zip(jobs, self.generate([j.prompt for j in jobs])):
+            try:
+                job.statements = read_statements(*_answer(answer), self.max_new_tokens)
+            except BadInput as exc:
+                job.result = exc
+        asking = [j for j in jobs if j.statements is not None]
+        answers = self.generate(self.questions_prompts([j.statements for j in asking]))
+        for job, answer in zip(asking, answers):
+            try:
+                job.result = pair_claims(job.statements, *_answer(answer), self.max_new_tokens)
+            except BadInput as exc:
+                job.result = exc
+        by_item: dict[int, list[_Job]] = {}
+        for job in jobs:
+            by_item.setdefault(job.item, []).append(job)
+        return [_assemble(by_item.get(i, [])) for i in range(len(items))]
+
+
+class LLMSplitter(TwoCallSplitter):
+    """The 'llm' choice of `ClaimsConfig.splitter` on a local Hugging Face chat causal LM: two rounds of batched
+    generation per batch of responses.
 
     Greedy decoding at temperature 0 (deterministic); otherwise sampling at `temperature` with `top_p` (the paper:
     0.2 and 0.9), seeded per `split` call. Prompts are left-padded so every row's next token sits in the last column.
@@ -202,16 +267,11 @@ class LLMSplitter:
 
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
-        if max_new_tokens < 1 or max_words < 1 or batch_size < 1 or temperature < 0:
-            raise ValueError("max_new_tokens, max_words and batch_size must be >= 1 and temperature >= 0")
-        saved = load_settings(model_path)
-        self.unit: Unit = unit or saved.get("unit", "response")
-        if self.unit not in DEFAULT_PROMPTS:
-            raise ValueError(f"unit must be one of {tuple(DEFAULT_PROMPTS)}, got {self.unit!r}")
-        self.statements_prompt = statements_prompt or saved.get("statements_prompt", DEFAULT_PROMPTS[self.unit])
-        self.questions_prompt = questions_prompt or saved.get("questions_prompt", QUESTIONS_PROMPT)
-        self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
-        self.max_words, self.batch_size, self.seed = max_words, batch_size, seed
+        if batch_size < 1 or temperature < 0:
+            raise ValueError("batch_size must be >= 1 and temperature >= 0")
+        super().__init__(unit, statements_prompt, questions_prompt, max_new_tokens, max_words,
+                         load_settings(model_path))
+        self.temperature, self.top_p, self.batch_size, self.seed = temperature, top_p, batch_size, seed
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "left"
@@ -286,46 +346,28 @@ class LLMSplitter:
         decoded = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         return list(zip(decoded, finished))
 
-    # ------------------------------------------------------------ the two calls
+def _answer(answer: tuple[str, bool] | BadInput) -> tuple[str, bool]:
+    if isinstance(answer, BadInput):
+        raise answer
+    return answer
 
-    def statements_jobs(self, items: Sequence[tuple[str, str]]) -> list[_Job]:
-        """Call (a)'s units with their prompts: one per non-empty response, or one per sentence of it."""
-        jobs = []
-        for i, (instruction, response) in enumerate(items):
-            if not response or not response.strip():
-                continue
-            cut = cut_words(response, self.max_words)
-            fields = {"instruction": instruction.strip(), "response": cut.strip()}
-            if self.unit == "response":
-                jobs.append(_Job(i, None, self.statements_prompt.format(**fields)))
-                continue
-            for k, sentence in enumerate(response_sentences(cut)):
-                jobs.append(_Job(i, k, self.statements_prompt.format(**fields, sentence=sentence)))
-        return jobs
 
-    def questions_prompts(self, statements: Sequence[list[str]]) -> list[str]:
-        """Call (b)'s prompt per unit: its statements as a numbered list."""
-        return [self.questions_prompt.format(statements=numbered(s)) for s in statements]
+class ServedSplitter(TwoCallSplitter):
+    """The 'llm' splitter on a chat LLM served behind OpenAI-compatible URLs (`splitter_model.kind: openai`): every
+    prompt of a call goes out at once (engines.openai_vlm), one text-only user turn each, with the server applying
+    the model's chat template; each prompt's request is seeded from `seed` and its place in the call."""
 
-    def split(self, items: Sequence[tuple[str, str]]) -> list[list[Claim] | BadInput]:
-        """Per (instruction, response): its (statement, question) claims, or the BadInput saying why not."""
-        jobs = self.statements_jobs(items)
-        for job, (text, finished) in zip(jobs, self.generate([j.prompt for j in jobs])):
-            try:
-                job.statements = read_statements(text, finished, self.max_new_tokens)
-            except BadInput as exc:
-                job.result = exc
-        asking = [j for j in jobs if j.statements is not None]
-        answers = self.generate(self.questions_prompts([j.statements for j in asking]))
-        for job, (text, finished) in zip(asking, answers):
-            try:
-                job.result = pair_claims(job.statements, text, finished, self.max_new_tokens)
-            except BadInput as exc:
-                job.result = exc
-        by_item: dict[int, list[_Job]] = {}
-        for job in jobs:
-            by_item.setdefault(job.item, []).append(job)
-        return [_assemble(by_item.get(i, [])) for i in range(len(items))]
+    def __init__(self, engine: EngineConfig, max_new_tokens: int = 256, temperature: float = 0.0,
+                 max_words: int = 300, *, unit: Unit | None = None, statements_prompt: str | None = None,
+                 questions_prompt: str | None = None, top_p: float = 0.9, seed: int = 0) -> None:
+        from rlaifv.engines.openai_vlm import OpenAIEngine
+
+        super().__init__(unit, statements_prompt, questions_prompt, max_new_tokens, max_words)
+        self.engine = OpenAIEngine(engine)
+        self.temperature, self.top_p, self.seed = temperature, top_p, seed
+
+    def generate(self, prompts: list[str]) -> list[tuple[str, bool] | BadInput]:
+        return self.engine.chat(prompts, self.max_new_tokens, self.temperature, self.top_p, self.seed)
 
 
 def _assemble(jobs: list[_Job]) -> list[Claim] | BadInput:

@@ -140,3 +140,24 @@ def test_questions_are_balanced_and_answers_exact(seed):
         if q.kind in ("color", "size", "position"):
             assert obj is not None  # attribute questions are asked of present objects
     assert any(q.hard for _, q in qs) and all(not q.answer for _, q in qs if q.hard)
+
+
+@pytest.mark.parametrize("placement", ["end", "after_source"])
+def test_an_added_partner_goes_where_the_noise_config_says(placement):
+    rng = np.random.default_rng(0)
+    noise = CaptionNoise(typical_color_prob=0.0, omission_prob=0.0, partner_hallucination_prob=1.0,
+                         partner_placement=placement)
+    checked = 0
+    for scene in sample_scenes(0, "train", 400):
+        said = [m.category for m in parse_mentions(noisy_caption(scene, rng, noise))]
+        real = [o.category for o in scene.objects]
+        added = [i for i, c in enumerate(said) if c not in scene.categories]
+        if len(added) != 1 or len(set(real)) != len(real):
+            continue
+        i = added[0]
+        if placement == "end":
+            assert i == len(said) - 1
+        else:
+            assert said[i - 1] == PARTNER[said[i]]  # right after the object that suggested it
+        checked += i < len(said) - 1
+    assert checked > 20 if placement == "after_source" else checked == 0

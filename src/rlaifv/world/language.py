@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -76,6 +77,10 @@ class CaptionNoise(BaseModel):
     omission_prob: float = Field(0.04, ge=0, le=1, description="chance to forget a real object")
     size_mention_prob: float = Field(0.6, ge=0, le=1, description="chance that a sentence states the size")
     position_mention_prob: float = Field(0.85, ge=0, le=1, description="chance that a sentence states the position")
+    partner_placement: Literal["end", "after_source"] = Field(
+        "end", description="where an added partner goes: after all real objects, or right after the object that "
+                           "suggested it (then leaving it out does not mean ending the caption sooner)"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +152,12 @@ def noisy_caption(scene: Scene, rng: np.random.Generator, noise: CaptionNoise = 
         color = TYPICAL_COLOR[partner] if rng.random() < 0.5 else list(COLORS)[int(rng.integers(len(COLORS)))]
         size = SIZES[int(rng.integers(len(SIZES)))]
         cell = free_cells.pop(int(rng.integers(len(free_cells))))
-        mentions.append(_with_optional_attrs(partner, color, size, cell, rng, noise))
+        added = _with_optional_attrs(partner, color, size, cell, rng, noise)
+        source = next((i for i, m in enumerate(mentions) if m.category == obj.category), None)
+        if noise.partner_placement == "after_source" and source is not None:
+            mentions.insert(source + 1, added)
+        else:
+            mentions.append(added)
     return describe(mentions, rng)
 
 

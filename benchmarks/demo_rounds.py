@@ -1,9 +1,9 @@
-"""A cold `rlaifv demo --rounds K`, timed end to end, with every round's numbers against the issue's goals.
+"""A cold `rlaifv demo --rounds K`, timed end to end, with every round's numbers against the project's goals.
 
     python benchmarks/demo_rounds.py                       # seed 0, the demo's default rounds
     python benchmarks/demo_rounds.py --seeds 0 1 2 --rounds 3
 
-Also prints the best-of-N table of the report (issue goals: best-of-8 with the mean reward below best-of-1 on
+Also prints the best-of-N table of the report (goals: best-of-8 with the mean reward below best-of-1 on
 CHAIRs, and no shorter; the sum reward's answers shorter).
 
 Each seed runs the command as a user would (a fresh process, a fresh empty cache, a fresh work folder), so the time

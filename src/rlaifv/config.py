@@ -406,7 +406,7 @@ class IterateConfig(StrictModel):
                                                    "select_on 'world'")
     cover_tolerance: float = Field(0.03, ge=0, le=1, description="Cover may fall this much (absolute) below the "
                                                                  "starting policy's on `val` before a checkpoint is "
-                                                                 "penalised (the issue's goal: at most 0.03)")
+                                                                 "penalised (the project's goal: at most 0.03)")
     cover_penalty: float = Field(100.0, ge=0, description="CHAIRs added per unit of Cover below the tolerance. The "
                                                           "default makes the tolerance all but a hard limit: DPO on "
                                                           "the world's pairs also teaches the policy to stop "

@@ -184,6 +184,9 @@ def test_sampling_returns_n_seeded_choices(engine, micro_config):
     assert engine.sample(images, questions, 4, setting, seed=12) != first
     texts = [t for rows in first for t, _ in rows]
     assert len(set(texts)) > 3  # n choices are n different samples, not one repeated
+    # vLLM seeds choice j of a request seeded s with s + j: the requests' seed ranges must not overlap
+    streams = [prompt_seed(11, i, 4) + j for i in range(3) for j in range(4)]
+    assert len(set(streams)) == 12
     assert all(0 < n <= 30 for rows in first for _, n in rows)
 
 
@@ -200,7 +203,7 @@ def test_token_counts_are_tokens_before_eos_as_the_hf_engine_counts(server, engi
     for i, (image, question) in enumerate(zip(images, questions)):
         answer = client.post({"model": server.model, "messages": user_message(image_url(image), question), "n": 3,
                               "max_tokens": 30, "logprobs": True, "temperature": 1.0, "top_p": 1.0, "top_k": -1,
-                              "seed": prompt_seed(5, i), "return_tokens_as_token_ids": True})
+                              "seed": prompt_seed(5, i, 3), "return_tokens_as_token_ids": True})
         for choice, (text, n_tokens) in zip(sorted(answer["choices"], key=lambda c: c["index"]), samples[i]):
             ids = [int(t["token"].removeprefix("token_id:")) for t in choice["logprobs"]["content"]]
             before_eos = ids[: ids.index(tok.eos_token_id)] if tok.eos_token_id in ids else ids

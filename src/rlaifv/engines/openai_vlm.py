@@ -61,11 +61,14 @@ def user_message(url: str, question: str) -> list[dict[str, Any]]:
                                          {"type": "text", "text": question}]}]
 
 
-def prompt_seed(batch_seed: int | None, index: int) -> int | None:
-    """A request's seed: the stage's batch seed and the prompt's place in the batch, within vLLM's int64 range."""
+def prompt_seed(batch_seed: int | None, index: int, n: int = 1) -> int | None:
+    """The seed of the batch's `index`-th request of `n` choices, within vLLM's int64 range.
+
+    vLLM seeds choice j of a request seeded s with s + j, so requests are spaced n apart: with a spacing of 1,
+    prompt i's choice j and prompt i+1's choice j-1 would draw from one random stream."""
     if batch_seed is None:
         return None
-    return (batch_seed * 1_000_003 + index) % (2**63 - 1)
+    return (batch_seed * 1_000_003 + index * n) % (2**63 - 1)
 
 
 def verdict_probs(top: Sequence[dict[str, Any]]) -> tuple[float, float]:
@@ -176,7 +179,7 @@ class OpenAIEngine:
                     "max_tokens": sampling.max_new_tokens, "logprobs": True}
             if sampling.do_sample:
                 body |= {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": -1}
-                if (s := prompt_seed(seed, i)) is not None:
+                if (s := prompt_seed(seed, i, n)) is not None:
                     body["seed"] = s
             else:
                 body |= {"temperature": 0.0}

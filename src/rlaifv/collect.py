@@ -86,9 +86,9 @@ def run_stage(stage: str, prompts_file: Path | None, out: Path, cfg: CollectConf
             return {"done": 0, "skipped": 0, "note": "holistic mode judges whole responses; no claims"}
         from rlaifv.feedback.claims import make_splitter, run_claims
 
-        world_splitter = _world_model("splitter", world, cfg.claims.splitter_model) if cfg.claims.splitter == "llm" \
-            else None
-        splitter = make_splitter(cfg.claims, str(world_splitter or ""))
+        llm = cfg.claims.splitter == "llm"
+        default = _world_model("splitter", world, cfg.claims.splitter_model) if llm else None
+        splitter = make_splitter(cfg.claims, str(default or ""))
         return run_claims(s["prompts"], s["candidates"], s["claims"], cfg.claims, splitter)
     if stage == "judge":
         from rlaifv.feedback.judge import holistic_claims, run_judge

@@ -82,7 +82,7 @@ class ChatClient:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         answer = self.post({"model": s.model, "messages": messages, "temperature": s.temperature,
                             "max_tokens": s.max_tokens})
-        return _answer_text(answer, s.endpoint)
+        return answer_text(answer, s.endpoint)
 
     def post(self, request: dict[str, Any], endpoint: str | None = None) -> dict[str, Any]:
         """The server's JSON answer to one request (to chat completions unless `endpoint` names another URL),
@@ -135,7 +135,8 @@ class ChatClient:
                     future.cancel()
 
 
-def _answer_text(payload: dict[str, Any], endpoint: str) -> str:
+def answer_text(payload: dict[str, Any], endpoint: str) -> str:
+    """The first choice's message text ("" for none); ChatError naming `endpoint` when the answer has no such field."""
     try:
         content = payload["choices"][0]["message"]["content"]
     except (KeyError, IndexError, TypeError):

@@ -44,7 +44,7 @@ from PIL import Image
 
 from rlaifv.config import EngineConfig
 from rlaifv.engines.hf import NO_VARIANTS, YES_VARIANTS, Sampling
-from rlaifv.engines.openai_chat import ChatClient, ChatError, ChatRefused, ChatSettings
+from rlaifv.engines.openai_chat import ChatClient, ChatError, ChatRefused, ChatSettings, answer_text
 from rlaifv.records import BadInput
 
 
@@ -208,7 +208,8 @@ class OpenAIEngine:
             if temperature > 0:
                 body |= {"top_p": top_p} | ({} if seed is None else {"seed": prompt_seed(seed, i)})
             bodies.append(body)
-        return [a if isinstance(a, BadInput) else _text_answer(a) for a in self._post_all(bodies)]
+        return [a if isinstance(a, BadInput) else (answer_text(a, self.path), _finished(a))
+                for a in self._post_all(bodies)]
 
     def yes_no(self, images: list[Image.Image], questions: list[str]) -> list[tuple[float, float] | BadInput]:
         """(P_yes, P_no) of the answer's first token for each (image, question), or BadInput where refused."""
@@ -247,12 +248,9 @@ def _choices(answer: dict[str, Any] | BadInput, n: int) -> list[tuple[str, int]]
     return rows
 
 
-def _text_answer(answer: dict[str, Any]) -> tuple[str, bool]:
-    try:
-        choice = answer["choices"][0]
-        return choice["message"]["content"] or "", choice.get("finish_reason") == "stop"
-    except (KeyError, IndexError, TypeError) as exc:
-        raise ChatError(f"answer without choices[0].message.content ({exc}): {json.dumps(answer)[:300]}") from None
+def _finished(answer: dict[str, Any]) -> bool:
+    """Whether the first choice ended by itself rather than at `max_tokens`."""
+    return answer["choices"][0].get("finish_reason") == "stop"
 
 
 def _n_tokens(choice: dict[str, Any]) -> int:

@@ -178,8 +178,8 @@ class TwoCallSplitter:
     """The two calls and the reading of their outputs, whatever model writes the text: a subclass supplies
     `generate` (a local model, `LLMSplitter`; a served one, `ServedSplitter`)."""
 
-    def __init__(self, unit: Unit, statements_prompt: str | None, questions_prompt: str | None, max_new_tokens: int,
-                 max_words: int, saved: dict[str, str] | None = None) -> None:
+    def __init__(self, unit: Unit | None, statements_prompt: str | None, questions_prompt: str | None,
+                 max_new_tokens: int, max_words: int, saved: dict[str, str] | None = None) -> None:
         saved = saved or {}
         if max_new_tokens < 1 or max_words < 1:
             raise ValueError("max_new_tokens and max_words must be >= 1")

@@ -261,8 +261,12 @@ def test_every_iterate_field_is_documented():
     with pytest.raises(ValueError, match="eval.split must be 'test'"):
         IterateConfig(eval=EvalConfig(split="val"))
     served = {"kind": "openai", "urls": ["http://127.0.0.1:8000/v1"], "model": "policy"}
-    with pytest.raises(ValueError, match="kind 'hf' in iterate"):
-        IterateConfig.model_validate({"collect": {"sample": {"policy": served}}})
+    with pytest.raises(ValueError, match="needs `path`"):  # a served policy: where its weights are, how to serve
+        IterateConfig.model_validate({"collect": {"sample": {"policy": served}}})  # the next rounds' policies
+    with pytest.raises(ValueError, match="serve.restart_command"):
+        IterateConfig.model_validate({"collect": {"sample": {"policy": {**served, "path": "start/"}}}})
+    assert IterateConfig.model_validate({"collect": {"sample": {"policy": {**served, "path": "start/"}}},
+                                         "serve": {"restart_command": "restart {policy}"}}).serve.restart_command
     assert IterateConfig.model_validate({"collect": {"judge": {"labeler": served}}}).collect.judge.labeler.urls
     with pytest.raises(ValueError, match="needs `urls`"):
         IterateConfig.model_validate({"collect": {"judge": {"labeler": {"kind": "openai", "model": "labeler"}}}})

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlaifv.config import CollectConfig, EngineConfig, JudgeConfig
+from rlaifv.config import CollectConfig, EngineConfig, IterateConfig, JudgeConfig
 from rlaifv.engines.hf import HFEngine, Sampling
 from rlaifv.engines.openai_chat import ChatClient, ChatSettings
 from rlaifv.engines.openai_vlm import OpenAIEngine, image_url, prompt_seed, user_message
@@ -342,3 +342,253 @@ def test_served_splitter_reads_the_servers_answers_and_quarantines_refusals(serv
     # or yields claims; either way the server was asked (call (a) for the two non-empty responses, at least).
     assert isinstance(got[0], list) or "statement output" in str(got[0])
     assert requests_received(server) - before >= 2
+
+
+# ---------------------------------------------------------------- best-of-N scoring through prompt logprobs
+
+
+def test_served_answer_logps_equal_the_local_scorers(server, micro_world, micro_config, tmp_path):
+    from rlaifv.config import BonConfig
+    from rlaifv.feedback.prompts import ingest_prompts, load_image, write_world_prompts
+    from rlaifv.infer.bon import Scorer, load_scorer
+
+    source = write_world_prompts(micro_config.seed, "prompts", 2, tmp_path / "p.jsonl", micro_config.prior)
+    prompts = ShardedStore(tmp_path / "prompts", Prompt)
+    ingest_prompts(source, prompts)
+    items = [(p, load_image(p), ["There is a red cup on the left.", "", "A fork. A knife is next to it.",
+                                 "There is a red cup on the left."]) for p in prompts.read_all()]
+    items[1][2].append("A cup. " * 120)  # past the served model's context: refused, set aside
+    cfg = BonConfig()
+    served = load_scorer(engine_config(server), cfg.max_length)
+    local = load_scorer(EngineConfig(path=str(micro_world.labeler)))
+    assert isinstance(local, Scorer) and served.name == f"labeler@{server.url}"
+    got, want = served.response_logps(items, cfg), local.response_logps(items, cfg)
+    assert [len(r) for r in got] == [4, 5]
+    for got_row, want_row in zip(got, want):
+        for g, w in zip(got_row, want_row):
+            if w.reason:
+                assert g.logp is None and g.reason  # set aside on both sides (reasons may word it differently)
+                continue
+            assert g.reason == "" and g.ids == w.ids  # the same tokens, end-of-turn included
+            assert g.logp == pytest.approx(w.logp, abs=1e-4) and g.logp < 0
+    assert got[0][1].reason == "empty response" and "HTTP 400" in got[1][4].reason
+
+
+def test_best_of_n_on_the_server_scores_what_the_local_scorer_scores(server, micro_world, micro_config, tmp_path):
+    from rlaifv.config import BonConfig
+    from rlaifv.feedback.prompts import write_world_prompts
+    from rlaifv.infer.bon import BonRow, Scorer, best_of_n, bon_stores, run_bon
+
+    source = write_world_prompts(micro_config.seed, "prompts", 3, tmp_path / "p.jsonl", micro_config.prior)
+    served = {"kind": "openai", "urls": [server.url], "model": server.model}
+    cfg = BonConfig.model_validate({"policy": served, "reference": served, "n": 3, "max_new_tokens": 30,
+                                    "prompts_per_batch": 2, "reward": "sum"})
+    summary = best_of_n(tmp_path / "served", cfg, source)  # sampled and scored on the server
+    assert summary["this_run"]["done"] == 3
+    s = bon_stores(tmp_path / "served")
+    local = Scorer.load(EngineConfig(path=str(micro_world.labeler)))
+    again = ShardedStore(tmp_path / "local", BonRow)
+    run_bon(s["prompts"], s["candidates"], again, cfg, local, local)  # the same candidates, scored here
+    rows = {r.prompt_id: r for r in s["bon"].read_all()}
+    for want in again.read_all():
+        got = rows[want.prompt_id]
+        assert got.sampler == f"labeler@{server.url}" and got.reasons == want.reasons
+        assert got.n_tokens == want.n_tokens
+        assert got.policy_logps == pytest.approx(want.policy_logps, abs=1e-4)
+        assert all(r is None or abs(r) < 1e-6 for r in got.rewards)  # policy = reference
+
+
+def test_reference_logps_on_the_server_equal_the_local_pass(server, micro_world, tmp_path):
+    from test_dpo_logps import LONG, make_world_pairs
+
+    from rlaifv.config import DPOConfig
+    from rlaifv.feedback.pairs import export_trl
+    from rlaifv.records import Pair
+    from rlaifv.train.data import load_pairs
+    from rlaifv.train.reference import compute_reference_logps, reference_store
+
+    root = make_world_pairs(tmp_path, 4)
+    pairs = ShardedStore(root / "preferences" / "pairs", Pair)
+    first = pairs.read_all()[0]
+    with pairs.writer() as writer:  # longer than the model's context: the local pass and the server both refuse it
+        writer.add(Pair(first.prompt_id, first.image, first.question, LONG, "A ball.", 0.0, -1.0, 0, None, None, {}))
+    cfg = DPOConfig(precompute_ref_batch_size=2)
+    served = engine_config(server)
+    local = compute_reference_logps(root, micro_world.labeler, cfg)
+    remote = compute_reference_logps(root, served, cfg)
+    assert local["store"] != remote["store"]  # another reference, another store
+    assert (local["done"], local["quarantined"]) == (remote["done"], remote["quarantined"]) == (4, 1)
+    want = {r.pair_key: r for r in reference_store(root, micro_world.labeler, cfg).read_all()}
+    got = {r.pair_key: r for r in reference_store(root, served, cfg).read_all()}
+    assert got.keys() == want.keys()
+    for key, w in want.items():
+        g = got[key]
+        assert (g.chosen_tokens, g.rejected_tokens) == (w.chosen_tokens, w.rejected_tokens)  # the trainer checks these
+        assert g.chosen_logp == pytest.approx(w.chosen_logp, abs=1e-4)
+        assert g.rejected_logp == pytest.approx(w.rejected_logp, abs=1e-4)
+    [q] = reference_store(root, served, cfg).read_quarantine()
+    assert q.reason.startswith("chosen: refused by the server") and "HTTP 400" in q.reason
+    # the same pairs exported as TRL rows (user turn: an image placeholder, then the text) give the same numbers
+    trl = export_trl(pairs, ShardedStore(root / "prompts", Prompt), tmp_path / "trl.parquet")
+    assert compute_reference_logps(trl, served, cfg)["done"] == 4
+    by_text = {(e.chosen, e.rejected): want[e.key] for e in load_pairs(root).examples if e.key in want}
+    from_trl = {r.pair_key: r for r in reference_store(trl, served, cfg).read_all()}
+    for e in load_pairs(trl).examples:
+        if (e.chosen, e.rejected) in by_text:
+            assert from_trl[e.key].chosen_logp == pytest.approx(by_text[e.chosen, e.rejected].chosen_logp, abs=1e-4)
+
+
+# ---------------------------------------------------------------- rlaifv iterate sampling on a server
+
+RESTART_HOOK = """
+import pathlib, sys, time
+folder, policy = pathlib.Path(sys.argv[1]), sys.argv[2]
+(folder / "request.tmp").write_text(policy)
+(folder / "request.tmp").rename(folder / "request")  # the test restarts the server with these weights
+while not (folder / "ack").exists():
+    time.sleep(0.1)
+(folder / "ack").unlink()
+"""
+
+
+def test_iterate_puts_each_rounds_policy_on_the_server_before_it_samples(micro_world, micro_config, tmp_path):
+    import sys
+    import threading
+
+    from test_loop import config_for
+
+    from rlaifv.collect import stores
+    from rlaifv.loop import STATE, iterate
+
+    exports = tmp_path / "exports"
+    policy_server = VLLMServer(export_for_vllm(micro_world.policy, exports / "start"), venv=ensure_vllm_venv(),
+                               served_name="policy", seed=0, log_path=tmp_path / "policy-server.log")
+    policy_server.start()
+    hook, requests = tmp_path / "hook.py", tmp_path / "requests"
+    hook.write_text(RESTART_HOOK)
+    requests.mkdir()
+    base = config_for(micro_world).model_dump(mode="json")
+    base["collect"]["sample"]["policy"] = {"kind": "openai", "urls": [policy_server.url], "model": "policy",
+                                           "path": str(micro_world.policy), "max_retries": 1}
+    base["serve"] = {"restart_command": f"{sys.executable} {hook} {requests} {{policy}}", "ready_timeout_s": 300}
+    out, failure, restarts = tmp_path / "run", [], []
+
+    def run() -> None:
+        try:
+            iterate(out, IterateConfig.model_validate(base), world=micro_config)
+        except BaseException as exc:  # noqa: BLE001 -- handed to the test thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        # The server restarts from this thread: vLLM servers end with the thread that started them.
+        while worker.is_alive():
+            request = requests / "request"
+            if request.exists():
+                policy = request.read_text()
+                request.unlink()
+                restarts.append(policy)
+                policy_server.stop()
+                policy_server.model_dir = export_for_vllm(Path(policy), exports / f"restart-{len(restarts)}")
+                policy_server.start()
+                (requests / "ack").write_text("")
+            time.sleep(0.1)
+        worker.join()
+        assert not failure, failure
+        state = json.loads((out / STATE).read_text())["steps"]
+        rows = json.loads((out / "summary.json").read_text())["rounds"]
+        assert restarts == [rows[1]["policy"]]  # once, before round 2, with round 1's selected checkpoint
+        first, second = state["round-1/serve"], state["round-2/serve"]
+        assert (first["restarted"], second["restarted"]) == (False, True)
+        assert first["roots"] == {policy_server.url: str(exports / "start")}
+        assert second["roots"] == {policy_server.url: str(exports / "restart-1")}
+        for k in (1, 2):
+            candidates = stores(out / f"round-{k}" / "collect")["candidates"].read_all()
+            assert candidates and {c.policy for c in candidates} == {f"policy@{policy_server.url}"}
+        # a restart command that fails stops the run before the round samples, with where to look
+        base["rounds"], base["serve"]["restart_command"] = 3, "echo cannot restart; exit 3"
+        with pytest.raises(RuntimeError, match="exited with 3"):
+            iterate(out, IterateConfig.model_validate(base), world=micro_config)
+        assert "cannot restart" in (out / "round-3" / "serve.log").read_text()
+        assert "round-3/collect" not in json.loads((out / STATE).read_text())["steps"]
+    finally:
+        policy_server.stop()
+
+
+# ---------------------------------------------------------------- a server that dies mid-collection (runs last: it
+# restarts the session's server)
+
+
+def chat_requests(server) -> float:
+    """Chat completions the server has answered since it started (its metrics restart with it)."""
+    with urllib.request.urlopen(server.url.removesuffix("/v1") + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("http_requests_total{") and 'handler="/v1/chat/completions"' in line)
+
+
+def test_a_server_killed_mid_collection_loses_nothing_and_the_rerun_sends_only_the_rest(server, micro_config,
+                                                                                         tmp_path):
+    import threading
+
+    from rlaifv.collect import collect, stores
+    from rlaifv.engines.openai_chat import ChatError
+    from rlaifv.feedback.prompts import write_world_prompts
+
+    n_prompts, n, per_batch = 12, 3, 2
+    source = write_world_prompts(micro_config.seed, "prompts", n_prompts, tmp_path / "p.jsonl", micro_config.prior)
+    served = {"kind": "openai", "urls": [server.url], "model": server.model, "concurrency": 2, "max_retries": 1,
+              "timeout_s": 30}
+    cfg = CollectConfig.model_validate({
+        "sample": {"policy": served, "n": n, "max_new_tokens": 40, "prompts_per_batch": per_batch,
+                   "temperature": 1.0},
+        "judge": {"labeler": served, "packs_per_batch": 2, "mode": "holistic"},  # one verdict per response
+        "shard_size": n,  # a shard per prompt: the kill lands between shards
+    })
+    whole = collect(source, tmp_path / "uninterrupted", cfg, micro_config)
+
+    out = tmp_path / "killed"
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            collect(source, out, cfg, micro_config)
+        except BaseException as exc:  # noqa: BLE001 -- handed to the test thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    candidates = stores(out)["candidates"]
+    deadline = time.monotonic() + 120
+    while not candidates.shard_paths() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    server.kill()  # mid-sampling: the first prompts' shards are on disk, the rest is in flight or not sent
+    worker.join(timeout=120)
+    try:
+        assert not worker.is_alive()
+        assert len(failure) == 1 and isinstance(failure[0], ChatError)  # the run stops with the server's error
+        s = stores(out)
+        stored = {c.prompt_id for c in s["candidates"].read_all()}
+        assert 0 < len(stored) < n_prompts and len(s["verdicts"]) == 0
+    finally:
+        server.start()  # the same port: the run's config (and the other tests) keep their URL
+
+    ids = [p.prompt_id for p in s["prompts"].read()]
+    batches = [ids[i : i + per_batch] for i in range(0, n_prompts, per_batch)]
+    resent = sum(len(b) for b in batches if not set(b) <= stored)  # a batch with a missing prompt is asked whole
+    before = chat_requests(server)
+    again = collect(source, out, cfg, micro_config)
+    # sampling asked only the batches with missing prompts; judging asked every response once (none was judged)
+    assert chat_requests(server) - before == resent + n_prompts * n
+    assert again["stages"] == whole["stages"]
+    assert again["feedback_precision"] == whole["feedback_precision"]
+    for name in ("candidates", "verdicts"):
+        got, want = (rows_by_key(stores(folder)[name]) for folder in (out, tmp_path / "uninterrupted"))
+        assert got.keys() == want.keys() and len(got) == len(stores(out)[name]), name  # the same records, none twice
+        for key, row in got.items():
+            assert row == pytest.approx(want[key], abs=1e-6), (name, key)  # floats: the server's batching may differ
+
+
+def rows_by_key(store) -> dict[str, dict]:
+    return {r.key: {k: v for k, v in r.to_row().items() if isinstance(v, (str, int, float))} for r in store.read_all()}

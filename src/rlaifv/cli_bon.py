@@ -101,8 +101,9 @@ def register(app: typer.Typer) -> None:
         cfg = _config(config, policy=policy, reference=reference, sampler=sampler, n=n, reward=reward, beta=beta,
                       temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, device=device, dtype=dtype)
         for role in ("policy", "reference"):
-            if not getattr(cfg, role).path:
-                log(f"[red]error:[/red] --{role} is required (or {role}.path in --config)")
+            if getattr(cfg, role).kind == "hf" and not getattr(cfg, role).path:
+                log(f"[red]error:[/red] --{role} is required (or {role}.path in --config, or a served {role}: "
+                    f"{role}: {{kind: openai, urls: [...], model: NAME}})")
                 raise typer.Exit(2)
         from rlaifv.infer.bon import best_of_n
 

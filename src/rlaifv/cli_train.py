@@ -29,7 +29,13 @@ def register(app: typer.Typer) -> None:
                                            help="folder for checkpoints, metrics.csv and the final model "
                                                 "(default: output_dir of the config)"),
         reference: Optional[str] = typer.Option(None, "--reference",
-                                                help="reference model folder or hub id (default: the policy)"),
+                                                help="reference model folder or hub id (default: the policy); with "
+                                                     "--reference-url, the name the server serves it under"),
+        reference_url: Optional[list[str]] = typer.Option(
+            None, "--reference-url", help="OpenAI-compatible base URL of a vLLM server with the reference model "
+                                          "(repeatable): its log-probs come from the server's prompt logprobs"),
+        api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env",
+                                        help="name of the env variable with the reference server's API key"),
         config: Optional[Path] = typer.Option(None, "--config", exists=True, dir_okay=False,
                                               help="YAML with DPOConfig fields; the options below override it"),
         beta: Optional[float] = typer.Option(None, "--beta", help="DPO beta (default 0.1)"),
@@ -62,18 +68,25 @@ def register(app: typer.Typer) -> None:
                       per_device_train_batch_size=batch_size, gradient_accumulation_steps=grad_accum,
                       use_peft=lora, bf16=bf16, gradient_checkpointing=gradient_checkpointing, seed=seed,
                       use_cpu=True if device == "cpu" else None)
+        ref = reference
+        if reference_url:
+            from rlaifv.config import EngineConfig
+
+            if not reference:
+                raise typer.BadParameter("--reference-url needs --reference: the model name the server serves")
+            ref = EngineConfig(kind="openai", urls=reference_url, model=reference, api_key_env=api_key_env)
         try:
             if reference_only:
                 from rlaifv.train.reference import compute_reference_logps
 
-                result = compute_reference_logps(pairs, reference or policy, cfg, device=device)
+                result = compute_reference_logps(pairs, ref or policy, cfg, device=device)
                 _emit(result, as_json, f"reference log-probs: {result}")
                 return
             from accelerate import PartialState
 
             from rlaifv.train.dpo import train_dpo
 
-            summary = train_dpo(pairs, policy, out, cfg, reference)
+            summary = train_dpo(pairs, policy, out, cfg, ref)
         except ImportError as exc:
             from rlaifv.progress import log
 

@@ -377,6 +377,21 @@ def _world_dpo() -> DPOConfig:
                      report_to="none")
 
 
+class ServeConfig(StrictModel):
+    """How `rlaifv iterate` puts each round's policy on the policy servers when it samples on them
+    (`collect.sample.policy` of kind 'openai'). The servers serve the starting policy when the run begins; before
+    round k >= 2 samples, `restart_command` makes them serve round k-1's selected checkpoint, then the run waits until
+    every URL lists the model again."""
+
+    restart_command: str = Field("", description="shell command run before a round samples from a new policy; "
+                                                  "{policy} is the folder of its weights (a transformers "
+                                                  "save_pretrained folder), {model} the served name, {round} the "
+                                                  "round. It must return only once the servers no longer serve the "
+                                                  "old weights (stopped or restarted); a non-zero exit stops the run")
+    ready_timeout_s: float = Field(900.0, gt=0, description="seconds to wait, after the command, for every URL to "
+                                                            "list the model")
+
+
 class IterateConfig(StrictModel):
     """`rlaifv iterate`: K rounds of collect -> reference log-probs -> DPO -> checkpoint selection, where each round's
     selected checkpoint is the next round's policy and reference (REFERENCE 5). The defaults fit the synthetic world
@@ -387,7 +402,7 @@ class IterateConfig(StrictModel):
     and a rerun repeats them exactly."""
 
     rounds: int = Field(3, ge=0, description="rounds to run; raising it on a finished run continues with more rounds "
-                                             "(the only field a rerun may change)")
+                                             "(with `serve`, the only fields a rerun may change)")
     prompts_per_round: int = Field(768, ge=1, description="world prompts per round: round k takes the next slice of "
                                                           "the world's `prompts` split, so every round sees fresh "
                                                           "scenes. A user's prompts file is used whole every round")
@@ -427,15 +442,18 @@ class IterateConfig(StrictModel):
     dpo: DPOConfig = Field(default_factory=_world_dpo, description="DPO of every round (save_steps is set from "
                                                                    "`checkpoints`)")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="the `test` evaluation of `test_metrics`")
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="a served policy: how each round's new "
+                                                                        "policy reaches its servers")
 
     def model_post_init(self, context: Any) -> None:
         if self.eval.split != "test":
             raise ValueError(f"eval.split must be 'test' (the reported numbers); checkpoints are selected on 'val' "
                              f"scenes (val_scenes), got {self.eval.split!r}")
-        if self.collect.sample.policy.kind != "hf":
-            raise ValueError("collect.sample.policy must be of kind 'hf' in iterate: each round samples from the "
-                             "policy the previous round trained, which a server does not load by itself yet "
-                             "(the labeler may be served)")
+        policy = self.collect.sample.policy
+        if policy.kind == "openai" and not (policy.path and self.serve.restart_command):
+            raise ValueError("a served collect.sample.policy needs `path` (the local folder of the weights the "
+                             "servers serve at the start: round 1 trains from it) and serve.restart_command (how "
+                             "the next rounds' policies reach the servers)")
 
 
 # ---------------------------------------------------------------- best-of-N (`rlaifv bon`)

@@ -6,6 +6,7 @@ choosing P_{k+1} among its DPO checkpoints. Everything it reads and writes stays
     prompts.parquet   the k-th slice of the world's `prompts` split (fresh scenes every round; a user's file is used
                       whole every round instead)
     config.yaml       the round's policy, reference, selection mode and collect config
+    serve.log         output of serve.restart_command (a served policy, rounds >= 2)
     collect/          collect() with P_k: candidates, claims, verdicts, pairs, summary.json
     split.json        which pairs train and which are held out (whole prompts; select_on 'reward' only)
     reference/        P_k's log-probs of every pair (train.compute_reference_logps) and quarantined pairs
@@ -13,6 +14,11 @@ choosing P_{k+1} among its DPO checkpoints. Everything it reads and writes stays
     select/           each checkpoint's selection metrics (checkpoint-N.json) and selection.json
     eval/             the chosen checkpoint's greedy descriptions of the world's `test` scenes (test_metrics)
     round.json        the round's row: test metrics, pairs that trained it and their feedback precision, the choice
+
+With a served policy (collect.sample.policy of kind 'openai') the rounds sample on its servers: they serve the
+starting policy when the run begins, and before round k >= 2 samples, serve.restart_command puts round k-1's
+selected checkpoint on them (the `round-k/serve` step records what each URL then reports serving). Training,
+reference log-probs and selection run here on the local folders.
 
 OUT/round-0/ holds the starting policy's `test` evaluation and its `val` evaluation (the Cover that selection must
 keep). OUT/state.json lists every finished step with its result and is rewritten atomically after each step; a
@@ -74,8 +80,10 @@ class Loop:
     # -- state -----------------------------------------------------------------------------------------------------
 
     def _run_record(self) -> dict[str, Any]:
-        """What a rerun must match; `rounds` may change (more rounds continue a finished run)."""
-        return {"config": self.cfg.model_dump(mode="json", exclude={"rounds"}),
+        """What a rerun must match; `rounds` may change (more rounds continue a finished run), and so may `serve`
+        (how policies reach the servers changes no result: a broken restart command can be fixed and the run
+        continued)."""
+        return {"config": self.cfg.model_dump(mode="json", exclude={"rounds", "serve"}),
                 "world": self.world.model_dump(mode="json"),
                 "prompts": str(self.prompts_file) if self.prompts_file else None}
 
@@ -147,6 +155,8 @@ class Loop:
         _write_yaml(r / "config.yaml", {"round": k, "policy": policy, "reference": policy,
                                         "select_on": self.select_on, "collect": collect_cfg.model_dump(mode="json")})
         prompts = self.step(f"round-{k}/prompts", lambda: self._prompts(k, r))
+        if collect_cfg.sample.policy.kind == "openai":
+            self.step(f"round-{k}/serve", lambda: self._serve(k, r, policy))
         collected = self.step(f"round-{k}/collect", lambda: self._collect(prompts["file"], r, collect_cfg))
         split = self.step(f"round-{k}/split", lambda: self._split(k, r))
         if split["n_train"] == 0:
@@ -188,6 +198,28 @@ class Loop:
         os.replace(tmp, path)
         every.unlink()
         return {"file": str(path), "scenes": [(k - 1) * n, k * n]}
+
+    def _serve(self, k: int, r: Path, policy: str) -> dict[str, Any]:
+        """Round k's policy on the policy servers: the starting policy is there already; a later one goes there
+        through serve.restart_command. Returns what each URL reports serving (vLLM: the folder it loaded)."""
+        import shlex
+        import subprocess
+
+        from rlaifv.engines.openai_vlm import wait_until_served
+
+        served, serve = self.cfg.collect.sample.policy, self.cfg.serve
+        result: dict[str, Any] = {"policy": policy, "restarted": k > 1}
+        if k > 1:
+            command = serve.restart_command.format(policy=shlex.quote(policy), model=shlex.quote(served.model),
+                                                   round=k)
+            log(f"serving round {k}'s policy: {command}")
+            with open(r / "serve.log", "ab") as out:
+                code = subprocess.run(command, shell=True, stdout=out, stderr=subprocess.STDOUT).returncode
+            if code != 0:
+                raise RuntimeError(f"serve.restart_command exited with {code} (output in {r / 'serve.log'}); fix it "
+                                   "and rerun the same command to continue")
+        result["roots"] = wait_until_served(served, serve.ready_timeout_s)
+        return result
 
     def _collect(self, prompts_file: str, r: Path, cfg: CollectConfig) -> dict[str, Any]:
         from rlaifv.collect import collect

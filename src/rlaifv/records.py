@@ -271,6 +271,14 @@ class Generation(Record):
     n_tokens: int  # generated tokens
 
 
+class ResponseScore(NamedTuple):
+    """One answer as a model scored it (best-of-N, reference log-probs), locally or on a server."""
+
+    logp: float | None  # sum of log p(token) over the answer's tokens; None when set aside
+    ids: tuple[int, ...]  # the answer's token ids as the model reads them, end-of-turn included
+    reason: str  # "" when scored, else why the answer was set aside (empty, too long, refused by the server)
+
+
 class BadInput(ValueError):
     """A record a stage cannot process (missing image, empty response, unparsable model output, ...).
 

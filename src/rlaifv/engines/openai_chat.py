@@ -71,10 +71,16 @@ class ChatClient:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
-    def _post(self, body: bytes, endpoint: str) -> dict[str, Any]:
-        request = urllib.request.Request(endpoint, data=body, headers=self._headers(), method="POST")
+    def _post(self, body: bytes | None, endpoint: str) -> dict[str, Any]:
+        """One try; a GET when there is no body."""
+        request = urllib.request.Request(endpoint, data=body, headers=self._headers(),
+                                         method="GET" if body is None else "POST")
         with urllib.request.urlopen(request, timeout=self.settings.timeout_s) as response:
             return json.loads(response.read().decode("utf-8"))
+
+    def get_once(self, endpoint: str) -> dict[str, Any]:
+        """GET `endpoint` once, no retries (for polling): the JSON answer, or the urllib/OS error."""
+        return self._post(None, endpoint)
 
     def complete(self, prompt: str, system: str | None = None) -> str:
         """The assistant's answer to one user message (optionally after a system message)."""

@@ -36,6 +36,8 @@ import json
 import math
 import queue
 import threading
+import time
+import urllib.error
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -45,7 +47,7 @@ from PIL import Image
 from rlaifv.config import EngineConfig
 from rlaifv.engines.hf import NO_VARIANTS, YES_VARIANTS, Sampling
 from rlaifv.engines.openai_chat import ChatClient, ChatError, ChatRefused, ChatSettings, answer_text
-from rlaifv.records import BadInput
+from rlaifv.records import BadInput, ResponseScore
 
 
 def image_url(image: Image.Image) -> str:
@@ -59,6 +61,25 @@ def user_message(url: str, question: str) -> list[dict[str, Any]]:
     """One user turn: the image first, then the question (the order HFEngine's chat template uses)."""
     return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
                                          {"type": "text", "text": question}]}]
+
+
+def prompt_messages(example: Any, image: Image.Image) -> list[dict[str, Any]]:
+    """A preference pair's prompt (train.data.PreferenceExample) as OpenAI chat messages: its conversational turns
+    with the image placeholder made a data URL, or one user turn (image, question). A pair given as final text
+    (TRL's plain-text rows) is BadInput: a server applies its own chat template."""
+    if example.formatted:
+        raise BadInput("a served model needs chat turns, not a prompt already formatted as text")
+    if not example.messages:
+        return user_message(image_url(image), example.prompt.question)
+    url = image_url(image)
+    out = []
+    for turn in example.messages:
+        content = turn["content"]
+        if isinstance(content, list):
+            content = [{"type": "image_url", "image_url": {"url": url}} if part.get("type") == "image" else part
+                       for part in content]
+        out.append({**turn, "content": content})
+    return out
 
 
 def prompt_seed(batch_seed: int | None, index: int, n: int = 1) -> int | None:
@@ -92,6 +113,33 @@ def server_root(url: str) -> str:
     """'http://host:8000' from a base URL ('.../v1') or a full '.../v1/chat/completions' endpoint."""
     url = url.rstrip("/").removesuffix("/chat/completions").rstrip("/")
     return url.removesuffix("/v1")
+
+
+def wait_until_served(cfg: EngineConfig, timeout_s: float,
+                      sleep: Callable[[float], None] = time.sleep) -> dict[str, str | None]:
+    """Block until every URL's `GET /models` lists `cfg.model`; per URL the model's `root` (vLLM: the folder it
+    loaded). RuntimeError after `timeout_s` naming the URLs that are not ready."""
+    clients = {url: ChatClient(ChatSettings(url=url, model=cfg.model, api_key_env=cfg.api_key_env, timeout_s=10))
+               for url in cfg.urls}
+    roots: dict[str, str | None] = {}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for url, client in clients.items():
+            if url in roots:
+                continue
+            try:
+                listed = client.get_once(url.rstrip("/").removesuffix("/chat/completions") + "/models")
+            except (urllib.error.URLError, OSError, ValueError):
+                continue
+            for entry in listed.get("data") or []:
+                if entry.get("id") == cfg.model:
+                    roots[url] = entry.get("root")
+        if len(roots) == len(clients):
+            return roots
+        if time.monotonic() > deadline:
+            waiting = ", ".join(u for u in clients if u not in roots)
+            raise RuntimeError(f"{cfg.model} is not served at {waiting} after {timeout_s:.0f} s")
+        sleep(1.0)
 
 
 class OpenAIEngine:
@@ -234,6 +282,47 @@ class OpenAIEngine:
             k += len(qs)
         return out
 
+    def response_logps(self, items: list[tuple[list[dict[str, Any]], list[str]]],
+                       limit: int | None = None) -> list[list[ResponseScore]]:
+        """Per (prompt messages, answers): each answer's summed log-prob under the served model, read from vLLM's
+        prompt logprobs (`prompt_logprobs`, `return_token_ids`) of the conversation that ends with it.
+
+        The answer's tokens are those after the prompt's: one request renders the user turn with the generation
+        prompt (the prefix ids), one per answer renders user + assistant turns as the chat template closes them
+        (end-of-turn included: the tokens train.encode and the local scorer count), so the numbers are the local
+        scorer's. Each answer is a full prefill on the server: vLLM does not read its prefix cache for a request
+        that asks for prompt logprobs. An empty answer, one whose prompt + answer exceeds `limit` tokens, or one
+        the server refuses is set aside with the reason; a refused prompt sets aside all its answers."""
+        bodies, plan = [], []  # plan: per item, (index of its prefix request, per answer its request index or None)
+        for turn, texts in items:
+            first = len(bodies)
+            bodies.append({"messages": turn, "max_tokens": 1, "temperature": 0.0, "return_token_ids": True})
+            where = []
+            for text in texts:
+                if not text.strip():
+                    where.append(None)
+                    continue
+                where.append(len(bodies))
+                bodies.append({"messages": [*turn, {"role": "assistant", "content": text}],
+                               "add_generation_prompt": False, "max_tokens": 1, "temperature": 0.0,
+                               "prompt_logprobs": 0, "return_token_ids": True})
+            plan.append((first, where))
+        answers = self._post_all(bodies)
+        out = []
+        for first, where in plan:
+            prefix = answers[first]
+            row = []
+            for at in where:
+                if at is None:
+                    row.append(ResponseScore(None, (), "empty response"))
+                elif isinstance(prefix, BadInput) or isinstance(answers[at], BadInput):
+                    why = prefix if isinstance(prefix, BadInput) else answers[at]
+                    row.append(ResponseScore(None, (), f"refused by the server: {why}"))
+                else:
+                    row.append(_answer_logp(_prompt_ids(prefix), answers[at], limit))
+            out.append(row)
+        return out
+
 
 def _choices(answer: dict[str, Any] | BadInput, n: int) -> list[tuple[str, int]] | BadInput:
     if isinstance(answer, BadInput):
@@ -270,3 +359,32 @@ def _verdict(answer: dict[str, Any], labels: tuple[list[int], list[int]] | None)
         raise ChatError(f"answer without choices[0].logprobs.content[0].top_logprobs ({exc}); does the server "
                         f"return logprobs? {json.dumps(answer)[:300]}") from None
     return verdict_probs(top) if labels is None else verdict_probs_by_id(top, *labels)
+
+
+def _prompt_ids(answer: dict[str, Any]) -> list[int]:
+    ids = answer.get("prompt_token_ids")
+    if not ids:
+        raise ChatError("the server returned no prompt_token_ids; scoring answers needs vLLM's return_token_ids "
+                        f"and prompt_logprobs: {json.dumps(answer)[:300]}")
+    return ids
+
+
+def _answer_logp(prefix: list[int], answer: dict[str, Any], limit: int | None) -> ResponseScore:
+    """The answer's ids (the full prompt's after `prefix`) and the sum of their prompt logprobs."""
+    full = _prompt_ids(answer)
+    if full[: len(prefix)] != prefix:
+        raise ChatError("the server renders the prompt differently once an assistant turn follows it, so the "
+                        "answer's tokens cannot be told apart from the prompt's")
+    ids = tuple(full[len(prefix) :])
+    if limit is not None and len(full) > limit:
+        return ResponseScore(None, ids, f"too long: prompt {len(prefix)} + response {len(ids)} = {len(full)} "
+                                        f"tokens > {limit} (max_length)")
+    per_position = answer.get("prompt_logprobs")
+    if not per_position or len(per_position) != len(full):
+        raise ChatError(f"asked for prompt logprobs of {len(full)} tokens, the server returned "
+                        f"{len(per_position or [])}")
+    try:
+        logp = sum(per_position[i][str(t)]["logprob"] for i, t in enumerate(full) if i >= len(prefix))
+    except (KeyError, TypeError) as exc:
+        raise ChatError(f"prompt logprobs without the prompt's own token ({exc})") from None
+    return ResponseScore(logp, ids, "")

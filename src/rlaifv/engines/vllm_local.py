@@ -312,7 +312,8 @@ class VLLMServer:
     slow); a server that exits or is not ready in `start_timeout_s` raises RuntimeError with the log's tail.
     Leaving sends SIGTERM to the server's process group (vLLM runs its engine in child processes) and SIGKILL after
     `grace_s`; should the starting process die first, the server gets SIGTERM from the kernel (Linux; the thread that
-    called `start` counts as the parent).
+    called `start` counts as the parent). `kill` is a crash: SIGKILL at once. The port (`port`, else a free one
+    picked at the first start) stays the same across a stop and a new start, so clients keep their URL.
     """
 
     def __init__(
@@ -328,6 +329,7 @@ class VLLMServer:
         start_timeout_s: float = 300.0,
         grace_s: float = 20.0,
         warm_up: bool = True,
+        port: int | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.venv = Path(venv) if venv is not None else ensure_vllm_venv()
@@ -340,7 +342,7 @@ class VLLMServer:
         self.start_timeout_s = start_timeout_s
         self.grace_s = grace_s
         self.warm_up = warm_up
-        self.port: int | None = None
+        self.port = port  # fixed at the first start when None
         self.proc: subprocess.Popen | None = None
         self.startup_s: float | None = None
 
@@ -361,7 +363,7 @@ class VLLMServer:
         if self.proc is not None:
             raise RuntimeError("this server is already started")
         start = time.perf_counter()
-        self.port = free_port()
+        self.port = self.port or free_port()
         env = {**os.environ, **SERVER_ENV, **self.env}
         env.pop("VIRTUAL_ENV", None)
         env["PATH"] = f"{self.venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
@@ -424,15 +426,22 @@ class VLLMServer:
 
     def stop(self) -> None:
         """SIGTERM to the server's process group, SIGKILL after the grace period; safe to call twice."""
+        self._end(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL to the server's process group at once, as a crash would end it (requests in flight fail)."""
+        self._end(signal.SIGKILL)
+
+    def _end(self, first: signal.Signals) -> None:
         proc, self.proc = self.proc, None
         if proc is None:
             return
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, first)
         try:
             proc.wait(timeout=self.grace_s)
         except subprocess.TimeoutExpired:
-            _say(f"vLLM server (pid {proc.pid}) still running {self.grace_s:.0f} s after SIGTERM; killing it")
+            _say(f"vLLM server (pid {proc.pid}) still running {self.grace_s:.0f} s after {first.name}; killing it")
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()

@@ -33,7 +33,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Protocol, Self
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -43,7 +43,7 @@ from PIL import Image
 from rlaifv.config import BonConfig, EngineConfig, SampleConfig
 from rlaifv.infer.reward import ResponseGroup, group_logps, implicit_reward
 from rlaifv.progress import log, progress
-from rlaifv.records import BadInput, Candidate, Prompt, Record
+from rlaifv.records import BadInput, Candidate, Prompt, Record, ResponseScore
 from rlaifv.store import ShardedStore, atomic_write, write_json
 from rlaifv.train.data import PreferenceExample
 from rlaifv.train.encode import PairEncoder, context_length
@@ -119,6 +119,42 @@ def choose(rewards: Sequence[float | None]) -> int | None:
 # -- the models ------------------------------------------------------------------------------------------------------
 
 
+class ResponseScorer(Protocol):
+    """What scoring needs from a model, loaded here (Scorer) or served (ServedScorer)."""
+
+    name: str
+
+    def response_logps(self, items: list[tuple[Prompt, Image.Image, list[str]]],
+                       cfg: BonConfig) -> list[list[ResponseScore]]: ...
+
+
+def load_scorer(cfg: EngineConfig, max_length: int | None = None) -> ResponseScorer:
+    """The scorer a role's config names: a model loaded here, or a server (kind 'openai')."""
+    return ServedScorer.connect(cfg, max_length) if cfg.kind == "openai" else Scorer.load(cfg, max_length)
+
+
+@dataclass
+class ServedScorer:
+    """A model on vLLM servers; answers are scored through prompt logprobs (engines.openai_vlm.response_logps)."""
+
+    name: str
+    engine: Any  # engines.openai_vlm.OpenAIEngine
+    limit: int | None
+
+    @classmethod
+    def connect(cls, cfg: EngineConfig, max_length: int | None = None) -> ServedScorer:
+        from rlaifv.engines.openai_vlm import OpenAIEngine
+
+        return cls(cfg.name, OpenAIEngine(cfg), max_length)
+
+    def response_logps(self, items: list[tuple[Prompt, Image.Image, list[str]]],
+                       cfg: BonConfig) -> list[list[ResponseScore]]:
+        from rlaifv.engines.openai_vlm import image_url, user_message
+
+        return self.engine.response_logps([(user_message(image_url(image), p.question), texts)
+                                           for p, image, texts in items], self.limit)
+
+
 @dataclass
 class Scorer:
     """A VLM that scores candidates: the model in eval mode, its processor, the longest prompt + answer allowed."""
@@ -178,6 +214,26 @@ class Scorer:
         vision = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
         return ResponseGroup(prefix, responses, vision), reasons
 
+    def response_logps(self, items: list[tuple[Prompt, Image.Image, list[str]]],
+                       cfg: BonConfig) -> list[list[ResponseScore]]:
+        """Per prompt, per answer: its summed log-prob, ids and "" -- or why it was set aside. Each prompt's image
+        and text are encoded once per packed row of its answers (infer.reward.group_logps)."""
+        groups, plans = [], []
+        for prompt, image, texts in items:
+            group, reasons = self.encode(prompt, image, texts)
+            keep = [i for i, r in enumerate(reasons) if not r]
+            if keep:
+                groups.append(ResponseGroup(group.prefix_ids, [group.responses[i] for i in keep], group.vision))
+            plans.append((group.responses, reasons, keep))
+        sums = iter(group_logps(self.model, groups, self.pad_id, cfg.candidates_per_pack, cfg.packs_per_batch))
+        out = []
+        for responses, reasons, keep in plans:
+            logps: list[float | None] = [None] * len(responses)
+            for i, value in zip(keep, next(sums).tolist() if keep else []):
+                logps[i] = value
+            out.append([ResponseScore(lp, tuple(ids), r) for lp, ids, r in zip(logps, responses, reasons)])
+        return out
+
 
 # -- scoring -------------------------------------------------------------------------------------------------------
 
@@ -191,53 +247,38 @@ class PromptCandidates:
     image: Image.Image
 
 
-def score_prompts(items: list[PromptCandidates], policy: Scorer, reference: Scorer, cfg: BonConfig,
+def score_prompts(items: list[PromptCandidates], policy: ResponseScorer, reference: ResponseScorer, cfg: BonConfig,
                   sampler: str = "") -> list[BonRow | tuple[str, dict[str, Any]]]:
-    """A BonRow per prompt, or (reason, row) for a prompt none of whose candidates can be scored. Both models see
-    each prompt once per packed row; identical answers of a prompt are scored once."""
-    groups: dict[str, list[ResponseGroup]] = {"policy": [], "reference": []}
-    plans = []  # per item: (reasons, tokens, unique index per candidate)
-    for item in items:
-        texts = [c.text for c in item.candidates]
-        pol, reasons = policy.encode(item.prompt, item.image, texts)
-        ref, ref_reasons = reference.encode(item.prompt, item.image, texts)
-        reasons = [a or b for a, b in zip(reasons, ref_reasons)]
-        unique: dict[tuple[int, ...], int] = {}
-        where = []
-        for i, (a, b) in enumerate(zip(pol.responses, ref.responses)):
-            if reasons[i]:
-                where.append(None)
-                continue
-            if a != b:
-                raise ValueError(f"the policy ({policy.name}) and the reference ({reference.name}) tokenize answer "
-                                 f"{i} of prompt {item.prompt.prompt_id} differently; they must share a tokenizer")
-            where.append(unique.setdefault(tuple(a), len(unique)))
-        plans.append((reasons, [len(r) for r in pol.responses], where))
-        if unique:
-            responses = [list(ids) for ids in unique]
-            groups["policy"].append(ResponseGroup(pol.prefix_ids, responses, pol.vision))
-            groups["reference"].append(ResponseGroup(ref.prefix_ids, responses, ref.vision))
-    sums = {}
-    for role, scorer in (("policy", policy), ("reference", reference)):
-        sums[role] = iter(group_logps(scorer.model, groups[role], scorer.pad_id, cfg.candidates_per_pack,
-                                      cfg.packs_per_batch))
+    """A BonRow per prompt, or (reason, row) for a prompt none of whose candidates can be scored. Each model scores
+    each prompt's distinct answers once (identical answers share their numbers); a candidate either model sets
+    aside keeps the first reason and is never chosen."""
+    distinct = [list(dict.fromkeys(c.text for c in item.candidates)) for item in items]
+    scored = {role: scorer.response_logps([(item.prompt, item.image, texts) for item, texts in zip(items, distinct)],
+                                          cfg)
+              for role, scorer in (("policy", policy), ("reference", reference))}
     results: list[BonRow | tuple[str, dict[str, Any]]] = []
-    for item, (reasons, tokens, where) in zip(items, plans):
-        n = len(item.candidates)
+    for k, item in enumerate(items):
+        texts = [c.text for c in item.candidates]
+        at = {text: j for j, text in enumerate(distinct[k])}
+        n = len(texts)
         pol_l: list[float | None] = [None] * n
         ref_l: list[float | None] = [None] * n
         rewards: list[float | None] = [None] * n
-        if any(w is not None for w in where):
-            pol_u, ref_u = next(sums["policy"]).tolist(), next(sums["reference"]).tolist()
-            for i, w in enumerate(where):
-                if w is None:
-                    continue
-                if not (math.isfinite(pol_u[w]) and math.isfinite(ref_u[w])):
-                    reasons[i] = f"non-finite log-prob (policy {pol_u[w]}, reference {ref_u[w]})"
-                    continue
-                pol_l[i], ref_l[i] = pol_u[w], ref_u[w]
-                rewards[i] = rewards_of([pol_u[w]], [ref_u[w]], [tokens[i]], cfg.beta, cfg.reward)[0]
-        texts = [c.text for c in item.candidates]
+        reasons, tokens = [""] * n, [0] * n
+        for i, text in enumerate(texts):
+            pol, ref = scored["policy"][k][at[text]], scored["reference"][k][at[text]]
+            tokens[i] = len(pol.ids)
+            reasons[i] = pol.reason or ref.reason
+            if reasons[i]:
+                continue
+            if pol.ids != ref.ids:
+                raise ValueError(f"the policy ({policy.name}) and the reference ({reference.name}) tokenize answer "
+                                 f"{i} of prompt {item.prompt.prompt_id} differently; they must share a tokenizer")
+            if not (math.isfinite(pol.logp) and math.isfinite(ref.logp)):
+                reasons[i] = f"non-finite log-prob (policy {pol.logp}, reference {ref.logp})"
+                continue
+            pol_l[i], ref_l[i] = pol.logp, ref.logp
+            rewards[i] = rewards_of([pol.logp], [ref.logp], [tokens[i]], cfg.beta, cfg.reward)[0]
         best = choose(rewards)
         row = {"prompt_id": item.prompt.prompt_id, "question": item.prompt.question, "image": item.prompt.image,
                "texts": texts, "policy_logps": pol_l, "ref_logps": ref_l, "n_tokens": tokens, "rewards": rewards,
@@ -251,7 +292,7 @@ def score_prompts(items: list[PromptCandidates], policy: Scorer, reference: Scor
 
 
 def run_bon(prompts: ShardedStore[Prompt], candidates: ShardedStore[Candidate], out: ShardedStore[BonRow],
-            cfg: BonConfig, policy: Scorer, reference: Scorer,
+            cfg: BonConfig, policy: ResponseScorer, reference: ResponseScorer,
             load_image: Callable[[Prompt], Image.Image] | None = None, sampler: str = "") -> dict[str, Any]:
     """Score the candidates of every prompt not yet in `out` and store the choice; returns counts.
 
@@ -320,7 +361,8 @@ def bon_stores(out: Path, shard_size: int = 1000) -> dict[str, ShardedStore]:
 
 def sample_config(cfg: BonConfig) -> SampleConfig:
     """The sampling stage's settings: the sampler (default: the policy) and the decoding setting."""
-    return SampleConfig(policy=cfg.sampler if cfg.sampler.path else cfg.policy, n=cfg.n,
+    sampler = cfg.sampler if cfg.sampler.path or cfg.sampler.kind != "hf" else cfg.policy
+    return SampleConfig(policy=sampler, n=cfg.n,
                         temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                         prompts_per_batch=cfg.prompts_per_batch, seed=cfg.seed)
 
@@ -357,7 +399,7 @@ def best_of_n(out: Path, cfg: BonConfig, prompts: Path | None = None) -> dict[st
     from rlaifv.feedback.sample import run_sample
 
     for role in ("policy", "reference"):
-        if not getattr(cfg, role).path:
+        if getattr(cfg, role).kind == "hf" and not getattr(cfg, role).path:
             raise ValueError(f"best-of-N needs a {role} model: set --{role} (or {role}.path in the config)")
     out = Path(out)
     s = bon_stores(out, cfg.shard_size)
@@ -375,15 +417,15 @@ def best_of_n(out: Path, cfg: BonConfig, prompts: Path | None = None) -> dict[st
         run_sample(s["prompts"], s["candidates"], scfg, engine, load_image)
     counts = {"done": 0, "skipped": len(s["bon"].done_keys()), "quarantined": 0}
     if _unfinished(s["prompts"], s["bon"].done_keys(), lambda pid: pid):
-        if engine is not None and scfg.policy == cfg.policy:  # the sampler is the policy: keep it loaded
+        if engine is not None and scfg.policy == cfg.policy and cfg.policy.kind == "hf":  # keep it loaded
             policy = Scorer.from_model(engine.model, engine.processor, cfg.policy.path, cfg.max_length)
         else:
             del engine
-            policy = Scorer.load(cfg.policy, cfg.max_length)
+            policy = load_scorer(cfg.policy, cfg.max_length)
         engine = None
-        reference = Scorer.load(cfg.reference, cfg.max_length)
+        reference = load_scorer(cfg.reference, cfg.max_length)
         counts = run_bon(s["prompts"], s["candidates"], s["bon"], cfg, policy, reference, load_image,
-                         sampler=scfg.policy.path)
+                         sampler=scfg.policy.name)
     export_best(s["bon"], s["prompts"], out / "best.jsonl", out / "best.parquet")
     summary = summarize(out, s["bon"], s["prompts"]) | {"this_run": counts}
     write_json(out / "summary.json", summary)

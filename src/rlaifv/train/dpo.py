@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from rlaifv.config import DPOConfig
+from rlaifv.config import DPOConfig, EngineConfig
 from rlaifv.progress import log, progress
 from rlaifv.store import fsync_path, write_json
 from rlaifv.train.data import LoadedPairs, load_pairs
@@ -238,10 +238,11 @@ class DPOTrainer:
     """One DPO run into `out_dir`; `run()` does everything, resuming from the newest checkpoint if there is one."""
 
     def __init__(self, pairs: Path | LoadedPairs, policy: str | Path, out_dir: Path, cfg: DPOConfig,
-                 reference: str | Path | None = None, ref_store_dir: Path | None = None,
+                 reference: str | Path | EngineConfig | None = None, ref_store_dir: Path | None = None,
                  callback: Callback | None = None) -> None:
         self.loaded = pairs if isinstance(pairs, LoadedPairs) else load_pairs(Path(pairs))
-        self.policy, self.reference = str(policy), str(reference or policy)
+        self.policy = str(policy)
+        self.reference = reference if isinstance(reference, EngineConfig) else str(reference or policy)
         self.out, self.cfg = Path(out_dir), cfg
         self.ref_store_dir, self.callback = ref_store_dir, callback
         self.run_record = {"pairs": _where(self.loaded.source), "policy": _where(self.policy),
@@ -555,8 +556,11 @@ def _publish(source: Path, dest: Path) -> None:
     fsync_path(dest.parent)
 
 
-def _where(path: str | Path) -> str:
-    """A local path made absolute (the same run named from another folder is still the same run); hub ids as is."""
+def _where(path: str | Path | EngineConfig) -> str:
+    """A local path made absolute (the same run named from another folder is still the same run); hub ids as is;
+    a served model as model@URL."""
+    if isinstance(path, EngineConfig):
+        return path.name
     return str(Path(path).resolve()) if Path(path).exists() else str(path)
 
 
@@ -598,15 +602,16 @@ def train_dpo(
     policy_path: str | Path,
     out_dir: Path | None,
     cfg: DPOConfig,
-    reference_path: str | Path | None = None,
+    reference_path: str | Path | EngineConfig | None = None,
     ref_store_dir: Path | None = None,
     callback: Callback | None = None,
 ) -> dict[str, Any]:
     """Train `policy_path` with DPO on `pairs` into `out_dir` (default cfg.output_dir); returns the run's summary.
 
-    The reference defaults to the policy. Rerunning with the same arguments resumes an interrupted run, or returns
-    the saved summary of a finished one. `callback(step, metrics)` runs on the main process after every optimizer
-    step, before that step's checkpoint is saved (metrics are the step's means over the global batch).
+    The reference defaults to the policy; an `openai` EngineConfig computes its log-probs on a server. Rerunning
+    with the same arguments resumes an interrupted run, or returns the saved summary of a finished one.
+    `callback(step, metrics)` runs on the main process after every optimizer step, before that step's checkpoint is
+    saved (metrics are the step's means over the global batch).
     """
     if not (out_dir or cfg.output_dir):
         raise ValueError("no output folder: pass out_dir or set output_dir in the config")

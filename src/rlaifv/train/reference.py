@@ -9,6 +9,11 @@ train: rows the loader rejected, images that fail to load, pairs longer than the
 The store sits beside the pairs (`<pairs>.reference-<fingerprint>`); the fingerprint covers what the numbers depend
 on -- the reference model's folder and weight files, the precision and the length limit -- so a different reference
 gets a different store instead of stale numbers.
+
+The reference may also be served (an `openai` EngineConfig: a vLLM server with the reference model): its log-probs
+then come from the server's prompt logprobs (engines.openai_vlm.OpenAIEngine.response_logps), with the tokens
+counted as here, so no reference model is loaded on the training machine at all. A served reference is named by its
+model and URL in the fingerprint; the server must keep serving the same weights under that name.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from rlaifv.config import DPOConfig
+from rlaifv.config import DPOConfig, EngineConfig
 from rlaifv.feedback.prompts import load_image, reason_kind
 from rlaifv.progress import progress
 from rlaifv.records import BadInput, Record
@@ -76,8 +81,10 @@ def length_limit(model_config: Any, cfg: DPOConfig) -> int | None:
     return min(limits) if limits else None
 
 
-def fingerprint(reference: str | Path, cfg: DPOConfig) -> dict[str, Any]:
+def fingerprint(reference: str | Path | EngineConfig, cfg: DPOConfig) -> dict[str, Any]:
     """What the reference log-probs depend on; a changed weight file (size or mtime) changes it."""
+    if isinstance(reference, EngineConfig):
+        return {"reference": reference.name, "served": True, "max_length": cfg.max_length}
     path = Path(reference)
     files = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")) if path.is_dir() else []
     return {
@@ -89,7 +96,7 @@ def fingerprint(reference: str | Path, cfg: DPOConfig) -> dict[str, Any]:
     }
 
 
-def reference_store(source: Path, reference: str | Path, cfg: DPOConfig,
+def reference_store(source: Path, reference: str | Path | EngineConfig, cfg: DPOConfig,
                     store_dir: Path | None = None) -> ShardedStore[RefLogps]:
     """The store of this source's reference log-probs: `store_dir`, else a folder beside the source."""
     if store_dir is None:
@@ -101,7 +108,7 @@ def reference_store(source: Path, reference: str | Path, cfg: DPOConfig,
 
 def compute_reference_logps(
     pairs: Path | LoadedPairs,
-    reference: str | Path,
+    reference: str | Path | EngineConfig,
     cfg: DPOConfig,
     store_dir: Path | None = None,
     device: torch.device | str | None = None,
@@ -128,7 +135,9 @@ def compute_reference_logps(
         todo = [e for e in loaded.examples if e.key not in writer]
         counts["skipped"] = len(loaded.examples) - len(todo)
         clock: dict[str, Any] = {"load_s": 0.0, "compute_s": 0.0, "batches": []}
-        if todo:
+        if todo and isinstance(reference, EngineConfig):
+            _compute_served(loaded.examples, reference, cfg, writer, counts, clock)
+        elif todo:
             _compute(loaded.examples, reference, cfg, device, writer, counts, clock)
         if timings is not None:
             timings.update(clock)
@@ -170,6 +179,36 @@ def _compute(examples: list[PreferenceExample], reference: str | Path, cfg: DPOC
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def _compute_served(examples: list[PreferenceExample], reference: EngineConfig, cfg: DPOConfig, writer,
+                    counts: dict[str, int], clock: dict[str, Any]) -> None:
+    """The reference pass on a server: each pair's prompt once for its token ids, chosen and rejected through
+    prompt logprobs; a pair the server refuses (too long for its context, an unreadable image) is quarantined."""
+    from rlaifv.engines.openai_vlm import OpenAIEngine, prompt_messages
+
+    engine = OpenAIEngine(reference)
+    start = time.perf_counter()
+    size = cfg.precompute_ref_batch_size or cfg.per_device_train_batch_size
+    with progress("reference log-probs (served)", len(examples)) as bar:
+        for lo in range(0, len(examples), size):
+            batch = [e for e in examples[lo : lo + size] if e.key not in writer]
+            items, ready = [], []
+            for e in batch:
+                try:
+                    items.append((prompt_messages(e, load_image(e.prompt)), [e.chosen, e.rejected]))
+                    ready.append(e)
+                except BadInput as exc:
+                    _quarantine(writer, e, str(exc), counts)
+            for e, (chosen, rejected) in zip(ready, engine.response_logps(items, cfg.max_length)):
+                if chosen.reason or rejected.reason:
+                    which = "chosen" if chosen.reason else "rejected"
+                    _quarantine(writer, e, f"{which}: {chosen.reason or rejected.reason}", counts)
+                    continue
+                writer.add(RefLogps(e.key, chosen.logp, rejected.logp, len(chosen.ids), len(rejected.ids)))
+                counts["done"] += 1
+            bar.advance(len(examples[lo : lo + size]), status=f"{counts['done']} pairs")
+    clock["compute_s"] = time.perf_counter() - start
 
 
 def _synchronize(device: torch.device) -> None:

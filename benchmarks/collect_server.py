@@ -202,10 +202,11 @@ def print_table(hf: dict, server: dict, cross: dict, cfg, startup: dict) -> bool
             for stage in ("prompts", "candidates", "claims", "verdicts")]
     rows += [
         ("pairs", str(hf.get("n_pairs", 0)), str(server.get("n_pairs", 0))),
-        ("decided pairs (error counts differ)", str(d_hf), str(d_sv)),
+        ("decided pairs (false-statement counts differ)", str(d_hf), str(d_sv)),
         ("**feedback_precision**", f"**{fmt(p_hf)}** ± {fmt(se_hf)}", f"**{fmt(p_sv)}** ± {fmt(se_sv)}"),
         ("feedback_precision, 95% Wilson interval", interval(p_hf, d_hf), interval(p_sv, d_sv)),
         ("true_tie_rate", fmt(hf.get("true_tie_rate")), fmt(server.get("true_tie_rate"))),
+        ("error_precision (every error counted)", fmt(hf.get("error_precision")), fmt(server.get("error_precision"))),
         ("mean response length, tokens", fmt(hf["responses"]["tokens"], ".1f"),
          fmt(server["responses"]["tokens"], ".1f")),
         ("mean response length, words", fmt(hf["responses"]["words"], ".1f"),

@@ -31,6 +31,7 @@ GOALS = (
     "a round <= ~90 s",
     "best-of-8 with the mean reward: CHAIRs below best-of-1",
     "best-of-8: the mean reward's answers no shorter than best-of-1's, the sum reward's shorter",
+    "feedback precision (false statements, as defined) >= 0.97 in every round",
 )
 
 
@@ -55,15 +56,17 @@ def print_seed(result: dict) -> list[str]:
     report, timings = result["report"], result["report"]["timings"]
     rows = report["rounds"]
     print(f"\nseed {result['seed']}: cold demo {result['seconds']:.1f} s (bootstrap {timings['bootstrap']:.1f} s)")
-    print("| round | CHAIRs | CHAIRi | Cover | mean_len | pairs | feedback precision | true ties | seconds |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| round | CHAIRs | CHAIRi | Cover | mean_len | pairs | feedback precision | per error | true ties "
+          "| seconds |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         k = r["round"]
         secs = timings.get(f"round {k}", timings.get("evaluate base policy") if k == 0 else None)
-        fp, ties = r.get("feedback_precision"), r.get("true_tie_rate")
+        fp, ties, ep = r.get("feedback_precision"), r.get("true_tie_rate"), r.get("error_precision")
         print(f"| {'base' if k == 0 else k} | {r['chair_s']:.3f} | {r['chair_i']:.3f} | {r['cover']:.3f} "
               f"| {r['mean_len']:.1f} | {r.get('n_pairs', '-')} | {'-' if fp is None else f'{fp:.3f}'} "
-              f"| {'-' if ties is None else f'{ties:.3f}'} | {'-' if secs is None else f'{secs:.1f}'} |")
+              f"| {'-' if ep is None else f'{ep:.3f}'} | {'-' if ties is None else f'{ties:.3f}'} "
+              f"| {'-' if secs is None else f'{secs:.1f}'} |")
     base, last = rows[0], rows[-1]
     round_s = [timings[f"round {r['round']}"] for r in rows[1:]]
     checks = {
@@ -71,6 +74,7 @@ def print_seed(result: dict) -> list[str]:
         GOALS[1]: base["cover"] - last["cover"] <= 0.03,
         GOALS[2]: result["seconds"] <= 600,
         GOALS[3]: bool(round_s) and max(round_s) <= 90,
+        GOALS[6]: all((r.get("feedback_precision") or 0) >= 0.97 for r in rows[1:]),
     }
     bon = {(r["reward"], r["n"]): r for r in report.get("bon", [])}
     if bon:

@@ -58,7 +58,7 @@ def test_labeler_metrics_by_hand():
 
 
 def test_world_errors_and_feedback_metrics_on_hand_made_pairs():
-    from rlaifv.eval.world_metrics import feedback_metrics, world_errors
+    from rlaifv.eval.world_metrics import false_statements, feedback_metrics, world_errors
     from rlaifv.world.scenes import Scene, WorldObject
 
     scene = Scene("s", "test", (WorldObject("fork", "red", "small", 0),), ((0, 0),))
@@ -70,6 +70,13 @@ def test_world_errors_and_feedback_metrics_on_hand_made_pairs():
     assert world_errors(scene, absent) == 1
     assert world_errors(scene, "There is a blue fork. There is a knife.") == 2
     m = feedback_metrics([(scene, clean, absent), (scene, absent, clean), (scene, wrong_color, absent)])
-    assert m["feedback_precision"] == 0.5  # one right, one wrong, one tie
+    assert m["feedback_precision"] == m["error_precision"] == 0.5  # one right, one wrong, one tie
     assert abs(m["true_tie_rate"] - 1 / 3) < 1e-12
     assert m["n_pairs"] == 3
+    # e(y) counts false statements; errors count each wrong attribute of them
+    twice_wrong = "There is a large blue fork in the bottom right corner."  # color, size and position wrong
+    assert (false_statements(scene, twice_wrong), world_errors(scene, twice_wrong)) == (1, 3)
+    assert false_statements(scene, "There is a blue fork. There is a knife.") == 2
+    two_statements = "There is a blue fork. There is a cup."  # two false statements, two errors
+    m = feedback_metrics([(scene, twice_wrong, two_statements)])  # the chosen one has fewer false statements
+    assert (m["feedback_precision"], m["error_precision"], m["true_tie_rate"]) == (1.0, 0.0, 0.0)

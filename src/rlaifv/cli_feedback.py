@@ -92,8 +92,9 @@ def _run(stages: list[str], prompts: Optional[Path], out: Path, cfg, world_seed:
     write_json(out / "summary.json", summary)
     human = "\n".join(f"{name}: {info}" for name, info in summary["stages"].items())
     if summary.get("feedback_precision") is not None:
-        human += (f"\nfeedback precision {summary['feedback_precision']:.3f}, true ties "
-                  f"{summary['true_tie_rate']:.3f} over {summary['n_pairs']} pairs")
+        human += (f"\nfeedback precision {summary['feedback_precision']:.3f} (counting every error: "
+                  f"{summary['error_precision']:.3f}), true ties {summary['true_tie_rate']:.3f} over "
+                  f"{summary['n_pairs']} pairs")
     _emit(summary, as_json, human + f"\nsummary: {out / 'summary.json'}")
 
 

@@ -43,7 +43,7 @@ from typing import Any
 import yaml
 
 from rlaifv.config import CollectConfig, DPOConfig, IterateConfig, WorldConfig
-from rlaifv.eval.report import ROUND_KEYS
+from rlaifv.eval.report import FEEDBACK_KEYS, ROUND_KEYS
 from rlaifv.progress import log
 from rlaifv.store import write_json
 
@@ -350,8 +350,8 @@ class Loop:
         return {name: metrics[name] for name in ROUND_KEYS}
 
     def _trained_feedback(self, k: int) -> dict[str, Any]:
-        """n_pairs, feedback_precision and true_tie_rate of the pairs that trained the round (held-out and
-        quarantined pairs left out); precision and tie rate are None without world scenes or decided pairs."""
+        """n_pairs, feedback_precision, true_tie_rate and error_precision of the pairs that trained the round
+        (held-out and quarantined pairs left out); the rates are None without world scenes or decided pairs."""
         from rlaifv.eval.world_metrics import feedback_metrics
         from rlaifv.feedback.prompts import scene_of
 
@@ -360,7 +360,7 @@ class Loop:
         trained = [e for e in train.examples if e.key in logps]
         rows = [(scene_of(e.prompt), e.chosen, e.rejected) for e in trained]
         if not rows or any(scene is None for scene, _, _ in rows):
-            return {"n_pairs": len(trained), "feedback_precision": None, "true_tie_rate": None}
+            return {**dict.fromkeys(FEEDBACK_KEYS), "n_pairs": len(trained)}
         found = feedback_metrics(rows)
         return {"n_pairs": len(trained), **{name: None if isinstance(v, float) and math.isnan(v) else v
                                            for name, v in found.items() if name != "n_pairs"}}
@@ -379,8 +379,8 @@ class Loop:
         """A round that could not train keeps its policy; its row repeats the previous row's test metrics."""
         log(f"[yellow]round {k}: {reason}; the policy stays {policy}")
         previous = self.state["steps"][f"round-{k - 1}/finish"]
-        row = {"round": k, **{name: previous[name] for name in ROUND_KEYS if name in previous}, "n_pairs": 0,
-               "feedback_precision": None, "true_tie_rate": None, "policy": policy, "step": 0,
+        row = {"round": k, **{name: previous[name] for name in ROUND_KEYS if name in previous},
+               **dict.fromkeys(FEEDBACK_KEYS), "n_pairs": 0, "policy": policy, "step": 0,
                "select_on": self.select_on, "selection": None, "skipped": reason}
         write_json(r / "round.json", row)
         return row

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 ROUND_KEYS = ("chair_s", "chair_i", "cover", "attr_err", "mean_len")
-FEEDBACK_KEYS = ("n_pairs", "feedback_precision", "true_tie_rate")  # of the pairs that trained a round, k >= 1
+# of the pairs that trained a round, k >= 1 (eval.world_metrics.feedback_metrics)
+FEEDBACK_KEYS = ("n_pairs", "feedback_precision", "true_tie_rate", "error_precision")
 CHART = "rounds.png"
 BON_CHART = "bon.png"
 CHART_LINES = (("chair_s", "CHAIRs"), ("chair_i", "CHAIRi"), ("cover", "Cover"))
@@ -28,15 +29,17 @@ def _fraction(x: float | None) -> str:
 def round_table(rounds: list[dict[str, Any]]) -> list[str]:
     """Markdown rows: world metrics of every round's policy, and the pairs that trained it."""
     lines = [
-        "| round | CHAIRs | CHAIRi | Cover | attr. error | mean length (words) | pairs | feedback precision |",
-        "|---|---|---|---|---|---|---|---|",
+        "| round | CHAIRs | CHAIRi | Cover | attr. error | mean length (words) | pairs | feedback precision "
+        "| per error |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rounds:
         name = "base policy" if r["round"] == 0 else f"round {r['round']}"
         pairs = str(r["n_pairs"]) if "n_pairs" in r else "—"
         lines.append(
             f"| {name} | {r['chair_s']:.3f} | {r['chair_i']:.3f} | {r['cover']:.3f} | {r['attr_err']:.3f} "
-            f"| {r['mean_len']:.1f} | {pairs} | {_fraction(r.get('feedback_precision'))} |"
+            f"| {r['mean_len']:.1f} | {pairs} | {_fraction(r.get('feedback_precision'))} "
+            f"| {_fraction(r.get('error_precision'))} |"
         )
     return lines
 

@@ -7,6 +7,13 @@ Definitions (fractions in [0, 1]):
 - attr_err: wrong attribute statements / attribute statements about present objects; an attribute statement is a
   color, size or position that a sentence gives for one present object.
 - mean_len: mean words per response.
+Feedback (preference pairs; e(y) = the statements of response y that the scene makes false):
+- feedback_precision: pairs with e(chosen) < e(rejected) / pairs with e(chosen) != e(rejected);
+- true_tie_rate: pairs with e(chosen) == e(rejected) / all pairs;
+- error_precision: feedback_precision with every error counted instead of every false statement (a statement with a
+  wrong color and a wrong position counts twice). Scores count rejected claims, one per statement, so they cannot
+  see that a statement is wrong twice: pairs that this stricter count calls wrong are claim granularity, not
+  labeler mistakes (benchmarks/feedback_errors.py tells the two apart).
 Labeler (verdict = P_yes > P_no, a tie is a "no"):
 - accuracy over all questions; hard_negative_accuracy over hard negatives (absent partners, wrong attributes);
 - false_rejection_rate: true claims judged "no" / true claims. A falsely rejected true claim makes a clean response
@@ -17,12 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rlaifv.world.language import YesNoQuestion, attribute_checks, parse_mentions
+from rlaifv.world.language import YesNoQuestion, attribute_checks, claim_holds, parse_mentions
 from rlaifv.world.scenes import Scene
 
 
 def world_errors(scene: Scene, text: str) -> int:
-    """e(y): statements of a response that the scene makes false -- absent objects plus wrong attributes."""
+    """Every error of a response: absent objects plus each wrong attribute (a statement can hold several)."""
     errors = 0
     for m in parse_mentions(text):
         if m.category not in scene.categories:
@@ -32,18 +39,31 @@ def world_errors(scene: Scene, text: str) -> int:
     return errors
 
 
+def false_statements(scene: Scene, text: str) -> int:
+    """e(y): the statements of a response that the scene makes false -- an absent object, or a present one with a
+    wrong color, size or position (however many of them are wrong)."""
+    return sum(not claim_holds(scene, m) for m in parse_mentions(text))
+
+
 def feedback_metrics(pairs: Sequence[tuple[Scene, str, str]]) -> dict[str, float]:
     """How right the preference pairs are, from the ground truth: (scene, chosen, rejected) per pair.
 
     feedback_precision = pairs with e(chosen) < e(rejected) / pairs with e(chosen) != e(rejected) (is the
-    direction right?); true_tie_rate = pairs with e(chosen) == e(rejected) / all pairs (pairs that teach nothing).
+    direction right?); true_tie_rate = pairs with e(chosen) == e(rejected) / all pairs (pairs that teach nothing);
+    error_precision = feedback_precision with world_errors in place of e(y) (see the module note).
     """
-    errors = [(world_errors(scene, c), world_errors(scene, r)) for scene, c, r in pairs]
-    decided = [(c, r) for c, r in errors if c != r]
+    def precision(count) -> tuple[float, int]:
+        counts = [(count(scene, c), count(scene, r)) for scene, c, r in pairs]
+        decided = [(c, r) for c, r in counts if c != r]
+        right = sum(c < r for c, r in decided) / len(decided) if decided else float("nan")
+        return right, len(counts) - len(decided)
+
+    statements, ties = precision(false_statements)
     return {
-        "feedback_precision": sum(c < r for c, r in decided) / len(decided) if decided else float("nan"),
-        "true_tie_rate": (len(errors) - len(decided)) / len(errors) if errors else float("nan"),
-        "n_pairs": len(errors),
+        "feedback_precision": statements,
+        "true_tie_rate": ties / len(pairs) if pairs else float("nan"),
+        "error_precision": precision(world_errors)[0],
+        "n_pairs": len(pairs),
     }
 
 

@@ -49,9 +49,11 @@ def main() -> None:
             report = run_demo(Path(tmp) / "demo", seed, WorldConfig.preset(args.preset),
                               EvalConfig(n_scenes=args.n_test), rounds=0)  # the base models only
             demo_s = time.perf_counter() - start
+            parts = _model_seconds()
         r0, lab = report["rounds"][0], report["labeler"]
         rows.append({"seed": seed, **r0, **lab, "bootstrap_s": report["timings"]["bootstrap"],
                      "demo_s": demo_s})
+        print(f"seed {seed}: bootstrap seconds per part: " + ", ".join(f"{k} {v}" for k, v in parts.items()))
     cols = ["seed", "chair_s", "chair_i", "cover", "attr_err", "mean_len", "accuracy", "hard_negative_accuracy",
             "false_rejection_rate", "bootstrap_s", "demo_s"]
     print("| " + " | ".join(cols) + " |")
@@ -62,6 +64,16 @@ def main() -> None:
     for r in rows:
         missed = [k for k, (op, v) in GOALS.items() if not (r[k] >= v if op == ">=" else r[k] <= v)]
         print(f"seed {r['seed']}: " + ("all goals met" if not missed else "missed " + ", ".join(missed)))
+
+
+def _model_seconds() -> dict[str, float]:
+    """Seconds of each training part of the bootstrap, from the manifest of the fresh cache's one build."""
+    import json
+
+    from rlaifv.world.bootstrap import MANIFEST, cache_root
+
+    [manifest] = list((cache_root() / "world").glob(f"*/{MANIFEST}"))
+    return {name: part.get("seconds") for name, part in json.loads(manifest.read_text()).get("train", {}).items()}
 
 
 if __name__ == "__main__":

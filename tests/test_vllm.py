@@ -8,6 +8,8 @@ Run them with `pytest -m vllm`; `-m "not vllm"` leaves them out of a quick local
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -428,6 +430,13 @@ def test_reference_logps_on_the_server_equal_the_local_pass(server, micro_world,
         assert g.rejected_logp == pytest.approx(w.rejected_logp, abs=1e-4)
     [q] = reference_store(root, served, cfg).read_quarantine()
     assert q.reason.startswith("chosen: refused by the server") and "HTTP 400" in q.reason
+    # the command line: `rlaifv train --reference-only --reference NAME --reference-url URL` finds that store done
+    cli = subprocess.run([sys.executable, "-m", "rlaifv.cli", "train", "--pairs", str(root), "--policy",
+                          str(micro_world.labeler), "--reference", server.model, "--reference-url", server.url,
+                          "--reference-only", "--json"], capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr
+    answer = json.loads(cli.stdout)
+    assert answer["store"] == remote["store"] and (answer["skipped"], answer["done"]) == (5, 0)
     # the same pairs exported as TRL rows (user turn: an image placeholder, then the text) give the same numbers
     trl = export_trl(pairs, ShardedStore(root / "prompts", Prompt), tmp_path / "trl.parquet")
     assert compute_reference_logps(trl, served, cfg)["done"] == 4
@@ -452,7 +461,6 @@ while not (folder / "ack").exists():
 
 
 def test_iterate_puts_each_rounds_policy_on_the_server_before_it_samples(micro_world, micro_config, tmp_path):
-    import sys
     import threading
 
     from test_loop import config_for

@@ -64,7 +64,8 @@ def register(app: typer.Typer) -> None:
         from rlaifv.cli import _emit, _quiet_libraries
 
         _quiet_libraries()
-        cfg = _config(config, out, beta=beta, learning_rate=lr, num_train_epochs=epochs, max_steps=max_steps,
+        cfg = _config(config, out, not reference_only, beta=beta, learning_rate=lr, num_train_epochs=epochs,
+                      max_steps=max_steps,
                       per_device_train_batch_size=batch_size, gradient_accumulation_steps=grad_accum,
                       use_peft=lora, bf16=bf16, gradient_checkpointing=gradient_checkpointing, seed=seed,
                       use_cpu=True if device == "cpu" else None)
@@ -106,8 +107,9 @@ def register(app: typer.Typer) -> None:
                                     f"{final.get('rewards/accuracies', float('nan')):.3f}\nmodel: {summary['model']}")
 
 
-def _config(path: Optional[Path], out: Optional[Path], **overrides):
-    """DPOConfig from the YAML file, then the options that were given; a bad value is a readable error."""
+def _config(path: Optional[Path], out: Optional[Path], needs_out: bool = True, **overrides):
+    """DPOConfig from the YAML file, then the options that were given; a bad value is a readable error. Training
+    needs an output folder; the reference pass alone writes beside the pairs (`needs_out` False)."""
     from pydantic import ValidationError
 
     from rlaifv.config import DPOConfig, load_yaml
@@ -118,7 +120,7 @@ def _config(path: Optional[Path], out: Optional[Path], **overrides):
     except (ValidationError, ValueError, OSError) as exc:
         log(f"[red]error:[/red] {path or 'options'}: {exc}")
         raise typer.Exit(2) from None
-    if out is None and not cfg.output_dir:
+    if needs_out and out is None and not cfg.output_dir:
         log("[red]error:[/red] no output folder: pass --out or set output_dir in the config")
         raise typer.Exit(2)
     return cfg

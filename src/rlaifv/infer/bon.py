@@ -22,7 +22,9 @@ Scoring encodes each prompt's image and text once per model and packs its candid
 (infer.reward.group_logps, the trainer's shared-prefix computation with k responses). The candidates are tokenized
 the way train.encode tokenizes DPO pairs -- the response as the model reads it after the chat template's prompt,
 end-of-turn token included -- so the reward is the one the policy's DPO loss optimised. Identical candidates are
-scored once, so their rewards are equal and the tie goes to the lowest sample index, as every tie does.
+scored once, so their rewards are equal and the tie goes to the lowest sample index, as every tie does. A policy or
+reference of kind 'openai' is scored on its vLLM server through prompt logprobs, with the same tokens
+(ServedScorer; docs/scale-out.md).
 """
 
 from __future__ import annotations
@@ -267,7 +269,7 @@ def score_prompts(items: list[PromptCandidates], policy: ResponseScorer, referen
         reasons, tokens = [""] * n, [0] * n
         for i, text in enumerate(texts):
             pol, ref = scored["policy"][k][at[text]], scored["reference"][k][at[text]]
-            tokens[i] = len(pol.ids)
+            tokens[i] = len(pol.ids or ref.ids)  # a refused answer has no ids on its side
             reasons[i] = pol.reason or ref.reason
             if reasons[i]:
                 continue

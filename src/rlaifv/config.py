@@ -358,7 +358,7 @@ class DPOConfig(StrictModel):
 
 
 def _world_collect() -> CollectConfig:
-    """Collection sized for a round on the default world in ~1.5 minutes on a 2-core CPU: 10 samples per prompt (the
+    """Collection sized for a round on the default world in ~2 minutes on a 2-core CPU: 10 samples per prompt (the
     paper's) of at most 96 tokens, the length the world's evaluation allows.
 
     Length balancing is off: in the world a hallucination is always one added sentence, so the paper's filter (keep

@@ -64,7 +64,7 @@ def register(app: typer.Typer) -> None:
         from rlaifv.cli import _emit, _quiet_libraries
 
         _quiet_libraries()
-        cfg = _config(config, out, not reference_only, beta=beta, learning_rate=lr, num_train_epochs=epochs,
+        cfg = _config(config, out, needs_out=not reference_only, beta=beta, learning_rate=lr, num_train_epochs=epochs,
                       max_steps=max_steps,
                       per_device_train_batch_size=batch_size, gradient_accumulation_steps=grad_accum,
                       use_peft=lora, bf16=bf16, gradient_checkpointing=gradient_checkpointing, seed=seed,

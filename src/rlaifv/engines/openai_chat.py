@@ -71,7 +71,7 @@ class ChatClient:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
-    def _post(self, body: bytes | None, endpoint: str) -> dict[str, Any]:
+    def _request(self, body: bytes | None, endpoint: str) -> dict[str, Any]:
         """One try; a GET when there is no body."""
         request = urllib.request.Request(endpoint, data=body, headers=self._headers(),
                                          method="GET" if body is None else "POST")
@@ -80,7 +80,7 @@ class ChatClient:
 
     def get_once(self, endpoint: str) -> dict[str, Any]:
         """GET `endpoint` once, no retries (for polling): the JSON answer, or the urllib/OS error."""
-        return self._post(None, endpoint)
+        return self._request(None, endpoint)
 
     def complete(self, prompt: str, system: str | None = None) -> str:
         """The assistant's answer to one user message (optionally after a system message)."""
@@ -102,7 +102,7 @@ class ChatClient:
             if attempt:
                 self._sleep(min(s.backoff_s * 2 ** (attempt - 1), s.max_backoff_s))
             try:
-                return self._post(body, endpoint)
+                return self._request(body, endpoint)
             except urllib.error.HTTPError as exc:
                 detail = exc.read().decode("utf-8", "replace")[:300]
                 if 400 <= exc.code < 500 and exc.code not in (408, 429):

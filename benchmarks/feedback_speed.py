@@ -8,7 +8,8 @@ judge: yes/no verdicts for Q questions about each of I images -- one question pe
 the paper's code does) vs the image prefix encoded once per packed row (HFEngine.yes_no_shared). Checks that both
 give the same probabilities.
 sample: N samples per prompt -- `generate(num_return_sequences=N)` (prefills every sample) vs prefill once and decode
-N from the repeated cache (HFEngine.sample).
+N from the repeated cache, by `generate` (HFEngine.sample up to 0.1.0) and by `decode_from_cache` (HFEngine.sample
+now: finished rows leave the batch, no `generate` overhead).
 """
 
 from __future__ import annotations
@@ -158,16 +159,32 @@ def bench_sample(engine, images, n: int, max_new_tokens: int, device: str) -> No
                                     top_k=0, num_return_sequences=n)
         return int((out[:, enc["input_ids"].shape[1]:] != engine.tokenizer.pad_token_id).sum())
 
+    def shared_prefill_generate():
+        enc = engine._inputs(images, [question] * len(images))
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        vision = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
+        cache = engine.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids[:, :-1],
+                             use_cache=True, logits_to_keep=1, **vision).past_key_values
+        cache.batch_repeat_interleave(n)
+        out = engine.model.generate(input_ids=ids.repeat_interleave(n, 0), attention_mask=mask.repeat_interleave(n, 0),
+                                    cache=cache, max_new_tokens=max_new_tokens, do_sample=True, temperature=0.7,
+                                    top_k=0)
+        return sum(k for _, k in engine._decode(out[:, ids.shape[1]:]))
+
     def shared_prefill():
         rows = engine.sample(images, [question] * len(images), n, setting, seed=0)
         return sum(k for samples in rows for _, k in samples)
 
-    repeated_prefill(), shared_prefill()
+    repeated_prefill(), shared_prefill_generate(), shared_prefill()
     print(f"{len(images)} prompts x {n} samples, up to {max_new_tokens} new tokens, device {device}")
     print(f"| path | seconds | generated tokens/s | speedup |{peak_col(device, True)}\n|---|---|---|---|"
           + "---|" * bool(peak_col(device, True)))
     base = None
-    for name, fn in (("num_return_sequences (prefill x N)", repeated_prefill), ("prefill once", shared_prefill)):
+    paths = (("num_return_sequences (prefill x N)", repeated_prefill),
+             ("prefill once, generate decodes", shared_prefill_generate),
+             ("prefill once, decode_from_cache (HFEngine.sample)", shared_prefill))
+    for name, fn in paths:
         torch.manual_seed(0)
         sync(device)
         reset_peak(device)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from rlaifv.engines.decode import _next_tokens
 from rlaifv.engines.hf import HFEngine, Sampling, single_token_ids
+from rlaifv.world.language import DESCRIBE_INSTRUCTIONS
 from rlaifv.world.render import render
 from rlaifv.world.scenes import sample_scenes
 
@@ -91,3 +93,41 @@ def test_packed_yes_no_equals_one_question_per_forward(micro_world):
             assert len(g_row) == len(w_row)
             for (gy, gn), (wy, wn) in zip(g_row, w_row):
                 assert abs(gy - wy) < 1e-4 and abs(gn - wn) < 1e-4
+
+
+def test_rows_that_finish_early_leave_the_batch_without_changing_any_answer(micro_world):
+    # A randomised language model writes different token strings per prompt; with a stop token that they reach at
+    # different steps, finished rows are dropped from the batch and the cache while the others go on. Each answer
+    # must still equal its own one-prompt generate, cut at the stop token.
+    engine = HFEngine(micro_world.policy)
+    torch.manual_seed(3)
+    for p in engine.model.model.language_model.parameters():
+        p.data.normal_(0, 0.3)
+    images = [render(s) for s in sample_scenes(0, "test", 6)]
+    questions = list(DESCRIBE_INSTRUCTIONS[:6])  # of different lengths: left padding
+    refs = [_greedy_reference(engine, image, question, 30) for image, question in zip(images, questions)]
+
+    def first_stop(row, token):
+        return row.index(token) if token in row else len(row)
+
+    stop = max(sorted({t for r in refs for t in r}), key=lambda t: len({first_stop(r, t) for r in refs}))
+    engine.stop_ids = {stop}
+    got = engine.sample(images, questions, 2, Sampling(max_new_tokens=30))
+    lengths = {first_stop(r, stop) for r in refs}
+    assert len(lengths) >= 3  # rows do finish apart
+    for ref, samples in zip(refs, got):
+        ids = ref[: first_stop(ref, stop)]
+        assert samples == [(engine.tokenizer.decode(ids, skip_special_tokens=True).strip(), len(ids))] * 2
+
+
+def test_sampled_tokens_follow_temperature_and_top_p():
+    torch.manual_seed(0)
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(20000, 1)  # (20000, 4)
+    t = 0.7
+    want = torch.softmax(logits[0] / t, -1)
+    got = torch.bincount(_next_tokens(logits, t, 1.0), minlength=4) / 20000
+    assert torch.allclose(got, want, atol=0.015)
+    # top-p keeps the smallest set of most likely tokens whose mass reaches p: here the first two at T=1
+    got = torch.bincount(_next_tokens(logits, 1.0, 0.75), minlength=4) / 20000
+    assert got[2:].sum() == 0 and torch.allclose(got[:2], torch.tensor([0.625, 0.375]), atol=0.015)
+    assert torch.equal(_next_tokens(logits[:3], None, 1.0), torch.zeros(3, dtype=torch.long))  # greedy

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -140,6 +142,19 @@ def test_questions_are_balanced_and_answers_exact(seed):
         if q.kind in ("color", "size", "position"):
             assert obj is not None  # attribute questions are asked of present objects
     assert any(q.hard for _, q in qs) and all(not q.answer for _, q in qs if q.hard)
+
+
+@pytest.mark.parametrize("form", ["also", "varied"])
+def test_an_added_partner_and_only_it_opens_with_also_when_configured(form):
+    rng = np.random.default_rng(0)
+    noise = CaptionNoise(partner_form=form)
+    added = 0
+    for scene in sample_scenes(0, "train", 300):
+        for sent in re.findall(r"[^.]+\.", noisy_caption(scene, rng, noise)):
+            is_added = parse_mentions(sent)[0].category not in scene.categories
+            assert sent.strip().startswith("Also, there is ") == (is_added and form == "also"), sent
+            added += is_added
+    assert added > 50
 
 
 @pytest.mark.parametrize("placement", ["end", "after_source"])

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from rlaifv.engines.decode import decode_from_cache
 from rlaifv.engines.packing import collate_packs, common_prefix_length, pack, pack_bounds
 
 # Spellings of the verdict tokens; the ones that are a single token in the tokenizer are summed (REFERENCE 3).
@@ -71,6 +72,10 @@ class HFEngine:
         self.model = model.eval()
         self.yes_ids = single_token_ids(self.tokenizer, YES_VARIANTS)
         self.no_ids = single_token_ids(self.tokenizer, NO_VARIANTS)
+        # an answer ends at the model's end-of-sequence token(s), the tokenizer's, or padding
+        eos = model.generation_config.eos_token_id
+        self.stop_ids = {t for t in (*(eos if isinstance(eos, list) else [eos]), self.tokenizer.eos_token_id,
+                                     self.tokenizer.pad_token_id) if t is not None}
         if not self.yes_ids or not self.no_ids:
             raise ValueError(
                 f"{path}: the tokenizer has no single-token spelling of yes/no among {YES_VARIANTS + NO_VARIANTS}; "
@@ -88,10 +93,9 @@ class HFEngine:
 
     def _decode(self, new: torch.Tensor) -> list[tuple[str, int]]:
         """(text, tokens before EOS) per row of generated ids (B, T_new)."""
-        stop = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
         results = []
         for row in new.tolist():
-            n = next((i for i, t in enumerate(row) if t in stop), len(row))
+            n = next((i for i, t in enumerate(row) if t in self.stop_ids), len(row))
             results.append((self.tokenizer.decode(row[:n], skip_special_tokens=True).strip(), n))
         return results
 
@@ -107,31 +111,35 @@ class HFEngine:
         """n responses per (image, question), all with one decoding setting; the prompt is prefilled once.
 
         The prompts (image tokens included) run through the model once; their KV cache is repeated n times and
-        the n samples decode from it -- unlike `num_return_sequences`, which prefills every sample again. With
-        `seed`, the torch RNG is seeded first, so the same batch gives the same samples.
+        the n samples decode from it (`decode_from_cache`) -- unlike `num_return_sequences`, which prefills every
+        sample again. With `seed`, the torch RNG is seeded first, so the same batch gives the same samples.
         """
         enc = self._inputs(images, questions)
-        kwargs = {"max_new_tokens": sampling.max_new_tokens, "do_sample": sampling.do_sample}
-        if sampling.do_sample:
-            kwargs |= {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
         if seed is not None:
             torch.manual_seed(seed)
+        if n == 1:
+            kwargs = {"max_new_tokens": sampling.max_new_tokens, "do_sample": sampling.do_sample}
+            if sampling.do_sample:
+                kwargs |= {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
+            out = self.model.generate(**enc, **kwargs)  # (B, T + T_new)
+            return [[row] for row in self._decode(out[:, enc["input_ids"].shape[1] :])]
         ids, mask = enc["input_ids"], enc["attention_mask"]  # (B, T) each, left-padded
-        if n > 1:
-            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): what generate derives from the mask
-            vision = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
-            prefill = self.model(
-                input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids[:, :-1],
-                use_cache=True, logits_to_keep=1, **vision,
-            )
-            cache = prefill.past_key_values
-            cache.batch_repeat_interleave(n)  # (B * n) rows share each prompt's prefix
-            # The cache covers all but the last prompt token, so generate feeds that token only and the image
-            # features are never computed again.
-            enc = {"input_ids": ids.repeat_interleave(n, 0), "attention_mask": mask.repeat_interleave(n, 0),
-                   "cache": cache}
-        out = self.model.generate(**enc, **kwargs)  # (B * n, T + T_new)
-        texts = self._decode(out[:, ids.shape[1] :])
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): what generate derives from the mask
+        vision = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
+        prefill = self.model(
+            input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids[:, :-1],
+            use_cache=True, logits_to_keep=1, **vision,
+        )
+        cache = prefill.past_key_values
+        cache.batch_repeat_interleave(n)  # (B * n) rows share each prompt's prefix
+        # The cache covers all but the last prompt token, so decoding starts by feeding that token, and the image
+        # features are never computed again.
+        new = decode_from_cache(
+            self.model, cache, ids[:, -1:].repeat_interleave(n, 0), mask.repeat_interleave(n, 0),
+            position_ids[:, -1].repeat_interleave(n, 0), sampling.max_new_tokens, self.stop_ids,
+            sampling.temperature if sampling.do_sample else None, sampling.top_p,
+        )
+        texts = [(self.tokenizer.decode(row, skip_special_tokens=True).strip(), len(row)) for row in new]
         return [texts[i * n : (i + 1) * n] for i in range(len(questions))]
 
     def _verdict_probs(self, logits: torch.Tensor) -> list[tuple[float, float]]:

@@ -11,7 +11,8 @@ What the rules do, in order:
 2. split it into sentences on . ! ? ; and newlines; questions ("...?") and headers ("...:") are not claims;
 3. split each sentence into clauses at ", and" / ", but" / "and there is"; a clause without a subject borrows the
    previous clause's subject and a leading "it" becomes the thing it refers to, so every statement stands alone;
-4. drop opinions and hedges ("I think ...", "It seems ...", "Maybe ..."): they assert nothing checkable;
+4. drop a leading connective ("Also, there is X" -> "There is X"), and opinions and hedges ("I think ...",
+   "It seems ...", "Maybe ..."): they assert nothing checkable;
 5. split lists of objects ("There are a fork and a knife.") into one statement per object;
 6. turn each statement into a question by its form ("There is X" -> "Is there X?", "X is Y" -> "Is X Y?",
    "I can see X" -> "Is there X?", "In the top left corner, there is X" -> "Is there X in the top left corner?"),
@@ -47,6 +48,10 @@ _HEDGE_RE = re.compile(
     r"|(?:perhaps|maybe|probably|possibly|presumably|apparently|seemingly)\b|i\s+am\s+not\s+sure"
     r"|i\s+(?:hope|wonder|like|love|prefer))\b",
     re.IGNORECASE,
+)
+# A connective that opens a clause and asserts nothing itself ("Also, there is a knife.").
+_CONNECTIVE_RE = re.compile(
+    r"^(?:also|additionally|in\s+addition|moreover|furthermore|besides|plus|finally|lastly)\s*,\s*", re.IGNORECASE
 )
 _INTERJECTIONS = frozenset(
     {"sure", "certainly", "of course", "okay", "ok", "yes", "no", "hello", "hi", "thanks", "thank you", "well"}
@@ -303,7 +308,7 @@ def statements(text: str) -> list[str]:
             continue  # a question or a header asserts nothing
         previous = ""
         for clause in clauses(body):
-            resolved = _resolve(clause, previous)
+            resolved = _resolve(_CONNECTIVE_RE.sub("", clause), previous)
             previous = resolved
             if is_hedge(resolved):
                 continue

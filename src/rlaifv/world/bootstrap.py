@@ -47,7 +47,7 @@ from rlaifv.world.training import lr_factor, optimizer_step, text_batch
 MANIFEST = "bootstrap.json"
 # Part of the cache key: raised whenever a change to the world's data or training changes what a bootstrap builds,
 # so a cache filled by an older build of the same package version is never picked up.
-BOOTSTRAP_REVISION = 2
+BOOTSTRAP_REVISION = 3
 
 
 @dataclass(frozen=True, slots=True)

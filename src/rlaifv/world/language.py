@@ -4,8 +4,9 @@ Descriptions say one object per sentence in varied forms ("There is a small red 
 there is a blue cup."). Yes/no questions ask about one atomic fact: existence, color, size or position.
 
 Captions used to train the base policy are *noisy* the way web and LLM-written captions are: after describing what
-is there, the captioner often adds the usual partner of an object even when it is absent ("... a knife" -> "There is
-a fork."), sometimes writes an object's typical color instead of its real one, and now and then forgets an object.
+is there, the captioner often adds the usual partner of an object even when it is absent ("... a fork" -> "Also,
+there is a knife."), sometimes writes an object's typical color instead of its real one, and now and then forgets an
+object.
 The parser maps any text (a policy's output included) back to mentions, which is how world metrics stay exact.
 """
 
@@ -59,17 +60,22 @@ SIZE_SYNONYMS: dict[str, str] = {"small": "small", "little": "small", "large": "
 class CaptionNoise(BaseModel):
     """How the world's captioner errs; the base policy learns these habits from its captions.
 
-    Greedy decoding follows the habit only when its first token beats ending the caption. The added sentence starts
-    with one of four forms ("There ...", "A ...", "I ...", "On ..."), so the habit's probability is split four ways
-    against the end of the caption. At 0.65 a policy that sees well ends its captions (CHAIRs ~0.11); at 0.9 each
-    form's first token outweighs the end, so even greedy decoding mentions absent partners. Sampling at temperature
-    0.7 still leaves them out now and then, and those samples give the feedback pairs to learn from.
+    The added partner sentence always opens the same way ("Also, there is a knife on the left."), as real captions
+    tack on an afterthought. The habit's whole probability then rests on one first token against ending the caption,
+    so greedy decoding follows it whenever the policy sees a present object without its partner, on every seed (with
+    the real objects' four sentence forms the habit was split four ways and followed or not by training noise: CHAIRs
+    0.07-0.35 across seeds). Sampling at temperature 0.7 still leaves it out now and then, which gives the feedback
+    pairs; and no real object's sentence starts with "Also", so learning to leave it out does not teach to drop them.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     partner_hallucination_prob: float = Field(
-        0.9, ge=0, le=1, description="chance to add an absent partner of a present object after the real objects"
+        0.8, ge=0, le=1, description="chance to add an absent partner of a present object after the real objects"
+    )
+    partner_form: Literal["also", "varied"] = Field(
+        "also", description="how an added partner is said: always 'Also, there is ...', or in the real objects' "
+                            "varied forms (the habit then hangs on training noise; see above)"
     )
     typical_color_prob: float = Field(
         0.2, ge=0, le=1, description="chance to write a category's typical color instead of the real one"
@@ -123,6 +129,12 @@ def sentence(m: Mention, rng: np.random.Generator) -> str:
     return forms[int(rng.integers(len(forms)))]
 
 
+def afterthought(m: Mention, rng: np.random.Generator) -> str:
+    """The captioner's added sentence about an object it expects but does not see: "Also, there is a knife."."""
+    tail = f" {POSITION_PHRASES[m.cell]}" if m.cell is not None else ""
+    return f"Also, there is {noun_phrase(m, rng)}{tail}."
+
+
 def describe(mentions: list[Mention], rng: np.random.Generator) -> str:
     if not mentions:
         return "The image is empty."
@@ -136,29 +148,32 @@ def true_mentions(scene: Scene) -> list[Mention]:
 
 def noisy_caption(scene: Scene, rng: np.random.Generator, noise: CaptionNoise = CaptionNoise()) -> str:
     """A training caption with the captioner's habits (see module docstring)."""
-    mentions = []
+    said: list[tuple[Mention, bool]] = []  # (mention, True for an added absent partner)
     for obj in scene.objects:
         if rng.random() < noise.omission_prob and len(scene.objects) > 1:
             continue
         color = TYPICAL_COLOR[obj.category] if rng.random() < noise.typical_color_prob else obj.color
-        mentions.append(_with_optional_attrs(obj.category, color, obj.size, obj.cell, rng, noise))
+        said.append((_with_optional_attrs(obj.category, color, obj.size, obj.cell, rng, noise), False))
     free_cells = [c for c in range(N_CELLS) if all(o.cell != c for o in scene.objects)]
     for obj in scene.objects:
         partner = PARTNER.get(obj.category)
         if partner is None or partner in scene.categories or rng.random() >= noise.partner_hallucination_prob:
             continue
-        if any(m.category == partner for m in mentions) or not free_cells:
+        if any(m.category == partner for m, _ in said) or not free_cells:
             continue
         color = TYPICAL_COLOR[partner] if rng.random() < 0.5 else list(COLORS)[int(rng.integers(len(COLORS)))]
         size = SIZES[int(rng.integers(len(SIZES)))]
         cell = free_cells.pop(int(rng.integers(len(free_cells))))
-        added = _with_optional_attrs(partner, color, size, cell, rng, noise)
-        source = next((i for i, m in enumerate(mentions) if m.category == obj.category), None)
+        added = (_with_optional_attrs(partner, color, size, cell, rng, noise), True)
+        source = next((i for i, (m, _) in enumerate(said) if m.category == obj.category), None)
         if noise.partner_placement == "after_source" and source is not None:
-            mentions.insert(source + 1, added)
+            said.insert(source + 1, added)
         else:
-            mentions.append(added)
-    return describe(mentions, rng)
+            said.append(added)
+    if not said:
+        return describe([], rng)
+    also = noise.partner_form == "also"
+    return " ".join(afterthought(m, rng) if is_added and also else sentence(m, rng) for m, is_added in said)
 
 
 def _with_optional_attrs(category, color, size, cell, rng, noise: CaptionNoise) -> Mention:
@@ -354,7 +369,6 @@ def parse_mentions(text: str) -> list[Mention]:
 
 __all__ = [
     "CELL_WORDS", "DESCRIBE_INSTRUCTIONS", "POSITION_PHRASES", "QUESTION_KINDS", "YES_NO_SUFFIX", "CaptionNoise",
-    "Mention", "YesNoQuestion", "attribute_checks", "claim_holds", "claim_question", "describe", "existence_question",
-    "noisy_caption", "parse_mentions", "sample_questions",
-    "true_mentions", "with_suffix",
+    "Mention", "YesNoQuestion", "afterthought", "attribute_checks", "claim_holds", "claim_question", "describe",
+    "existence_question", "noisy_caption", "parse_mentions", "sample_questions", "true_mentions", "with_suffix",
 ]

@@ -192,15 +192,21 @@ def set_generation_ids(model, tokenizer: PreTrainedTokenizerFast) -> None:
     model.generation_config.bos_token_id = tokenizer.bos_token_id
 
 
+_CLIP_MEAN = torch.tensor(CLIP_MEAN, dtype=torch.float32)
+_CLIP_STD = torch.tensor(CLIP_STD, dtype=torch.float32)
+
+
 def pixel_values(images: list, device: torch.device | str = "cpu") -> torch.Tensor:
     """CLIP normalisation of world images (already IMAGE_SIZE square), vectorised: (B, 3, H, W) float32.
 
     Equal to what the saved processor computes for these images; a test pins that. Training uses it because the
     processor's per-image PIL path would cost more than the training steps.
     """
-    arr = np.stack([np.asarray(im, dtype=np.float32) for im in images]) / 255.0  # (B, H, W, 3)
-    arr = (arr - np.asarray(CLIP_MEAN, dtype=np.float32)) / np.asarray(CLIP_STD, dtype=np.float32)
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous().to(device)  # (B, 3, H, W)
+    # uint8 stacked first, then the same float32 operations in the same order as the processor: bit-equal, ~2.5x
+    # faster than converting each image to float in numpy
+    arr = torch.from_numpy(np.stack([np.asarray(im, dtype=np.uint8) for im in images]))  # (B, H, W, 3) uint8
+    arr = arr.to(torch.float32).div_(255.0).sub_(_CLIP_MEAN).div_(_CLIP_STD)
+    return arr.permute(0, 3, 1, 2).contiguous().to(device)  # (B, 3, H, W)
 
 
 def save_vlm(model: LlavaForConditionalGeneration, processor: LlavaProcessor, path: Path) -> None:

@@ -58,7 +58,7 @@ def decode_from_cache(
     stop = torch.tensor(sorted(stop_ids), dtype=torch.long)
     tokens, mask, position = last_ids, attention_mask, last_position
     for _ in range(max_new_tokens):
-        logits = model(input_ids=tokens, attention_mask=mask, position_ids=position[:, None], past_key_values=cache,
+        logits = model(input_ids=tokens, attention_mask=mask, position_ids=position[:, None], cache=cache,
                        use_cache=True).logits[:, -1, :].float()  # (b, V)
         chosen = _next_tokens(logits, temperature, top_p).cpu()  # (b,)
         ends = torch.isin(chosen, stop) & ~finished

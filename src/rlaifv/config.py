@@ -364,7 +364,8 @@ def _world_collect() -> CollectConfig:
     Length balancing is off: in the world a hallucination is always one added sentence, so the paper's filter (keep
     the threshold r that evens mean lengths) drops exactly the cleanest pairs, those whose chosen answer is the
     rejected one without the invented object. With it, 3 rounds cut seed 0's test CHAIRs by 7 %; without it, by 32 % at
-    a similar Cover cost (benchmarks/RESULTS.md). For free-form answers turn it back on (the paper's
+    a similar Cover cost (measured when the invented sentence took the real objects' forms; see
+    benchmarks/RESULTS.md). For free-form answers turn it back on (the paper's
     setting), since there longer answers are not simply answers with more hallucinations."""
     return CollectConfig(sample=SampleConfig(n=10, max_new_tokens=96), pairs=PairsConfig(length_balance=False))
 

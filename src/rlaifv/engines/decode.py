@@ -62,7 +62,8 @@ def decode_from_cache(
                        use_cache=True).logits[:, -1, :].float()  # (b, V)
         chosen = _next_tokens(logits, temperature, top_p).cpu()  # (b,)
         ends = torch.isin(chosen, stop) & ~finished
-        for row, token in zip(rows[~finished & ~ends].tolist(), chosen[~finished & ~ends].tolist()):
+        writing = ~finished & ~ends  # (b,): rows whose answer goes on
+        for row, token in zip(rows[writing].tolist(), chosen[writing].tolist()):
             out[row].append(token)
         finished |= ends
         if finished.all():

@@ -96,8 +96,12 @@ class HFEngine:
         results = []
         for row in new.tolist():
             n = next((i for i, t in enumerate(row) if t in self.stop_ids), len(row))
-            results.append((self.tokenizer.decode(row[:n], skip_special_tokens=True).strip(), n))
+            results.append(self._answer(row[:n]))
         return results
+
+    def _answer(self, ids: list[int]) -> tuple[str, int]:
+        """(text, token count) of an answer's ids, the stop token already cut off."""
+        return self.tokenizer.decode(ids, skip_special_tokens=True).strip(), len(ids)
 
     @torch.no_grad()
     def generate(self, images: list[Image.Image], questions: list[str], sampling: Sampling) -> list[tuple[str, int]]:
@@ -117,7 +121,7 @@ class HFEngine:
         enc = self._inputs(images, questions)
         if seed is not None:
             torch.manual_seed(seed)
-        if n == 1:
+        if n == 1:  # nothing to share: `generate`, which prepares any model's positions (multimodal RoPE included)
             kwargs = {"max_new_tokens": sampling.max_new_tokens, "do_sample": sampling.do_sample}
             if sampling.do_sample:
                 kwargs |= {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
@@ -139,7 +143,7 @@ class HFEngine:
             position_ids[:, -1].repeat_interleave(n, 0), sampling.max_new_tokens, self.stop_ids,
             sampling.temperature if sampling.do_sample else None, sampling.top_p,
         )
-        texts = [(self.tokenizer.decode(row, skip_special_tokens=True).strip(), len(row)) for row in new]
+        texts = [self._answer(row) for row in new]
         return [texts[i * n : (i + 1) * n] for i in range(len(questions))]
 
     def _verdict_probs(self, logits: torch.Tensor) -> list[tuple[float, float]]:

@@ -3,10 +3,14 @@
     python benchmarks/feedback_speed.py judge                        # tiny world labeler, CPU
     python benchmarks/feedback_speed.py sample                       # tiny world policy, CPU
     python benchmarks/feedback_speed.py judge --shape llava-7b --device cuda   # LLaVA-1.5-7B shape, random bf16
+    python benchmarks/feedback_speed.py claims                       # the world's own claims, as collect judges them
 
 judge: yes/no verdicts for Q questions about each of I images -- one question per forward (batches of --batch, what
 the paper's code does) vs the image prefix encoded once per packed row (HFEngine.yes_no_shared). Checks that both
 give the same probabilities.
+claims: the judging stage's real work -- world prompts, N samples each from the base policy, split by the rule
+splitter -- judged one claim per forward, with the shared prefix, and with the shared prefix asking each distinct
+question of an image once (feedback.judge.run_judge). Samples of one image repeat one another's claims.
 sample: N samples per prompt -- `generate(num_return_sequences=N)` (prefills every sample) vs prefill once and decode
 N from the repeated cache, by `generate` (HFEngine.sample up to 0.1.0) and by `decode_from_cache` (HFEngine.sample
 now: finished rows leave the batch, no `generate` overhead).
@@ -112,16 +116,21 @@ def peak_col(device: str, header: bool = False) -> str:
     return " peak GB |" if header else f" {torch.cuda.max_memory_allocated() / 2**30:.1f} |"
 
 
+def one_question_per_forward(engine, flat: list, batch: int) -> list[tuple[float, float]]:
+    """(P_yes, P_no) for each (image, question), the image encoded again for every question, `batch` per forward."""
+    out = []
+    for lo in range(0, len(flat), batch):
+        chunk = flat[lo : lo + batch]
+        out.extend(engine.yes_no([im for im, _ in chunk], [q for _, q in chunk]))
+    return out
+
+
 def bench_judge(engine, images, n_questions: int, batch: int, device: str, per_pack: int) -> None:
     qs = questions_for(n_questions)
     flat = [(im, q) for im in images for q in qs]
 
     def naive():
-        out = []
-        for lo in range(0, len(flat), batch):
-            chunk = flat[lo : lo + batch]
-            out.extend(engine.yes_no([im for im, _ in chunk], [q for _, q in chunk]))
-        return out
+        return one_question_per_forward(engine, flat, batch)
 
     def shared():
         return [p for row in engine.yes_no_shared([(im, qs) for im in images], questions_per_pack=per_pack)
@@ -145,6 +154,63 @@ def bench_judge(engine, images, n_questions: int, batch: int, device: str, per_p
     for name, (sec, _, peak) in times.items():
         print(f"| {name} | {sec:.3f} | {len(flat) / sec:.0f} | {base / sec:.2f}x |{peak}")
     print(f"max |dP| between the paths: {diff:.2e}")
+
+
+def bench_claims(n_prompts: int, n: int, batch: int, workdir: str) -> None:
+    """Judge the claims `rlaifv collect` makes on world prompts, three ways, side by side."""
+    from pathlib import Path
+
+    from rlaifv.collect import run_stage, stores
+    from rlaifv.config import CollectConfig, WorldConfig
+    from rlaifv.feedback.prompts import load_image, write_world_prompts
+
+    world = WorldConfig()
+    out = Path(workdir)
+    prompts_file = write_world_prompts(world.seed, "prompts", n_prompts, out / "prompts.jsonl", world.prior)
+    cfg = CollectConfig.model_validate({"sample": {"n": n}})
+    for stage in ("prompts", "sample", "claims"):
+        run_stage(stage, prompts_file, out, cfg, world)
+    s = stores(out)
+    prompts = {p.prompt_id: p for p in s["prompts"].read()}
+    by_prompt: dict[str, list[str]] = {}
+    for c in s["claims"].read():
+        by_prompt.setdefault(c.prompt_id, []).append(c.question)
+    images = {pid: load_image(prompts[pid]) for pid in by_prompt}
+    groups = [(images[pid], qs) for pid, qs in by_prompt.items()]
+    distinct = [(image, list(dict.fromkeys(qs))) for image, qs in groups]
+    flat = [(image, q) for image, qs in groups for q in qs]
+    engine = tiny_engine("labeler")
+
+    def naive():
+        return one_question_per_forward(engine, flat, batch)
+
+    def shared():
+        return [p for row in engine.yes_no_shared(groups) for p in row]
+
+    def shared_distinct():
+        out = []
+        for (_, qs), (_, unique), row in zip(groups, distinct, engine.yes_no_shared(distinct)):
+            answer_to = dict(zip(unique, row))
+            out.extend(answer_to[q] for q in qs)
+        return out
+
+    n_claims, n_distinct = len(flat), sum(len(qs) for _, qs in distinct)
+    print(f"{len(groups)} world prompts x {n} samples: {n_claims} claims, {n_distinct} distinct questions "
+          f"({n_claims / n_distinct:.2f} claims per question), threads {torch.get_num_threads()}")
+    paths = ((f"one claim per forward (batches of {batch})", naive), ("shared prefix, every claim", shared),
+             ("shared prefix, each distinct question once (run_judge)", shared_distinct))
+    for _, fn in paths:
+        fn()  # warm-up
+    print("| path | seconds | claims/s | speedup |\n|---|---|---|---|")
+    base, results = None, []
+    for name, fn in paths:
+        start = time.perf_counter()
+        results.append(fn())
+        sec = time.perf_counter() - start
+        base = base or sec
+        print(f"| {name} | {sec:.3f} | {n_claims / sec:.0f} | {base / sec:.2f}x |")
+    diff = max(max(abs(x[0] - y[0]), abs(x[1] - y[1])) for r in results[1:] for x, y in zip(results[0], r))
+    print(f"max |dP| against one claim per forward: {diff:.2e}")
 
 
 def bench_sample(engine, images, n: int, max_new_tokens: int, device: str) -> None:
@@ -198,19 +264,28 @@ def bench_sample(engine, images, n: int, max_new_tokens: int, device: str) -> No
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("judge", "sample"))
+    ap.add_argument("what", choices=("judge", "sample", "claims"))
     ap.add_argument("--shape", choices=("tiny", "llava-7b"), default="tiny")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--questions", type=int, default=64, help="yes/no questions per image (judge)")
     ap.add_argument("--per-pack", type=int, default=0, help="questions per packed row (0: all of an image's)")
     ap.add_argument("--batch", type=int, default=32, help="questions per forward on the one-per-forward path")
-    ap.add_argument("--n", type=int, default=10, help="samples per prompt (sample)")
+    ap.add_argument("--n", type=int, default=10, help="samples per prompt (sample, claims)")
+    ap.add_argument("--prompts", type=int, default=64, help="world prompts (claims)")
+    ap.add_argument("--workdir", default="", help="where the claims path keeps its collect run (default: a temp dir)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+
+    if args.what == "claims":
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            bench_claims(args.prompts, args.n, args.batch, args.workdir or tmp)
+        return
 
     from rlaifv.world.render import render
     from rlaifv.world.scenes import sample_scenes

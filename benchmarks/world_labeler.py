@@ -56,20 +56,21 @@ def main() -> None:
 
     from rlaifv.config import EvalConfig, WorldConfig
     from rlaifv.eval.world import evaluate_labeler
-    from rlaifv.world.bootstrap import align_vision, train_model
+    from rlaifv.world.bootstrap import align_vision, train_model, train_scenes
     from rlaifv.world.models import build_model, build_tokenizer
 
     cfg = WorldConfig(seed=args.seed)
     cfg = cfg.model_copy(update={"vision": cfg.vision.model_copy(update=json.loads(args.vision)),
                                  "labeler_train": cfg.labeler_train.model_copy(update=json.loads(args.labeler))})
     tokenizer = build_tokenizer(cfg.seed, cfg.tokenizer_vocab)
-    aligned, vision_stats = align_vision(cfg, tokenizer, cfg.labeler_model)
+    policy_scenes, labeler_scenes = train_scenes(cfg)
+    aligned, vision_stats = align_vision(cfg, tokenizer, cfg.labeler_model, policy_scenes)
     probe = build_model(tokenizer, cfg.labeler_model, 0)
     probe.load_state_dict(aligned, strict=False)
     quality = alignment_quality(probe, tokenizer, cfg.seed)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        stats = train_model(cfg, tokenizer, "labeler", Path(tmp) / "labeler", aligned)
+        stats = train_model(cfg, tokenizer, "labeler", Path(tmp) / "labeler", aligned, labeler_scenes)
         train_s = time.perf_counter() - start
         metrics = evaluate_labeler(Path(tmp) / "labeler", cfg, EvalConfig(n_scenes=500))
     print(json.dumps({"seed": args.seed, "alignment": {**vision_stats, "decoded": quality},

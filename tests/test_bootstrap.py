@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -84,3 +85,37 @@ def test_killed_bootstrap_leaves_nothing_a_later_run_picks_up(micro_config, tmp_
             os.environ["RLAIFV_CACHE"] = saved
     assert (models.root / MANIFEST).exists()
     assert not any(p.name.startswith(".tmp-") for p in world.glob("*"))
+
+
+def test_micro_batches_give_the_whole_batch_gradient(micro_config):
+    # The policy's batch runs as length-sorted micro-batches to save padding; the accumulated gradient must be the
+    # one forward over the whole batch gives.
+    from rlaifv.world.bootstrap import collate, micro_batches, policy_examples, train_scenes
+    from rlaifv.world.models import build_model, build_tokenizer
+
+    tokenizer = build_tokenizer(micro_config.seed, micro_config.tokenizer_vocab)
+    examples = policy_examples(micro_config, tokenizer, train_scenes(micro_config)[0])[:12]
+    lengths = [len(e.prompt_ids) + len(e.target_ids) for e in examples]
+    assert len(set(lengths)) > 1  # padding to save, or the test shows nothing
+    parts = micro_batches(examples, 3)
+    assert [len(p) for p in parts] == [4, 4, 4] and sorted(map(id, examples)) == sorted(id(e) for p in parts for e in p)
+    assert max(len(e.prompt_ids) + len(e.target_ids) for e in parts[0]) <= min(
+        len(e.prompt_ids) + len(e.target_ids) for e in parts[1])
+    model = build_model(tokenizer, micro_config.policy_model, 0)
+    pad = tokenizer.pad_token_id
+
+    def gradient(groups):
+        model.zero_grad()
+        n_targets = sum(len(e.target_ids) for e in examples)
+        total = sum(model(**collate(g, pad), num_items_in_batch=n_targets).loss for g in groups)
+        total.backward()
+        return total.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    whole_loss, whole = gradient([examples])
+    split_loss, split = gradient(parts)
+    model.zero_grad()
+    assert whole_loss == pytest.approx(model(**collate(examples, pad)).loss.item(), rel=1e-5)  # the batch mean
+    assert split_loss == pytest.approx(whole_loss, rel=1e-5)
+    assert whole.keys() == split.keys()
+    for name in whole:
+        torch.testing.assert_close(split[name], whole[name], rtol=1e-4, atol=1e-6)

@@ -65,6 +65,8 @@ def test_collect_writes_every_stage_and_a_summary(finished):
     assert all(c["question"].endswith("Answer yes or no.") for c in claims)
     for v in verdicts:
         assert v["accepted"] == (v["p_yes"] > v["p_no"])
+    # the labeler was asked each distinct question of an image once
+    assert summary["stages"]["verdicts"]["questions_asked"] == len({(c["prompt_id"], c["question"]) for c in claims})
     for name in ("candidates", "claims", "verdicts"):
         assert (finished / name / "config.yaml").exists()  # each stage echoes its config
 
@@ -201,3 +203,43 @@ def micro_world_config():
     from rlaifv.config import WorldConfig
 
     return WorldConfig.preset("micro")
+
+
+def test_each_distinct_question_of_an_image_is_asked_once(finished, micro_world, tmp_path):
+    # Samples of one image repeat one another's claims; the labeler is asked each distinct question once and its
+    # answer serves every claim that asks it -- equal to asking each claim on its own.
+    from dataclasses import replace
+
+    from rlaifv.config import JudgeConfig
+    from rlaifv.engines.hf import HFEngine
+    from rlaifv.feedback.judge import run_judge
+    from rlaifv.feedback.prompts import load_image
+    from rlaifv.store import ShardedStore
+
+    s = stores(finished)
+    claims = s["claims"].read_all()
+    # a copy of every prompt's first response's claims as a further sample: duplicates whatever the sampling gave
+    claims += [replace(c, sample_idx=99) for c in claims if c.sample_idx == 0]
+    engine = HFEngine(micro_world.labeler)
+    asked: list[list[str]] = []
+
+    class CountingLabeler:  # the real engine; records what it is asked
+        def yes_no_shared(self, groups, questions_per_pack=64):
+            asked.extend(qs for _, qs in groups)
+            return engine.yes_no_shared(groups, questions_per_pack)
+
+    from rlaifv.records import Verdict
+
+    out = ShardedStore(tmp_path / "verdicts", Verdict, 3)
+    result = run_judge(s["prompts"], claims, out, JudgeConfig(packs_per_batch=2), CountingLabeler(), load_image)
+    distinct = {(c.prompt_id, c.question) for c in claims}
+    assert all(len(qs) == len(set(qs)) for qs in asked)
+    assert result["asked"] == sum(map(len, asked)) == len(distinct) < len(claims)
+    assert result["done"] == len(claims)
+
+    verdicts = {v.key: v for v in out.read()}
+    prompts = {p.prompt_id: p for p in s["prompts"].read()}
+    alone = engine.yes_no([load_image(prompts[c.prompt_id]) for c in claims], [c.question for c in claims])
+    for c, (p_yes, p_no) in zip(claims, alone):
+        assert verdicts[c.key].p_yes == pytest.approx(p_yes, abs=1e-4)
+        assert verdicts[c.key].p_no == pytest.approx(p_no, abs=1e-4)

@@ -105,18 +105,21 @@ def test_rows_that_finish_early_leave_the_batch_without_changing_any_answer(micr
         p.data.normal_(0, 0.3)
     images = [render(s) for s in sample_scenes(0, "test", 6)]
     questions = list(DESCRIBE_INSTRUCTIONS[:6])  # of different lengths: left padding
+    # the reference `generate` stops at the model's EOS, so the engine stops there too, and at the chosen token
+    eos = engine.model.generation_config.eos_token_id
+    eos = {eos} if isinstance(eos, int) else set(eos or ())
     refs = [_greedy_reference(engine, image, question, 30) for image, question in zip(images, questions)]
 
-    def first_stop(row, token):
-        return row.index(token) if token in row else len(row)
+    def first_stop(row, stops):
+        return min((row.index(t) for t in stops if t in row), default=len(row))
 
-    stop = max(sorted({t for r in refs for t in r}), key=lambda t: len({first_stop(r, t) for r in refs}))
-    engine.stop_ids = {stop}
+    stop = max(sorted({t for r in refs for t in r} - eos), key=lambda t: len({first_stop(r, {t} | eos) for r in refs}))
+    engine.stop_ids = {stop} | eos
     got = engine.sample(images, questions, 2, Sampling(max_new_tokens=30))
-    lengths = {first_stop(r, stop) for r in refs}
+    lengths = {first_stop(r, engine.stop_ids) for r in refs}
     assert len(lengths) >= 3  # rows do finish apart
     for ref, samples in zip(refs, got):
-        ids = ref[: first_stop(ref, stop)]
+        ids = ref[: first_stop(ref, engine.stop_ids)]
         assert samples == [(engine.tokenizer.decode(ids, skip_special_tokens=True).strip(), len(ids))] * 2
 
 

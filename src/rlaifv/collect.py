@@ -133,6 +133,9 @@ def summarize(out: Path, results: dict | None = None) -> dict:
     summary["stages"]["pairs"] = {"records": len(pairs_store)}
     if results and isinstance(results.get("pairs"), dict):
         summary["stages"]["pairs"].update(results["pairs"])
+    if results and "asked" in (results.get("judge") or {}):
+        # distinct questions this run sent to the labeler; below the verdicts when samples repeat claims
+        summary["stages"]["verdicts"]["questions_asked"] = results["judge"]["asked"]
     summary.update(world_feedback(s["prompts"], pairs_store))
     return summary
 

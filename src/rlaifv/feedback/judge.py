@@ -5,8 +5,11 @@ claim is accepted iff P_yes > P_no, so a tie rejects. A response's score is -(re
 verdicts when pairs are built.
 
 Speed: one prompt's image is asked about every claim of every one of its N responses -- often 50-100 questions.
-With `shared_prefix` the image and chat header are encoded once per packed row and the questions follow it behind
-a block mask (engines.packing); the result equals one forward per question.
+Two things keep that cheap, and neither changes a verdict:
+- each distinct question of a prompt is asked once: N samples of one image repeat one another's claims ("Is there
+  a red fork on the left?" in most of them), and a question about the same image has one answer;
+- with `shared_prefix` the image and chat header are encoded once per packed row and the questions follow it
+  behind a block mask (engines.packing); the result equals one forward per question.
 
 `holistic` mode asks one question about the whole response instead, for the paper's ablation.
 """
@@ -63,7 +66,7 @@ def run_judge(
     for c in claims:
         by_prompt[c.prompt_id].append(c)
     todo = [p for p in prompts.read() if p.prompt_id in by_prompt]
-    done = skipped = 0
+    done = skipped = asked = 0
     with out.writer() as writer, progress("judging claims", sum(len(by_prompt[p.prompt_id]) for p in todo)) as bar:
         for lo in range(0, len(todo), cfg.packs_per_batch):
             # A batch is a fixed unit of compute: after a crash it is recomputed whole (only what is missing is
@@ -83,16 +86,20 @@ def run_judge(
                     for c in mine:
                         if c.key not in writer:
                             writer.quarantine(c.key, str(exc), c)
-            groups = [(image, [c.question for c in mine]) for image, mine in batch]
+            # each distinct question once per image, in first-seen order; its answer serves every claim that asks it
+            groups = [(image, list(dict.fromkeys(c.question for c in mine))) for image, mine in batch]
+            asked += sum(len(qs) for _, qs in groups)
             if not groups:
                 probs = []
             elif cfg.shared_prefix:
                 probs = engine.yes_no_shared(groups, cfg.questions_per_pack)
             else:
                 probs = [engine.yes_no([image] * len(qs), qs) for image, qs in groups]
-            for (_, mine), row in zip(batch, probs):
+            for (_, mine), (_, questions), row in zip(batch, groups, probs):
+                answer_to = dict(zip(questions, row))
                 verdicts = []
-                for c, answer in zip(mine, row):
+                for c in mine:
+                    answer = answer_to[c.question]
                     if c.key in writer:
                         skipped += 1
                         continue
@@ -106,5 +113,6 @@ def run_judge(
                         verdicts.append(Verdict.from_probs(c.prompt_id, c.sample_idx, c.claim_idx, p_yes, p_no))
                 writer.add_unit(verdicts)
                 done += len(verdicts)
-            bar.advance(n_here, status=f"{done} verdicts")
-    return {"done": done, "skipped": skipped}
+            bar.advance(n_here, status=f"{done} verdicts from {asked} questions")
+    # `asked`: distinct questions sent to the labeler by this run (claims repeated across samples are asked once)
+    return {"done": done, "skipped": skipped, "asked": asked}

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from rlaifv import __version__
-from rlaifv.config import SFTConfig, VisionAlignConfig, WorldConfig
+from rlaifv.config import PolicyTrainConfig, VisionAlignConfig, WorldConfig
 from rlaifv.progress import log, progress
 from rlaifv.world.labeler import labeler_rows, train_labeler
 from rlaifv.world.language import CELL_WORDS, DESCRIBE_INSTRUCTIONS, noisy_caption
@@ -42,7 +42,7 @@ from rlaifv.world.models import (
 )
 from rlaifv.world.render import render
 from rlaifv.world.scenes import CATEGORIES, COLORS, N_CELLS, SIZES, Scene, sample_scenes
-from rlaifv.world.training import lr_factor, optimizer_step, text_batch
+from rlaifv.world.training import adamw, apply_gradients, lr_factor, text_batch
 
 MANIFEST = "bootstrap.json"
 # Part of the cache key: raised whenever a change to the world's data or training changes what a bootstrap builds,
@@ -92,11 +92,19 @@ def _encode_targets(tokenizer, texts: list[str]) -> list[tuple[int, ...]]:
     return [(*row, tokenizer.eos_token_id) for row in ids]
 
 
-def policy_examples(cfg: WorldConfig, tokenizer) -> list[Example]:
+def train_scenes(cfg: WorldConfig) -> tuple[list[Scene], list[Scene]]:
+    """The train split, sampled once: the policy's scenes (which the vision alignment also draws from), then the
+    labeler's -- a different slice, so the two models never share scenes by accident."""
+    n_policy = cfg.policy_train.scenes
+    scenes = sample_scenes(cfg.seed, "train", n_policy + cfg.labeler_train.scenes, cfg.prior)
+    return scenes[:n_policy], scenes[n_policy:]
+
+
+def policy_examples(cfg: WorldConfig, tokenizer, scenes: list[Scene]) -> list[Example]:
+    """`examples_per_scene` noisy captions per scene, each behind a describe instruction drawn at random."""
     rng = np.random.default_rng([cfg.seed, 1])
     n_img = num_image_tokens(cfg.policy_model)
     prompts = [encode_prompt(tokenizer, q, n_img) for q in DESCRIBE_INSTRUCTIONS]
-    scenes = sample_scenes(cfg.seed, "train", cfg.policy_train.scenes, cfg.prior)
     rows = []
     for scene in scenes:
         for _ in range(cfg.policy_train.examples_per_scene):
@@ -115,17 +123,21 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------- training
 
 
-def cell_targets(scenes: list[Scene]) -> dict[str, torch.Tensor]:
-    """Per grid cell: category (0 = empty), color and size indices; -100 where a cell is empty. Each (B, 9)."""
+def cell_targets(scenes: list[Scene]) -> dict[str, np.ndarray]:
+    """Per grid cell: category (0 = empty), color and size indices; -100 where a cell is empty. Each (N, 9) int64,
+    built once for all scenes so a training step only indexes rows."""
     n = len(scenes)
-    cat = torch.zeros((n, N_CELLS), dtype=torch.long)
-    color = torch.full((n, N_CELLS), -100, dtype=torch.long)
-    size = torch.full((n, N_CELLS), -100, dtype=torch.long)
+    cat = np.zeros((n, N_CELLS), dtype=np.int64)
+    color = np.full((n, N_CELLS), -100, dtype=np.int64)
+    size = np.full((n, N_CELLS), -100, dtype=np.int64)
+    category_index = {c: i + 1 for i, c in enumerate(CATEGORIES)}
+    color_index = {c: i for i, c in enumerate(COLORS)}
+    size_index = {s: i for i, s in enumerate(SIZES)}
     for i, scene in enumerate(scenes):
         for o in scene.objects:
-            cat[i, o.cell] = CATEGORIES.index(o.category) + 1
-            color[i, o.cell] = list(COLORS).index(o.color)
-            size[i, o.cell] = SIZES.index(o.size)
+            cat[i, o.cell] = category_index[o.category]
+            color[i, o.cell] = color_index[o.color]
+            size[i, o.cell] = size_index[o.size]
     return {"category": cat, "color": color, "size": size}
 
 
@@ -151,16 +163,17 @@ def pretrain_vision(
     category_head = torch.nn.Linear(embed.shape[1], len(CATEGORIES) + 1).to(device)
     params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters(),
               *category_head.parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    opt = adamw(params, lr=cfg.lr, weight_decay=0.0)
     rng = np.random.default_rng([seed, 4])
+    all_targets = cell_targets(scenes)  # each (N, 9)
     losses: list[float] = []
     with progress("vision alignment", cfg.steps) as bar:
         for _ in range(cfg.steps):
-            batch = [scenes[i] for i in rng.integers(len(scenes), size=cfg.batch_size)]
-            images = pixel_values([render(s) for s in batch], device)
+            picked = rng.integers(len(scenes), size=cfg.batch_size)
+            images = pixel_values([render(scenes[i]) for i in picked], device)
             feats = model.get_image_features(pixel_values=images).pooler_output
             feats = torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats  # (B, 9, H)
-            targets = cell_targets(batch)
+            targets = {k: torch.from_numpy(v[picked]) for k, v in all_targets.items()}  # each (B, 9)
             occupied = (targets["category"] > 0).to(device)  # (B, 9)
             goal = place.expand_as(feats).clone()  # (B, 9, H): empty cells map to their place words (or zero)
             cat = embed[ids["category"][(targets["category"] - 1).clamp(min=0).to(device)]]  # (B, 9, H)
@@ -182,46 +195,61 @@ def pretrain_vision(
     return losses
 
 
+def micro_batches(examples: list[Example], n: int) -> list[list[Example]]:
+    """The batch sorted by length and cut into at most n contiguous parts, so each part pads only to its own
+    longest example."""
+    ordered = sorted(examples, key=lambda e: len(e.prompt_ids) + len(e.target_ids))
+    size = math.ceil(len(ordered) / n)
+    return [ordered[lo : lo + size] for lo in range(0, len(ordered), size)]
+
+
 def train_sft(
-    model, examples: list[Example], cfg: SFTConfig, seed: int, pad_id: int, name: str = "policy", device: str = "cpu"
+    model, examples: list[Example], cfg: PolicyTrainConfig, seed: int, pad_id: int, name: str = "policy",
+    device: str = "cpu",
 ) -> list[float]:
-    """One pass over the examples with AdamW, linear warmup and cosine decay; returns the loss per step."""
+    """One pass over the examples with AdamW, linear warmup and cosine decay; returns the loss per step.
+
+    Each step's batch runs as `cfg.micro_batches` length-sorted forwards. Every forward divides its summed token
+    loss by the whole batch's target-token count, so the accumulated gradient is the batch's mean-loss gradient:
+    the split saves padding and changes nothing else.
+    """
     torch.manual_seed(seed)
     order = np.random.default_rng([seed, 3]).permutation(len(examples))
     steps = math.ceil(len(examples) / cfg.batch_size)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    opt = adamw(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, cfg.warmup_steps))
     model.train()
     losses: list[float] = []
     with progress(f"training {name}", steps) as bar:
         for step in range(steps):
-            batch = collate([examples[i] for i in order[step * cfg.batch_size : (step + 1) * cfg.batch_size]], pad_id)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss = model(**batch).loss
-            optimizer_step(model, loss, opt, sched)
-            losses.append(loss.item())
+            here = [examples[i] for i in order[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
+            n_targets = sum(len(e.target_ids) for e in here)  # tokens with a loss in the whole batch
+            loss_sum = 0.0
+            for part in micro_batches(here, cfg.micro_batches):
+                batch = {k: v.to(device) for k, v in collate(part, pad_id).items()}
+                loss = model(**batch, num_items_in_batch=n_targets).loss  # this part's share of the batch mean
+                loss.backward()
+                loss_sum += loss.item()
+            apply_gradients(model, opt, sched)
+            losses.append(loss_sum)
             bar.advance(1, status=f"loss {np.mean(losses[-20:]):.3f}")
     model.eval()
     return losses
-
-
-def labeler_scenes(cfg: WorldConfig) -> list[Scene]:
-    """A different slice of the train split than the policy's, so the two models never share scenes by accident."""
-    n_policy = cfg.policy_train.scenes
-    return sample_scenes(cfg.seed, "train", n_policy + cfg.labeler_train.scenes, cfg.prior)[n_policy:]
 
 
 # Weights the alignment stage produces; both models start from them (tied, so the LM head follows the embeddings).
 ALIGNED_PREFIXES = ("model.vision_tower.", "model.multi_modal_projector.", "model.language_model.embed_tokens.")
 
 
-def align_vision(cfg: WorldConfig, tokenizer, model_cfg: TinyVLMConfig, device: str = "cpu") -> tuple[dict, dict]:
-    """Run the alignment stage once for a model shape; returns the aligned weights and stats."""
+def align_vision(
+    cfg: WorldConfig, tokenizer, model_cfg: TinyVLMConfig, scenes: list[Scene], device: str = "cpu"
+) -> tuple[dict, dict]:
+    """Run the alignment stage once for a model shape on the policy's train scenes; returns the aligned weights and
+    stats."""
     seed = cfg.seed * 1000 + 4
     start = time.perf_counter()
     model = build_model(tokenizer, model_cfg, seed).to(device)
-    scenes = sample_scenes(cfg.seed, "train", cfg.policy_train.scenes, cfg.prior)
     losses = pretrain_vision(model, tokenizer, scenes, cfg.vision, seed, device)
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k.startswith(ALIGNED_PREFIXES)}
     stats = {"steps": len(losses), "final_rel_error": float(np.mean(losses[-20:])) if losses else None,
@@ -229,16 +257,19 @@ def align_vision(cfg: WorldConfig, tokenizer, model_cfg: TinyVLMConfig, device: 
     return state, stats
 
 
-def train_model(cfg: WorldConfig, tokenizer, role: str, out: Path, aligned: dict, device: str = "cpu") -> dict:
-    """Build one of the world's models ("policy" or "labeler") from the aligned weights, train it, save it to `out`."""
+def train_model(
+    cfg: WorldConfig, tokenizer, role: str, out: Path, aligned: dict, scenes: list[Scene], device: str = "cpu"
+) -> dict:
+    """Build one of the world's models ("policy" or "labeler") from the aligned weights, train it on its train
+    scenes (`train_scenes`), save it to `out`."""
     model_cfg = cfg.policy_model if role == "policy" else cfg.labeler_model
     train_cfg = cfg.policy_train if role == "policy" else cfg.labeler_train
     seed = cfg.seed * 1000 + (1 if role == "policy" else 2)
     start = time.perf_counter()
     if role == "policy":
-        examples = policy_examples(cfg, tokenizer)
+        examples = policy_examples(cfg, tokenizer, scenes)
     else:
-        examples = labeler_rows(labeler_scenes(cfg), tokenizer, num_image_tokens(model_cfg),
+        examples = labeler_rows(scenes, tokenizer, num_image_tokens(model_cfg),
                                 train_cfg.examples_per_scene, cfg.seed)
     model = build_model(tokenizer, model_cfg, seed)
     unexpected = model.load_state_dict(aligned, strict=False).unexpected_keys
@@ -305,11 +336,12 @@ def bootstrap(cfg: WorldConfig, force: bool = False) -> WorldModels:
 
     stats: dict = {}
     aligned: dict[str, dict] = {}  # one alignment per model shape; the default world's two models share one
+    scenes = dict(zip(("policy", "labeler"), train_scenes(cfg)))
     for role, shape in (("policy", cfg.policy_model), ("labeler", cfg.labeler_model)):
         shape_key = shape.model_dump_json(exclude={"tie_embeddings"})  # the head is not part of the alignment
         if shape_key not in aligned:
-            aligned[shape_key], stats[f"vision_{role}"] = align_vision(cfg, tokenizer, shape)
-        stats[role] = train_model(cfg, tokenizer, role, tmp / role, aligned[shape_key])
+            aligned[shape_key], stats[f"vision_{role}"] = align_vision(cfg, tokenizer, shape, scenes["policy"])
+        stats[role] = train_model(cfg, tokenizer, role, tmp / role, aligned[shape_key], scenes[role])
     stats["splitter"] = train_splitter(cfg.seed, tmp / "splitter", steps=cfg.splitter_steps, tokenizer=tokenizer)
     manifest = {
         "key": key,

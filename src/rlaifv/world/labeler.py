@@ -34,7 +34,7 @@ from rlaifv.world.language import YesNoQuestion, sample_questions, with_suffix
 from rlaifv.world.models import IMAGE_TOKEN, encode_prompt, pixel_values, word_token_id
 from rlaifv.world.render import render
 from rlaifv.world.scenes import CATEGORIES, COLORS, N_CELLS, SIZES, Scene
-from rlaifv.world.training import lr_factor, optimizer_step
+from rlaifv.world.training import adamw, lr_factor, optimizer_step
 
 # Classes of each fact a head reads: present, color, size, cell (subject); then asked color, size, cell.
 SUBJECT_CLASSES = (2, len(COLORS), len(SIZES), N_CELLS)
@@ -157,7 +157,7 @@ def train_labeler(model, rows: list[LabelerRow], cfg: LabelerTrainConfig, seed: 
     order = np.random.default_rng([seed, 3]).permutation(len(rows))
     steps = math.ceil(len(rows) / cfg.batch_size)
     params = [p for p in trained.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    opt = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, cfg.warmup_steps))
     model.train()
     losses: list[float] = []

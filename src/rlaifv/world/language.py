@@ -61,17 +61,19 @@ class CaptionNoise(BaseModel):
     """How the world's captioner errs; the base policy learns these habits from its captions.
 
     The added partner sentence always opens the same way ("Also, there is a knife on the left."), as real captions
-    tack on an afterthought. The habit's whole probability then rests on one first token against ending the caption,
-    so greedy decoding follows it whenever the policy sees a present object without its partner, on every seed (with
-    the real objects' four sentence forms the habit was split four ways and followed or not by training noise: CHAIRs
-    0.07-0.35 across seeds). Sampling at temperature 0.7 still leaves it out now and then, which gives the feedback
-    pairs; and no real object's sentence starts with "Also", so learning to leave it out does not teach to drop them.
+    tack on an afterthought. The habit's whole probability then rests on one first token against ending the caption
+    (with the real objects' four sentence forms it was split four ways and followed or not by training noise: CHAIRs
+    0.07-0.35 across seeds). How often greedy decoding follows it still moves with training noise: at a habit of 0.8,
+    new float rounding in training and a smaller alignment batch took seeds 0-2 from CHAIRs 0.39 / 0.60 / 0.47 to
+    0.49 / 0.34 / 0.18; at 0.9 they give 0.47 / 0.40 / 0.30. Sampling at temperature 0.7 still leaves it out now and
+    then, which gives the feedback pairs; and no real object's sentence starts with "Also", so learning to leave it
+    out does not teach to drop them.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     partner_hallucination_prob: float = Field(
-        0.8, ge=0, le=1, description="chance to add an absent partner of a present object after the real objects"
+        0.9, ge=0, le=1, description="chance to add an absent partner of a present object after the real objects"
     )
     partner_form: Literal["also", "varied"] = Field(
         "also", description="how an added partner is said: always 'Also, there is ...', or in the real objects' "

@@ -202,11 +202,12 @@ def pixel_values(images: list, device: torch.device | str = "cpu") -> torch.Tens
     Equal to what the saved processor computes for these images; a test pins that. Training uses it because the
     processor's per-image PIL path would cost more than the training steps.
     """
-    # uint8 stacked first, then the same float32 operations in the same order as the processor: bit-equal, ~2.5x
-    # faster than converting each image to float in numpy
+    # uint8 stacked and put channels-first before any float exists, then the same float32 operations in the same
+    # order as the processor: bit-equal, and the float tensor is written three times instead of five
     arr = torch.from_numpy(np.stack([np.asarray(im, dtype=np.uint8) for im in images]))  # (B, H, W, 3) uint8
-    arr = arr.to(torch.float32).div_(255.0).sub_(_CLIP_MEAN).div_(_CLIP_STD)
-    return arr.permute(0, 3, 1, 2).contiguous().to(device)  # (B, 3, H, W)
+    arr = arr.permute(0, 3, 1, 2).contiguous()  # (B, 3, H, W) uint8
+    arr = arr.to(torch.float32).div_(255.0).sub_(_CLIP_MEAN.view(3, 1, 1)).div_(_CLIP_STD.view(3, 1, 1))
+    return arr.to(device)  # (B, 3, H, W)
 
 
 def save_vlm(model: LlavaForConditionalGeneration, processor: LlavaProcessor, path: Path) -> None:

@@ -33,7 +33,7 @@ from rlaifv.records import BadInput
 from rlaifv.world.language import DESCRIBE_INSTRUCTIONS, CaptionNoise, describe, noisy_caption, true_mentions
 from rlaifv.world.models import build_tokenizer, set_generation_ids
 from rlaifv.world.scenes import SPLITS, sample_scenes
-from rlaifv.world.training import lr_factor, optimizer_step, text_batch
+from rlaifv.world.training import adamw, lr_factor, optimizer_step, text_batch
 
 WORLD_UNIT = "sentence"
 WORLD_STATEMENTS_PROMPT = "Split: {sentence}"  # call (a), one sentence
@@ -221,7 +221,7 @@ def train_splitter(
 def _fit(model: LlamaForCausalLM, batches: list[list[Pair]], lr: float, pad_id: int, device: str) -> list[float]:
     """AdamW, one step per batch; the loss is the mean cross-entropy of the target tokens."""
     steps = len(batches)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    opt = adamw(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, max(1, steps // 10)))
     model.train()
     losses = []

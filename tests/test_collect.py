@@ -66,7 +66,7 @@ def test_collect_writes_every_stage_and_a_summary(finished):
     for v in verdicts:
         assert v["accepted"] == (v["p_yes"] > v["p_no"])
     # the labeler was asked each distinct question of an image once
-    assert summary["stages"]["verdicts"]["questions_asked"] == len({(c["prompt_id"], c["question"]) for c in claims})
+    assert summary["questions_asked"] == len({(c["prompt_id"], c["question"]) for c in claims})
     for name in ("candidates", "claims", "verdicts"):
         assert (finished / name / "config.yaml").exists()  # each stage echoes its config
 

@@ -134,8 +134,9 @@ def summarize(out: Path, results: dict | None = None) -> dict:
     if results and isinstance(results.get("pairs"), dict):
         summary["stages"]["pairs"].update(results["pairs"])
     if results and "asked" in (results.get("judge") or {}):
-        # distinct questions this run sent to the labeler; below the verdicts when samples repeat claims
-        summary["stages"]["verdicts"]["questions_asked"] = results["judge"]["asked"]
+        # distinct questions this run sent to the labeler (fewer than its verdicts when samples repeat claims; none
+        # when a rerun finds every verdict stored): about the run, like `seconds`, not about the stores
+        summary["questions_asked"] = results["judge"]["asked"]
     summary.update(world_feedback(s["prompts"], pairs_store))
     return summary
 

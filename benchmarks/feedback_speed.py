@@ -162,6 +162,7 @@ def bench_claims(n_prompts: int, n: int, batch: int, workdir: str) -> None:
 
     from rlaifv.collect import run_stage, stores
     from rlaifv.config import CollectConfig, WorldConfig
+    from rlaifv.feedback.judge import ask_each_once
     from rlaifv.feedback.prompts import load_image, write_world_prompts
 
     world = WorldConfig()
@@ -177,7 +178,6 @@ def bench_claims(n_prompts: int, n: int, batch: int, workdir: str) -> None:
         by_prompt.setdefault(c.prompt_id, []).append(c.question)
     images = {pid: load_image(prompts[pid]) for pid in by_prompt}
     groups = [(images[pid], qs) for pid, qs in by_prompt.items()]
-    distinct = [(image, list(dict.fromkeys(qs))) for image, qs in groups]
     flat = [(image, q) for image, qs in groups for q in qs]
     engine = tiny_engine("labeler")
 
@@ -188,13 +188,9 @@ def bench_claims(n_prompts: int, n: int, batch: int, workdir: str) -> None:
         return [p for row in engine.yes_no_shared(groups) for p in row]
 
     def shared_distinct():
-        out = []
-        for (_, qs), (_, unique), row in zip(groups, distinct, engine.yes_no_shared(distinct)):
-            answer_to = dict(zip(unique, row))
-            out.extend(answer_to[q] for q in qs)
-        return out
+        return [p for row in ask_each_once(groups, engine.yes_no_shared)[0] for p in row]
 
-    n_claims, n_distinct = len(flat), sum(len(qs) for _, qs in distinct)
+    n_claims, n_distinct = len(flat), len({(id(image), q) for image, q in flat})
     print(f"{len(groups)} world prompts x {n} samples: {n_claims} claims, {n_distinct} distinct questions "
           f"({n_claims / n_distinct:.2f} claims per question), threads {torch.get_num_threads()}")
     paths = ((f"one claim per forward (batches of {batch})", naive), ("shared prefix, every claim", shared),

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from PIL import Image
 
@@ -27,6 +27,8 @@ from rlaifv.config import JudgeConfig
 from rlaifv.progress import progress
 from rlaifv.records import BadInput, Candidate, Claim, Prompt, Verdict
 from rlaifv.store import ShardedStore
+
+A = TypeVar("A")  # an engine's answer to one question
 
 # The holistic question: the whole response in one yes/no.
 HOLISTIC_QUESTION = 'Here is a description of the image: "{response}" Is everything in this description correct?'
@@ -50,6 +52,17 @@ def holistic_claims(candidates: list[Candidate], suffix: str) -> list[Claim]:
         question = HOLISTIC_QUESTION.format(response=c.text.strip())
         out.append(Claim(c.prompt_id, c.sample_idx, 0, c.text, f"{question} {suffix}".strip()))
     return out
+
+
+def ask_each_once(
+    groups: list[tuple[Image.Image, list[str]]], ask: Callable[[list[tuple[Image.Image, list[str]]]], list[list[A]]]
+) -> tuple[list[list[A]], int]:
+    """`ask`'s answers for every question of every (image, questions) group, each distinct question of a group
+    asked once (in first-seen order) and its answer given to every repeat; also how many questions were asked."""
+    distinct = [(image, list(dict.fromkeys(qs))) for image, qs in groups]
+    rows = ask(distinct) if distinct else []
+    answers = [[dict(zip(unique, row))[q] for q in qs] for (_, qs), (_, unique), row in zip(groups, distinct, rows)]
+    return answers, sum(len(unique) for _, unique in distinct)
 
 
 def run_judge(
@@ -86,20 +99,15 @@ def run_judge(
                     for c in mine:
                         if c.key not in writer:
                             writer.quarantine(c.key, str(exc), c)
-            # each distinct question once per image, in first-seen order; its answer serves every claim that asks it
-            groups = [(image, list(dict.fromkeys(c.question for c in mine))) for image, mine in batch]
-            asked += sum(len(qs) for _, qs in groups)
-            if not groups:
-                probs = []
-            elif cfg.shared_prefix:
-                probs = engine.yes_no_shared(groups, cfg.questions_per_pack)
+            groups = [(image, [c.question for c in mine]) for image, mine in batch]
+            if cfg.shared_prefix:
+                probs, n_asked = ask_each_once(groups, lambda g: engine.yes_no_shared(g, cfg.questions_per_pack))
             else:
-                probs = [engine.yes_no([image] * len(qs), qs) for image, qs in groups]
-            for (_, mine), (_, questions), row in zip(batch, groups, probs):
-                answer_to = dict(zip(questions, row))
+                probs, n_asked = ask_each_once(groups, lambda g: [engine.yes_no([im] * len(qs), qs) for im, qs in g])
+            asked += n_asked
+            for (_, mine), row in zip(batch, probs):
                 verdicts = []
-                for c in mine:
-                    answer = answer_to[c.question]
+                for c, answer in zip(mine, row):
                     if c.key in writer:
                         skipped += 1
                         continue

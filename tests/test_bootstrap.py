@@ -87,35 +87,88 @@ def test_killed_bootstrap_leaves_nothing_a_later_run_picks_up(micro_config, tmp_
     assert not any(p.name.startswith(".tmp-") for p in world.glob("*"))
 
 
-def test_micro_batches_give_the_whole_batch_gradient(micro_config):
+@pytest.mark.parametrize("lookup_weight", [0.0, 0.5])
+def test_micro_batches_give_the_whole_batch_gradient(micro_config, lookup_weight):
     # The policy's batch runs as length-sorted micro-batches to save padding; the accumulated gradient must be the
-    # one forward over the whole batch gives.
-    from rlaifv.world.bootstrap import collate, micro_batches, policy_examples, train_scenes
+    # one forward over the whole batch gives, with and without the training-only read-outs.
+    from rlaifv.world.bootstrap import (
+        SentenceLookupHeads,
+        collate,
+        micro_batches,
+        part_loss,
+        policy_examples,
+        train_scenes,
+    )
     from rlaifv.world.models import build_model, build_tokenizer
 
-    tokenizer = build_tokenizer(micro_config.seed, micro_config.tokenizer_vocab)
-    examples = policy_examples(micro_config, tokenizer, train_scenes(micro_config)[0])[:12]
+    cfg = micro_config.model_copy(update={"policy_train": micro_config.policy_train.model_copy(
+        update={"lookup_weight": lookup_weight})})
+    tokenizer = build_tokenizer(cfg.seed, cfg.tokenizer_vocab)
+    examples = policy_examples(cfg, tokenizer, train_scenes(cfg)[0])[:12]
     lengths = [len(e.prompt_ids) + len(e.target_ids) for e in examples]
     assert len(set(lengths)) > 1  # padding to save, or the test shows nothing
     parts = micro_batches(examples, 3)
     assert [len(p) for p in parts] == [4, 4, 4] and sorted(map(id, examples)) == sorted(id(e) for p in parts for e in p)
     assert max(len(e.prompt_ids) + len(e.target_ids) for e in parts[0]) <= min(
         len(e.prompt_ids) + len(e.target_ids) for e in parts[1])
-    model = build_model(tokenizer, micro_config.policy_model, 0)
+    model = build_model(tokenizer, cfg.policy_model, 0)
+    heads = SentenceLookupHeads(model.config.text_config.hidden_size) if lookup_weight else None
+    trained = torch.nn.ModuleList([model, heads]) if heads is not None else model
     pad = tokenizer.pad_token_id
 
     def gradient(groups):
-        model.zero_grad()
-        n_targets = sum(len(e.target_ids) for e in examples)
-        total = sum(model(**collate(g, pad), num_items_in_batch=n_targets).loss for g in groups)
-        total.backward()
-        return total.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        trained.zero_grad()
+        caption, total = 0.0, 0.0
+        for g in groups:
+            part_caption, part_total = part_loss(model, heads, lookup_weight, g, examples, pad)
+            part_total.backward()
+            caption, total = caption + part_caption, total + part_total.item()
+        grads = {n: p.grad.clone() for n, p in trained.named_parameters() if p.grad is not None}
+        return caption, total, grads
 
-    whole_loss, whole = gradient([examples])
-    split_loss, split = gradient(parts)
-    model.zero_grad()
-    assert whole_loss == pytest.approx(model(**collate(examples, pad)).loss.item(), rel=1e-5)  # the batch mean
-    assert split_loss == pytest.approx(whole_loss, rel=1e-5)
+    whole_caption, whole_total, whole = gradient([examples])
+    split_caption, split_total, split = gradient(parts)
+    inputs = collate(examples, pad)
+    inputs.pop("facts", None)
+    assert whole_caption == pytest.approx(model(**inputs).loss.item(), rel=1e-5)  # the batch mean
+    assert split_caption == pytest.approx(whole_caption, rel=1e-5)
+    assert split_total == pytest.approx(whole_total, rel=1e-5)
+    assert (whole_total > whole_caption + 0.1) == bool(lookup_weight)  # the read-outs add their loss when on
     assert whole.keys() == split.keys()
+    assert any(n.startswith("1.") for n in whole) == bool(lookup_weight)  # the heads get a gradient when on
     for name in whole:
         torch.testing.assert_close(split[name], whole[name], rtol=1e-4, atol=1e-6)
+
+
+def test_sentence_facts_follow_each_sentence_from_its_object_name(micro_config):
+    # The policy's training-only read-outs learn, from each sentence's object name to its period, what the image
+    # holds for that object; an invented object reads "absent"; tokens before a name and the EOS are left free.
+    from rlaifv.world.bootstrap import policy_examples, train_scenes
+    from rlaifv.world.labeler import held_facts
+    from rlaifv.world.models import build_tokenizer, word_token_id
+    from rlaifv.world.scenes import CATEGORIES
+
+    cfg = micro_config.model_copy(update={"policy_train": micro_config.policy_train.model_copy(
+        update={"lookup_weight": 0.1})})
+    tokenizer = build_tokenizer(cfg.seed, cfg.tokenizer_vocab)
+    examples = policy_examples(cfg, tokenizer, train_scenes(cfg)[0])
+    names = {word_token_id(tokenizer, c): c for c in CATEGORIES}
+    period = tokenizer(".", add_special_tokens=False)["input_ids"][0]
+    checked = absent = 0
+    for e in examples[:40]:
+        if not e.facts:
+            assert tokenizer.decode(e.target_ids[:-1]).strip() == "The image is empty."
+            continue
+        assert len(e.facts) == len(e.target_ids) and e.facts[0] == (-100,) * 4
+        name = None
+        for token, facts in zip(e.target_ids[:-1], e.facts[1:]):  # facts[j + 1]: the state at target token j
+            name = names.get(token, name)
+            expected = held_facts(e.scene, name) if name else (-100,) * 4
+            assert facts == expected, tokenizer.decode(e.target_ids)
+            checked += name is not None
+            absent += name is not None and e.scene.object_of(name) is None
+            if token == period:
+                name = None
+    assert checked > 100 and absent > 0  # many supervised states, invented partners among them
+    off = cfg.model_copy(update={"policy_train": cfg.policy_train.model_copy(update={"lookup_weight": 0.0})})
+    assert all(not e.facts for e in policy_examples(off, tokenizer, train_scenes(off)[0]))  # captions alone

@@ -122,6 +122,16 @@ def test_cap_does_not_depend_on_other_prompts_or_input_order():
     assert _indices(_pairs(scored[::-1], seed=5)) == _indices(_pairs(scored, seed=5))
 
 
+
+def test_keep_accepted_drops_pairs_whose_chosen_answer_says_less_that_is_true():
+    # (claims, rejected): 0 says 5 things, 1 wrong; 1 stops early: 3 things, all right; 2 says 6, 2 wrong.
+    scored = [Scored.from_counts("p0", 0, 5, 1), Scored.from_counts("p0", 1, 3, 0), Scored.from_counts("p0", 2, 6, 2)]
+    assert _indices(_pairs(scored, max_pairs_per_prompt=10)) == [(1, 0), (0, 2), (1, 2)]
+    # 1 over 0 (3 accepted < 4) and 1 over 2 (3 < 4) win by saying less; 0 over 2 (4 accepted = 4) stays
+    assert _indices(_pairs(scored, max_pairs_per_prompt=10, keep_accepted=True)) == [(0, 2)]
+    # the cap draws among the kept pairs only
+    assert _indices(_pairs(scored, max_pairs_per_prompt=1, keep_accepted=True)) == [(0, 2)]
+
 # -- length balance -----------------------------------------------------------------------------------------------
 
 

@@ -109,7 +109,7 @@ def test_parser_on_hand_written_text():
 
 def test_noisy_captions_add_absent_partners_at_the_configured_rate():
     rng = np.random.default_rng(0)
-    noise = CaptionNoise(typical_color_prob=0.0, omission_prob=0.0)
+    noise = CaptionNoise(typical_color_prob=0.0, omission_prob=0.0, partner_hallucination_prob=0.7)
     added = opportunities = 0
     for scene in sample_scenes(0, "train", 3000):
         absent_partners = {PARTNER[c] for c in scene.categories if c in PARTNER} - scene.categories

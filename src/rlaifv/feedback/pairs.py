@@ -72,12 +72,15 @@ def prompt_rng(seed: int, prompt_id: str) -> np.random.Generator:
     return np.random.default_rng(_stable_hash(f"{seed}\x00{prompt_id}"))
 
 
-def eligible_pairs(scored: list[Scored], texts: dict[int, str], min_gap: float) -> list[tuple[Scored, Scored]]:
+def eligible_pairs(
+    scored: list[Scored], texts: dict[int, str], min_gap: float, keep_accepted: bool = False
+) -> list[tuple[Scored, Scored]]:
     """Every (chosen, rejected) pair of candidates with a score gap of at least ``min_gap``, before the cap.
 
     Equal scores never pair: they carry no preference. Pairs with identical texts are dropped (nothing to learn), and
     a (chosen text, rejected text) combination seen before is skipped, so duplicate samples give one pair, not two.
-    Order is by sample index, which makes the later seeded draw reproducible.
+    With ``keep_accepted``, a pair whose chosen answer has fewer accepted claims than the rejected one is dropped
+    too (`PairsConfig.keep_accepted`). Order is by sample index, which makes the later seeded draw reproducible.
     """
     missing = sorted({s.sample_idx for s in scored} - texts.keys())
     if missing:
@@ -88,12 +91,19 @@ def eligible_pairs(scored: list[Scored], texts: dict[int, str], min_gap: float) 
         if a.score == b.score or abs(a.score - b.score) < min_gap:
             continue
         chosen, rejected = (a, b) if a.score > b.score else (b, a)
+        if keep_accepted and accepted(chosen) < accepted(rejected):
+            continue
         texts_pair = (texts[chosen.sample_idx], texts[rejected.sample_idx])
         if texts_pair[0] == texts_pair[1] or texts_pair in seen:
             continue
         seen.add(texts_pair)
         out.append((chosen, rejected))
     return out
+
+
+def accepted(candidate: Scored) -> int:
+    """Claims of a candidate that the labeler accepted."""
+    return candidate.n_claims - candidate.n_rejected
 
 
 def cap_pairs(items: list[Any], cap: int, rng: np.random.Generator) -> list[Any]:
@@ -117,7 +127,8 @@ def pairs_for_prompt(
     is copied into every pair beside ``chosen_idx`` / ``rejected_idx`` (which win on a name clash).
     """
     chosen_rejected = cap_pairs(
-        eligible_pairs(scored, texts, cfg.min_gap), cfg.max_pairs_per_prompt, prompt_rng(cfg.seed, prompt.prompt_id)
+        eligible_pairs(scored, texts, cfg.min_gap, cfg.keep_accepted), cfg.max_pairs_per_prompt,
+        prompt_rng(cfg.seed, prompt.prompt_id),
     )
     return [
         Pair(
@@ -253,7 +264,7 @@ def _build_into(
             counts["n_prompts_unscored"] += 1
             continue
         prompt_texts = texts.get(prompt.prompt_id, {})
-        counts["n_pairs_before_cap"] += len(eligible_pairs(mine, prompt_texts, cfg.min_gap))
+        counts["n_pairs_before_cap"] += len(eligible_pairs(mine, prompt_texts, cfg.min_gap, cfg.keep_accepted))
         meta = {"policy": ",".join(sorted(policies[prompt.prompt_id]))}
         found = pairs_for_prompt(prompt, mine, prompt_texts, cfg, meta)
         counts["n_prompts_no_pair"] += not found

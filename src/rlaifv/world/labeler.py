@@ -34,7 +34,7 @@ from rlaifv.world.language import YesNoQuestion, sample_questions, with_suffix
 from rlaifv.world.models import IMAGE_TOKEN, encode_prompt, pixel_values, word_token_id
 from rlaifv.world.render import render
 from rlaifv.world.scenes import CATEGORIES, COLORS, N_CELLS, SIZES, Scene
-from rlaifv.world.training import adamw, lr_factor, optimizer_step
+from rlaifv.world.training import adamw, freeze_aligned, lr_factor, optimizer_step
 
 # Classes of each fact a head reads: present, color, size, cell (subject); then asked color, size, cell.
 SUBJECT_CLASSES = (2, len(COLORS), len(SIZES), N_CELLS)
@@ -51,12 +51,16 @@ class LabelerRow:
     facts: tuple[tuple[int, ...], ...]  # per question, one class per ANSWER_CLASSES entry; -100 = unknown/not asked
 
 
+def held_facts(scene: Scene, category: str) -> tuple[int, int, int, int]:
+    """What the image holds for a category, one class per SUBJECT_CLASSES entry: present, color, size, cell (-100
+    for the attributes of an absent one)."""
+    obj = scene.object_of(category)
+    return (1, list(COLORS).index(obj.color), SIZES.index(obj.size), obj.cell) if obj else (0, -100, -100, -100)
+
+
 def question_facts(scene: Scene, q: YesNoQuestion) -> tuple[int, ...]:
     """What the image holds for the question's subject, and what the question asks (-100 where nothing)."""
-    obj = scene.object_of(q.claim.category)
-    held = (
-        (1, list(COLORS).index(obj.color), SIZES.index(obj.size), obj.cell) if obj else (0, -100, -100, -100)
-    )
+    held = held_facts(scene, q.claim.category)
     asked = (
         list(COLORS).index(q.claim.color) if q.claim.color else -100,
         SIZES.index(q.claim.size) if q.claim.size else -100,
@@ -122,11 +126,11 @@ class LookupHeads(nn.Module):
         self.answer = nn.ModuleList(nn.Linear(hidden, k) for k in ANSWER_CLASSES)
 
     @staticmethod
-    def _loss(heads: nn.ModuleList, h: torch.Tensor, facts: torch.Tensor) -> torch.Tensor:
+    def _loss(heads: nn.ModuleList, h: torch.Tensor, facts: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         # h: (Q, H); facts: (Q, >= len(heads)); classes marked -100 carry no loss
-        losses = [nn.functional.cross_entropy(head(h), facts[:, j], ignore_index=-100)
+        losses = [nn.functional.cross_entropy(head(h), facts[:, j], ignore_index=-100, reduction=reduction)
                   for j, head in enumerate(heads) if (facts[:, j] != -100).any()]
-        return torch.stack(losses).sum()
+        return torch.stack(losses).sum() if losses else h.sum() * 0.0
 
 
 def labeler_loss(model, heads: LookupHeads, batch: dict, t: dict, cfg: LabelerTrainConfig) -> tuple[torch.Tensor, dict]:
@@ -149,10 +153,7 @@ def train_labeler(model, rows: list[LabelerRow], cfg: LabelerTrainConfig, seed: 
     torch.manual_seed(seed)
     heads = LookupHeads(model.config.text_config.hidden_size).to(device)
     if cfg.freeze_vision:
-        for p in [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters()]:
-            p.requires_grad_(False)
-        if not model.config.text_config.tie_word_embeddings:  # the input embeddings are the alignment's targets
-            model.get_input_embeddings().weight.requires_grad_(False)
+        freeze_aligned(model)
     trained = nn.ModuleList([model, heads])  # one optimizer and one gradient clip over the model and its heads
     order = np.random.default_rng([seed, 3]).permutation(len(rows))
     steps = math.ceil(len(rows) / cfg.batch_size)

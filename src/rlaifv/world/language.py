@@ -3,10 +3,9 @@
 Descriptions say one object per sentence in varied forms ("There is a small red fork on the left.", "In the center,
 there is a blue cup."). Yes/no questions ask about one atomic fact: existence, color, size or position.
 
-Captions used to train the base policy are *noisy* the way web and LLM-written captions are: after describing what
-is there, the captioner often adds the usual partner of an object even when it is absent ("... a fork" -> "Also,
-there is a knife."), sometimes writes an object's typical color instead of its real one, and now and then forgets an
-object.
+Captions used to train the base policy are *noisy* the way web and LLM-written captions are: after an object, the
+captioner adds its usual partner even when it is absent ("... a fork." -> "Also, there is a knife."), sometimes
+writes an object's typical color instead of its real one, and now and then forgets an object.
 The parser maps any text (a policy's output included) back to mentions, which is how world metrics stay exact.
 """
 
@@ -61,19 +60,21 @@ class CaptionNoise(BaseModel):
     """How the world's captioner errs; the base policy learns these habits from its captions.
 
     The added partner sentence always opens the same way ("Also, there is a knife on the left."), as real captions
-    tack on an afterthought. The habit's whole probability then rests on one first token against ending the caption
-    (with the real objects' four sentence forms it was split four ways and followed or not by training noise: CHAIRs
-    0.07-0.35 across seeds). How often greedy decoding follows it still moves with training noise: at a habit of 0.8,
-    new float rounding in training and a smaller alignment batch took seeds 0-2 from CHAIRs 0.39 / 0.60 / 0.47 to
-    0.49 / 0.34 / 0.18; at 0.9 they give 0.47 / 0.40 / 0.30. Sampling at temperature 0.7 still leaves it out now and
-    then, which gives the feedback pairs; and no real object's sentence starts with "Also", so learning to leave it
-    out does not teach to drop them.
+    tack on an afterthought, so the habit rests on one first token (with the real objects' four sentence forms it
+    was split four ways and followed or not by training noise: CHAIRs 0.07-0.35 across seeds). It follows the object
+    that suggested it: placed after all real objects instead, its alternative was ending the caption, and DPO
+    against it also taught the policy to end before its last real object (seed 0, 3 rounds: Cover 0.951 -> 0.877;
+    after the source object: 0.948 -> 0.929). The captioner always adds it (1.0): greedy decoding follows a habit
+    only part of the time, and at 0.9 too rarely once placed mid-caption. Sampling at temperature 0.7 still leaves it
+    out now and then, which gives the feedback pairs; and no real object's sentence starts with "Also", so learning
+    to leave it out does not teach to drop them.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     partner_hallucination_prob: float = Field(
-        0.9, ge=0, le=1, description="chance to add an absent partner of a present object after the real objects"
+        1.0, ge=0, le=1, description="chance to add an absent partner of a present object (where `partner_placement` "
+                                     "says)"
     )
     partner_form: Literal["also", "varied"] = Field(
         "also", description="how an added partner is said: always 'Also, there is ...', or in the real objects' "
@@ -86,8 +87,8 @@ class CaptionNoise(BaseModel):
     size_mention_prob: float = Field(0.6, ge=0, le=1, description="chance that a sentence states the size")
     position_mention_prob: float = Field(0.85, ge=0, le=1, description="chance that a sentence states the position")
     partner_placement: Literal["end", "after_source"] = Field(
-        "end", description="where an added partner goes: after all real objects, or right after the object that "
-                           "suggested it (then leaving it out does not mean ending the caption sooner)"
+        "after_source", description="where an added partner goes: right after the object that suggested it (leaving "
+                                    "it out then does not mean ending the caption sooner), or after all real objects"
     )
 
 

@@ -47,3 +47,12 @@ def apply_gradients(model: torch.nn.Module, opt, sched) -> None:
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)
+
+
+def freeze_aligned(model) -> None:
+    """Stop gradients to what the vision alignment made: the vision tower, the projector and, in a model whose
+    output head is untied, the input embeddings (the alignment's targets; a tied head must keep learning)."""
+    for p in [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters()]:
+        p.requires_grad_(False)
+    if not model.config.text_config.tie_word_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)

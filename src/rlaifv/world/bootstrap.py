@@ -57,7 +57,7 @@ class Example:
     scene: Scene
     prompt_ids: tuple[int, ...]
     target_ids: tuple[int, ...]  # response tokens + EOS; the only tokens with a loss
-    # per target token, what the image holds for the object of its sentence (`held_facts`); () = not supervised
+    # entry j: the facts the state at target token j - 1 reads out (`sentence_facts`); () = not supervised
     facts: tuple[tuple[int, int, int, int], ...] = ()
 
 

@@ -27,7 +27,7 @@ import torch
 from rlaifv import __version__
 from rlaifv.config import PolicyTrainConfig, VisionAlignConfig, WorldConfig
 from rlaifv.progress import log, progress
-from rlaifv.world.labeler import LookupHeads, held_facts, labeler_rows, train_labeler
+from rlaifv.world.labeler import SUBJECT_CLASSES, facts_loss, held_facts, labeler_rows, read_outs, train_labeler
 from rlaifv.world.language import CELL_WORDS, DESCRIBE_INSTRUCTIONS, noisy_caption, parse_mentions
 from rlaifv.world.models import (
     TinyVLMConfig,
@@ -172,12 +172,12 @@ class SentenceLookupHeads(torch.nn.Module):
 
     def __init__(self, hidden: int):
         super().__init__()
-        self.heads = LookupHeads(hidden).subject  # one linear read-out per SUBJECT_CLASSES entry
+        self.heads = read_outs(hidden, SUBJECT_CLASSES)
 
     def loss(self, hidden_states: tuple[torch.Tensor, ...], facts: torch.Tensor, n_items: int) -> torch.Tensor:
         """Summed cross-entropies over the supervised positions, divided by the whole batch's count of them."""
         at = facts[..., 0] != -100  # (B, T)
-        return LookupHeads._loss(self.heads, hidden_states[1][at], facts[at], reduction="sum") / max(1, n_items)
+        return facts_loss(self.heads, hidden_states[1][at], facts[at], reduction="sum") / max(1, n_items)
 
 
 # ---------------------------------------------------------------- training
@@ -298,7 +298,8 @@ def train_sft(
         freeze_aligned(model)
     heads = SentenceLookupHeads(model.config.text_config.hidden_size) if cfg.lookup_weight else None
     trained = torch.nn.ModuleList([model, heads]) if heads is not None else model
-    opt = adamw(trained.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    params = [p for p in trained.parameters() if p.requires_grad]
+    opt = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, cfg.warmup_steps))
     model.train()

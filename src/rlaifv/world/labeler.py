@@ -117,20 +117,28 @@ def collate_rows(rows: list[LabelerRow], pad_id: int, device: str) -> dict[str, 
     return batch, {k: v.to(device) for k, v in targets.items()}
 
 
+def read_outs(hidden: int, classes: tuple[int, ...]) -> nn.ModuleList:
+    """One training-only linear read-out per fact, from a hidden state (H) to that fact's classes."""
+    return nn.ModuleList(nn.Linear(hidden, k) for k in classes)
+
+
+def facts_loss(heads: nn.ModuleList, h: torch.Tensor, facts: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of each read-out against its fact, summed over the facts; classes marked -100 carry no loss.
+
+    h: (Q, H); facts: (Q, >= len(heads)). With no fact to read, a zero that keeps the graph.
+    """
+    losses = [nn.functional.cross_entropy(head(h), facts[:, j], ignore_index=-100, reduction=reduction)
+              for j, head in enumerate(heads) if (facts[:, j] != -100).any()]
+    return torch.stack(losses).sum() if losses else h.sum() * 0.0
+
+
 class LookupHeads(nn.Module):
     """Training-only linear read-outs of the two hops (see the module docstring)."""
 
     def __init__(self, hidden: int):
         super().__init__()
-        self.subject = nn.ModuleList(nn.Linear(hidden, k) for k in SUBJECT_CLASSES)
-        self.answer = nn.ModuleList(nn.Linear(hidden, k) for k in ANSWER_CLASSES)
-
-    @staticmethod
-    def _loss(heads: nn.ModuleList, h: torch.Tensor, facts: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        # h: (Q, H); facts: (Q, >= len(heads)); classes marked -100 carry no loss
-        losses = [nn.functional.cross_entropy(head(h), facts[:, j], ignore_index=-100, reduction=reduction)
-                  for j, head in enumerate(heads) if (facts[:, j] != -100).any()]
-        return torch.stack(losses).sum() if losses else h.sum() * 0.0
+        self.subject = read_outs(hidden, SUBJECT_CLASSES)
+        self.answer = read_outs(hidden, ANSWER_CLASSES)
 
 
 def labeler_loss(model, heads: LookupHeads, batch: dict, t: dict, cfg: LabelerTrainConfig) -> tuple[torch.Tensor, dict]:
@@ -141,8 +149,8 @@ def labeler_loss(model, heads: LookupHeads, batch: dict, t: dict, cfg: LabelerTr
     eos_target = torch.full_like(t["answer"], model.generation_config.eos_token_id)
     eos = nn.functional.cross_entropy(logits[t["row"], t["answer_at"] + 1], eos_target)
     hidden = out.hidden_states  # (L + 1) x (B, T, H)
-    subject = heads._loss(heads.subject, hidden[1][t["row"], t["subject_at"]], t["facts"])
-    answer = heads._loss(heads.answer, hidden[-1][t["row"], t["answer_at"]], t["facts"])
+    subject = facts_loss(heads.subject, hidden[1][t["row"], t["subject_at"]], t["facts"])
+    answer = facts_loss(heads.answer, hidden[-1][t["row"], t["answer_at"]], t["facts"])
     total = verdict + eos + cfg.subject_weight * subject + cfg.answer_weight * answer
     return total, {"verdict": verdict.item(), "subject": subject.item(), "answer": answer.item()}
 

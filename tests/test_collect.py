@@ -30,7 +30,7 @@ def config_for(world, **changes) -> CollectConfig:
     cfg = {
         "sample": {"policy": {"path": str(world.policy)}, "n": 4, "max_new_tokens": 40, "prompts_per_batch": 2,
                    "temperature": 1.0},
-        "judge": {"labeler": {"path": str(world.labeler)}, "packs_per_batch": 2},
+        "judge": {"labeler": {"path": str(world.labeler)}, "prompts_per_batch": 2},
         "shard_size": 3,
     }
     for key, value in changes.items():
@@ -224,14 +224,14 @@ def test_each_distinct_question_of_an_image_is_asked_once(finished, micro_world,
     asked: list[list[str]] = []
 
     class CountingLabeler:  # the real engine; records what it is asked
-        def yes_no_shared(self, groups, questions_per_pack=64):
+        def yes_no_shared(self, groups, questions_per_pack=64, packs_per_forward=8):
             asked.extend(qs for _, qs in groups)
-            return engine.yes_no_shared(groups, questions_per_pack)
+            return engine.yes_no_shared(groups, questions_per_pack, packs_per_forward)
 
     from rlaifv.records import Verdict
 
     out = ShardedStore(tmp_path / "verdicts", Verdict, 3)
-    result = run_judge(s["prompts"], claims, out, JudgeConfig(packs_per_batch=2), CountingLabeler(), load_image)
+    result = run_judge(s["prompts"], claims, out, JudgeConfig(prompts_per_batch=2), CountingLabeler(), load_image)
     distinct = {(c.prompt_id, c.question) for c in claims}
     assert all(len(qs) == len(set(qs)) for qs in asked)
     assert result["asked"] == sum(map(len, asked)) == len(distinct) < len(claims)

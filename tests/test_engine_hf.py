@@ -6,6 +6,7 @@ import torch
 
 from rlaifv.engines.decode import _next_tokens
 from rlaifv.engines.hf import HFEngine, Sampling, single_token_ids
+from rlaifv.engines.images import ImageBank, concat_vision, takes_image_features
 from rlaifv.world.language import DESCRIBE_INSTRUCTIONS
 from rlaifv.world.render import render
 from rlaifv.world.scenes import sample_scenes
@@ -87,12 +88,37 @@ def test_packed_yes_no_equals_one_question_per_forward(micro_world):
         ["Is the ball at the top?", "Is there a tree?"],
     ]
     want = [engine.yes_no([image] * len(qs), qs) for image, qs in zip(images, questions)]
-    for per_pack in (64, 2):  # one pack per image, and images split over several packs
-        got = engine.yes_no_shared(list(zip(images, questions)), questions_per_pack=per_pack)
+    # one pack per image; images split over several packs; packs ordered by length over single-row forwards
+    for per_pack, per_forward in ((64, 8), (2, 8), (2, 1)):
+        got = engine.yes_no_shared(list(zip(images, questions)), per_pack, per_forward)
         for g_row, w_row in zip(got, want):
             assert len(g_row) == len(w_row)
             for (gy, gn), (wy, wn) in zip(g_row, w_row):
                 assert abs(gy - wy) < 1e-4 and abs(gn - wn) < 1e-4
+
+
+def test_images_encoded_once_give_every_row_its_own_images_features(micro_world):
+    engine = HFEngine(micro_world.labeler)
+    images = [render(s) for s in sample_scenes(0, "test", 2)]
+    (rows_a, vision_a), (rows_b, vision_b) = engine.encode_groups([(images[0], ["Is there a cup?"]),
+                                                                   (images[1], ["Is there a cup?"])])
+    assert rows_a == rows_b and takes_image_features(engine.model, vision_a)
+    ids = torch.tensor([rows_a[0]] * 3)  # (3, T): one prompt, shown with images 0, 1, 0
+    order = [0, 1, 0]
+    with torch.no_grad():
+        want = engine.model(input_ids=ids, **concat_vision([[vision_a, vision_b][i] for i in order], "cpu")).logits
+        bank = ImageBank(engine.model, [vision_a, vision_b], "cpu")
+        got = engine.model(input_ids=ids, **bank.inputs(order)).logits  # (3, T, V)
+    assert "mm_encoder_outputs" in bank.inputs(order)  # the features path, not pixels per row
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got[0], got[1], atol=1e-3)  # the rows really see different images
+
+
+def test_prompt_texts_equal_the_chat_template_rendered_per_question(micro_world):
+    engine = HFEngine(micro_world.labeler)
+    questions = ["Is there a cup?", "Is the cup red? Answer yes or no.", " padded question ", "Tell me {about} it."]
+    assert engine.prompt_texts(questions) == [engine.prompt_text(q) for q in questions]
+    assert engine.prompt_texts([]) == []
 
 
 def test_rows_that_finish_early_leave_the_batch_without_changing_any_answer(micro_world):

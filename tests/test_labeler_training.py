@@ -34,7 +34,7 @@ def test_rows_are_the_judges_prompts_with_answers_and_exact_targets(micro_world)
             text = tok.decode(question_ids).split("\n", 1)[-1].rsplit(" ASSISTANT:", 1)[0].strip()
             question = text.removesuffix(" Answer yes or no.")
             # the judge scores exactly prefix + question tokens for this question about this image
-            judged, _ = engine.encode_group(render(row.scene), [text])
+            (judged, _), = engine.encode_groups([(render(row.scene), [text])])
             assert judged[0] == prefix + question_ids
             claim = parse_mentions(question)[0]
             assert tok.decode([ids[at]]).strip() == claim.category  # the lookup hop reads the subject word

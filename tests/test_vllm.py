@@ -258,14 +258,14 @@ def test_judge_quarantines_a_claim_the_server_refuses(engine, micro_config, tmp_
               Claim(ids[0], 0, 1, "A long claim.", TOO_LONG),
               Claim(ids[1], 0, 0, "There is a fork.", f"Is there a fork? {YES_NO_SUFFIX}")]
     verdicts = ShardedStore(tmp_path / "verdicts", Verdict)
-    result = run_judge(prompts, claims, verdicts, JudgeConfig(packs_per_batch=2), engine, load_image)
+    result = run_judge(prompts, claims, verdicts, JudgeConfig(prompts_per_batch=2), engine, load_image)
     assert result == {"done": 2, "skipped": 0, "asked": 3}  # the refused question was asked too
     assert {(v.prompt_id, v.claim_idx) for v in verdicts.read()} == {(ids[0], 0), (ids[1], 0)}
     [q] = verdicts.read_quarantine()
     assert q.record_key == claims[1].key
     assert q.reason.startswith("labeler refused the claim:") and "HTTP 400" in q.reason
     # a rerun asks nothing: the refused claim counts as done
-    assert run_judge(prompts, claims, verdicts, JudgeConfig(packs_per_batch=2), engine, load_image)["done"] == 0
+    assert run_judge(prompts, claims, verdicts, JudgeConfig(prompts_per_batch=2), engine, load_image)["done"] == 0
 
 
 # ---------------------------------------------------------------- rlaifv collect
@@ -281,7 +281,7 @@ def test_collect_on_the_server_and_resume_requests_nothing(server, micro_config,
         "sample": {"policy": served, "n": 3, "max_new_tokens": 40, "prompts_per_batch": 2, "temperature": 1.0},
         # holistic: one verdict per response. The served micro labeler's samples are not world sentences, so the
         # rule splitter finds no claims in them; judging whole responses still sends every verdict to the server.
-        "judge": {"labeler": served, "packs_per_batch": 2, "mode": "holistic"},
+        "judge": {"labeler": served, "prompts_per_batch": 2, "mode": "holistic"},
         "shard_size": 3,
     })
     out = tmp_path / "run"
@@ -551,7 +551,7 @@ def test_a_server_killed_mid_collection_loses_nothing_and_the_rerun_sends_only_t
     cfg = CollectConfig.model_validate({
         "sample": {"policy": served, "n": n, "max_new_tokens": 40, "prompts_per_batch": per_batch,
                    "temperature": 1.0},
-        "judge": {"labeler": served, "packs_per_batch": 2, "mode": "holistic"},  # one verdict per response
+        "judge": {"labeler": served, "prompts_per_batch": 2, "mode": "holistic"},  # one verdict per response
         "shard_size": n,  # a shard per prompt: the kill lands between shards
     })
     whole = collect(source, tmp_path / "uninterrupted", cfg, micro_config)

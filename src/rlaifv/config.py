@@ -229,8 +229,14 @@ class JudgeConfig(StrictModel):
                                                                       "response (the paper's ablation)")
     shared_prefix: bool = Field(True, description="encode each image and prompt prefix once and score all of its "
                                                   "questions in one packed sequence; False = one forward per claim")
-    questions_per_pack: int = Field(64, ge=1, description="questions packed behind one image prefix per forward")
-    packs_per_batch: int = Field(4, ge=1, description="packed sequences per forward")
+    questions_per_pack: int = Field(64, ge=1, description="questions packed behind one image prefix in a row")
+    prompts_per_batch: int = Field(32, ge=1, description="prompts judged together, the unit a crash recomputes: "
+                                                         "their packed rows are ordered by length before they are "
+                                                         "split into forwards, so rows of one forward pad little. "
+                                                         "With a server labeler: images whose claims are in flight "
+                                                         "together")
+    packs_per_batch: int = Field(8, ge=1, description="packed rows per forward (HF labeler). A few short rows per "
+                                                      "forward measured faster on a CPU than many")
 
 
 class PairsConfig(StrictModel):

@@ -13,11 +13,13 @@ import torch
 from PIL import Image
 
 from rlaifv.engines.decode import decode_from_cache
+from rlaifv.engines.images import ImageBank, Vision
 from rlaifv.engines.packing import collate_packs, common_prefix_length, pack, pack_bounds
 
 # Spellings of the verdict tokens; the ones that are a single token in the tokenizer are summed (REFERENCE 3).
 YES_VARIANTS = ("yes", "Yes", " yes", " Yes", "YES", " YES")
 NO_VARIANTS = ("no", "No", " no", " No", "NO", " NO")
+QUESTION_SLOT = "\ue000question\ue001"  # private-use characters no prompt contains: where a question goes
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,26 @@ def single_token_ids(tokenizer, variants: tuple[str, ...]) -> list[int]:
         if len(enc) == 1 and enc[0] not in ids:
             ids.append(enc[0])
     return ids
+
+
+def split_by_image(outputs: dict[str, torch.Tensor], n: int) -> list[Vision] | None:
+    """A batched processor output as one dict per image (batch dim 1); None where a tensor's first dimension is not
+    the image count (e.g. patches of all images flattened together)."""
+    if any(v.shape[0] != n for v in outputs.values()):
+        return None
+    return [{k: v[i : i + 1] for k, v in outputs.items()} for i in range(n)]
+
+
+def splice_image_run(raw: list[list[int]], expanded0: list[int], image_id: int | None) -> list[list[int]] | None:
+    """Each of `raw` (prompts tokenized with one image placeholder each) with the placeholder replaced by the run of
+    image tokens the processor put in `expanded0` (the first prompt, expanded); None if that does not reproduce
+    `expanded0` or a prompt does not hold exactly one placeholder."""
+    if image_id is None or any(r.count(image_id) != 1 for r in raw):
+        return None
+    at = raw[0].index(image_id)
+    run = expanded0[at : at + len(expanded0) - len(raw[0]) + 1]
+    rows = [r[: r.index(image_id)] + run + r[r.index(image_id) + 1 :] for r in raw]
+    return rows if rows[0] == expanded0 else None
 
 
 class HFEngine:
@@ -70,6 +92,7 @@ class HFEngine:
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"
         self.model = model.eval()
+        self._frame: tuple[str, str, str] | None = None  # (head, placeholder, tail) of the chat template
         self.yes_ids = single_token_ids(self.tokenizer, YES_VARIANTS)
         self.no_ids = single_token_ids(self.tokenizer, NO_VARIANTS)
         # an answer ends at the model's end-of-sequence token(s), the tokenizer's, or padding
@@ -83,11 +106,31 @@ class HFEngine:
             )
 
     def prompt_text(self, question: str) -> str:
+        """The chat template rendered around one image and one question, ready for the assistant's answer."""
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
+    def prompt_texts(self, questions: list[str]) -> list[str]:
+        """`prompt_text` of each question, the template rendered once.
+
+        Rendering a Jinja chat template costs about as much as the tiny labeler's forward per question, and judging
+        renders one prompt per claim. The template is rendered around a placeholder and each question put in its
+        place; the first question is rendered in full and compared, so a template that changes the text it is given
+        (trims, escapes, branches on it) is rendered question by question instead.
+        """
+        if not questions:
+            return []
+        first = self.prompt_text(questions[0])
+        if self._frame is None:  # the template around the placeholder, rendered once per engine
+            self._frame = self.prompt_text(QUESTION_SLOT).partition(QUESTION_SLOT)
+        head, found, tail = self._frame
+        if not found or QUESTION_SLOT in tail or head + questions[0] + tail != first:
+            return [first] + [self.prompt_text(q) for q in questions[1:]]
+        # a template may strip the text: questions with outer whitespace are rendered in full
+        return [first] + [head + q + tail if q == q.strip() else self.prompt_text(q) for q in questions[1:]]
+
     def _inputs(self, images: list[Image.Image], questions: list[str]) -> dict[str, torch.Tensor]:
-        texts = [self.prompt_text(q) for q in questions]
+        texts = self.prompt_texts(questions)
         enc = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
         return {k: v.to(self.device) for k, v in enc.items()}
 
@@ -161,59 +204,68 @@ class HFEngine:
         logits = self.model(**enc, logits_to_keep=1).logits[:, -1, :]
         return self._verdict_probs(logits)
 
-    def encode_group(self, image: Image.Image, questions: list[str]) -> tuple[list[list[int]], dict]:
-        """Token ids of each question's full prompt about one image, and the image's processor outputs.
+    def encode_groups(self, groups: list[tuple[Image.Image, list[str]]]) -> list[tuple[list[list[int]], Vision]]:
+        """For each (image, questions): the token ids of each question's full prompt, and the image's processor
+        outputs.
 
-        The image is preprocessed once: the processor expands the first prompt, and the same run of image tokens
-        is put in place of the image placeholder in the others (verified on the first; if a processor expands
-        differently, every prompt goes through it with the image).
+        One processor call expands every group's first prompt and preprocesses every image, and one tokenizer call
+        reads all the prompts; the processor's run of image tokens then replaces the image placeholder in the
+        group's other prompts (verified on the first). Where a processor expands differently or its outputs do not
+        split by image, the group's prompts go through it one by one.
         """
-        texts = [self.prompt_text(q) for q in questions]
-        first = self.processor(text=[texts[0]], images=[image], return_tensors="pt")
-        vision = {k: v for k, v in first.items() if k not in ("input_ids", "attention_mask")}
-        expanded0 = first["input_ids"][0].tolist()
-        raw = self.tokenizer(texts)["input_ids"]  # the placeholder unexpanded; checked against the processor below
-        image_id = self.model.config.image_token_id if hasattr(self.model.config, "image_token_id") else None
-        if image_id is not None and raw[0].count(image_id) == 1:
-            at = raw[0].index(image_id)
-            run = expanded0[at : at + len(expanded0) - len(raw[0]) + 1]
-            rows = [r[: r.index(image_id)] + run + r[r.index(image_id) + 1 :] for r in raw]
-            if rows[0] == expanded0 and all(r.count(image_id) == 1 for r in raw):
-                return rows, vision
-        rows = [self.processor(text=[t], images=[image])["input_ids"][0] for t in texts]
-        return [list(r) for r in rows], vision
+        texts = [self.prompt_texts(questions) for _, questions in groups]
+        images = [image for image, _ in groups]
+        firsts = self.processor(text=[t[0] for t in texts], images=images, padding=True, return_tensors="pt")
+        visions = split_by_image({k: v for k, v in firsts.items() if k not in ("input_ids", "attention_mask")},
+                                 len(groups))
+        raw_all = self.tokenizer([t for ts in texts for t in ts])["input_ids"]  # placeholders unexpanded
+        image_id = getattr(self.model.config, "image_token_id", None)
+        out, at = [], 0
+        for g, ts in enumerate(texts):
+            raw, at = raw_all[at : at + len(ts)], at + len(ts)
+            expanded0 = firsts["input_ids"][g][firsts["attention_mask"][g].bool()].tolist()  # padding removed
+            vision = visions[g] if visions is not None else None
+            rows = splice_image_run(raw, expanded0, image_id) if vision is not None else None
+            if rows is None:
+                one = self.processor(text=[ts[0]], images=[images[g]], return_tensors="pt")
+                vision = {k: v for k, v in one.items() if k not in ("input_ids", "attention_mask")}
+                rows = [list(self.processor(text=[t], images=[images[g]])["input_ids"][0]) for t in ts]
+            out.append((rows, vision))
+        return out
 
     @torch.no_grad()
     def yes_no_shared(
-        self, groups: list[tuple[Image.Image, list[str]]], questions_per_pack: int = 64
+        self, groups: list[tuple[Image.Image, list[str]]], questions_per_pack: int = 64, packs_per_forward: int = 8
     ) -> list[list[tuple[float, float]]]:
-        """(P_yes, P_no) for every question of every image, the image and prompt prefix encoded once per pack.
+        """(P_yes, P_no) for every question of every image: the image encoded once, the prompt prefix once per pack.
 
         Each image's prompts share a token prefix (the chat header and the image); the prefix goes once into a
-        packed row followed by up to `questions_per_pack` question suffixes (engines.packing). Equal to `yes_no`
-        question by question (pinned by a test to 1e-4).
+        packed row followed by up to `questions_per_pack` question suffixes (engines.packing). The rows of all
+        groups are ordered by length and run `packs_per_forward` at a time, so rows of one forward pad little; each
+        image goes through the vision tower once. Equal to `yes_no` question by question (pinned by a test to 1e-4).
         """
-        packs, vision_rows, where = [], [], []
-        for g, (image, questions) in enumerate(groups):
-            rows, vision = self.encode_group(image, questions)
+        packs, where = [], []
+        encoded = self.encode_groups(groups)
+        for g, (rows, _) in enumerate(encoded):
             n_prefix = common_prefix_length(rows) if len(rows) > 1 else len(rows[0]) - 1
             for lo, hi in pack_bounds([len(r) - n_prefix for r in rows], n_prefix, questions_per_pack):
                 packs.append(pack(rows[lo][:n_prefix], [r[n_prefix:] for r in rows[lo:hi]]))
-                vision_rows.append(vision)
                 where.append((g, lo))
-        batch = collate_packs(packs, self.tokenizer.pad_token_id, self.model.dtype, self.device)
-        for key in vision_rows[0]:
-            batch[key] = torch.cat([v[key] for v in vision_rows]).to(self.device)
-        ends = sorted({e for p in packs for e in p.ends})
-        keep = torch.tensor(ends, device=self.device)
-        logits = self.model(**batch, logits_to_keep=keep).logits  # (B, len(ends), V)
-        column = {e: i for i, e in enumerate(ends)}
-        rows_logits = torch.stack([logits[b, column[e]] for b, p in enumerate(packs) for e in p.ends])  # (N, V)
-        probs = self._verdict_probs(rows_logits)
+        bank = ImageBank(self.model, [vision for _, vision in encoded], self.device)
+        order = sorted(range(len(packs)), key=lambda i: len(packs[i]))
         out: list[list[tuple[float, float]]] = [[None] * len(q) for _, q in groups]  # type: ignore[list-item]
-        k = 0
-        for (g, lo), p in zip(where, packs):
-            for j in range(len(p.ends)):
-                out[g][lo + j] = probs[k]
-                k += 1
+        for lo in range(0, len(order), packs_per_forward):
+            chosen = order[lo : lo + packs_per_forward]
+            batch_packs = [packs[i] for i in chosen]
+            batch = collate_packs(batch_packs, self.tokenizer.pad_token_id, self.model.dtype, self.device)
+            batch.update(bank.inputs([where[i][0] for i in chosen]))
+            ends = sorted({e for p in batch_packs for e in p.ends})
+            logits = self.model(**batch, logits_to_keep=torch.tensor(ends, device=self.device)).logits  # (B, E, V)
+            column = {e: i for i, e in enumerate(ends)}
+            probs = iter(self._verdict_probs(torch.stack(
+                [logits[b, column[e]] for b, p in enumerate(batch_packs) for e in p.ends])))  # (N, V) -> N pairs
+            for i in chosen:
+                g, first = where[i]
+                for j in range(len(packs[i].ends)):
+                    out[g][first + j] = next(probs)
         return out

@@ -270,10 +270,10 @@ class OpenAIEngine:
                   for image, q in zip(images, questions)]
         return [a if isinstance(a, BadInput) else _verdict(a, labels) for a in self._post_all(bodies)]
 
-    def yes_no_shared(self, groups: list[tuple[Image.Image, list[str]]],
-                      questions_per_pack: int = 64) -> list[list[tuple[float, float] | BadInput]]:
+    def yes_no_shared(self, groups: list[tuple[Image.Image, list[str]]], questions_per_pack: int = 64,
+                      packs_per_forward: int = 8) -> list[list[tuple[float, float] | BadInput]]:
         """`yes_no` for every question of every image, all requests in flight together; the server's prefix cache
-        shares each image's encoding across its questions (`questions_per_pack` is the HF engine's and unused)."""
+        shares each image's encoding across its questions (the packing arguments are the HF engine's and unused)."""
         flat = [(image, q) for image, qs in groups for q in qs]
         probs = self.yes_no([image for image, _ in flat], [q for _, q in flat])
         out, k = [], 0

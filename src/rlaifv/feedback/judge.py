@@ -41,7 +41,7 @@ class YesNoJudge(Protocol):
     def yes_no(self, images: list[Image.Image], questions: list[str]) -> list[tuple[float, float] | BadInput]: ...
 
     def yes_no_shared(
-        self, groups: list[tuple[Image.Image, list[str]]], questions_per_pack: int = 64
+        self, groups: list[tuple[Image.Image, list[str]]], questions_per_pack: int = 64, packs_per_forward: int = 8
     ) -> list[list[tuple[float, float] | BadInput]]: ...
 
 
@@ -81,10 +81,10 @@ def run_judge(
     todo = [p for p in prompts.read() if p.prompt_id in by_prompt]
     done = skipped = asked = 0
     with out.writer() as writer, progress("judging claims", sum(len(by_prompt[p.prompt_id]) for p in todo)) as bar:
-        for lo in range(0, len(todo), cfg.packs_per_batch):
+        for lo in range(0, len(todo), cfg.prompts_per_batch):
             # A batch is a fixed unit of compute: after a crash it is recomputed whole (only what is missing is
             # written), so a resumed run packs and pads exactly as an uninterrupted one and gets the same floats.
-            prompts_here = todo[lo : lo + cfg.packs_per_batch]
+            prompts_here = todo[lo : lo + cfg.prompts_per_batch]
             n_here = sum(len(by_prompt[p.prompt_id]) for p in prompts_here)
             if all(c.key in writer for p in prompts_here for c in by_prompt[p.prompt_id]):
                 skipped += n_here
@@ -101,7 +101,8 @@ def run_judge(
                             writer.quarantine(c.key, str(exc), c)
             groups = [(image, [c.question for c in mine]) for image, mine in batch]
             if cfg.shared_prefix:
-                probs, n_asked = ask_each_once(groups, lambda g: engine.yes_no_shared(g, cfg.questions_per_pack))
+                probs, n_asked = ask_each_once(
+                    groups, lambda g: engine.yes_no_shared(g, cfg.questions_per_pack, cfg.packs_per_batch))
             else:
                 probs, n_asked = ask_each_once(groups, lambda g: [engine.yes_no([im] * len(qs), qs) for im, qs in g])
             asked += n_asked

@@ -1,0 +1,55 @@
+"""Image inputs for a batch of packed rows, each distinct image through the vision tower once.
+
+A packed row holds one image's prefix and a bounded number of continuations (engines.packing.pack_bounds), so an
+image with many questions or candidates fills several rows. Passing each row its own pixels runs the vision tower
+once per row. Models of transformers 5 that take precomputed encoder outputs (`mm_encoder_outputs`, the same path
+`generate` uses to encode images before the prefill) get each distinct image's features once, repeated over its rows.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Any
+
+import torch
+
+Vision = dict[str, torch.Tensor]  # one image's processor outputs (pixel_values, image_sizes, ...), batch dim 1
+
+
+def concat_vision(visions: list[Vision], device: torch.device | str) -> dict[str, torch.Tensor]:
+    """The processor outputs of every row concatenated along the batch: the vision tower runs once per row."""
+    return {key: torch.cat([v[key] for v in visions]).to(device) for key in visions[0]}
+
+
+def takes_image_features(model: torch.nn.Module, vision: Vision) -> bool:
+    """Whether the model's forward takes precomputed image features and its image encoder consumes every one of
+    these processor outputs (otherwise the forward would still need the rest)."""
+    encoder = getattr(model, "get_image_features", None)
+    if encoder is None or "pixel_values" not in vision:
+        return False
+    if "mm_encoder_outputs" not in inspect.signature(model.forward).parameters:
+        return False
+    return set(vision) <= set(inspect.signature(encoder).parameters)
+
+
+class ImageBank:
+    """Images for batches of rows: each distinct image through the vision tower once, its features handed to every
+    row that shows it (inference only: the encoder runs outside the model's forward, which a wrapped training model
+    such as DDP or FSDP must not see). Where the model cannot take precomputed features, rows carry their pixels."""
+
+    def __init__(self, model: torch.nn.Module, visions: list[Vision], device: torch.device | str) -> None:
+        self.visions, self.device, self.features = visions, device, None
+        if visions and takes_image_features(model, visions[0]):
+            encoded = model.get_image_features(**concat_vision(visions, device), return_dict=True)
+            if len(encoded.pooler_output) == len(visions):  # (I, T, D) or I tensors (T_i, D); else another layout
+                self.encoded, self.features = encoded, encoded.pooler_output
+
+    def inputs(self, images: list[int]) -> dict[str, Any]:
+        """Model kwargs for a batch whose row b shows image `images[b]` (an index into the bank's visions)."""
+        if self.features is None:
+            return concat_vision([self.visions[i] for i in images], self.device)
+        rows = copy.copy(self.encoded)
+        rows.pooler_output = [self.features[i] for i in images]  # B entries, in row order
+        return {"mm_encoder_outputs": {"image": rows}}
+

@@ -132,6 +132,21 @@ def test_keep_accepted_drops_pairs_whose_chosen_answer_says_less_that_is_true():
     # the cap draws among the kept pairs only
     assert _indices(_pairs(scored, max_pairs_per_prompt=1, keep_accepted=True)) == [(0, 2)]
 
+def test_closest_length_keeps_the_pair_of_nearest_lengths_and_draws_the_rest():
+    scored = _scored(0, -1, -2, -3)  # 6 eligible pairs
+    texts = {0: "a b c", 1: "a b c d e f g", 2: "x y z w", 3: "p q r s t u v w x"}  # 3, 7, 4 and 9 words
+    # gaps in words: (0,1) 4, (0,2) 1, (0,3) 6, (1,2) 3, (1,3) 2, (2,3) 5: (0, 2) is the closest
+    for seed in range(6):
+        pick = _indices(_pairs(scored, texts, seed=seed, closest_length=1))
+        assert len(pick) == 2 and (0, 2) in pick
+        assert pick == sorted(pick)  # original order kept
+    drawn = {tuple(_indices(_pairs(scored, texts, seed=seed, closest_length=1))) for seed in range(6)}
+    assert len(drawn) > 1  # the second pair is a seeded draw among the other five
+    assert _indices(_pairs(scored, texts, closest_length=2)) == [(0, 2), (1, 3)]  # both by length
+    # 0 keeps the plain seeded draw
+    assert _indices(_pairs(scored, texts, seed=3, closest_length=0)) == _indices(_pairs(scored, texts, seed=3))
+
+
 # -- length balance -----------------------------------------------------------------------------------------------
 
 

@@ -251,6 +251,12 @@ class PairsConfig(StrictModel):
                                                    "the rejected one: it wins by saying less that is true (e.g. "
                                                    "stopping before the last object), and DPO then learns to say "
                                                    "less. Not in the paper; the world's rounds turn it on")
+    closest_length: int = Field(0, ge=0, description="of the pairs kept per prompt, this many are those whose two "
+                                                     "answers are closest in length (in words); the rest are drawn "
+                                                     "at random. Drawn pairs favour a shorter chosen answer (the one "
+                                                     "without an invented sentence), so DPO on them also learns to "
+                                                     "stop early; length-matched ones teach what to say instead. "
+                                                     "0 = all drawn (the paper); the world's rounds use 1")
     seed: int = Field(0, description="seeds the choice among a prompt's pairs")
     round: int = Field(0, ge=0, description="iterative round recorded in each pair")
 
@@ -396,9 +402,13 @@ def _world_collect() -> CollectConfig:
     rejected one without the invented object. With it, 3 rounds cut seed 0's test CHAIRs by 7 %; without it, by 32 % at
     a similar Cover cost (measured when the invented sentence took the real objects' forms; see
     benchmarks/RESULTS.md). For free-form answers turn it back on (the paper's
-    setting), since there longer answers are not simply answers with more hallucinations."""
+    setting), since there longer answers are not simply answers with more hallucinations.
+
+    Instead, one of each prompt's two pairs is the one whose answers are closest in length (`closest_length`): with
+    drawn pairs only, the rounds lost Cover by learning to stop early; with length-matched pairs only, they cut seed
+    2's CHAIRs by 51 % in 3 rounds; one of each, by 87 % with Cover up 0.02."""
     return CollectConfig(sample=SampleConfig(n=10, max_new_tokens=96),
-                         pairs=PairsConfig(length_balance=False, keep_accepted=True))
+                         pairs=PairsConfig(length_balance=False, keep_accepted=True, closest_length=1))
 
 
 def _world_dpo() -> DPOConfig:

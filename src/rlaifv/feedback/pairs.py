@@ -114,6 +114,17 @@ def cap_pairs(items: list[Any], cap: int, rng: np.random.Generator) -> list[Any]
     return [items[i] for i in picked]
 
 
+def pick_pairs(found: list[tuple[Scored, Scored]], texts: dict[int, str], cap: int, closest_length: int,
+               rng: np.random.Generator) -> list[tuple[Scored, Scored]]:
+    """At most ``cap`` of a prompt's eligible pairs: the ``closest_length`` ones whose answers differ least in words
+    (the earlier pair on a tie), then a seeded draw among the others; in their original order."""
+    gap = [abs(n_words(texts[c.sample_idx]) - n_words(texts[r.sample_idx])) for c, r in found]
+    closest = set(sorted(range(len(found)), key=lambda i: gap[i])[: min(closest_length, cap)])
+    rest = [i for i in range(len(found)) if i not in closest]
+    keep = closest | set(cap_pairs(rest, cap - len(closest), rng))
+    return [found[i] for i in sorted(keep)]
+
+
 def pairs_for_prompt(
     prompt: Prompt,
     scored: list[Scored],
@@ -121,15 +132,13 @@ def pairs_for_prompt(
     cfg: PairsConfig,
     meta: dict[str, Any] | None = None,
 ) -> list[Pair]:
-    """The preference pairs of one prompt: gap rule, identical texts dropped, then the seeded cap.
+    """The preference pairs of one prompt: gap rule, identical texts dropped, then the cap (`pick_pairs`).
 
     ``scored`` are the prompt's scored candidates, ``texts`` maps their sample index to the response text. ``meta``
     is copied into every pair beside ``chosen_idx`` / ``rejected_idx`` (which win on a name clash).
     """
-    chosen_rejected = cap_pairs(
-        eligible_pairs(scored, texts, cfg.min_gap, cfg.keep_accepted), cfg.max_pairs_per_prompt,
-        prompt_rng(cfg.seed, prompt.prompt_id),
-    )
+    chosen_rejected = pick_pairs(eligible_pairs(scored, texts, cfg.min_gap, cfg.keep_accepted), texts,
+                                 cfg.max_pairs_per_prompt, cfg.closest_length, prompt_rng(cfg.seed, prompt.prompt_id))
     return [
         Pair(
             prompt_id=prompt.prompt_id,

@@ -45,6 +45,7 @@ def config_for(world, **changes) -> IterateConfig:
         "dpo": {"learning_rate": 1e-4, "warmup_ratio": 0.0, "per_device_train_batch_size": 2, "max_steps": 4,
                 "logging_steps": 1, "report_to": "none"},
         "eval": {"n_scenes": 8},
+        "select_start": False,  # the micro world's 4-step rounds rarely beat the start: let them change the policy
     }
     for key, value in changes.items():
         cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
@@ -94,6 +95,24 @@ def test_two_rounds_leave_every_round_on_disk(baseline, micro_world, micro_confi
         assert json.loads((r / "round.json").read_text()) == row
         assert set(ROUND_KEYS) | set(FEEDBACK_KEYS) <= set(row)
     assert json.loads((out / "summary.json").read_text())["rounds"] == baseline["rounds"]
+
+
+def test_a_round_keeps_its_starting_policy_unless_a_checkpoint_beats_it(baseline, micro_world, micro_config,
+                                                                         tmp_path):
+    # Round 1 of the baseline again, with the starting policy among the candidates: same pairs, same checkpoints
+    out = tmp_path / "start"
+    run = iterate(out, config_for(micro_world, rounds=1, select_start=True), world=micro_config)
+    steps, row = _state(out)["steps"], run["rounds"][1]
+    selection = json.loads((out / "round-1" / "select" / "selection.json").read_text())
+    start = baseline["rounds"][0]["policy"]
+    assert [c["step"] for c in selection["candidates"]] == [0, 2, 4]
+    assert selection["candidates"][0]["checkpoint"] == start
+    assert selection["candidates"][0]["metrics"] == {**steps["round-0/select"],
+                                                     "objective": steps["round-0/select"]["chair_s"]}
+    by_step = {c["step"]: c["metrics"]["objective"] for c in selection["candidates"]}
+    assert row["step"] == min(by_step, key=lambda s: (by_step[s], s))
+    trained = out / "round-1" / "dpo" / "checkpoints" / f"checkpoint-{row['step']}" / "model"
+    assert row["policy"] == (start if row["step"] == 0 else str(trained))
 
 
 KILLED_RUN = """

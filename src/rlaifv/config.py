@@ -463,6 +463,10 @@ class IterateConfig(StrictModel):
                                                    "one is a saved model: fewer for a large VLM")
     val_scenes: int = Field(200, ge=1, description="world `val` scenes described per checkpoint for "
                                                    "select_on 'world'")
+    select_start: bool = Field(True, description="select_on 'world': the round's starting policy is a candidate "
+                                                 "too (step 0), so a round none of whose checkpoints beats it on "
+                                                 "`val` keeps it and a further round never makes the policy worse "
+                                                 "there. False: the best checkpoint always wins, as in the paper")
     cover_tolerance: float = Field(0.03, ge=0, le=1, description="Cover may fall this much (absolute) below the "
                                                                  "starting policy's on `val` before a checkpoint is "
                                                                  "penalised (the project's goal: at most 0.03)")

@@ -32,7 +32,7 @@ from rlaifv.world.language import describe, parse_mentions, true_mentions
 from rlaifv.world.scenes import sample_scenes
 
 DEMO_BON_SAMPLES = 16  # answers per test scene for the best-of-N section (paper Fig. 5 goes to 64)
-DEMO_ROUNDS = 3  # what fits the 10-minute cold budget on a 2-core CPU next to the ~3-minute bootstrap
+DEMO_ROUNDS = 4  # the paper's count; fits the 10-minute cold budget on a 2-core CPU next to the ~2-minute bootstrap
 
 
 def _examples(wcfg: WorldConfig, ecfg: EvalConfig, gen_dir: Path, n: int = 5) -> list[dict[str, Any]]:
@@ -115,12 +115,15 @@ def run_demo(workdir: Path, seed: int = 0, world: WorldConfig | None = None, ecf
 
 def _best_of_n(workdir: Path, rows: list[dict[str, Any]], wcfg: WorldConfig, ecfg: EvalConfig, n_max: int,
                device: str) -> dict[str, Any]:
-    """The report's `bon` rows and `bon_setup`: the final round's policy against that round's reference (the policy
-    it started from). Nothing when the final round trained nothing (policy == reference: every reward would be 0)."""
-    policy, reference = rows[-1]["policy"], rows[-2]["policy"]
-    if policy == reference:
-        log("best-of-N skipped: the final round left the policy unchanged, so its reward is 0 for every answer")
+    """The report's `bon` rows and `bon_setup`: the final policy against its reference, the policy that the round
+    which trained it started from (a later round may have kept it). Nothing when no round changed the policy (every
+    reward would be 0)."""
+    policy = rows[-1]["policy"]
+    changed = [k for k in range(1, len(rows)) if rows[k]["policy"] != rows[k - 1]["policy"]]
+    if not changed:
+        log("best-of-N skipped: no round changed the policy, so its reward is 0 for every answer")
         return {}
+    reference = rows[changed[-1] - 1]["policy"]
     table, summary = world_bon(workdir / "bon", policy, reference, wcfg, ecfg, n_max, device)
     return {"bon": table, "bon_setup": {"policy": policy, "reference": reference, "samples": n_max,
                                         "temperature": BON_TEMPERATURE, "scored": summary["scored"],

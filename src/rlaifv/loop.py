@@ -293,13 +293,23 @@ class Loop:
         return {name: summary[name] for name in keep}
 
     def _select(self, k: int, r: Path, dpo_cfg: DPOConfig, trained: dict[str, Any]) -> dict[str, Any]:
-        """Measure every checkpoint (each measurement kept in select/checkpoint-N.json) and choose the best."""
+        """Measure every checkpoint (each measurement kept in select/checkpoint-N.json) and choose the best.
+
+        On world metrics the round's starting policy is a candidate too (`select_start`; step 0, its `val`
+        measurement known from the round that chose it): a round none of whose checkpoints beats it keeps it, so a
+        further round never leaves the policy worse on `val` (the next round collects from it again, on fresh
+        prompts and seeds).
+        """
         from rlaifv.selection import choose
 
         selector = self._selector(k, dpo_cfg)
         folder = r / "select"
         folder.mkdir(parents=True, exist_ok=True)
         candidates = []
+        if self.select_on == "world" and self.cfg.select_start:
+            start = self._start_of(k)
+            candidates.append({"checkpoint": start["policy"], "step": 0,
+                               "metrics": {**start["metrics"], "objective": selector.objective(start["metrics"])}})
         for model in trained["checkpoints"]:
             step = int(Path(model).parent.name.split("-")[1])
             path = folder / f"checkpoint-{step}.json"
@@ -320,6 +330,15 @@ class Loop:
                   "step": best["step"], "metrics": best["metrics"], "note": note}
         write_json(folder / "selection.json", result)
         return result
+
+    def _start_of(self, k: int) -> dict[str, Any]:
+        """Round k's starting policy and its `val` measurement: the latest round before k that chose a checkpoint
+        (a skipped round keeps its policy), else the starting policy measured for round 0."""
+        for j in range(k - 1, 0, -1):
+            row = self.state["steps"][f"round-{j}/finish"]
+            if row.get("selection"):
+                return {"policy": row["policy"], "metrics": row["selection"]}
+        return {"policy": self.state["steps"]["start"]["policy"], "metrics": self.state["steps"]["round-0/select"]}
 
     def _selector(self, k: int, dpo_cfg: DPOConfig):
         """The round's Selector (selection.py); None for reward selection without a held-out pair."""

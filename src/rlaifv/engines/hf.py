@@ -223,8 +223,9 @@ class HFEngine:
         out, at = [], 0
         for g, ts in enumerate(texts):
             raw, at = raw_all[at : at + len(ts)], at + len(ts)
-            expanded0 = firsts["input_ids"][g][firsts["attention_mask"][g].bool()].tolist()  # padding removed
-            vision = visions[g] if visions is not None else None
+            real = firsts["attention_mask"][g].bool() if "attention_mask" in firsts else None
+            expanded0 = firsts["input_ids"][g][real].tolist() if real is not None else None  # padding removed
+            vision = visions[g] if visions is not None and expanded0 is not None else None
             rows = splice_image_run(raw, expanded0, image_id) if vision is not None else None
             if rows is None:
                 one = self.processor(text=[ts[0]], images=[images[g]], return_tensors="pt")

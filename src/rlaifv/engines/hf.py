@@ -115,8 +115,8 @@ class HFEngine:
 
         Rendering a Jinja chat template costs about as much as the tiny labeler's forward per question, and judging
         renders one prompt per claim. The template is rendered around a placeholder and each question put in its
-        place; the first question is rendered in full and compared, so a template that changes the text it is given
-        (trims, escapes, branches on it) is rendered question by question instead.
+        place; the first and last questions are rendered in full and compared, so a template that changes the text
+        it is given (trims, escapes, branches on it) is rendered question by question instead.
         """
         if not questions:
             return []
@@ -124,7 +124,8 @@ class HFEngine:
         if self._frame is None:  # the template around the placeholder, rendered once per engine
             self._frame = self.prompt_text(QUESTION_SLOT).partition(QUESTION_SLOT)
         head, found, tail = self._frame
-        if not found or QUESTION_SLOT in tail or head + questions[0] + tail != first:
+        checks = {questions[0]: first, questions[-1]: self.prompt_text(questions[-1])}  # first and last rendered
+        if not found or QUESTION_SLOT in tail or any(head + q + tail != text for q, text in checks.items()):
             return [first] + [self.prompt_text(q) for q in questions[1:]]
         # a template may strip the text: questions with outer whitespace are rendered in full
         return [first] + [head + q + tail if q == q.strip() else self.prompt_text(q) for q in questions[1:]]
@@ -227,10 +228,11 @@ class HFEngine:
             expanded0 = firsts["input_ids"][g][real].tolist() if real is not None else None  # padding removed
             vision = visions[g] if visions is not None and expanded0 is not None else None
             rows = splice_image_run(raw, expanded0, image_id) if vision is not None else None
-            if rows is None:
+            if rows is None:  # this image alone through the processor; each prompt too if splicing fails
                 one = self.processor(text=[ts[0]], images=[images[g]], return_tensors="pt")
                 vision = {k: v for k, v in one.items() if k not in ("input_ids", "attention_mask")}
-                rows = [list(self.processor(text=[t], images=[images[g]])["input_ids"][0]) for t in ts]
+                rows = splice_image_run(raw, one["input_ids"][0].tolist(), image_id) or [
+                    list(self.processor(text=[t], images=[images[g]])["input_ids"][0]) for t in ts]
             out.append((rows, vision))
         return out
 

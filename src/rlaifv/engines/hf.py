@@ -221,13 +221,14 @@ class HFEngine:
                                  len(groups))
         raw_all = self.tokenizer([t for ts in texts for t in ts])["input_ids"]  # placeholders unexpanded
         image_id = getattr(self.model.config, "image_token_id", None)
+        mask = firsts.get("attention_mask")  # needed to cut each first prompt's padding off
         out, at = [], 0
         for g, ts in enumerate(texts):
             raw, at = raw_all[at : at + len(ts)], at + len(ts)
-            real = firsts["attention_mask"][g].bool() if "attention_mask" in firsts else None
-            expanded0 = firsts["input_ids"][g][real].tolist() if real is not None else None  # padding removed
-            vision = visions[g] if visions is not None and expanded0 is not None else None
-            rows = splice_image_run(raw, expanded0, image_id) if vision is not None else None
+            rows = vision = None
+            if visions is not None and mask is not None:
+                vision = visions[g]
+                rows = splice_image_run(raw, firsts["input_ids"][g][mask[g].bool()].tolist(), image_id)
             if rows is None:  # this image alone through the processor; each prompt too if splicing fails
                 one = self.processor(text=[ts[0]], images=[images[g]], return_tensors="pt")
                 vision = {k: v for k, v in one.items() if k not in ("input_ids", "attention_mask")}

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rlaifv.engines.images import concat_vision
 from rlaifv.engines.packing import collate_packs, pack
 from rlaifv.train.encode import EncodedPair
 
@@ -33,10 +34,7 @@ class ResponseLogps:
 
 def vision_inputs(pairs: list[EncodedPair], device: torch.device, repeat: int = 1) -> dict[str, torch.Tensor]:
     """The pairs' processor outputs (pixel values, ...) concatenated along the batch, each repeated `repeat` times."""
-    return {
-        key: torch.cat([p.vision[key] for p in pairs for _ in range(repeat)]).to(device)
-        for key in pairs[0].vision
-    }
+    return concat_vision([p.vision for p in pairs for _ in range(repeat)], device)
 
 
 CHUNK_ELEMENTS = 2**24  # logits per fp32 chunk of `token_logps` (64 MB)

@@ -135,8 +135,10 @@ class StepClock:
             torch.cuda.synchronize()
         self.stamps.append(time.perf_counter())
 
-    def median_step(self, warmup: int = 2) -> float:
-        steps = [b - a for a, b in zip(self.stamps, self.stamps[1:])]
+    def median_step(self, timed: int, warmup: int = 2) -> float:
+        """Median of the first `timed` steps' times, the first `warmup` left out."""
+        stamps = self.stamps[: timed + 1]
+        steps = [b - a for a, b in zip(stamps, stamps[1:])]
         return statistics.median(steps[warmup:] if len(steps) > warmup + 1 else steps)
 
 
@@ -144,6 +146,88 @@ def memory(device: str, rss_start: float) -> dict:
     if device.startswith("cuda"):
         return {"peak_gb": torch.cuda.max_memory_allocated() / 2**30}
     return {"peak_rss_mb": peak_rss_mb(), "peak_above_start_mb": peak_rss_mb() - rss_start}
+
+
+PROFILED_STEPS = 2  # steps after the timed ones that --profile records (not in the medians)
+
+
+class StepProfiler:
+    """torch.profiler over the PROFILED_STEPS steps after the timed ones; writes the kernel table of one side.
+
+    The summary compares the profiled steps' wall time with the GPU's busy time (kernels only): the difference is
+    time the GPU waited on the host (encoding, Python, synchronizations).
+    """
+
+    def __init__(self, folder: Path | None, side: str) -> None:
+        self.folder, self.side, self.prof, self.began = folder, side, None, 0.0
+        self.host: dict[str, float] = {}  # named host-side work inside the profiled steps, seconds
+
+    def start(self) -> None:
+        if self.folder is None:
+            return
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        self.prof = profile(activities=activities)
+        self.prof.start()
+        self.began = time.perf_counter()
+
+    def timed(self, name: str, fn):
+        """fn, with the wall time of its calls inside the profiled steps added up under `name`."""
+        def wrapper(*args, **kwargs):
+            began = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                if self.prof is not None:
+                    self.host[name] = self.host.get(name, 0.0) + time.perf_counter() - began
+        return wrapper
+
+    def stop(self) -> None:
+        if self.prof is None:
+            return
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        wall = time.perf_counter() - self.began
+        self.prof.stop()
+        events = self.prof.key_averages()
+
+        def device_us(e) -> float:
+            return getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
+
+        kernels = [e for e in events if device_us(e) > 0 and not e.key.startswith(("aten::", "cuda", "Memcpy",
+                                                                                      "Memset"))]
+        busy = sum(device_us(e) for e in kernels) / 1e6
+        groups: dict[str, float] = {}
+        for e in kernels:
+            name = e.key.lower()
+            group = ("attention" if any(k in name for k in ("fmha", "flash", "attention", "attn")) else
+                     "matmul" if any(k in name for k in ("gemm", "nvjet", "xmma", "sm90", "cublas", "cutlass")) else
+                     "other")
+            groups[group] = groups.get(group, 0.0) + device_us(e) / 1e6
+        lines = [f"{self.side}: {PROFILED_STEPS} profiled steps, wall {wall:.3f} s, GPU kernels busy {busy:.3f} s "
+                 f"({busy / wall:.0%}); " + ", ".join(f"{k} {v:.3f} s" for k, v in sorted(groups.items()))
+                 + "".join(f"; host {k} {v:.3f} s" for k, v in self.host.items())]
+        for key in ("self_device_time_total", "self_cuda_time_total"):
+            try:
+                lines.append(events.table(sort_by=key, row_limit=40, max_name_column_width=100))
+                break
+            except (AttributeError, KeyError, ValueError):
+                continue
+        lines.append(events.table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=100))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if self.side == "ours":  # the timeline, to see where the GPU waits (chrome://tracing or Perfetto)
+            import gzip
+            import shutil
+
+            raw = self.folder / f"{self.side}_trace.json"
+            self.prof.export_chrome_trace(str(raw))
+            with raw.open("rb") as f, gzip.open(f"{raw}.gz", "wb", compresslevel=6) as g:
+                shutil.copyfileobj(f, g)
+            raw.unlink()
+        (self.folder / f"{self.side}_profile.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        print(lines[0], file=sys.stderr)
+        self.prof = None
 
 
 # -- the two sides (each in its own process) -----------------------------------------------------------------------
@@ -159,31 +243,39 @@ def run_ours(args, model_dir: Path, data: Path, work: Path, rss_start: float) ->
     from rlaifv.train.dpo import read_metrics, train_dpo
     from rlaifv.train.reference import compute_reference_logps
 
-    cfg = DPOConfig(per_device_train_batch_size=args.batch, max_steps=args.steps, logging_steps=1,
-                    save_steps=args.steps, learning_rate=args.lr, warmup_ratio=0.0, bf16=args.bf16,
+    last = args.steps + (PROFILED_STEPS if args.profile else 0)
+    cfg = DPOConfig(per_device_train_batch_size=args.batch, max_steps=last, logging_steps=1,
+                    save_steps=last, learning_rate=args.lr, warmup_ratio=0.0, bf16=args.bf16,
                     gradient_checkpointing=args.gradient_checkpointing, use_cpu=args.device == "cpu",
                     use_peft=args.lora, report_to="none",
                     **({"lora_r": 64, "lora_alpha": 16, "lora_dropout": args.lora_dropout} if args.lora else {}))
     loaded = load_pairs(data)
     start, timings = time.perf_counter(), {}
-    compute_reference_logps(loaded, model_dir, cfg, device=args.device, timings=timings)
+    ref_store = work / f"{args.tag}-reference"  # each run of our side computes its own
+    compute_reference_logps(loaded, model_dir, cfg, ref_store, device=args.device, timings=timings)
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     reference_s = time.perf_counter() - start
-    clock = StepClock(args.device)
+    clock, profiler = StepClock(args.device), StepProfiler(args.profile, args.tag)
+    import rlaifv.train.dpo as dpo
+
+    dpo.encode_batch = profiler.timed("encode_batch", dpo.encode_batch)
 
     def tick(step: int, metrics: dict) -> None:
         clock.tick()
-        if step == args.steps:  # timed all steps: skip the final checkpoint and export, which TRL is not asked for
+        if step == args.steps:
+            profiler.start()
+        if step == last:  # skip the final checkpoint and export, which TRL is not asked for
+            profiler.stop()
             raise StepsDone
 
     try:
-        train_dpo(loaded, model_dir, work / "ours", cfg, callback=tick)
+        train_dpo(loaded, model_dir, work / args.tag, cfg, ref_store_dir=ref_store, callback=tick)
     except StepsDone:
         pass
-    rows = read_metrics(work / "ours" / "metrics.csv")
-    step = clock.median_step()
+    rows = read_metrics(work / args.tag / "metrics.csv")
+    step = clock.median_step(timed=args.steps)
     # The first batch carries the warm-up (kernels, allocator); a long pass runs at the later batches' pace.
     (first_pairs, first_s), later = timings["batches"][0], timings["batches"][1:]
     per_pair = statistics.median(s / n for n, s in later) if later else first_s / first_pairs
@@ -219,7 +311,8 @@ def run_trl(args, model_dir: Path, data: Path, work: Path, rss_start: float) -> 
                                  target_modules=lora_targets(model, True))
     else:  # TRL would otherwise reload the reference from the hub name (STACK_NOTES)
         ref_model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype).to(args.device)
-    config = DPOConfig(output_dir=str(work / "trl"), per_device_train_batch_size=args.batch, max_steps=args.steps,
+    last = args.steps + (PROFILED_STEPS if args.profile else 0)
+    config = DPOConfig(output_dir=str(work / "trl"), per_device_train_batch_size=args.batch, max_steps=last,
                        logging_steps=1, save_strategy="no", learning_rate=args.lr, lr_scheduler_type="cosine",
                        bf16=args.bf16, gradient_checkpointing=args.gradient_checkpointing,
                        use_cpu=args.device == "cpu", max_length=None, report_to="none",
@@ -228,11 +321,15 @@ def run_trl(args, model_dir: Path, data: Path, work: Path, rss_start: float) -> 
                        disable_dropout=not (args.lora and args.lora_dropout > 0),
                        dataloader_num_workers=0, seed=0)
     dataset = datasets.load_dataset("parquet", data_files=str(data), split="train")
-    clock = StepClock(args.device)
+    clock, profiler = StepClock(args.device), StepProfiler(args.profile, "trl")
 
     class Tick(TrainerCallback):
-        def on_step_end(self, *_, **__):
+        def on_step_end(self, _args, state, *_, **__):
             clock.tick()
+            if state.global_step == args.steps:
+                profiler.start()
+            if state.global_step == last:
+                profiler.stop()
 
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=config, train_dataset=dataset,
                          processing_class=processor, peft_config=peft_config, callbacks=[Tick()])
@@ -241,7 +338,7 @@ def run_trl(args, model_dir: Path, data: Path, work: Path, rss_start: float) -> 
     clock.stamps = [time.perf_counter()]
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"loss_step0": losses[0], "step_s": clock.median_step(), **memory(args.device, rss_start)}
+    return {"loss_step0": losses[0], "step_s": clock.median_step(timed=args.steps), **memory(args.device, rss_start)}
 
 
 # -- driver --------------------------------------------------------------------------------------------------------
@@ -264,7 +361,12 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is steadiest on a shared machine)")
+    ap.add_argument("--profile", type=Path, metavar="DIR",
+                    help=f"profile {PROFILED_STEPS} more steps per side (not timed) and write the kernel tables here")
+    ap.add_argument("--baseline-src", type=Path, metavar="SRC",
+                    help="also run our side from another checkout's src/ (e.g. the previous commit's), same data")
     ap.add_argument("--side", choices=("ours", "trl"), help=argparse.SUPPRESS)
+    ap.add_argument("--tag", default="ours", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.shape == "llava-7b" and not args.lora and args.device.startswith("cuda"):
@@ -290,12 +392,18 @@ def main() -> None:
             torch.cuda.empty_cache()
         save_pairs(args.pairs, 96 if args.shape == "tiny" else 336, args.response_words, work / "pairs.parquet")
         results = {}
-        for side in ("trl", "ours"):
-            cmd = [sys.executable, __file__, *sys.argv[1:], "--side", side, "--workdir", str(work)]
-            done = subprocess.run(cmd, capture_output=True, text=True)
+        sides = [("trl", "trl", None), ("ours", "ours", None)]
+        if args.baseline_src:
+            sides.append(("baseline", "ours", args.baseline_src.resolve()))
+        for tag, side, src in sides:
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--side", side, "--tag", tag, "--workdir", str(work)]
+            env = dict(os.environ)
+            if src is not None:  # that checkout's rlaifv first on the path
+                env["PYTHONPATH"] = os.pathsep.join([str(src), *filter(None, [env.get("PYTHONPATH")])])
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if done.returncode != 0:
-                sys.exit(f"{side} failed:\n{done.stderr[-4000:]}")
-            results[side] = json.loads(done.stdout.strip().splitlines()[-1])
+                sys.exit(f"{tag} failed:\n{done.stderr[-4000:]}")
+            results[tag] = json.loads(done.stdout.strip().splitlines()[-1])
     report(args, results)
 
 
@@ -312,8 +420,11 @@ def report(args, results: dict) -> None:
           f"step s + reference share, {real} | peak memory ({unit}) |\n|---|---|---|---|---|---|")
     print(f"| TRL DPOTrainer (reference forward in every step) | {trl['loss_step0']:.6f} | {trl['step_s']:.4f} | "
           f"{trl['step_s']:.4f} | {trl['step_s']:.4f} | {trl[mem_key]:.1f} |")
-    print(f"| rlaifv train | {ours['loss_step0']:.6f} | {ours['step_s']:.4f} | {ours['step_amortized_s']:.4f} | "
-          f"{ours['step_amortized_realistic_s']:.4f} | {ours[mem_key]:.1f} |")
+    for tag, name in (("ours", "rlaifv train"), ("baseline", f"rlaifv train from {args.baseline_src}")):
+        if tag in results:
+            r = results[tag]
+            print(f"| {name} | {r['loss_step0']:.6f} | {r['step_s']:.4f} | {r['step_amortized_s']:.4f} | "
+                  f"{r['step_amortized_realistic_s']:.4f} | {r[mem_key]:.1f} |")
     print(f"speed-up {trl['step_s'] / ours['step_s']:.2f}x per step; with the reference pass's compute amortized "
           f"{trl['step_s'] / ours['step_amortized_s']:.2f}x ({bench}), "
           f"{trl['step_s'] / ours['step_amortized_realistic_s']:.2f}x ({real}); memory "
@@ -325,6 +436,8 @@ def report(args, results: dict) -> None:
           f"{ours['reference_load_s']:.2f} s loading the model ({ours['reference_pass_s']:.2f} s wall in all, once "
           f"per run); with all of it counted over {bench}: {ours['step_amortized_with_load_s']:.4f} s per step, "
           f"{trl['step_s'] / ours['step_amortized_with_load_s']:.2f}x")
+    for side in [t for t in ("trl", "ours", "baseline") if t in results] if args.profile else ():
+        print((args.profile / f"{side}_profile.txt").read_text(encoding="utf-8").splitlines()[0])
     if not args.device.startswith("cuda"):
         print(f"peak RSS: TRL {trl['peak_rss_mb']:.0f} MB, ours {ours['peak_rss_mb']:.0f} MB")
     print(json.dumps(results))

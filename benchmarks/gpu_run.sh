@@ -5,8 +5,9 @@
 #   SHAPE=tiny DEVICE=cpu SKIP_INSTALL=1 bash benchmarks/gpu_run.sh   # dry run of this script on the CPU
 #
 # Runs, cheapest first, each under its own timeout (a failure does not stop the next): feedback_speed.py judge,
-# feedback_speed.py sample, dpo_vs_trl.py --lora --bf16 --response-words 150 (BENCHES="judge sample" picks some;
-# dpo needs trl among the wheels). Everything is also written to
+# feedback_speed.py sample, attention_mask_speed.py, dpo_vs_trl.py --lora --bf16 --response-words 150
+# (BENCHES="judge sample" picks some; dpo needs trl among the wheels; DPO_ARGS adds arguments to it, e.g.
+# "--profile $OUT/profile --baseline-src .base/src"). Everything is also written to
 # $OUT/gpu_log.txt (OUT defaults to /tmp/gpu_run). The whole script stops starting work after $BUDGET seconds.
 set -u
 cd "$(dirname "$0")/.."
@@ -19,7 +20,8 @@ DEVICE=${DEVICE:-cuda}
 BUDGET=${BUDGET:-375}
 PY=${PYTHON:-python3}
 THREADS=${THREADS:-8}
-BENCHES=${BENCHES:-judge sample dpo}
+BENCHES=${BENCHES:-judge sample attention dpo}
+DPO_ARGS=${DPO_ARGS:-}
 
 log() { echo "$@" | tee -a "$LOG"; }
 
@@ -78,10 +80,14 @@ run_bench() {  # name cap_seconds command...
 FB=(benchmarks/feedback_speed.py --shape "$SHAPE" --device "$DEVICE" --threads "$THREADS" --images 8)
 run_bench judge 100 "$PY" "${FB[@]}" judge --questions 64
 run_bench sample 100 "$PY" "${FB[@]}" sample --n 10 --max-new-tokens 128
-run_bench dpo 240 "$PY" benchmarks/dpo_vs_trl.py --shape "$SHAPE" --device "$DEVICE" --lora --bf16 \
-    --response-words 150 --pairs 32 --batch 4 --steps 8 --threads "$THREADS"
+ATTN=()
+[ "$SHAPE" = llava-7b ] || ATTN=(--heads 4 --layers 1 --repeats 2)  # a dry run's size
+run_bench attention 60 "$PY" benchmarks/attention_mask_speed.py --device "$DEVICE" "${ATTN[@]}"
+# shellcheck disable=SC2086  # DPO_ARGS is a list of arguments
+run_bench dpo 300 "$PY" benchmarks/dpo_vs_trl.py --shape "$SHAPE" --device "$DEVICE" --lora --bf16 \
+    --response-words 150 --pairs 32 --batch 4 --steps 10 --threads "$THREADS" $DPO_ARGS
 
 log ""
 log "== summary (script ran ${SECONDS}s)"
-grep -E "^\| |speed-up|max \|dP\||x [0-9]+ (questions|samples)|^shape |TIMED OUT|exit [0-9]|SKIPPED|failed" "$LOG" \
+grep -E "^\| |speed-up|max \|dP\||x [0-9]+ (questions|samples)|^shape |^device |profiled steps|TIMED OUT|exit [0-9]|SKIPPED|failed" "$LOG" \
     | grep -v "^|---" | tee "$OUT/summary.txt"

@@ -46,6 +46,19 @@ def pack(prefix: list[int], suffixes: list[list[int]]) -> Pack:
     return Pack(ids, pos, seg, starts, ends)
 
 
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """`tensor` on `device`; from the CPU to a GPU through pinned memory, without waiting for the GPU's queued work.
+
+    A copy from ordinary (pageable) host memory blocks the host until the GPU has finished everything queued before
+    it, so the host cannot queue the next forward while the previous backward runs, and the GPU then idles while
+    it does. Pinned memory makes the copy one more queued operation.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 MASK_ALIGN = 16  # elements per mask row: CUDA's memory-efficient SDPA pads (and keeps, per layer) a copy otherwise
 
 
@@ -79,7 +92,7 @@ def collate_packs(packs: list[Pack], pad_id: int, dtype: torch.dtype, device: to
         ids[i, : len(p)] = torch.tensor(p.input_ids)
         pos[i, : len(p)] = torch.tensor(p.position_ids)
         seg[i, : len(p)] = torch.tensor(p.segments)
-    ids, pos, seg = ids.to(device), pos.to(device), seg.to(device)
+    ids, pos, seg = to_device(ids, device), to_device(pos, device), to_device(seg, device)
     return {"input_ids": ids, "position_ids": pos, "attention_mask": block_mask(seg, seg >= 0, dtype)}
 
 

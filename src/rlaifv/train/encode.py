@@ -9,8 +9,11 @@ it is quarantined, never truncated, because a cut response is a different respon
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from itertools import islice
+from typing import Any, TypeVar
 
 import torch
 from PIL import Image
@@ -89,3 +92,30 @@ class PairEncoder:
             raise ValueError("the chat template renders the prompt differently once an assistant turn follows it; "
                              "pass TRL rows with plain-text prompt and responses instead")
         return self.tokenizer(full_text[len(prompt_text) :], add_special_tokens=False)["input_ids"]
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def ahead(items: Iterable[T], fn: Callable[[T], R], background: bool = True) -> Iterator[R]:
+    """fn(item) for every item, in order, each computed on a background thread while the caller uses the previous.
+
+    Encoding a batch (image decoding, the processor, the tokenizer) is host work that otherwise leaves the GPU idle
+    at the start of every step: with this the host encodes batch k+1 while the device runs batch k. One result at
+    most waits ahead; an exception raised by fn is raised here, where its result is taken, in order. With
+    `background` False it is a plain map (on a CPU the thread would compete with torch's own threads).
+    """
+    if not background:
+        yield from map(fn, items)
+        return
+    it = iter(items)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlaifv-encode")
+    try:
+        upcoming = [pool.submit(fn, item) for item in islice(it, 1)]
+        while upcoming:
+            current = upcoming.pop()
+            upcoming = [pool.submit(fn, item) for item in islice(it, 1)]  # queued behind `current` on the worker
+            yield current.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

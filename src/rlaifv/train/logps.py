@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from rlaifv.engines.images import concat_vision
-from rlaifv.engines.packing import collate_packs, pack
+from rlaifv.engines.packing import collate_packs, pack, to_device
 from rlaifv.train.encode import EncodedPair
 
 
@@ -122,12 +122,15 @@ def packed_logps(model: torch.nn.Module, pairs: list[EncodedPair], pad_id: int) 
     column = {pos: i for i, pos in enumerate(keep)}
     batch = collate_packs(packs, pad_id, mask_dtype(first, device), device)  # ids, positions (B, T); mask (B, 1, T, T)
     batch.update(vision_inputs(pairs, device))
-    logits = model(**batch, logits_to_keep=torch.tensor(keep, device=device), use_cache=False).logits  # (B, K, V)
-    rows_t = torch.tensor(rows, device=device)  # (N,)
-    cols_t = torch.tensor([column[pos] for pos in positions], device=device)  # (N,)
-    logps = token_logps(logits, rows_t, cols_t, torch.tensor(targets, device=device))  # (N,)
-    sums = torch.zeros(2 * len(pairs), device=device).index_add(0, torch.tensor(owner, device=device), logps)  # (2B,)
-    return ResponseLogps(sums[0::2], sums[1::2], *_lengths(pairs, device))
+    # every index on the device before the forward is queued: none of the copies waits for it
+    keep_t, owner_t = to_device(torch.tensor(keep), device), to_device(torch.tensor(owner), device)  # (K,), (N,)
+    rows_t, targets_t = to_device(torch.tensor(rows), device), to_device(torch.tensor(targets), device)  # (N,)
+    cols_t = to_device(torch.tensor([column[pos] for pos in positions]), device)  # (N,)
+    lengths = _lengths(pairs, device)
+    logits = model(**batch, logits_to_keep=keep_t, use_cache=False).logits  # (B, K, V)
+    logps = token_logps(logits, rows_t, cols_t, targets_t)  # (N,)
+    sums = torch.zeros(2 * len(pairs), device=device).index_add(0, owner_t, logps)  # (2B,)
+    return ResponseLogps(sums[0::2], sums[1::2], *lengths)
 
 
 def separate_logps(model: torch.nn.Module, pairs: list[EncodedPair], pad_id: int) -> ResponseLogps:
@@ -155,6 +158,6 @@ def separate_logps(model: torch.nn.Module, pairs: list[EncodedPair], pad_id: int
 
 
 def _lengths(pairs: list[EncodedPair], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    chosen = torch.tensor([len(p.chosen_ids) for p in pairs], device=device)  # (B,)
-    rejected = torch.tensor([len(p.rejected_ids) for p in pairs], device=device)  # (B,)
+    chosen = to_device(torch.tensor([len(p.chosen_ids) for p in pairs]), device)  # (B,)
+    rejected = to_device(torch.tensor([len(p.rejected_ids) for p in pairs]), device)  # (B,)
     return chosen, rejected

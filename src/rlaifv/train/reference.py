@@ -31,12 +31,13 @@ from typing import Any, ClassVar
 import torch
 
 from rlaifv.config import DPOConfig, EngineConfig
+from rlaifv.engines.packing import to_device
 from rlaifv.feedback.prompts import load_image, reason_kind
 from rlaifv.progress import progress
 from rlaifv.records import BadInput, Record
 from rlaifv.store import ShardedStore
 from rlaifv.train.data import LoadedPairs, PreferenceExample, load_pairs, pair_store_root
-from rlaifv.train.encode import EncodedPair, PairEncoder, context_length
+from rlaifv.train.encode import EncodedPair, PairEncoder, ahead, context_length
 from rlaifv.train.logps import ResponseLogps, packed_logps
 
 STAGE = "reference"
@@ -156,14 +157,20 @@ def _compute(examples: list[PreferenceExample], reference: str | Path, cfg: DPOC
     pad_id = processor.tokenizer.pad_token_id
     size = cfg.precompute_ref_batch_size or cfg.per_device_train_batch_size
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
+    batches = [examples[lo : lo + size] for lo in range(0, len(examples), size)]
+    todo = [b for b in batches if not all(e.key in writer for e in b)]
+
+    def encode(batch: list[PreferenceExample]) -> tuple[list[PreferenceExample], list[EncodedPair], list]:
+        bad: list[tuple[PreferenceExample, str]] = []  # quarantined by the caller: the writer is not thread-safe
+        return batch, encode_batch(encoder, batch, lambda e, reason: bad.append((e, reason))), bad
+
     with progress("reference log-probs", len(examples)) as bar:
-        for lo in range(0, len(examples), size):
-            batch = examples[lo : lo + size]
-            if all(e.key in writer for e in batch):
-                bar.advance(len(batch))
-                continue
-            began = time.perf_counter()
-            encoded = encode_batch(encoder, batch, lambda e, reason: _quarantine(writer, e, reason, counts))
+        bar.advance(len(examples) - sum(len(b) for b in todo))
+        began = time.perf_counter()
+        # the next batch is encoded on a background thread while the device runs this one
+        for batch, encoded, bad in ahead(todo, encode, background=device.type != "cpu"):
+            for example, reason in bad:
+                _quarantine(writer, example, reason, counts)
             if encoded:
                 with torch.no_grad(), autocast:
                     out = packed_logps(model, encoded, pad_id)
@@ -173,6 +180,7 @@ def _compute(examples: list[PreferenceExample], reference: str | Path, cfg: DPOC
                         counts["done"] += 1
                 clock["batches"].append((len(encoded), time.perf_counter() - began))
             bar.advance(len(batch), status=f"{counts['done']} pairs")
+            began = time.perf_counter()
     _synchronize(device)
     clock["compute_s"] = time.perf_counter() - start
     del model
@@ -258,7 +266,7 @@ class ReferenceTable:
         rows = [self.logps[k] for k in keys]
 
         def column(name: str, dtype: torch.dtype) -> torch.Tensor:
-            return torch.tensor([getattr(r, name) for r in rows], dtype=dtype, device=device)  # (B,)
+            return to_device(torch.tensor([getattr(r, name) for r in rows], dtype=dtype), device)  # (B,)
 
         return ResponseLogps(column("chosen_logp", torch.float32), column("rejected_logp", torch.float32),
                              column("chosen_tokens", torch.long), column("rejected_tokens", torch.long))

@@ -154,6 +154,10 @@ PROFILED_STEPS = 2  # steps after the timed ones that --profile records (not in 
 class StepProfiler:
     """torch.profiler over the PROFILED_STEPS steps after the timed ones; writes the kernel table of one side.
 
+    The window runs from one step callback to the one PROFILED_STEPS later. Our trainer calls back once the next
+    step is queued, so there it holds the end of one step and the whole of the next: compare the busy shares, not
+    the walls, across sides.
+
     The summary compares the profiled steps' wall time with the GPU's busy time (kernels only): the difference is
     time the GPU waited on the host (encoding, Python, synchronizations).
     """
@@ -205,8 +209,8 @@ class StepProfiler:
                      "matmul" if any(k in name for k in ("gemm", "nvjet", "xmma", "sm90", "cublas", "cutlass")) else
                      "other")
             groups[group] = groups.get(group, 0.0) + device_us(e) / 1e6
-        lines = [f"{self.side}: {PROFILED_STEPS} profiled steps, wall {wall:.3f} s, GPU kernels busy {busy:.3f} s "
-                 f"({busy / wall:.0%}); " + ", ".join(f"{k} {v:.3f} s" for k, v in sorted(groups.items()))
+        lines = [f"{self.side}: profiled {PROFILED_STEPS} step callbacks, wall {wall:.3f} s, GPU kernels busy "
+                 f"{busy:.3f} s ({busy / wall:.0%}); " + ", ".join(f"{k} {v:.3f} s" for k, v in sorted(groups.items()))
                  + "".join(f"; host {k} {v:.3f} s" for k, v in self.host.items())]
         for key in ("self_device_time_total", "self_cuda_time_total"):
             try:

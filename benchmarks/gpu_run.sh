@@ -89,5 +89,5 @@ run_bench dpo 300 "$PY" benchmarks/dpo_vs_trl.py --shape "$SHAPE" --device "$DEV
 
 log ""
 log "== summary (script ran ${SECONDS}s)"
-grep -E "^\| |speed-up|max \|dP\||x [0-9]+ (questions|samples)|^shape |^device |profiled steps|TIMED OUT|exit [0-9]|SKIPPED|failed" "$LOG" \
+grep -E "^\| |speed-up|max \|dP\||x [0-9]+ (questions|samples)|^shape |^device |profiled [0-9]+ step|TIMED OUT|exit [0-9]|SKIPPED|failed" "$LOG" \
     | grep -v "^|---" | tee "$OUT/summary.txt"

@@ -1,5 +1,6 @@
-"""`ahead`: each item's encoding runs on a background thread while the caller uses the previous one, in order, with
-errors raised at their own position; and the trainer and the reference pass give the same numbers through it."""
+"""Keeping the device fed: `ahead` encodes each item on a background thread while the caller uses the previous one,
+in order, with errors raised at their own position, and the trainer and the reference pass give the same numbers
+through it; host copies started early are snapshots of what they were given."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 from test_dpo_logps import make_world_pairs
 
 import rlaifv.train.dpo as dpo
 import rlaifv.train.reference as reference
 from rlaifv.config import DPOConfig
+from rlaifv.engines.transfer import to_device, to_host_later
 from rlaifv.records import Pair
 from rlaifv.store import ShardedStore
 from rlaifv.train.dpo import read_metrics, train_dpo
@@ -100,3 +103,12 @@ def test_the_reference_pass_quarantines_through_the_background_thread(micro_worl
     assert (result["done"], result["quarantined"]) == (3, 1)
     quarantined = {q.record_key: q.reason for q in reference_store(root, micro_world.policy, cfg).read_quarantine()}
     assert quarantined == {first.key: f"image file not found: {first.image}"}
+
+
+def test_host_copies_are_snapshots_and_device_copies_keep_values():
+    source = torch.arange(6, dtype=torch.float32)
+    wait = to_host_later([source, source * 2])
+    source.add_(100)  # changed after the copy was started: the copy keeps the values it was given
+    first, second = wait()
+    assert first.tolist() == [0, 1, 2, 3, 4, 5] and second.tolist() == [0, 2, 4, 6, 8, 10]
+    assert torch.equal(to_device(torch.tensor([1, 2]), "cpu"), torch.tensor([1, 2]))

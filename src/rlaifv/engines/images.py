@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from rlaifv.engines.packing import to_device
+from rlaifv.engines.transfer import to_device
 
 Vision = dict[str, torch.Tensor]  # one image's processor outputs (pixel_values, image_sizes, ...), batch dim 1
 

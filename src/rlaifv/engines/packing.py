@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from rlaifv.engines.transfer import to_device
+
 
 @dataclass(frozen=True)
 class Pack:
@@ -44,19 +46,6 @@ def pack(prefix: list[int], suffixes: list[list[int]]) -> Pack:
         seg.extend([k] * len(suffix))
         ends.append(len(ids) - 1)
     return Pack(ids, pos, seg, starts, ends)
-
-
-def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """`tensor` on `device`; from the CPU to a GPU through pinned memory, without waiting for the GPU's queued work.
-
-    A copy from ordinary (pageable) host memory blocks the host until the GPU has finished everything queued before
-    it, so the host cannot queue the next forward while the previous backward runs, and the GPU then idles while
-    it does. Pinned memory makes the copy one more queued operation.
-    """
-    device = torch.device(device)
-    if device.type == "cuda" and tensor.device.type == "cpu":
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
 
 
 MASK_ALIGN = 16  # elements per mask row: CUDA's memory-efficient SDPA pads (and keeps, per layer) a copy otherwise

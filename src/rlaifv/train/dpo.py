@@ -36,6 +36,7 @@ import torch.nn.functional as F
 import yaml
 
 from rlaifv.config import DPOConfig, EngineConfig
+from rlaifv.engines.transfer import to_host_later
 from rlaifv.progress import log, progress
 from rlaifv.store import fsync_path, write_json
 from rlaifv.train.data import LoadedPairs, load_pairs
@@ -440,22 +441,34 @@ class DPOTrainer:
             # each step's pairs are encoded on a background thread while the device runs the step before
             encoded_steps = ahead(range(start, self.total_steps), self._encode_step,
                                   background=self.acc.device.type != "cpu")
+            # A step's metrics are read once the next step is queued: reading them waits for the device, which would
+            # then idle while the host prepares the next step. A checkpoint waits for its step's metrics first.
+            pending = None
             for step, micro_batches in enumerate(encoded_steps, start=start):
-                metrics = self._step(step, micro_batches)
-                for name, value in metrics.items():
-                    total = self.window.setdefault(name, [0.0, 0])
-                    total[0] += value
-                    total[1] += 1
+                queued = (step + 1, self._step(step, micro_batches))
+                if pending is not None:
+                    self._after_step(*pending, bar)
+                pending = queued
                 done = step + 1
-                if done % self.cfg.logging_steps == 0 or done == self.total_steps:
-                    self._log_row(done)
-                if self.main:
-                    if bar is not None:
-                        bar.advance(1, status=f"loss {metrics['loss']:.4f}")
-                    if self.callback is not None:
-                        self.callback(done, metrics)
                 if done % self.cfg.save_steps == 0 or done == self.total_steps:
+                    self._after_step(*pending, bar)
+                    pending = None
                     self._save_checkpoint(done)
+
+    def _after_step(self, done: int, read: Callable[[], dict[str, float]], bar) -> None:
+        """Step `done`'s metrics into the logging window, its metrics row, the progress bar and the callback."""
+        metrics = read()
+        for name, value in metrics.items():
+            total = self.window.setdefault(name, [0.0, 0])
+            total[0] += value
+            total[1] += 1
+        if done % self.cfg.logging_steps == 0 or done == self.total_steps:
+            self._log_row(done)
+        if self.main:
+            if bar is not None:
+                bar.advance(1, status=f"loss {metrics['loss']:.4f}")
+            if self.callback is not None:
+                self.callback(done, metrics)
 
     def _encode_step(self, step: int) -> list[list[EncodedPair]]:
         """This process's micro-batches of one step, encoded."""
@@ -465,8 +478,9 @@ class DPOTrainer:
         return [encode_batch(self.encoder, [self.examples[i] for i in micro], bad)
                 for micro in self.schedule.micro_batches(step, self.acc.process_index)]
 
-    def _step(self, step: int, micro_batches: list[list[EncodedPair]]) -> dict[str, float]:
-        """One optimizer step over this process's (encoded) micro-batches; returns means over the global batch."""
+    def _step(self, step: int, micro_batches: list[list[EncodedPair]]) -> Callable[[], dict[str, float]]:
+        """One optimizer step over this process's (encoded) micro-batches, queued on the device; returns a function
+        that waits for it and gives its metrics, means over the global batch."""
         lr = self.scheduler.get_last_lr()[0]
         per_pair: dict[str, list[torch.Tensor]] = {}
         grad_norm = None
@@ -481,10 +495,19 @@ class DPOTrainer:
             for name, values in metrics.items():
                 per_pair.setdefault(name, []).append(values)
         self.scheduler.step()
-        means = {name: self.acc.gather(torch.cat(values)).float().mean().item()
-                 for name, values in per_pair.items()}
-        norm = float(grad_norm) if grad_norm is not None else math.nan  # DeepSpeed clips inside backward
-        return {**means, "grad_norm": norm, "learning_rate": lr}
+        names = list(per_pair)
+        values = [self.acc.gather(torch.cat(per_pair[n])).float().mean() for n in names]  # each ()
+        if isinstance(grad_norm, torch.Tensor):
+            names.append("grad_norm")
+            values.append(grad_norm.detach().float().to(values[0].device))
+        wait = to_host_later([torch.stack(values)])  # (M,)
+
+        def read() -> dict[str, float]:
+            metrics = dict(zip(names, wait()[0].tolist()))
+            if "grad_norm" not in metrics:  # DeepSpeed clips inside backward
+                metrics["grad_norm"] = float(grad_norm) if grad_norm is not None else math.nan
+            return {**metrics, "learning_rate": lr}
+        return read
 
     def _forward(self, encoded: list[EncodedPair]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         stored = [self.table.logps[p.key] for p in encoded]

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 
 from rlaifv.engines.images import concat_vision
-from rlaifv.engines.packing import collate_packs, pack, to_device
+from rlaifv.engines.packing import collate_packs, pack
+from rlaifv.engines.transfer import to_device
 from rlaifv.train.encode import EncodedPair
 
 

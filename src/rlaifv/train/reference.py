@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import torch
 
 from rlaifv.config import DPOConfig, EngineConfig
-from rlaifv.engines.packing import to_device
+from rlaifv.engines.transfer import to_device, to_host_later
 from rlaifv.feedback.prompts import load_image, reason_kind
 from rlaifv.progress import progress
 from rlaifv.records import BadInput, Record
@@ -166,21 +166,38 @@ def _compute(examples: list[PreferenceExample], reference: str | Path, cfg: DPOC
 
     with progress("reference log-probs", len(examples)) as bar:
         bar.advance(len(examples) - sum(len(b) for b in todo))
-        began = time.perf_counter()
-        # the next batch is encoded on a background thread while the device runs this one
+        flushed = time.perf_counter()
+
+        def store(batch: list[PreferenceExample], encoded: list[EncodedPair], wait) -> None:
+            nonlocal flushed
+            chosen, rejected = (t.tolist() for t in wait())
+            for i, pair in enumerate(encoded):
+                if pair.key not in writer:
+                    writer.add(RefLogps(pair.key, chosen[i], rejected[i], len(pair.chosen_ids),
+                                        len(pair.rejected_ids)))
+                    counts["done"] += 1
+            clock["batches"].append((len(encoded), time.perf_counter() - flushed))
+            flushed = time.perf_counter()
+            bar.advance(len(batch), status=f"{counts['done']} pairs")
+
+        # The next batch is encoded on a background thread, and its forward is queued before this batch's
+        # results are read, so the device always has a batch to run while the host stores the previous one.
+        pending = None
         for batch, encoded, bad in ahead(todo, encode, background=device.type != "cpu"):
             for example, reason in bad:
                 _quarantine(writer, example, reason, counts)
+            launched = None
             if encoded:
                 with torch.no_grad(), autocast:
                     out = packed_logps(model, encoded, pad_id)
-                for i, pair in enumerate(encoded):
-                    if pair.key not in writer:
-                        writer.add(_record(pair, out, i))  # float(): waits for the forward
-                        counts["done"] += 1
-                clock["batches"].append((len(encoded), time.perf_counter() - began))
-            bar.advance(len(batch), status=f"{counts['done']} pairs")
-            began = time.perf_counter()
+                launched = (batch, encoded, to_host_later([out.chosen.float(), out.rejected.float()]))
+            else:
+                bar.advance(len(batch), status=f"{counts['done']} pairs")
+            if pending is not None:
+                store(*pending)
+            pending = launched
+        if pending is not None:
+            store(*pending)
     _synchronize(device)
     clock["compute_s"] = time.perf_counter() - start
     del model
@@ -241,11 +258,6 @@ def _quarantine(writer, example: PreferenceExample, reason: str, counts: dict[st
                "question": example.prompt.question, "chosen": example.chosen, "rejected": example.rejected}
         writer.quarantine(example.key, reason, row)
         counts["quarantined"] += 1
-
-
-def _record(pair: EncodedPair, out: ResponseLogps, i: int) -> RefLogps:
-    return RefLogps(pair.key, float(out.chosen[i]), float(out.rejected[i]), len(pair.chosen_ids),
-                    len(pair.rejected_ids))
 
 
 @dataclass

@@ -645,8 +645,9 @@ def train_dpo(
 
     The reference defaults to the policy; an `openai` EngineConfig computes its log-probs on a server. Rerunning
     with the same arguments resumes an interrupted run, or returns the saved summary of a finished one.
-    `callback(step, metrics)` runs on the main process after every optimizer step, before that step's checkpoint is
-    saved (metrics are the step's means over the global batch).
+    `callback(step, metrics)` runs on the main process for every optimizer step, in order, before that step's
+    checkpoint is saved (metrics are the step's means over the global batch). Between checkpoints it runs once the
+    next step has been queued, so the device is not kept waiting for it.
     """
     if not (out_dir or cfg.output_dir):
         raise ValueError("no output folder: pass out_dir or set output_dir in the config")

@@ -26,7 +26,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import yaml
 
 from rlaifv.config import DPOConfig, EngineConfig
-from rlaifv.engines.transfer import to_host_later
+from rlaifv.engines.transfer import OneBehind, to_host_later
 from rlaifv.progress import log, progress
 from rlaifv.store import fsync_path, write_json
 from rlaifv.train.data import LoadedPairs, load_pairs
@@ -438,22 +438,17 @@ class DPOTrainer:
         with bar_cm as bar:
             if bar is not None:
                 bar.advance(start)
-            # each step's pairs are encoded on a background thread while the device runs the step before
-            encoded_steps = ahead(range(start, self.total_steps), self._encode_step,
-                                  background=self.acc.device.type != "cpu")
-            # A step's metrics are read once the next step is queued: reading them waits for the device, which would
+            # Each step's pairs are encoded on a background thread while the device runs the step before, and a
+            # step's metrics are read once the next step is queued: reading them waits for the device, which would
             # then idle while the host prepares the next step. A checkpoint waits for its step's metrics first.
-            pending = None
-            for step, micro_batches in enumerate(encoded_steps, start=start):
-                queued = (step + 1, self._step(step, micro_batches))
-                if pending is not None:
-                    self._after_step(*pending, bar)
-                pending = queued
-                done = step + 1
-                if done % self.cfg.save_steps == 0 or done == self.total_steps:
-                    self._after_step(*pending, bar)
-                    pending = None
-                    self._save_checkpoint(done)
+            steps = ahead(range(start, self.total_steps), self._encode_step, background=self.acc.device.type != "cpu")
+            with OneBehind(lambda done, read: self._after_step(done, read, bar)) as behind, closing(steps):
+                for step, micro_batches in enumerate(steps, start=start):
+                    behind.push((step + 1, self._step(step, micro_batches)))
+                    done = step + 1
+                    if done % self.cfg.save_steps == 0 or done == self.total_steps:
+                        behind.flush()
+                        self._save_checkpoint(done)
 
     def _after_step(self, done: int, read: Callable[[], dict[str, float]], bar) -> None:
         """Step `done`'s metrics into the logging window, its metrics row, the progress bar and the callback."""
@@ -497,6 +492,8 @@ class DPOTrainer:
         self.scheduler.step()
         names = list(per_pair)
         values = [self.acc.gather(torch.cat(per_pair[n])).float().mean() for n in names]  # each ()
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2 returns a DTensor
+            grad_norm = grad_norm.full_tensor()
         if isinstance(grad_norm, torch.Tensor):
             names.append("grad_norm")
             values.append(grad_norm.detach().float().to(values[0].device))
@@ -647,7 +644,8 @@ def train_dpo(
     with the same arguments resumes an interrupted run, or returns the saved summary of a finished one.
     `callback(step, metrics)` runs on the main process for every optimizer step, in order, before that step's
     checkpoint is saved (metrics are the step's means over the global batch). Between checkpoints it runs once the
-    next step has been queued, so the device is not kept waiting for it.
+    next step has been queued (on a CPU: computed), so the device is not kept waiting for it; when that next step
+    fails, it still runs for the finished one before the error propagates.
     """
     if not (out_dir or cfg.output_dir):
         raise ValueError("no output folder: pass out_dir or set output_dir in the config")

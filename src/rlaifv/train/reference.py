@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 import time
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import torch
 
 from rlaifv.config import DPOConfig, EngineConfig
-from rlaifv.engines.transfer import to_device, to_host_later
+from rlaifv.engines.transfer import OneBehind, to_device, to_host_later
 from rlaifv.feedback.prompts import load_image, reason_kind
 from rlaifv.progress import progress
 from rlaifv.records import BadInput, Record
@@ -120,8 +120,9 @@ def compute_reference_logps(
     Pairs go in fixed batches of `precompute_ref_batch_size` in source order; a batch with any missing pair is
     recomputed whole, so a resumed pass pads and batches exactly as an uninterrupted one and stores the same floats.
     The model is freed before returning. `timings`, if given, gets the seconds spent loading the model (`load_s`)
-    and computing (`compute_s`: encoding, forwards and writing; 0 when nothing was missing), and the seconds of
-    each computed batch with its number of pairs (`batches`: [(pairs, seconds), ...]; the first holds the warm-up).
+    and computing (`compute_s`: encoding, forwards and writing; 0 when nothing was missing), and per computed batch
+    its number of pairs and the seconds since the batch before was stored (`batches`: [(pairs, seconds), ...]; the
+    batches are pipelined, so this is the pace of the pass; the first holds the warm-up).
     """
     loaded = pairs if isinstance(pairs, LoadedPairs) else load_pairs(Path(pairs))
     store = reference_store(loaded.source, reference, cfg, store_dir)
@@ -182,22 +183,17 @@ def _compute(examples: list[PreferenceExample], reference: str | Path, cfg: DPOC
 
         # The next batch is encoded on a background thread, and its forward is queued before this batch's
         # results are read, so the device always has a batch to run while the host stores the previous one.
-        pending = None
-        for batch, encoded, bad in ahead(todo, encode, background=device.type != "cpu"):
-            for example, reason in bad:
-                _quarantine(writer, example, reason, counts)
-            launched = None
-            if encoded:
-                with torch.no_grad(), autocast:
-                    out = packed_logps(model, encoded, pad_id)
-                launched = (batch, encoded, to_host_later([out.chosen.float(), out.rejected.float()]))
-            else:
-                bar.advance(len(batch), status=f"{counts['done']} pairs")
-            if pending is not None:
-                store(*pending)
-            pending = launched
-        if pending is not None:
-            store(*pending)
+        batches = ahead(todo, encode, background=device.type != "cpu")
+        with OneBehind(store) as behind, closing(batches):
+            for batch, encoded, bad in batches:
+                for example, reason in bad:
+                    _quarantine(writer, example, reason, counts)
+                if encoded:
+                    with torch.no_grad(), autocast:
+                        out = packed_logps(model, encoded, pad_id)
+                    behind.push((batch, encoded, to_host_later([out.chosen.float(), out.rejected.float()])))
+                else:
+                    bar.advance(len(batch), status=f"{counts['done']} pairs")
     _synchronize(device)
     clock["compute_s"] = time.perf_counter() - start
     del model

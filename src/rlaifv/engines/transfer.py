@@ -10,6 +10,7 @@ the next step is queued. On a CPU, to_device is a plain `.to()` and to_host_late
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 import torch
@@ -75,8 +76,6 @@ class OneBehind:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.flush()
-            return
-        try:
-            self.flush()
-        except Exception:  # noqa: BLE001 - the error that left the block is the one to report
-            pass
+        else:
+            with suppress(Exception):  # the error that left the block is the one to report
+                self.flush()

@@ -444,8 +444,8 @@ class DPOTrainer:
             steps = ahead(range(start, self.total_steps), self._encode_step, background=self.acc.device.type != "cpu")
             with OneBehind(lambda done, read: self._after_step(done, read, bar)) as behind, closing(steps):
                 for step, micro_batches in enumerate(steps, start=start):
-                    behind.push((step + 1, self._step(step, micro_batches)))
                     done = step + 1
+                    behind.push((done, self._step(step, micro_batches)))
                     if done % self.cfg.save_steps == 0 or done == self.total_steps:
                         behind.flush()
                         self._save_checkpoint(done)

@@ -183,9 +183,9 @@ def _compute(examples: list[PreferenceExample], reference: str | Path, cfg: DPOC
 
         # The next batch is encoded on a background thread, and its forward is queued before this batch's
         # results are read, so the device always has a batch to run while the host stores the previous one.
-        batches = ahead(todo, encode, background=device.type != "cpu")
-        with OneBehind(store) as behind, closing(batches):
-            for batch, encoded, bad in batches:
+        encoded_batches = ahead(todo, encode, background=device.type != "cpu")
+        with OneBehind(store) as behind, closing(encoded_batches):
+            for batch, encoded, bad in encoded_batches:
                 for example, reason in bad:
                     _quarantine(writer, example, reason, counts)
                 if encoded:

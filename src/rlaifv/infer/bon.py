@@ -43,6 +43,7 @@ import torch
 from PIL import Image
 
 from rlaifv.config import BonConfig, EngineConfig, SampleConfig
+from rlaifv.engines.family import vision_of
 from rlaifv.infer.reward import ResponseGroup, group_logps, implicit_reward
 from rlaifv.progress import log, progress
 from rlaifv.records import BadInput, Candidate, Prompt, Record, ResponseScore
@@ -213,8 +214,7 @@ class Scorer:
                                f"tokens > {self.limit} (the model's context or max_length)")
             else:
                 reasons.append("")
-        vision = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
-        return ResponseGroup(prefix, responses, vision), reasons
+        return ResponseGroup(prefix, responses, vision_of(enc)), reasons
 
     def response_logps(self, items: list[tuple[Prompt, Image.Image, list[str]]],
                        cfg: BonConfig) -> list[list[ResponseScore]]:

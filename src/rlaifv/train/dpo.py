@@ -41,7 +41,7 @@ from rlaifv.progress import log, progress
 from rlaifv.store import fsync_path, write_json
 from rlaifv.train.data import LoadedPairs, load_pairs
 from rlaifv.train.encode import EncodedPair, PairEncoder, ahead
-from rlaifv.train.logps import ResponseLogps, packed_logps
+from rlaifv.train.logps import ResponseLogps, response_logps
 from rlaifv.train.lora import lean_lora
 from rlaifv.train.reference import (
     compute_reference_logps,
@@ -514,7 +514,7 @@ class DPOTrainer:
                              "reference must share a tokenizer and chat template")
         ref = self.table.batch([p.key for p in encoded], self.acc.device)
         with self.autocast():
-            policy = packed_logps(self.model, encoded, self.pad_id)
+            policy = response_logps(self.model, encoded, self.pad_id)
         return dpo_objective(policy, ref, self.cfg)
 
     # -- metrics ---------------------------------------------------------------------------------------------------

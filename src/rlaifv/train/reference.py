@@ -38,7 +38,7 @@ from rlaifv.records import BadInput, Record
 from rlaifv.store import ShardedStore
 from rlaifv.train.data import LoadedPairs, PreferenceExample, load_pairs, pair_store_root
 from rlaifv.train.encode import EncodedPair, PairEncoder, ahead, context_length
-from rlaifv.train.logps import ResponseLogps, packed_logps
+from rlaifv.train.logps import ResponseLogps, response_logps
 
 STAGE = "reference"
 SHARD_SIZE = 256
@@ -190,7 +190,7 @@ def _compute(examples: list[PreferenceExample], reference: str | Path, cfg: DPOC
                     _quarantine(writer, example, reason, counts)
                 if encoded:
                     with torch.no_grad(), autocast:
-                        out = packed_logps(model, encoded, pad_id)
+                        out = response_logps(model, encoded, pad_id)
                     behind.push((batch, encoded, to_host_later([out.chosen.float(), out.rejected.float()])))
                 else:
                     bar.advance(len(batch), status=f"{counts['done']} pairs")

@@ -37,6 +37,12 @@ from rlaifv.engines.transfer import to_device
 TEXT_ALIGNED_KEYS = ("mm_token_type_ids", "token_type_ids")
 # Families whose language model lets the tokens of one image attend to each other in both directions.
 BIDIRECTIONAL_IMAGE_FAMILIES = frozenset({"gemma3"})
+# Families whose answers cannot be scored as a continuation of the prompt, and why.
+UNSUPPORTED = {
+    "paligemma": "a prefix-LM: it attends both ways over the whole prompt and its token_type_ids mark which tokens "
+    "are the answer, so an answer's log-probs depend on how the caller splits prompt and answer; rlaifv scores "
+    "answers as continuations of a causal prompt and does not support it",
+}
 
 Vision = dict[str, torch.Tensor]  # one image's processor outputs (pixel_values, image_sizes, ...), batch dim 1
 
@@ -83,6 +89,8 @@ class Family:
     def __init__(self, model: torch.nn.Module) -> None:
         config = model.config
         self.model_type = getattr(config, "model_type", "")
+        if self.model_type in UNSUPPORTED:
+            raise ValueError(f"{self.model_type}: {UNSUPPORTED[self.model_type]}")
         self.image_token_id = getattr(config, "image_token_id", None)
         if self.image_token_id is None:
             self.image_token_id = getattr(config, "image_token_index", None)

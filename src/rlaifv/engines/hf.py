@@ -17,6 +17,7 @@ from rlaifv.engines.family import Vision, family_of, packed_inputs, vision_of
 from rlaifv.engines.fastpath import trusted
 from rlaifv.engines.images import ImageBank
 from rlaifv.engines.packing import common_prefix_length, pack, pack_bounds
+from rlaifv.engines.processors import load_processor
 
 # Spellings of the verdict tokens; the ones that are a single token in the tokenizer are summed (REFERENCE 3).
 YES_VARIANTS = ("yes", "Yes", " yes", " Yes", "YES", " YES")
@@ -74,9 +75,9 @@ class HFEngine:
         dtype: torch.dtype = torch.float32,
         trust_remote_code: bool = False,
     ) -> None:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText
 
-        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        processor = load_processor(path, trust_remote_code=trust_remote_code)
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
         self._setup(str(path), model.to(torch.device(device)), processor)
 
@@ -94,6 +95,7 @@ class HFEngine:
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"
         self.model = model.eval()
+        family_of(model)  # refuses a family whose answers cannot be scored as continuations
         self._frame: tuple[str, str, str] | None = None  # (head, placeholder, tail) of the chat template
         self._nested_images = False  # whether the processor wants one image list per prompt (`process`)
         self.yes_ids = single_token_ids(self.tokenizer, YES_VARIANTS)
@@ -134,17 +136,21 @@ class HFEngine:
         return [first] + [head + q + tail if q == q.strip() else self.prompt_text(q) for q in questions[1:]]
 
     def process(self, texts: list[str], images: list[Image.Image], **kwargs):
-        """The processor on prompts with one image each. Some processors (Gemma3, Idefics3) read a flat list of
+        """The processor on prompts with one image each, its model inputs only (a processor that adds training
+        `labels` would make the forward compute a loss). Some processors (Gemma3, Idefics3) read a flat list of
         several images as all belonging to the first prompt and want one list per prompt; the first call that fails
         flat is retried nested, and the engine keeps to what worked."""
         if not self._nested_images:
             try:
-                return self.processor(text=texts, images=images, **kwargs)
+                out = self.processor(text=texts, images=images, **kwargs)
             except (ValueError, TypeError, IndexError):
                 if len(images) < 2:
                     raise
-            self._nested_images = True
-        return self.processor(text=texts, images=[[image] for image in images], **kwargs)
+                self._nested_images = True
+        if self._nested_images:
+            out = self.processor(text=texts, images=[[image] for image in images], **kwargs)
+        out.pop("labels", None)
+        return out
 
     def _inputs(self, images: list[Image.Image], questions: list[str]) -> dict[str, torch.Tensor]:
         texts = self.prompt_texts(questions)
@@ -185,12 +191,14 @@ class HFEngine:
         if seed is not None:
             torch.manual_seed(seed)
         if not shared:  # `generate` prepares any model's positions and masks itself
-            kwargs = {"max_new_tokens": sampling.max_new_tokens, "do_sample": sampling.do_sample,
-                      "num_return_sequences": n}
+            kwargs = {"max_new_tokens": sampling.max_new_tokens, "do_sample": sampling.do_sample}
             if sampling.do_sample:
-                kwargs |= {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
-            out = self.model.generate(**enc, **kwargs)  # (B * n, T + T_new)
+                kwargs |= {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0,
+                           "num_return_sequences": n}
+            out = self.model.generate(**enc, **kwargs)  # (B * n, T + T_new) sampled, (B, T + T_new) greedy
             texts = self._decode(out[:, enc["input_ids"].shape[1] :])
+            if not sampling.do_sample:  # greedy: the n answers of a prompt are one answer
+                texts = [t for t in texts for _ in range(n)]
             return [texts[i * n : (i + 1) * n] for i in range(len(questions))]
         ids, mask = enc["input_ids"], enc["attention_mask"]  # (B, T) each, left-padded
         cache, positions = self._prefill(enc)

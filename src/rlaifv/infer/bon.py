@@ -43,7 +43,9 @@ import torch
 from PIL import Image
 
 from rlaifv.config import BonConfig, EngineConfig, SampleConfig
-from rlaifv.engines.family import vision_of
+from rlaifv.engines.family import family_of, vision_of
+from rlaifv.engines.fastpath import engine_report
+from rlaifv.engines.processors import load_processor
 from rlaifv.infer.reward import ResponseGroup, group_logps, implicit_reward
 from rlaifv.progress import log, progress
 from rlaifv.records import BadInput, Candidate, Prompt, Record, ResponseScore
@@ -169,11 +171,11 @@ class Scorer:
 
     @classmethod
     def load(cls, cfg: EngineConfig, max_length: int | None = None) -> Scorer:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText
 
         from rlaifv.collect import DTYPES
 
-        processor = AutoProcessor.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
+        processor = load_processor(cfg.path, trust_remote_code=cfg.trust_remote_code)
         model = AutoModelForImageTextToText.from_pretrained(cfg.path, dtype=DTYPES[cfg.dtype],
                                                             trust_remote_code=cfg.trust_remote_code)
         return cls.from_model(model.to(torch.device(cfg.device)), processor, cfg.path, max_length)
@@ -182,6 +184,7 @@ class Scorer:
     def from_model(cls, model: Any, processor: Any, name: str = "in-memory", max_length: int | None = None) -> Scorer:
         """Around a model already in memory (the sampling engine's, a benchmark's)."""
         limits = [x for x in (max_length, context_length(model.config)) if x is not None]
+        family_of(model)  # refuses a family whose answers cannot be scored as continuations
         return cls(name, model.eval(), processor, min(limits) if limits else None)
 
     @property
@@ -428,6 +431,8 @@ def best_of_n(out: Path, cfg: BonConfig, prompts: Path | None = None) -> dict[st
         reference = load_scorer(cfg.reference, cfg.max_length)
         counts = run_bon(s["prompts"], s["candidates"], s["bon"], cfg, policy, reference, load_image,
                          sampler=scfg.policy.name)
+        counts["fast_paths"] = {role: engine_report(scorer) for role, scorer in
+                                (("policy", policy), ("reference", reference))}
     export_best(s["bon"], s["prompts"], out / "best.jsonl", out / "best.parquet")
     summary = summarize(out, s["bon"], s["prompts"]) | {"this_run": counts}
     write_json(out / "summary.json", summary)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 import yaml
 
 from rlaifv.config import DPOConfig, EngineConfig
+from rlaifv.engines.fastpath import report
 from rlaifv.engines.transfer import OneBehind, to_host_later
 from rlaifv.progress import log, progress
 from rlaifv.store import fsync_path, write_json
@@ -564,6 +565,7 @@ class DPOTrainer:
             "epochs": round(self.total_steps / self.schedule.steps_per_epoch, 4),
             "global_batch": self.schedule.global_batch,
             "processes": self.acc.num_processes,
+            "fast_paths": report(self.model),  # packed log-probs, or the exact path where they differed
             "resumed_from_step": start,
             "final": read_metrics(self.out / METRICS)[-1] if self.main else None,
             "seconds": round(seconds, 2),

@@ -31,6 +31,8 @@ from typing import Any, ClassVar
 import torch
 
 from rlaifv.config import DPOConfig, EngineConfig
+from rlaifv.engines.family import family_of
+from rlaifv.engines.processors import load_processor
 from rlaifv.engines.transfer import OneBehind, to_device, to_host_later
 from rlaifv.feedback.prompts import load_image, reason_kind
 from rlaifv.progress import progress
@@ -67,12 +69,13 @@ def weights_dtype(cfg: DPOConfig) -> torch.dtype:
 
 def load_model(path: str | Path, cfg: DPOConfig, device: torch.device | str = "cpu"):
     """A VLM from a folder or hub id, with the processor that goes with it."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
-    processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    processor = load_processor(path, trust_remote_code=cfg.trust_remote_code)
     model = AutoModelForImageTextToText.from_pretrained(
         path, dtype=weights_dtype(cfg), trust_remote_code=cfg.trust_remote_code
     )
+    family_of(model)  # refuses a family whose answers cannot be scored as continuations
     return model.to(device), processor
 
 

@@ -13,7 +13,8 @@ real vLLM OpenAI-compatible server on the CPU. Three pieces, each usable alone:
   interrupted build is redone, never half-used. A file lock keeps two processes from building at once.
 - `export_for_vllm(model_dir, out_dir)` copies a transformers-5 LLaVA (a world model or a user's) with the CLIP
   tower's weights renamed to the layout vLLM loads (`vision_tower.embeddings.*` -> `vision_tower.vision_model.*`);
-  transformers loads the result as well.
+  transformers loads the result as well. Other models are copied unchanged: Qwen2-VL and Qwen2.5-VL as transformers 5
+  saves them (`model.*`, `visual.*`, `lm_head.*`) are the layout vLLM loads (tests/test_vllm_qwen.py serves both).
 - `VLLMServer(...)` starts `python -m vllm.entrypoints.openai.api_server` from that venv on 127.0.0.1 (a free port),
   waits for `/health`, sends one warm-up request, and stops the whole process group on exit:
 

@@ -65,8 +65,8 @@ def world_models(seed: int) -> tuple[Path, str]:
     from pydantic import ValidationError
 
     from rlaifv import __version__
-    from rlaifv.config import WorldConfig
     from rlaifv.world.bootstrap import BOOTSTRAP_REVISION, MANIFEST, bootstrap, cache_key, cache_root
+    from rlaifv.world.config import WorldConfig
 
     world = WorldConfig(seed=seed)
     base = cache_root() / "world"
@@ -277,9 +277,10 @@ def main() -> int:
     import torch
 
     from rlaifv.cli import _quiet_libraries
-    from rlaifv.config import EngineConfig, IterateConfig, WorldConfig
+    from rlaifv.config import EngineConfig, IterateConfig
     from rlaifv.engines.vllm_local import VLLM_VERSION, VLLMServer, ensure_vllm_venv, export_for_vllm
     from rlaifv.feedback.prompts import write_world_prompts
+    from rlaifv.world.config import WorldConfig
 
     _quiet_libraries()
     t0 = time.perf_counter()

@@ -30,9 +30,10 @@ def main() -> None:
 
     from rlaifv.cli import _quiet_libraries
     from rlaifv.collect import collect
-    from rlaifv.config import CollectConfig, WorldConfig
+    from rlaifv.config import CollectConfig
     from rlaifv.feedback.prompts import write_world_prompts
     from rlaifv.world.bootstrap import bootstrap
+    from rlaifv.world.config import WorldConfig
 
     _quiet_libraries()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="rlaifv-collect-"))

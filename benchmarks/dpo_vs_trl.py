@@ -58,7 +58,8 @@ def save_model(shape: str, device: str, out: Path) -> Path:
 
         model, processor = llava_7b_model(device if shape == "llava-7b" else "cpu", mini=shape == "llava-7b-mini")
     else:
-        from rlaifv.world.models import TinyVLMConfig, build_model, build_processor, build_tokenizer
+        from rlaifv.world.config import TinyVLMConfig
+        from rlaifv.world.models import build_model, build_processor, build_tokenizer
 
         cfg = TinyVLMConfig()
         tokenizer = build_tokenizer(0)

@@ -25,9 +25,9 @@ import torch
 
 
 def tiny_engine(role: str):
-    from rlaifv.config import WorldConfig
     from rlaifv.engines.hf import HFEngine
     from rlaifv.world.bootstrap import bootstrap
+    from rlaifv.world.config import WorldConfig
 
     models = bootstrap(WorldConfig())
     return HFEngine(models.policy if role == "policy" else models.labeler)
@@ -161,9 +161,10 @@ def bench_claims(n_prompts: int, n: int, batch: int, workdir: str, repeats: int)
     from pathlib import Path
 
     from rlaifv.collect import run_stage, stores
-    from rlaifv.config import CollectConfig, JudgeConfig, WorldConfig
+    from rlaifv.config import CollectConfig, JudgeConfig
     from rlaifv.feedback.judge import ask_each_once
     from rlaifv.feedback.prompts import load_image, write_world_prompts
+    from rlaifv.world.config import WorldConfig
 
     world = WorldConfig()
     out = Path(workdir)

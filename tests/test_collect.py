@@ -200,7 +200,7 @@ def test_llm_splitter_path_runs_on_the_world_splitter(finished, micro_world, tmp
 
 
 def micro_world_config():
-    from rlaifv.config import WorldConfig
+    from rlaifv.world.config import WorldConfig
 
     return WorldConfig.preset("micro")
 

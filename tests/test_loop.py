@@ -118,7 +118,8 @@ def test_a_round_keeps_its_starting_policy_unless_a_checkpoint_beats_it(baseline
 KILLED_RUN = """
 import os, signal, sys
 from pathlib import Path
-from rlaifv.config import IterateConfig, WorldConfig
+from rlaifv.config import IterateConfig
+from rlaifv.world.config import WorldConfig
 from rlaifv.loop import iterate
 
 out, cfg = Path(sys.argv[1]), IterateConfig.model_validate_json(sys.argv[2])

@@ -11,8 +11,9 @@ from typing import Any, Optional
 
 import typer
 
-from rlaifv.config import EvalConfig, WorldConfig, load_yaml
+from rlaifv.config import EvalConfig, load_yaml
 from rlaifv.progress import log
+from rlaifv.world.config import WorldConfig
 
 app = typer.Typer(
     help="Align vision-language models against hallucination with feedback from open models (RLAIF-V).",

@@ -71,9 +71,9 @@ def _config(config: Optional[Path], **opts: Any):
 def _run(stages: list[str], prompts: Optional[Path], out: Path, cfg, world_seed: int, as_json: bool) -> None:
     from rlaifv.cli import _emit, _quiet_libraries
     from rlaifv.collect import run_stage, summarize
-    from rlaifv.config import WorldConfig
     from rlaifv.progress import log
     from rlaifv.store import write_json
+    from rlaifv.world.config import WorldConfig
 
     _quiet_libraries()
     if "prompts" in stages and prompts is None and not (out / "prompts" / "shards").exists():

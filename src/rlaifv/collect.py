@@ -23,10 +23,11 @@ from pathlib import Path
 
 import torch
 
-from rlaifv.config import CollectConfig, EngineConfig, WorldConfig
+from rlaifv.config import CollectConfig, EngineConfig
 from rlaifv.progress import log
 from rlaifv.records import Candidate, Claim, Pair, Prompt, Verdict
 from rlaifv.store import ShardedStore, write_json
+from rlaifv.world.config import WorldConfig
 
 PREFERENCES = "preferences"  # the pairs stage owns this folder: OUT/preferences/{scores,pairs}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from rlaifv.config import EvalConfig, IterateConfig, WorldConfig, dump_yaml
+from rlaifv.config import EvalConfig, IterateConfig, dump_yaml
 from rlaifv.eval.report import FEEDBACK_KEYS, ROUND_KEYS, write_report
 from rlaifv.eval.world import evaluate_labeler, instruction_for
 from rlaifv.eval.world_bon import BON_TEMPERATURE, world_bon
@@ -28,6 +28,7 @@ from rlaifv.progress import log
 from rlaifv.records import Generation
 from rlaifv.store import ShardedStore
 from rlaifv.world.bootstrap import bootstrap
+from rlaifv.world.config import WorldConfig
 from rlaifv.world.language import describe, parse_mentions, true_mentions
 from rlaifv.world.scenes import sample_scenes
 

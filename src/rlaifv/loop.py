@@ -42,10 +42,11 @@ from typing import Any
 
 import yaml
 
-from rlaifv.config import CollectConfig, DPOConfig, IterateConfig, WorldConfig
+from rlaifv.config import CollectConfig, DPOConfig, IterateConfig
 from rlaifv.eval.report import FEEDBACK_KEYS, ROUND_KEYS
 from rlaifv.progress import log
 from rlaifv.store import write_json
+from rlaifv.world.config import WorldConfig
 
 STATE, SUMMARY, CONFIG = "state.json", "summary.json", "iterate.yaml"
 STATE_VERSION = 1

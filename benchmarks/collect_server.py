@@ -276,13 +276,13 @@ def main() -> int:
 
     import torch
 
-    from rlaifv.cli import _quiet_libraries
+    from rlaifv.cli.common import quiet_libraries
     from rlaifv.config import EngineConfig, IterateConfig
     from rlaifv.engines.vllm_local import VLLM_VERSION, VLLMServer, ensure_vllm_venv, export_for_vllm
     from rlaifv.feedback.prompts import write_world_prompts
     from rlaifv.world.config import WorldConfig
 
-    _quiet_libraries()
+    quiet_libraries()
     t0 = time.perf_counter()
     temporary = args.work is None
     work = Path(tempfile.mkdtemp(prefix="rlaifv-collect-server-")) if temporary else args.work.resolve()

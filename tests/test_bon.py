@@ -263,7 +263,7 @@ def test_a_crashed_run_resumes_to_the_uninterrupted_result(aligned, micro_world,
 def test_the_command_writes_best_answers_and_one_json_object(aligned, micro_world, prompts_file, tmp_path):
     import typer
 
-    from rlaifv.cli_bon import register
+    from rlaifv.cli.bon import register
 
     app = typer.Typer()
     register(app)

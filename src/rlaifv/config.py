@@ -149,29 +149,41 @@ class CollectConfig(StrictModel):
                                                     "worth of work, and the rerun redoes only that")
 
 
-def load_yaml(model: type[BaseModel], path: Path | None, overrides: dict[str, Any] | None = None) -> Any:
-    """Validate a YAML file (or nothing) plus overrides into a config model; errors name the bad field."""
-    data: dict[str, Any] = {}
+def read_config(model: type[BaseModel], path: Path | None, options: dict[tuple[str, ...], Any] | None = None,
+                start: dict[str, Any] | None = None) -> Any:
+    """A config from `start` (field values such as a preset's; default: none), the YAML file's fields over them,
+    then the command-line options that were given, validated once; errors name the bad field.
+
+    Each key of `options` is the path of a field, e.g. ("sample", "policy", "path"); a None value means the option
+    was not given. An option is written into the file's data, so a field derived from others (DPOConfig's learning
+    rate from `use_peft`) follows it. Where its path enters a section the data leaves out, the section is first
+    filled with what the config holds there (its defaults, e.g. IterateConfig's world-sized `collect`), so an option
+    changes its one field and nothing else.
+    """
+    data: dict[str, Any] = dict(start or {})
     if path is not None:
         loaded = yaml.safe_load(Path(path).read_text())
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
-        data = loaded or {}
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        data.update(loaded or {})
+    for keys, value in (options or {}).items():
+        if value is None:
+            continue
+        node = data
+        for depth, key in enumerate(keys[:-1]):
+            if not isinstance(node.get(key), dict):
+                node[key] = _section(model, data, keys[: depth + 1])
+            node = node[key]
+        node[keys[-1]] = value
     return model.model_validate(data)
 
 
-def with_options(model: type[BaseModel], path: Path | None, options: dict[tuple[str, ...], Any]) -> Any:
-    """A YAML file (or the defaults), then the command-line options that were given: each key of `options` is the
-    path of a nested field, e.g. ("sample", "policy", "path"); a None value means the option was not given."""
-    data = load_yaml(model, path).model_dump()
-    for keys, value in options.items():
-        if value is not None:
-            node = data
-            for key in keys[:-1]:
-                node = node[key]
-            node[keys[-1]] = value
-    return model.model_validate(data)
+def _section(model: type[BaseModel], data: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """The nested config at `keys` of `data` once validated, as plain data."""
+    value: Any = model.model_validate(data)
+    for key in keys:
+        value = getattr(value, key)
+    return value.model_dump()
 
 
 def dump_yaml(config: BaseModel) -> str:

@@ -15,35 +15,29 @@ from typing import Any, Optional
 
 import typer
 
+from rlaifv.cli.common import JsonOpt, emit, load_config, quiet_libraries, run_long, world_config
+from rlaifv.config import IterateConfig
 
-def _config(path: Optional[Path], **opts: Any):
+
+def _config(path: Optional[Path], **opts: Any) -> IterateConfig:
     """IterateConfig from the YAML file, then the command-line options that were given."""
-    from pydantic import ValidationError
-
-    from rlaifv.config import IterateConfig, with_options
-    from rlaifv.progress import log
-
-    try:
-        set_ = {
-            ("rounds",): opts.get("rounds"),
-            ("select_on",): opts.get("select_on"),
-            ("collect", "sample", "policy", "path"): opts.get("policy"),
-            ("collect", "judge", "labeler", "path"): opts.get("labeler"),
-            ("collect", "claims", "splitter"): opts.get("splitter"),
-            ("collect", "claims", "splitter_model", "path"): opts.get("splitter_model"),
-        }
-        if opts.get("seed") is not None:
-            for key in (("seed",), ("collect", "sample", "seed"), ("collect", "pairs", "seed"), ("dpo", "seed")):
-                set_[key] = opts["seed"]
-        if opts.get("device"):
-            for role in ("sample", "policy"), ("judge", "labeler"), ("claims", "splitter_model"):
-                set_[("collect", *role, "device")] = opts["device"]
-            if opts["device"] == "cpu":
-                set_[("dpo", "use_cpu")] = True
-        return with_options(IterateConfig, path, set_)
-    except (ValidationError, ValueError, OSError) as exc:
-        log(f"[red]error:[/red] {path or 'options'}: {exc}")
-        raise typer.Exit(2) from None
+    options = {
+        ("rounds",): opts.get("rounds"),
+        ("select_on",): opts.get("select_on"),
+        ("collect", "sample", "policy", "path"): opts.get("policy"),
+        ("collect", "judge", "labeler", "path"): opts.get("labeler"),
+        ("collect", "claims", "splitter"): opts.get("splitter"),
+        ("collect", "claims", "splitter_model", "path"): opts.get("splitter_model"),
+    }
+    if opts.get("seed") is not None:
+        for key in (("seed",), ("collect", "sample", "seed"), ("collect", "pairs", "seed"), ("dpo", "seed")):
+            options[key] = opts["seed"]
+    if opts.get("device"):
+        for role in ("sample", "policy"), ("judge", "labeler"), ("claims", "splitter_model"):
+            options[("collect", *role, "device")] = opts["device"]
+        if opts["device"] == "cpu":
+            options[("dpo", "use_cpu")] = True
+    return load_config(IterateConfig, path, options)
 
 
 def _table(summary: dict[str, Any]) -> str:
@@ -100,19 +94,17 @@ def register(app: typer.Typer) -> None:
                                                                 "the held-out draw; round k adds k - 1 (default 0)"),
         world_seed: int = typer.Option(0, "--world-seed", help="seed of the world: its models and scenes"),
         preset: str = typer.Option("default", "--preset", help="world preset: default | micro (seconds, tests)"),
-        as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+        as_json: bool = JsonOpt,
     ) -> None:
         """Iterative RLAIF-V: each round collects feedback with the current policy, trains it with DPO against
         itself as reference, and keeps its best checkpoint as the next round's policy. Resumable."""
-        from rlaifv.cli import _emit, _quiet_libraries, _run_long, _world_config
-
-        _quiet_libraries()
+        quiet_libraries()
         if select_on is not None and select_on not in ("auto", "world", "reward"):
             raise typer.BadParameter(f"{select_on!r} is not one of auto, world, reward", param_hint="--select-on")
         cfg = _config(config, rounds=rounds, select_on=select_on, policy=policy, labeler=labeler, splitter=splitter,
                       splitter_model=splitter_model, device=device, seed=seed)
-        world = _world_config(preset, None, world_seed)
+        world = world_config(preset, None, world_seed)
         from rlaifv.loop import iterate as run_rounds
 
-        summary = _run_long(run_rounds, out, cfg, prompts, world)
-        _emit(summary, as_json, _table(summary))
+        summary = run_long(run_rounds, out, cfg, prompts, world)
+        emit(summary, as_json, _table(summary))

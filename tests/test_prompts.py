@@ -252,7 +252,7 @@ def test_scene_dict_round_trip_survives_json():
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
 def test_world_prompts_round_trip_to_their_scenes(tmp_path, suffix):
-    from rlaifv.eval.world import instruction_for
+    from rlaifv.world.language import instruction_for
 
     out = write_world_prompts(seed=3, split="val", n=4, out=tmp_path / f"world{suffix}")
     counts, store = _ingest(out, tmp_path / "store")

@@ -30,10 +30,9 @@ from rlaifv.engines.vllm_local import (
     export_for_vllm,
     venv_python,
 )
-from rlaifv.eval.world import instruction_for
 from rlaifv.records import BadInput, Claim, Prompt, Verdict
 from rlaifv.store import ShardedStore
-from rlaifv.world.language import YES_NO_SUFFIX, sample_questions
+from rlaifv.world.language import YES_NO_SUFFIX, instruction_for, sample_questions
 from rlaifv.world.render import render
 from rlaifv.world.scenes import sample_scenes
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from rlaifv.config import EvalConfig, IterateConfig, dump_yaml
 from rlaifv.eval.report import FEEDBACK_KEYS, ROUND_KEYS, write_report
-from rlaifv.eval.world import evaluate_labeler, instruction_for
+from rlaifv.eval.world import evaluate_labeler
 from rlaifv.eval.world_bon import BON_TEMPERATURE, world_bon
 from rlaifv.loop import STATE, iterate, round_dir
 from rlaifv.progress import log
@@ -29,7 +29,7 @@ from rlaifv.records import Generation
 from rlaifv.store import ShardedStore
 from rlaifv.world.bootstrap import bootstrap
 from rlaifv.world.config import WorldConfig
-from rlaifv.world.language import describe, parse_mentions, true_mentions
+from rlaifv.world.language import describe, instruction_for, parse_mentions, true_mentions
 from rlaifv.world.scenes import sample_scenes
 
 DEMO_BON_SAMPLES = 16  # answers per test scene for the best-of-N section (paper Fig. 5 goes to 64)

@@ -42,6 +42,12 @@ DESCRIBE_INSTRUCTIONS: tuple[str, ...] = (
 )
 YES_NO_SUFFIX = "Answer yes or no."
 
+
+def instruction_for(index: int) -> str:
+    """Scene i of a split is asked the i-th describe instruction, cycling: every instruction is used equally."""
+    return DESCRIBE_INSTRUCTIONS[index % len(DESCRIBE_INSTRUCTIONS)]
+
+
 # How each cell is said in a sentence; each phrase maps to exactly one cell, so a position claim is exact.
 POSITION_PHRASES: tuple[str, ...] = (
     "in the top left corner", "at the top", "in the top right corner",

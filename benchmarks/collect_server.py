@@ -108,7 +108,7 @@ def run_collect(name: str, prompts: Path, out: Path, cfg, world) -> dict:
     summary["wall_s"] = time.perf_counter() - start
     summary["load"] = (load_before, os.getloadavg()[0])
     from rlaifv.eval.world_metrics import world_errors
-    from rlaifv.feedback.prompts import scene_of
+    from rlaifv.prompts import scene_of
 
     s = stores(out)
     candidates = s["candidates"].read_all()
@@ -279,7 +279,7 @@ def main() -> int:
     from rlaifv.cli.common import quiet_libraries
     from rlaifv.config import EngineConfig, IterateConfig
     from rlaifv.engines.vllm_local import VLLM_VERSION, VLLMServer, ensure_vllm_venv, export_for_vllm
-    from rlaifv.feedback.prompts import write_world_prompts
+    from rlaifv.prompts import write_world_prompts
     from rlaifv.world.config import WorldConfig
 
     quiet_libraries()

@@ -31,7 +31,7 @@ def main() -> None:
     from rlaifv.cli.common import quiet_libraries
     from rlaifv.collect import collect
     from rlaifv.config import CollectConfig
-    from rlaifv.feedback.prompts import write_world_prompts
+    from rlaifv.prompts import write_world_prompts
     from rlaifv.world.bootstrap import bootstrap
     from rlaifv.world.config import WorldConfig
 

@@ -58,7 +58,7 @@ def main() -> int:
 
     from rlaifv.collect import pair_store, stores
     from rlaifv.eval.world_metrics import world_errors
-    from rlaifv.feedback.prompts import scene_of
+    from rlaifv.prompts import scene_of
 
     s = stores(args.out)
     scenes = {p.prompt_id: scene_of(p) for p in s["prompts"].read()}

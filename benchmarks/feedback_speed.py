@@ -163,7 +163,7 @@ def bench_claims(n_prompts: int, n: int, batch: int, workdir: str, repeats: int)
     from rlaifv.collect import run_stage, stores
     from rlaifv.config import CollectConfig, JudgeConfig
     from rlaifv.feedback.judge import ask_each_once
-    from rlaifv.feedback.prompts import load_image, write_world_prompts
+    from rlaifv.prompts import load_image, write_world_prompts
     from rlaifv.world.config import WorldConfig
 
     world = WorldConfig()

@@ -17,7 +17,6 @@ from typer.testing import CliRunner
 import rlaifv.store as store_module
 from rlaifv.config import BonConfig
 from rlaifv.engines.packing import pack_bounds
-from rlaifv.feedback.prompts import ingest_prompts, load_image, write_world_prompts
 from rlaifv.infer.bon import (
     EMPTY,
     BonRow,
@@ -29,6 +28,7 @@ from rlaifv.infer.bon import (
     run_bon,
 )
 from rlaifv.infer.reward import group_logps, separate_group_logps
+from rlaifv.prompts import ingest_prompts, load_image, write_world_prompts
 from rlaifv.records import Candidate
 
 torch.set_num_threads(1)

@@ -20,7 +20,7 @@ N_PROMPTS = 6
 
 @pytest.fixture(scope="module")
 def world_prompts(tmp_path_factory, micro_config) -> Path:
-    from rlaifv.feedback.prompts import write_world_prompts
+    from rlaifv.prompts import write_world_prompts
 
     out = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
     return write_world_prompts(micro_config.seed, "prompts", N_PROMPTS, out, micro_config.prior)
@@ -124,7 +124,7 @@ def test_a_stage_killed_midway_resumes_to_the_uninterrupted_result(stage, before
 
 
 def test_bad_inputs_are_quarantined_with_reasons(micro_world, world_prompts, tmp_path):
-    from rlaifv.feedback.prompts import read_prompt_rows
+    from rlaifv.prompts import read_prompt_rows
 
     src = [json.loads(line) for line in world_prompts.read_text().splitlines()]
     base = world_prompts.parent
@@ -213,7 +213,7 @@ def test_each_distinct_question_of_an_image_is_asked_once(finished, micro_world,
     from rlaifv.config import JudgeConfig
     from rlaifv.engines.hf import HFEngine
     from rlaifv.feedback.judge import run_judge
-    from rlaifv.feedback.prompts import load_image
+    from rlaifv.prompts import load_image
     from rlaifv.store import ShardedStore
 
     s = stores(finished)

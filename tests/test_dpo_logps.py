@@ -19,7 +19,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from rlaifv.config import DPOConfig
 from rlaifv.feedback.pairs import TRL_SCHEMA, export_rlaifv_dataset, export_trl
-from rlaifv.feedback.prompts import ingest_prompts, load_image, scene_of, write_world_prompts
+from rlaifv.prompts import ingest_prompts, load_image, scene_of, write_world_prompts
 from rlaifv.records import Pair, Prompt
 from rlaifv.store import ShardedStore
 from rlaifv.train.data import LoadedPairs, load_pairs

@@ -19,7 +19,7 @@ from test_dpo_logps import make_world_pairs
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from rlaifv.config import DPOConfig
-from rlaifv.feedback.prompts import load_image
+from rlaifv.prompts import load_image
 from rlaifv.train.data import load_pairs
 from rlaifv.train.dpo import read_metrics, train_dpo, vision_tower
 from rlaifv.train.encode import PairEncoder

@@ -247,7 +247,7 @@ def test_a_refused_request_is_bad_input_for_its_item_only(engine, micro_config):
 
 def test_judge_quarantines_a_claim_the_server_refuses(engine, micro_config, tmp_path):
     from rlaifv.feedback.judge import run_judge
-    from rlaifv.feedback.prompts import ingest_prompts, load_image, write_world_prompts
+    from rlaifv.prompts import ingest_prompts, load_image, write_world_prompts
 
     source = write_world_prompts(micro_config.seed, "prompts", 2, tmp_path / "p.jsonl", micro_config.prior)
     prompts = ShardedStore(tmp_path / "prompts", Prompt)
@@ -272,7 +272,7 @@ def test_judge_quarantines_a_claim_the_server_refuses(engine, micro_config, tmp_
 
 def test_collect_on_the_server_and_resume_requests_nothing(server, micro_config, tmp_path):
     from rlaifv.collect import collect, run_stage, stores
-    from rlaifv.feedback.prompts import write_world_prompts
+    from rlaifv.prompts import write_world_prompts
 
     source = write_world_prompts(micro_config.seed, "prompts", 4, tmp_path / "p.jsonl", micro_config.prior)
     served = {"kind": "openai", "urls": [server.url], "model": server.model, "concurrency": 4}
@@ -350,8 +350,8 @@ def test_served_splitter_reads_the_servers_answers_and_quarantines_refusals(serv
 
 def test_served_answer_logps_equal_the_local_scorers(server, micro_world, micro_config, tmp_path):
     from rlaifv.config import BonConfig
-    from rlaifv.feedback.prompts import ingest_prompts, load_image, write_world_prompts
     from rlaifv.infer.bon import Scorer, load_scorer
+    from rlaifv.prompts import ingest_prompts, load_image, write_world_prompts
 
     source = write_world_prompts(micro_config.seed, "prompts", 2, tmp_path / "p.jsonl", micro_config.prior)
     prompts = ShardedStore(tmp_path / "prompts", Prompt)
@@ -377,8 +377,8 @@ def test_served_answer_logps_equal_the_local_scorers(server, micro_world, micro_
 
 def test_best_of_n_on_the_server_scores_what_the_local_scorer_scores(server, micro_world, micro_config, tmp_path):
     from rlaifv.config import BonConfig
-    from rlaifv.feedback.prompts import write_world_prompts
     from rlaifv.infer.bon import BonRow, Scorer, best_of_n, bon_stores, run_bon
+    from rlaifv.prompts import write_world_prompts
 
     source = write_world_prompts(micro_config.seed, "prompts", 3, tmp_path / "p.jsonl", micro_config.prior)
     served = {"kind": "openai", "urls": [server.url], "model": server.model}
@@ -541,7 +541,7 @@ def test_a_server_killed_mid_collection_loses_nothing_and_the_rerun_sends_only_t
 
     from rlaifv.collect import collect, stores
     from rlaifv.engines.openai_chat import ChatError
-    from rlaifv.feedback.prompts import write_world_prompts
+    from rlaifv.prompts import write_world_prompts
 
     n_prompts, n, per_batch = 12, 3, 2
     source = write_world_prompts(micro_config.seed, "prompts", n_prompts, tmp_path / "p.jsonl", micro_config.prior)

@@ -70,7 +70,7 @@ def _world_model(role: str, world: WorldConfig | None, cfg: EngineConfig | None 
 def run_stage(stage: str, prompts_file: Path | None, out: Path, cfg: CollectConfig,
               world: WorldConfig | None = None) -> dict:
     """Run one stage ('prompts', 'sample', 'claims', 'judge' or 'pairs') on the output folder."""
-    from rlaifv.feedback.prompts import ingest_prompts, load_image
+    from rlaifv.prompts import ingest_prompts, load_image
 
     s = stores(out, cfg.shard_size)
     if stage == "prompts":
@@ -150,7 +150,7 @@ def world_feedback(prompts: ShardedStore[Prompt], pairs: ShardedStore[Pair]) -> 
     """feedback_precision and true_tie_rate of the pairs when the prompts come from the synthetic world (None
     where undefined, e.g. no pairs); {} for a user's prompts, which have no ground truth."""
     from rlaifv.eval.world_metrics import feedback_metrics
-    from rlaifv.feedback.prompts import scene_of
+    from rlaifv.prompts import scene_of
 
     scenes = {p.prompt_id: scene_of(p) for p in prompts.read()}
     if not any(scenes.values()):

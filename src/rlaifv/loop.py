@@ -190,7 +190,7 @@ class Loop:
             return {"file": str(self.prompts_file)}
         import pyarrow.parquet as pq
 
-        from rlaifv.feedback.prompts import write_world_prompts
+        from rlaifv.prompts import write_world_prompts
 
         n = self.cfg.prompts_per_round
         every = write_world_prompts(self.world.seed, "prompts", k * n, r / ".prompts-all.parquet", self.world.prior)
@@ -373,7 +373,7 @@ class Loop:
         """n_pairs, feedback_precision, true_tie_rate and error_precision of the pairs that trained the round
         (held-out and quarantined pairs left out); the rates are None without world scenes or decided pairs."""
         from rlaifv.eval.world_metrics import feedback_metrics
-        from rlaifv.feedback.prompts import scene_of
+        from rlaifv.prompts import scene_of
 
         train, _ = self._subsets(k)
         logps = self._reference_table(k).logps

@@ -125,7 +125,7 @@ def world_prompts(
 ) -> None:
     """Write the world's scenes as a prompt file (id, image, question, ground-truth scene) in the same format as a
     user's prompts, so both are read the same way."""
-    from rlaifv.feedback.prompts import write_world_prompts
+    from rlaifv.prompts import write_world_prompts
     from rlaifv.world.scenes import SPLITS
 
     if split not in SPLITS:

@@ -19,8 +19,8 @@ from typing import Any
 
 from rlaifv.config import BonConfig, EngineConfig, EvalConfig
 from rlaifv.eval.world_metrics import description_metrics
-from rlaifv.feedback.prompts import scene_of, write_world_prompts
 from rlaifv.infer.bon import BonRow, best_of_n, bon_stores, choose, rewards_of
+from rlaifv.prompts import scene_of, write_world_prompts
 from rlaifv.world.config import WorldConfig
 
 BON_NS = (1, 2, 4, 8, 16)  # the N of each row; the first N of the n_max samples

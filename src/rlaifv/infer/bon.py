@@ -8,7 +8,7 @@ short answers, so the default divides by the answer's tokens T:
 
 Stages, each resumable, under one output folder:
 
-    OUT/prompts      Prompt records ingested from the user's file            (feedback.prompts)
+    OUT/prompts      Prompt records ingested from the user's file            (rlaifv.prompts)
     OUT/candidates   N samples per prompt, one prefill per prompt             (feedback.sample, the sampler model)
     OUT/bon          one BonRow per prompt: all N texts, both models' log-prob sums, token counts, rewards, the
                      reason each unscorable candidate was set aside, the chosen index and text; a prompt with no
@@ -304,7 +304,7 @@ def run_bon(prompts: ShardedStore[Prompt], candidates: ShardedStore[Candidate], 
     loads, is quarantined here too, with the reason.
     """
     if load_image is None:
-        from rlaifv.feedback.prompts import load_image
+        from rlaifv.prompts import load_image
     by_prompt: dict[str, list[Candidate]] = defaultdict(list)
     for c in candidates.read():
         by_prompt[c.prompt_id].append(c)
@@ -397,8 +397,8 @@ def best_of_n(out: Path, cfg: BonConfig, prompts: Path | None = None) -> dict[st
     """Ingest the prompts (once), sample N answers per prompt, score them, keep the best; resumable at every stage.
     Writes OUT/best.jsonl, OUT/best.parquet and OUT/summary.json; returns the summary."""
     from rlaifv.collect import load_engine
-    from rlaifv.feedback.prompts import ingest_prompts, load_image
     from rlaifv.feedback.sample import run_sample
+    from rlaifv.prompts import ingest_prompts, load_image
 
     for role in ("policy", "reference"):
         if getattr(cfg, role).kind == "hf" and not getattr(cfg, role).path:

@@ -9,7 +9,7 @@ Three sources are read, and the two exports of `rlaifv export` round-trip throug
 - the RLAIF-V-Dataset columns: `image`, `question`, `chosen`, `rejected` (other columns are ignored);
 
 as a Parquet or JSONL file, or a folder written by `datasets.Dataset.save_to_disk`. Rows are read by the same code
-that reads prompt files (`feedback.prompts`), so images may be paths (relative to the file), bytes or the
+that reads prompt files (`rlaifv.prompts`), so images may be paths (relative to the file), bytes or the
 {"bytes", "path"} dicts of a `datasets` Image column.
 
 A row that cannot train -- no or undecodable image, empty or identical responses, an unknown layout, a duplicate --
@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from rlaifv.collect import PREFERENCES
-from rlaifv.feedback.prompts import count_prompt_rows, prompt_from_row, read_prompt_rows, source_folder
 from rlaifv.progress import progress
+from rlaifv.prompts import count_prompt_rows, prompt_from_row, read_prompt_rows, source_folder
 from rlaifv.records import BadInput, Pair, Prompt
 from rlaifv.store import ShardedStore
 

@@ -32,8 +32,8 @@ import torch
 
 from rlaifv.config import DPOConfig, EngineConfig
 from rlaifv.engines.transfer import OneBehind, to_device, to_host_later
-from rlaifv.feedback.prompts import load_image, reason_kind
 from rlaifv.progress import progress
+from rlaifv.prompts import load_image, reason_kind
 from rlaifv.records import BadInput, Record
 from rlaifv.store import ShardedStore
 from rlaifv.train.data import LoadedPairs, PreferenceExample, load_pairs, pair_store_root

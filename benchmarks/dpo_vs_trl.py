@@ -244,7 +244,7 @@ class StepsDone(Exception):
 
 def run_ours(args, model_dir: Path, data: Path, work: Path, rss_start: float) -> dict:
     from rlaifv.config import DPOConfig
-    from rlaifv.train.data import load_pairs
+    from rlaifv.preferences import load_pairs
     from rlaifv.train.dpo import read_metrics, train_dpo
     from rlaifv.train.reference import compute_reference_logps
 

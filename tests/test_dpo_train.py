@@ -19,8 +19,8 @@ from test_dpo_logps import make_world_pairs
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from rlaifv.config import DPOConfig
+from rlaifv.preferences import load_pairs
 from rlaifv.prompts import load_image
-from rlaifv.train.data import load_pairs
 from rlaifv.train.dpo import read_metrics, train_dpo, vision_tower
 from rlaifv.train.encode import PairEncoder
 from rlaifv.train.logps import packed_logps

@@ -26,9 +26,9 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from rlaifv.config import EvalConfig, IterateConfig
 from rlaifv.eval.report import FEEDBACK_KEYS, ROUND_KEYS
 from rlaifv.loop import STATE, iterate
+from rlaifv.preferences import load_pairs
 from rlaifv.prompts import load_image, write_world_prompts
 from rlaifv.selection import WorldSelector, choose
-from rlaifv.train.data import load_pairs
 from rlaifv.train.encode import PairEncoder
 from rlaifv.train.logps import separate_logps
 from rlaifv.world.scenes import sample_scenes

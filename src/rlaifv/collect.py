@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 
 from rlaifv.config import CollectConfig, EngineConfig
+from rlaifv.preferences import PREFERENCES, pair_store
 from rlaifv.progress import log
 from rlaifv.records import Candidate, Claim, Pair, Prompt, Verdict
 from rlaifv.store import ShardedStore, write_json
 from rlaifv.world.config import WorldConfig
 
-PREFERENCES = "preferences"  # the pairs stage owns this folder: OUT/preferences/{scores,pairs}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -140,10 +140,6 @@ def summarize(out: Path, results: dict | None = None) -> dict:
         summary["questions_asked"] = results["judge"]["asked"]
     summary.update(world_feedback(s["prompts"], pairs_store))
     return summary
-
-
-def pair_store(out: Path) -> ShardedStore[Pair]:
-    return ShardedStore(out / PREFERENCES / "pairs", Pair)
 
 
 def world_feedback(prompts: ShardedStore[Prompt], pairs: ShardedStore[Pair]) -> dict:

@@ -231,7 +231,7 @@ class Loop:
     def _loaded(self, k: int):
         """The round's pairs as the trainer reads them, loaded once per process."""
         if k not in self._pairs:
-            from rlaifv.train.data import load_pairs
+            from rlaifv.preferences import load_pairs
 
             self._pairs[k] = load_pairs(round_dir(self.out, k) / "collect")
         return self._pairs[k]
@@ -252,7 +252,7 @@ class Loop:
 
     def _subsets(self, k: int):
         """(training pairs as LoadedPairs, held-out examples), from split.json."""
-        from rlaifv.train.data import LoadedPairs
+        from rlaifv.preferences import LoadedPairs
 
         loaded = self._loaded(k)
         split = json.loads((round_dir(self.out, k) / "split.json").read_text(encoding="utf-8"))

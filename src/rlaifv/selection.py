@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rlaifv.config import DPOConfig, EvalConfig
-from rlaifv.train.data import PreferenceExample
+from rlaifv.preferences import PreferenceExample
 from rlaifv.train.reference import ReferenceTable
 from rlaifv.world.config import WorldConfig
 

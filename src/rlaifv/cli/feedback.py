@@ -152,8 +152,9 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JsonOpt,
     ) -> None:
         """Export the pairs as Parquet that `datasets.load_dataset("parquet", ...)` reads unchanged."""
-        from rlaifv.collect import pair_store, stores
+        from rlaifv.collect import stores
         from rlaifv.feedback.pairs import export_rlaifv_dataset, export_trl
+        from rlaifv.preferences import pair_store
 
         writers = {"trl": export_trl, "rlaifv-dataset": export_rlaifv_dataset}
         if fmt not in writers:

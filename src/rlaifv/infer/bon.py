@@ -44,10 +44,10 @@ from PIL import Image
 
 from rlaifv.config import BonConfig, EngineConfig, SampleConfig
 from rlaifv.infer.reward import ResponseGroup, group_logps, implicit_reward
+from rlaifv.preferences import PreferenceExample
 from rlaifv.progress import log, progress
 from rlaifv.records import BadInput, Candidate, Prompt, Record, ResponseScore
 from rlaifv.store import ShardedStore, atomic_write, write_json
-from rlaifv.train.data import PreferenceExample
 from rlaifv.train.encode import PairEncoder, context_length
 
 STAGE = "bon"

@@ -23,8 +23,8 @@ import torch
 
 from rlaifv.config import DPOConfig
 from rlaifv.engines.packing import Pack, collate_packs, pack, pack_bounds
+from rlaifv.preferences import PreferenceExample
 from rlaifv.progress import progress
-from rlaifv.train.data import PreferenceExample
 from rlaifv.train.encode import PairEncoder
 from rlaifv.train.logps import ResponseLogps, mask_dtype, packed_logps, token_logps, vision_inputs
 from rlaifv.train.reference import ReferenceTable, encode_batch, length_limit, load_model

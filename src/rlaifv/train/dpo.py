@@ -37,9 +37,9 @@ import yaml
 
 from rlaifv.config import DPOConfig, EngineConfig
 from rlaifv.engines.transfer import OneBehind, to_host_later
+from rlaifv.preferences import LoadedPairs, load_pairs
 from rlaifv.progress import log, progress
 from rlaifv.store import fsync_path, write_json
-from rlaifv.train.data import LoadedPairs, load_pairs
 from rlaifv.train.encode import EncodedPair, PairEncoder, ahead
 from rlaifv.train.logps import ResponseLogps, packed_logps
 from rlaifv.train.lora import lean_lora

@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 import torch
 from PIL import Image
 
+from rlaifv.preferences import PreferenceExample
 from rlaifv.records import BadInput
-from rlaifv.train.data import PreferenceExample
 
 
 @dataclass

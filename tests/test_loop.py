@@ -25,12 +25,12 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from rlaifv.config import EvalConfig, IterateConfig
 from rlaifv.eval.report import FEEDBACK_KEYS, ROUND_KEYS
+from rlaifv.logps.encode import PairEncoder
+from rlaifv.logps.packed import separate_logps
 from rlaifv.loop import STATE, iterate
 from rlaifv.preferences import load_pairs
 from rlaifv.prompts import load_image, write_world_prompts
 from rlaifv.selection import WorldSelector, choose
-from rlaifv.train.encode import PairEncoder
-from rlaifv.train.logps import separate_logps
 from rlaifv.world.scenes import sample_scenes
 
 PROMPTS = 6

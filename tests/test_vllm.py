@@ -404,9 +404,9 @@ def test_reference_logps_on_the_server_equal_the_local_pass(server, micro_world,
 
     from rlaifv.config import DPOConfig
     from rlaifv.feedback.pairs import export_trl
+    from rlaifv.logps.reference import compute_reference_logps, reference_store
     from rlaifv.preferences import load_pairs
     from rlaifv.records import Pair
-    from rlaifv.train.reference import compute_reference_logps, reference_store
 
     root = make_world_pairs(tmp_path, 4)
     pairs = ShardedStore(root / "preferences" / "pairs", Pair)

@@ -263,7 +263,7 @@ class Loop:
 
     def _reference_table(self, k: int):
         """The round's finished reference pass (its store is named explicitly, so no fingerprint is needed)."""
-        from rlaifv.train.reference import read_reference, reference_store
+        from rlaifv.logps.reference import read_reference, reference_store
 
         loaded = self._loaded(k)
         return read_reference(reference_store(loaded.source, "", self.cfg.dpo, round_dir(self.out, k) / "reference"),
@@ -271,7 +271,7 @@ class Loop:
 
     def _reference(self, k: int, r: Path, policy: str, dpo_cfg: DPOConfig) -> dict[str, Any]:
         """P_k's log-probs of every pair, held-out ones included; fixes the round's checkpoint interval."""
-        from rlaifv.train import compute_reference_logps
+        from rlaifv.logps.reference import compute_reference_logps
         from rlaifv.train.dpo import Schedule
 
         result = compute_reference_logps(self._loaded(k), policy, dpo_cfg, r / "reference")

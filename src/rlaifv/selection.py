@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from rlaifv.config import DPOConfig, EvalConfig
+from rlaifv.logps.reference import ReferenceTable
 from rlaifv.preferences import PreferenceExample
-from rlaifv.train.reference import ReferenceTable
 from rlaifv.world.config import WorldConfig
 
 

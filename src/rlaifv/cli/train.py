@@ -79,7 +79,7 @@ def register(app: typer.Typer) -> None:
             ref = EngineConfig(kind="openai", urls=reference_url, model=reference, api_key_env=api_key_env)
         with exit_on_error("; `rlaifv train` needs accelerate (and peft for --lora): pip install 'rlaifv[train]'"):
             if reference_only:
-                from rlaifv.train.reference import compute_reference_logps
+                from rlaifv.logps.reference import compute_reference_logps
 
                 result = compute_reference_logps(pairs, ref or policy, cfg, device=device)
                 emit(result, as_json, f"reference log-probs: {result}")

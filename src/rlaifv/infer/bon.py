@@ -44,11 +44,11 @@ from PIL import Image
 
 from rlaifv.config import BonConfig, EngineConfig, SampleConfig
 from rlaifv.infer.reward import ResponseGroup, group_logps, implicit_reward
+from rlaifv.logps.encode import PairEncoder, context_length
 from rlaifv.preferences import PreferenceExample
 from rlaifv.progress import log, progress
 from rlaifv.records import BadInput, Candidate, Prompt, Record, ResponseScore
 from rlaifv.store import ShardedStore, atomic_write, write_json
-from rlaifv.train.encode import PairEncoder, context_length
 
 STAGE = "bon"
 EMPTY = "empty response"

@@ -23,11 +23,11 @@ import torch
 
 from rlaifv.config import DPOConfig
 from rlaifv.engines.packing import Pack, collate_packs, pack, pack_bounds
+from rlaifv.logps.encode import PairEncoder
+from rlaifv.logps.packed import ResponseLogps, mask_dtype, packed_logps, token_logps, vision_inputs
+from rlaifv.logps.reference import ReferenceTable, encode_batch, length_limit, load_model
 from rlaifv.preferences import PreferenceExample
 from rlaifv.progress import progress
-from rlaifv.train.encode import PairEncoder
-from rlaifv.train.logps import ResponseLogps, mask_dtype, packed_logps, token_logps, vision_inputs
-from rlaifv.train.reference import ReferenceTable, encode_batch, length_limit, load_model
 
 
 def implicit_reward(policy_logp: torch.Tensor, ref_logp: torch.Tensor, beta: float,

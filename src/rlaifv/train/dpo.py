@@ -37,13 +37,9 @@ import yaml
 
 from rlaifv.config import DPOConfig, EngineConfig
 from rlaifv.engines.transfer import OneBehind, to_host_later
-from rlaifv.preferences import LoadedPairs, load_pairs
-from rlaifv.progress import log, progress
-from rlaifv.store import fsync_path, write_json
-from rlaifv.train.encode import EncodedPair, PairEncoder, ahead
-from rlaifv.train.logps import ResponseLogps, packed_logps
-from rlaifv.train.lora import lean_lora
-from rlaifv.train.reference import (
+from rlaifv.logps.encode import EncodedPair, PairEncoder, ahead
+from rlaifv.logps.packed import ResponseLogps, packed_logps
+from rlaifv.logps.reference import (
     compute_reference_logps,
     encode_batch,
     length_limit,
@@ -51,6 +47,10 @@ from rlaifv.train.reference import (
     read_reference,
     reference_store,
 )
+from rlaifv.preferences import LoadedPairs, load_pairs
+from rlaifv.progress import log, progress
+from rlaifv.store import fsync_path, write_json
+from rlaifv.train.lora import lean_lora
 
 CHECKPOINTS, MODEL, ADAPTER = "checkpoints", "model", "adapter"
 METRICS, SUMMARY, RUN = "metrics.csv", "summary.json", "run.yaml"

@@ -20,7 +20,7 @@ import torch
 from rlaifv.engines.images import concat_vision
 from rlaifv.engines.packing import collate_packs, pack
 from rlaifv.engines.transfer import to_device
-from rlaifv.train.encode import EncodedPair
+from rlaifv.logps.encode import EncodedPair
 
 
 @dataclass

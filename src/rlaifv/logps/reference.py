@@ -32,13 +32,13 @@ import torch
 
 from rlaifv.config import DPOConfig, EngineConfig
 from rlaifv.engines.transfer import OneBehind, to_device, to_host_later
+from rlaifv.logps.encode import EncodedPair, PairEncoder, ahead, context_length
+from rlaifv.logps.packed import ResponseLogps, packed_logps
 from rlaifv.preferences import LoadedPairs, PreferenceExample, load_pairs, pair_store_root
 from rlaifv.progress import progress
 from rlaifv.prompts import load_image, reason_kind
 from rlaifv.records import BadInput, Record
 from rlaifv.store import ShardedStore
-from rlaifv.train.encode import EncodedPair, PairEncoder, ahead, context_length
-from rlaifv.train.logps import ResponseLogps, packed_logps
 
 STAGE = "reference"
 SHARD_SIZE = 256

@@ -8,15 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from rlaifv.feedback.split_llm import (
-    LLMSplitter,
-    pair_claims,
-    parse_bullets,
-    read_statements,
-    strip_suffix,
-)
-from rlaifv.feedback.split_rules import RuleSplitter, cut_words
+from rlaifv.feedback.split_llm import LLMSplitter
 from rlaifv.records import BadInput
+from rlaifv.text.formats import pair_claims, parse_bullets, read_statements, strip_suffix
+from rlaifv.text.rules import RuleSplitter, cut_words
 from rlaifv.world.language import CaptionNoise, Mention, describe, noisy_caption, parse_mentions, true_mentions
 from rlaifv.world.models import build_tokenizer
 from rlaifv.world.scenes import sample_scenes

@@ -2,7 +2,7 @@
 
 RLAIF-V fine-tunes a language model to split responses into claims and claims into yes/no questions. The world does
 the same at toy scale, so the demo runs the `llm` splitter path for real: the targets come from the RuleSplitter
-(exact on the world's language, see `rlaifv.feedback.split_rules`), formatted as the numbered lists that
+(exact on the world's language, see `rlaifv.text.rules`), formatted as the numbered lists that
 `LLMSplitter` parses. The model reuses the world's byte-level BPE (`build_tokenizer`) and its chat template.
 
 Why the world splitter works one sentence at a time (`LLMSplitter(unit="sentence")`): asked to copy a whole
@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from rlaifv.feedback.split_llm import NO_CLAIMS, SETTINGS_FILE, numbered, response_sentences
-from rlaifv.feedback.split_rules import RuleSplitter
 from rlaifv.records import BadInput
+from rlaifv.text.formats import NO_CLAIMS, SETTINGS_FILE, numbered, response_sentences
+from rlaifv.text.rules import RuleSplitter
 from rlaifv.world.language import DESCRIBE_INSTRUCTIONS, CaptionNoise, describe, noisy_caption, true_mentions
 from rlaifv.world.models import build_tokenizer, set_generation_ids
 from rlaifv.world.scenes import SPLITS, sample_scenes

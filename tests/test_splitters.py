@@ -249,7 +249,7 @@ def test_world_training_prompt_tokens_are_what_the_splitter_sends(tokenizer, tmp
     splitter = LLMSplitter(random_model_folder(tokenizer, tmp_path))
     for conversation in conversations[:4]:
         prompt_ids, target_ids = encode_conversation(tokenizer, conversation)
-        sent = splitter.tokenizer(splitter.chat_text(conversation[0]["content"]), add_special_tokens=False)
+        sent = splitter.chat.tokenizer(splitter.chat.chat_text(conversation[0]["content"]), add_special_tokens=False)
         assert prompt_ids == sent["input_ids"]
         assert target_ids[-1] == tokenizer.eos_token_id
 

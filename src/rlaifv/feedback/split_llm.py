@@ -53,9 +53,6 @@ from rlaifv.text.rules import Claim, cut_words
 if TYPE_CHECKING:
     from rlaifv.config import ClaimsConfig, EngineConfig
 
-_DTYPES = ("float32", "bfloat16", "float16")
-
-
 @dataclass
 class _Job:
     """One call-(a) unit: a whole response or one of its sentences, and what became of it."""
@@ -138,7 +135,7 @@ class LLMSplitter(TwoCallSplitter):
     generation per batch of responses.
 
     Greedy decoding at temperature 0 (deterministic); otherwise sampling at `temperature` with `top_p` (the paper:
-    0.2 and 0.9), seeded per `split` call. Prompts are left-padded so every row's next token sits in the last column.
+    0.2 and 0.9), seeded per `split` call (engines.hf_chat).
     """
 
     def __init__(
@@ -158,28 +155,12 @@ class LLMSplitter(TwoCallSplitter):
         trust_remote_code: bool = False,
         seed: int = 0,
     ) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from rlaifv.engines.hf_chat import HFChat
 
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
-        if batch_size < 1 or temperature < 0:
-            raise ValueError("batch_size must be >= 1 and temperature >= 0")
         super().__init__(unit, statements_prompt, questions_prompt, max_new_tokens, max_words,
                          load_settings(model_path))
-        self.temperature, self.top_p, self.batch_size, self.seed = temperature, top_p, batch_size, seed
-        self.device = torch.device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        if self.tokenizer.chat_template is None:
-            raise ValueError(f"{model_path}: the tokenizer has no chat template; the splitter needs a chat model")
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
-        ).to(self.device)
-        self.model.eval()
-        self.eos_ids = self._eos_ids()
+        self.chat = HFChat(model_path, device, dtype, max_new_tokens, temperature, top_p, batch_size,
+                           trust_remote_code, seed)
 
     @classmethod
     def from_config(cls, cfg: ClaimsConfig, model_path: str | Path | None = None) -> LLMSplitter:
@@ -193,54 +174,9 @@ class LLMSplitter(TwoCallSplitter):
             trust_remote_code=engine.trust_remote_code,
         )
 
-    def _eos_ids(self) -> set[int]:
-        ids = self.model.generation_config.eos_token_id
-        ids = set(ids if isinstance(ids, list) else [ids]) - {None}
-        return ids | {self.tokenizer.eos_token_id} if self.tokenizer.eos_token_id is not None else ids
-
-    # ------------------------------------------------------------ generation
-
-    def chat_text(self, prompt: str) -> str:
-        """One user turn plus the assistant's generation prompt, in the model's own chat template."""
-        messages = [{"role": "user", "content": prompt}]
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-
     def generate(self, prompts: list[str]) -> list[tuple[str, bool]]:
-        """(text, finished) per prompt; finished = the model ended its answer before `max_new_tokens`.
+        return self.chat.generate(prompts)
 
-        Prompts are batched in order of length, so a batch pads little, and returned in the caller's order.
-        """
-        import torch
-
-        if not prompts:
-            return []
-        texts = [self.chat_text(p) for p in prompts]
-        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
-        order = sorted(range(len(texts)), key=lengths.__getitem__)
-        out: list[tuple[str, bool]] = [("", False)] * len(texts)
-        if self.temperature > 0:
-            torch.manual_seed(self.seed)
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            for i, result in zip(rows, self._generate_batch([texts[i] for i in rows])):
-                out[i] = result
-        return out
-
-    def _generate_batch(self, texts: list[str]) -> list[tuple[str, bool]]:
-        import torch
-
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        sampling = {"do_sample": False}
-        if self.temperature > 0:
-            sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
-        with torch.no_grad():
-            seqs = self.model.generate(
-                **enc, max_new_tokens=self.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **sampling
-            )  # (B, T_prompt + T_new)
-        new = seqs[:, enc["input_ids"].shape[1] :]  # (B, T_new)
-        finished = [any(t in self.eos_ids for t in row) for row in new.tolist()]
-        decoded = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-        return list(zip(decoded, finished))
 
 def _answer(answer: tuple[str, bool] | BadInput) -> tuple[str, bool]:
     if isinstance(answer, BadInput):

@@ -98,7 +98,7 @@ def mem_available_gb() -> float:
 
 def run_collect(name: str, prompts: Path, out: Path, cfg, world) -> dict:
     """One full collection into a fresh folder; the summary plus response statistics and the load around it."""
-    from rlaifv.collect import collect, stores
+    from rlaifv.pipelines.collect import collect, stores
 
     shutil.rmtree(out, ignore_errors=True)
     load_before = os.getloadavg()[0]
@@ -135,7 +135,8 @@ def run_collect(name: str, prompts: Path, out: Path, cfg, world) -> dict:
 def cross_check(server_run: Path, out: Path, hf_cfg, world) -> dict:
     """The HF labeler on the server run's candidates and claims, then the pairs stage: precision, whether the pairs
     equal the server run's, and the largest |P_yes| / |P_no| difference between the two labelers' verdicts."""
-    from rlaifv.collect import pair_store, run_stage, stores, summarize
+    from rlaifv.pipelines.collect import run_stage, stores, summarize
+    from rlaifv.preferences import pair_store
 
     shutil.rmtree(out, ignore_errors=True)
     for name in ("prompts", "candidates", "claims"):

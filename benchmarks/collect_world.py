@@ -29,8 +29,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from rlaifv.cli.common import quiet_libraries
-    from rlaifv.collect import collect
     from rlaifv.config import CollectConfig
+    from rlaifv.pipelines.collect import collect
     from rlaifv.prompts import write_world_prompts
     from rlaifv.world.bootstrap import bootstrap
     from rlaifv.world.config import WorldConfig

@@ -160,9 +160,9 @@ def bench_claims(n_prompts: int, n: int, batch: int, workdir: str, repeats: int)
     """Judge the claims `rlaifv collect` makes on world prompts, three ways, side by side."""
     from pathlib import Path
 
-    from rlaifv.collect import run_stage, stores
     from rlaifv.config import CollectConfig, JudgeConfig
     from rlaifv.feedback.judge import ask_each_once
+    from rlaifv.pipelines.collect import run_stage, stores
     from rlaifv.prompts import load_image, write_world_prompts
     from rlaifv.world.config import WorldConfig
 

@@ -39,7 +39,7 @@ def main() -> None:
     import torch
 
     from rlaifv.config import EvalConfig
-    from rlaifv.demo import run_demo
+    from rlaifv.pipelines.demo import run_demo
     from rlaifv.world.config import WorldConfig
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "

@@ -17,17 +17,9 @@ from typer.testing import CliRunner
 import rlaifv.store as store_module
 from rlaifv.config import BonConfig
 from rlaifv.engines.packing import pack_bounds
-from rlaifv.infer.bon import (
-    EMPTY,
-    BonRow,
-    Scorer,
-    best_of_n,
-    bon_stores,
-    choose,
-    rewards_of,
-    run_bon,
-)
+from rlaifv.infer.bon import EMPTY, BonRow, Scorer, choose, rewards_of, run_bon
 from rlaifv.infer.reward import group_logps, separate_group_logps
+from rlaifv.pipelines.best_of_n import best_of_n, bon_stores
 from rlaifv.prompts import ingest_prompts, load_image, write_world_prompts
 from rlaifv.records import Candidate
 
@@ -299,7 +291,7 @@ def _row(prompt_id: str, texts: list[str], pol: list, ref: list, tokens: list[in
 
 
 def test_world_bon_table_picks_among_the_first_n_with_each_reward_form():
-    from rlaifv.eval.world_bon import bon_table, pick_first_n
+    from rlaifv.pipelines.world_bon import bon_table, pick_first_n
     from rlaifv.world.language import describe, true_mentions
     from rlaifv.world.scenes import CATEGORIES, sample_scenes
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from rlaifv.collect import collect, pair_store, run_stage, stores
 from rlaifv.config import CollectConfig
+from rlaifv.pipelines.collect import collect, run_stage, stores
+from rlaifv.preferences import pair_store
 
 N_PROMPTS = 6
 
@@ -85,7 +86,7 @@ CHILD = r"""
 import os, signal, sys
 from pathlib import Path
 import rlaifv.store as store
-from rlaifv.collect import run_stage
+from rlaifv.pipelines.collect import run_stage
 from rlaifv.config import CollectConfig
 
 stage, out, kill_after, cfg_json = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]

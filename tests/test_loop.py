@@ -27,10 +27,10 @@ from rlaifv.config import EvalConfig, IterateConfig
 from rlaifv.eval.report import FEEDBACK_KEYS, ROUND_KEYS
 from rlaifv.logps.encode import PairEncoder
 from rlaifv.logps.packed import separate_logps
-from rlaifv.loop import STATE, iterate
+from rlaifv.pipelines.loop import STATE, iterate
+from rlaifv.pipelines.selection import WorldSelector, choose
 from rlaifv.preferences import load_pairs
 from rlaifv.prompts import load_image, write_world_prompts
-from rlaifv.selection import WorldSelector, choose
 from rlaifv.world.scenes import sample_scenes
 
 PROMPTS = 6
@@ -120,7 +120,7 @@ import os, signal, sys
 from pathlib import Path
 from rlaifv.config import IterateConfig
 from rlaifv.world.config import WorldConfig
-from rlaifv.loop import iterate
+from rlaifv.pipelines.loop import iterate
 
 out, cfg = Path(sys.argv[1]), IterateConfig.model_validate_json(sys.argv[2])
 
@@ -224,7 +224,7 @@ def test_select_on_reward_picks_the_best_held_out_reward_accuracy(micro_world, m
 
 
 def test_demo_reports_one_row_per_round(baseline, micro_world, micro_config):
-    from rlaifv.demo import run_demo
+    from rlaifv.pipelines.demo import run_demo
 
     out = Path(baseline["out"])
     report = run_demo(out, 0, micro_config, EvalConfig(n_scenes=8), rounds=2, icfg=config_for(micro_world),
@@ -246,9 +246,9 @@ def test_demo_reports_one_row_per_round(baseline, micro_world, micro_config):
 def _check_bon_section(report: dict, out: Path, world) -> None:
     """Round 2's policy against round 2's reference on the test scenes: N = 1 is the first sample of each scene, the
     largest N keeps the answer with the highest mean reward recomputed here from the stored log-probs."""
-    from rlaifv.eval.world_bon import BON_KEYS
     from rlaifv.eval.world_metrics import description_metrics
     from rlaifv.infer.bon import BonRow
+    from rlaifv.pipelines.world_bon import BON_KEYS
     from rlaifv.store import ShardedStore
 
     assert report["bon_setup"]["policy"] == report["models"]["rounds"][1]

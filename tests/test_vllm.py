@@ -271,7 +271,7 @@ def test_judge_quarantines_a_claim_the_server_refuses(engine, micro_config, tmp_
 
 
 def test_collect_on_the_server_and_resume_requests_nothing(server, micro_config, tmp_path):
-    from rlaifv.collect import collect, run_stage, stores
+    from rlaifv.pipelines.collect import collect, run_stage, stores
     from rlaifv.prompts import write_world_prompts
 
     source = write_world_prompts(micro_config.seed, "prompts", 4, tmp_path / "p.jsonl", micro_config.prior)
@@ -377,7 +377,8 @@ def test_served_answer_logps_equal_the_local_scorers(server, micro_world, micro_
 
 def test_best_of_n_on_the_server_scores_what_the_local_scorer_scores(server, micro_world, micro_config, tmp_path):
     from rlaifv.config import BonConfig
-    from rlaifv.infer.bon import BonRow, Scorer, best_of_n, bon_stores, run_bon
+    from rlaifv.infer.bon import BonRow, Scorer, run_bon
+    from rlaifv.pipelines.best_of_n import best_of_n, bon_stores
     from rlaifv.prompts import write_world_prompts
 
     source = write_world_prompts(micro_config.seed, "prompts", 3, tmp_path / "p.jsonl", micro_config.prior)
@@ -464,8 +465,8 @@ def test_iterate_puts_each_rounds_policy_on_the_server_before_it_samples(micro_w
 
     from test_loop import config_for
 
-    from rlaifv.collect import stores
-    from rlaifv.loop import STATE, iterate
+    from rlaifv.pipelines.collect import stores
+    from rlaifv.pipelines.loop import STATE, iterate
 
     exports = tmp_path / "exports"
     policy_server = VLLMServer(export_for_vllm(micro_world.policy, exports / "start"), venv=ensure_vllm_venv(),
@@ -539,8 +540,8 @@ def test_a_server_killed_mid_collection_loses_nothing_and_the_rerun_sends_only_t
                                                                                          tmp_path):
     import threading
 
-    from rlaifv.collect import collect, stores
     from rlaifv.engines.openai_chat import ChatError
+    from rlaifv.pipelines.collect import collect, stores
     from rlaifv.prompts import write_world_prompts
 
     n_prompts, n, per_batch = 12, 3, 2

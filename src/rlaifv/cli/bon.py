@@ -95,7 +95,7 @@ def register(app: typer.Typer) -> None:
             if getattr(cfg, role).kind == "hf" and not getattr(cfg, role).path:
                 fail(f"--{role} is required (or {role}.path in --config, or a served {role}: "
                      f"{role}: {{kind: openai, urls: [...], model: NAME}})", 2)
-        from rlaifv.infer.bon import best_of_n
+        from rlaifv.pipelines.best_of_n import best_of_n
 
         summary = run_long(best_of_n, out, cfg, prompts)
         emit(summary, as_json, _human(summary))

@@ -63,7 +63,7 @@ def _config(config: Optional[Path], **opts: Any) -> CollectConfig:
 
 def _run(stages: list[str], prompts: Optional[Path], out: Path, cfg: CollectConfig, world_seed: int,
          as_json: bool) -> None:
-    from rlaifv.collect import run_stage, summarize
+    from rlaifv.pipelines.collect import run_stage, summarize
     from rlaifv.store import write_json
     from rlaifv.world.config import WorldConfig
 
@@ -152,8 +152,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JsonOpt,
     ) -> None:
         """Export the pairs as Parquet that `datasets.load_dataset("parquet", ...)` reads unchanged."""
-        from rlaifv.collect import stores
         from rlaifv.feedback.pairs import export_rlaifv_dataset, export_trl
+        from rlaifv.pipelines.collect import stores
         from rlaifv.preferences import pair_store
 
         writers = {"trl": export_trl, "rlaifv-dataset": export_rlaifv_dataset}

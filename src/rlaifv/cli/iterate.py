@@ -104,7 +104,7 @@ def register(app: typer.Typer) -> None:
         cfg = _config(config, rounds=rounds, select_on=select_on, policy=policy, labeler=labeler, splitter=splitter,
                       splitter_model=splitter_model, device=device, seed=seed)
         world = world_config(preset, None, world_seed)
-        from rlaifv.loop import iterate as run_rounds
+        from rlaifv.pipelines.loop import iterate as run_rounds
 
         summary = run_long(run_rounds, out, cfg, prompts, world)
         emit(summary, as_json, _table(summary))

@@ -42,7 +42,7 @@ def demo(
     feedback and DPO, evaluation; writes report.md/.json. Rerun after a crash to continue."""
     quiet_libraries()
     from rlaifv.config import EvalConfig
-    from rlaifv.demo import run_demo
+    from rlaifv.pipelines.demo import run_demo
 
     given = {"rounds": rounds, "bon_samples": bon_samples}
     extra = {k: v for k, v in given.items() if v is not None}

@@ -21,16 +21,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import torch
-
 from rlaifv.config import CollectConfig, EngineConfig
 from rlaifv.preferences import PREFERENCES, pair_store
 from rlaifv.progress import log
 from rlaifv.records import Candidate, Claim, Pair, Prompt, Verdict
 from rlaifv.store import ShardedStore, write_json
 from rlaifv.world.config import WorldConfig
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def stores(out: Path, shard_size: int = 1000) -> dict[str, ShardedStore]:
@@ -49,12 +45,14 @@ def load_engine(cfg: EngineConfig, default_path: str | Path | None, role: str):
         from rlaifv.engines.openai_vlm import OpenAIEngine
 
         return OpenAIEngine(cfg)
+    import torch
+
     from rlaifv.engines.hf import HFEngine
 
     path = cfg.path or default_path
     if not path:
         raise ValueError(f"no model for the {role}: set {role}.path in the config")
-    return HFEngine(path, cfg.device, DTYPES[cfg.dtype], cfg.trust_remote_code)
+    return HFEngine(path, cfg.device, getattr(torch, cfg.dtype), cfg.trust_remote_code)
 
 
 def _world_model(role: str, world: WorldConfig | None, cfg: EngineConfig | None = None) -> Path | None:

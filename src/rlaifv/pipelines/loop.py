@@ -223,7 +223,7 @@ class Loop:
         return result
 
     def _collect(self, prompts_file: str, r: Path, cfg: CollectConfig) -> dict[str, Any]:
-        from rlaifv.collect import collect
+        from rlaifv.pipelines.collect import collect
 
         summary = collect(Path(prompts_file), r / "collect", cfg, self.world)
         return {k: summary.get(k) for k in ("feedback_precision", "true_tie_rate", "n_pairs", "seconds")}
@@ -301,7 +301,7 @@ class Loop:
         further round never leaves the policy worse on `val` (the next round collects from it again, on fresh
         prompts and seeds).
         """
-        from rlaifv.selection import choose
+        from rlaifv.pipelines.selection import choose
 
         selector = self._selector(k, dpo_cfg)
         folder = r / "select"
@@ -343,7 +343,7 @@ class Loop:
 
     def _selector(self, k: int, dpo_cfg: DPOConfig):
         """The round's Selector (selection.py); None for reward selection without a held-out pair."""
-        from rlaifv.selection import RewardSelector, WorldSelector
+        from rlaifv.pipelines.selection import RewardSelector, WorldSelector
 
         if self.select_on == "world":
             base = self.state["steps"]["round-0/select"]

@@ -19,7 +19,8 @@ from typing import Any
 
 from rlaifv.config import BonConfig, EngineConfig, EvalConfig
 from rlaifv.eval.world_metrics import description_metrics
-from rlaifv.infer.bon import BonRow, best_of_n, bon_stores, choose, rewards_of
+from rlaifv.infer.bon import BonRow, choose, rewards_of
+from rlaifv.pipelines.best_of_n import best_of_n, bon_stores
 from rlaifv.prompts import scene_of, write_world_prompts
 from rlaifv.world.config import WorldConfig
 

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from rlaifv.config import StrictModel
 from rlaifv.world.language import CaptionNoise
 from rlaifv.world.scenes import ScenePrior
 
 
-class TinyVLMConfig(BaseModel):
-    """Shape of one tiny LLaVA. Defaults train to a useful model in about a minute on two CPU cores."""
+class TinyVLMConfig(StrictModel):
+    """Shape of one tiny LLaVA. Defaults train to a useful model in about a minute on two CPU cores. Unknown keys are
+    errors, as everywhere in a WorldConfig: a misspelt width must not silently build the default model."""
 
     vision_hidden: int = Field(64, description="CLIP tower width")
     vision_layers: int = Field(2, description="CLIP tower depth")

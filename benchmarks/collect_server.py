@@ -278,7 +278,7 @@ def main() -> int:
     import torch
 
     from rlaifv.cli.common import quiet_libraries
-    from rlaifv.config import EngineConfig, IterateConfig
+    from rlaifv.config import HFEngineConfig, IterateConfig, OpenAIEngineConfig
     from rlaifv.engines.vllm_local import VLLM_VERSION, VLLMServer, ensure_vllm_venv, export_for_vllm
     from rlaifv.prompts import write_world_prompts
     from rlaifv.world.config import WorldConfig
@@ -305,10 +305,10 @@ def main() -> int:
                                            "pairs": base.pairs.model_copy(update={"seed": args.collect_seed})})
         claims = base.claims
         if claims.splitter == "llm" and claims.splitter_model.kind == "hf" and not claims.splitter_model.path:
-            claims = claims.model_copy(update={"splitter_model": EngineConfig(path=str(root / "splitter"))})
+            claims = claims.model_copy(update={"splitter_model": HFEngineConfig(path=str(root / "splitter"))})
         hf_cfg = base.model_copy(update={
-            "sample": base.sample.model_copy(update={"policy": EngineConfig(path=str(root / "policy"))}),
-            "judge": base.judge.model_copy(update={"labeler": EngineConfig(path=str(root / "labeler"))}),
+            "sample": base.sample.model_copy(update={"policy": HFEngineConfig(path=str(root / "policy"))}),
+            "judge": base.judge.model_copy(update={"labeler": HFEngineConfig(path=str(root / "labeler"))}),
             "claims": claims,
         })
         print(f"collect settings: n={base.sample.n}, max_new_tokens={base.sample.max_new_tokens}, temperature="
@@ -340,8 +340,8 @@ def main() -> int:
             print(f"servers: policy {servers['policy'].url}, labeler {servers['labeler'].url}; "
                   f"{mem_available_gb():.1f} GB RAM available with both up", flush=True)
 
-            def served(role: str) -> EngineConfig:
-                return EngineConfig(kind="openai", urls=[servers[role].url], model=servers[role].model,
+            def served(role: str) -> OpenAIEngineConfig:
+                return OpenAIEngineConfig(urls=[servers[role].url], model=servers[role].model,
                                     concurrency=args.concurrency)
 
             server_cfg = hf_cfg.model_copy(update={

@@ -185,14 +185,14 @@ def bench_claims(n_prompts: int, n: int, batch: int, workdir: str, repeats: int)
     def naive():
         return one_question_per_forward(engine, flat, batch)
 
-    judge = JudgeConfig()  # run_judge's batching: prompts_per_batch prompts, packs_per_batch rows per forward
+    judge = JudgeConfig()  # run_judge's batching: prompts_per_batch prompts, packs_per_forward rows per forward
 
     def batched(ask):
         return [p for lo in range(0, len(groups), judge.prompts_per_batch)
                 for row in ask(groups[lo : lo + judge.prompts_per_batch]) for p in row]
 
     def ask(g):
-        return engine.yes_no_shared(g, judge.questions_per_pack, judge.packs_per_batch)
+        return engine.yes_no_shared(g, judge.questions_per_pack, judge.packs_per_forward)
 
     def shared():
         return batched(ask)
@@ -204,7 +204,7 @@ def bench_claims(n_prompts: int, n: int, batch: int, workdir: str, repeats: int)
     print(f"{len(groups)} world prompts x {n} samples: {n_claims} claims, {n_distinct} distinct questions "
           f"({n_claims / n_distinct:.2f} claims per question), threads {torch.get_num_threads()}")
     paths = ((f"one claim per forward (batches of {batch})", naive),
-             (f"shared prefix, every claim ({judge.packs_per_batch} packed rows per forward)", shared),
+             (f"shared prefix, every claim ({judge.packs_per_forward} packed rows per forward)", shared),
              ("shared prefix, each distinct question once (run_judge)", shared_distinct))
     for _, fn in paths:
         fn()  # warm-up

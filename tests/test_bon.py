@@ -46,9 +46,9 @@ def aligned(micro_world, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def scorers(aligned, micro_world) -> tuple[Scorer, Scorer]:
-    from rlaifv.config import EngineConfig
+    from rlaifv.config import HFEngineConfig
 
-    return Scorer.load(EngineConfig(path=str(aligned))), Scorer.load(EngineConfig(path=str(micro_world.policy)))
+    return Scorer.load(HFEngineConfig(path=str(aligned))), Scorer.load(HFEngineConfig(path=str(micro_world.policy)))
 
 
 @pytest.fixture(scope="module")

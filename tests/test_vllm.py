@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlaifv.config import CollectConfig, EngineConfig, IterateConfig, JudgeConfig
+from rlaifv.config import CollectConfig, HFEngineConfig, IterateConfig, JudgeConfig, OpenAIEngineConfig
 from rlaifv.engines.hf import HFEngine, Sampling
 from rlaifv.engines.openai_chat import ChatClient, ChatSettings
 from rlaifv.engines.openai_vlm import OpenAIEngine, image_url, prompt_seed, user_message
@@ -60,8 +60,8 @@ def hf_labeler(micro_world) -> HFEngine:
     return HFEngine(micro_world.labeler)
 
 
-def engine_config(server, **changes) -> EngineConfig:
-    return EngineConfig(kind="openai", urls=[server.url], model=server.model, **changes)
+def engine_config(server, **changes) -> OpenAIEngineConfig:
+    return OpenAIEngineConfig(urls=[server.url], model=server.model, **changes)
 
 
 @pytest.fixture(scope="session")
@@ -361,7 +361,7 @@ def test_served_answer_logps_equal_the_local_scorers(server, micro_world, micro_
     items[1][2].append("A cup. " * 120)  # past the served model's context: refused, set aside
     cfg = BonConfig()
     served = load_scorer(engine_config(server), cfg.max_length)
-    local = load_scorer(EngineConfig(path=str(micro_world.labeler)))
+    local = load_scorer(HFEngineConfig(path=str(micro_world.labeler)))
     assert isinstance(local, Scorer) and served.name == f"labeler@{server.url}"
     got, want = served.response_logps(items, cfg), local.response_logps(items, cfg)
     assert [len(r) for r in got] == [4, 5]
@@ -388,7 +388,7 @@ def test_best_of_n_on_the_server_scores_what_the_local_scorer_scores(server, mic
     summary = best_of_n(tmp_path / "served", cfg, source)  # sampled and scored on the server
     assert summary["this_run"]["done"] == 3
     s = bon_stores(tmp_path / "served")
-    local = Scorer.load(EngineConfig(path=str(micro_world.labeler)))
+    local = Scorer.load(HFEngineConfig(path=str(micro_world.labeler)))
     again = ShardedStore(tmp_path / "local", BonRow)
     run_bon(s["prompts"], s["candidates"], again, cfg, local, local)  # the same candidates, scored here
     rows = {r.prompt_id: r for r in s["bon"].read_all()}

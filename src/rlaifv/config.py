@@ -7,10 +7,10 @@ and training of its tiny models) live with the world, in `rlaifv.world.config`. 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 
 class StrictModel(BaseModel):
@@ -33,48 +33,97 @@ class EvalConfig(StrictModel):
 
 
 class EngineConfig(StrictModel):
-    """Where a model runs: in this process (`kind: hf`, `path` is a folder or hub id that
-    `AutoModelForImageTextToText` loads) or on OpenAI-compatible servers such as vLLM or SGLang (`kind: openai`,
-    `urls` and `model`; engines.openai_vlm). Each role (policy, labeler, ...) picks its own."""
+    """Where a model runs; each role (policy, labeler, ...) picks its own. Two kinds, selected by `kind`, each with
+    only its own fields: `HFEngineConfig` (`kind: hf`, the default: the model is loaded in this process) and
+    `OpenAIEngineConfig` (`kind: openai`: OpenAI-compatible servers such as vLLM or SGLang; engines.openai_vlm).
+    A config field that takes either is an `AnyEngineConfig`; code tells them apart by `kind`."""
 
-    kind: Literal["hf", "openai"] = Field("hf", description="'hf': load the model here; 'openai': send requests to "
-                                                            "`urls`")
-    path: str = Field("", description="hf: model folder or hub id; empty means the stage's default (the world's "
-                                      "model)")
-    device: str = Field("cpu", description="hf: torch device, e.g. 'cpu', 'cuda', 'cuda:1'")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="hf: weights and compute dtype")
-    trust_remote_code: bool = Field(False, description="hf: run code shipped with the model; only for models you "
-                                                       "trust")
-    urls: list[str] = Field(default_factory=list, description="openai: server base URLs (http://host:8000/v1); "
-                                                              "requests spread over all of them")
-    model: str = Field("", description="openai: the model name the servers serve (vLLM: --served-model-name, or the "
-                                       "path it was started with)")
-    api_key_env: str = Field("OPENAI_API_KEY", description="openai: name of the environment variable holding the "
-                                                           "API key (unset or empty: none sent). Only the name is "
-                                                           "ever written to configs and logs")
-    concurrency: int = Field(8, ge=1, description="openai: requests in flight per URL")
-    timeout_s: float = Field(300.0, gt=0, description="openai: seconds per request before it is retried")
-    max_retries: int = Field(5, ge=0, description="openai: retries of a request after a timeout, a connection error, "
-                                                  "429 or 5xx, with exponential backoff; other 4xx answers are not "
-                                                  "retried (the record is quarantined with the server's message)")
-    top_logprobs: int = Field(20, ge=2, le=20, description="openai judging: alternatives returned for the verdict "
-                                                            "token; yes/no spellings outside them count as 0 "
-                                                            "(vLLM's default --max-logprobs is 20)")
+    kind: str
+
+    @property
+    def name(self) -> str:
+        """What stored records name as their model."""
+        raise NotImplementedError
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_fields_of_the_other_kind(cls, data: Any) -> Any:
+        """A field of the other kind is named as such, rather than as merely unknown."""
+        if isinstance(data, dict) and cls is not EngineConfig:
+            for other in EngineConfig.__subclasses__():
+                misplaced = sorted(set(data) & (set(other.model_fields) - set(cls.model_fields)))
+                if other is not cls and misplaced:
+                    kind, mine = other.model_fields["kind"].default, cls.model_fields["kind"].default
+                    raise ValueError(f"{', '.join(misplaced)}: only an engine of kind {kind!r} has "
+                                     f"{'this field' if len(misplaced) == 1 else 'these fields'}; this one is of "
+                                     f"kind {mine!r}")
+        return data
+
+
+class HFEngineConfig(EngineConfig):
+    """A model loaded in this process: `path` is a folder or hub id that `AutoModelForImageTextToText` loads."""
+
+    kind: Literal["hf"] = Field("hf", description="'hf': load the model here")
+    path: str = Field("", description="model folder or hub id; empty means the stage's default (the world's model)")
+    device: str = Field("cpu", description="torch device, e.g. 'cpu', 'cuda', 'cuda:1'")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights and compute dtype")
+    trust_remote_code: bool = Field(False, description="run code shipped with the model; only for models you trust")
+
+    @property
+    def name(self) -> str:
+        """The folder or hub id."""
+        return self.path
+
+
+class OpenAIEngineConfig(EngineConfig):
+    """A model on OpenAI-compatible servers: requests spread over `urls`, all serving `model`."""
+
+    kind: Literal["openai"] = Field("openai", description="'openai': send requests to `urls`")
+    urls: list[str] = Field(default_factory=list, description="server base URLs (http://host:8000/v1); requests "
+                                                              "spread over all of them")
+    model: str = Field("", description="the model name the servers serve (vLLM: --served-model-name, or the path it "
+                                       "was started with)")
+    path: str = Field("", description="the local folder of the served weights, for a step that also needs them "
+                                      "here: `rlaifv iterate` trains round 1 from it (required there); unused "
+                                      "elsewhere")
+    api_key_env: str = Field("OPENAI_API_KEY", description="name of the environment variable holding the API key "
+                                                           "(unset or empty: none sent). Only the name is ever "
+                                                           "written to configs and logs")
+    concurrency: int = Field(8, ge=1, description="requests in flight per URL")
+    timeout_s: float = Field(300.0, gt=0, description="seconds per request before it is retried")
+    max_retries: int = Field(5, ge=0, description="retries of a request after a timeout, a connection error, 429 or "
+                                                  "5xx, with exponential backoff; other 4xx answers are not retried "
+                                                  "(the record is quarantined with the server's message)")
+    top_logprobs: int = Field(20, ge=2, le=20, description="judging: alternatives returned for the verdict token; "
+                                                            "yes/no spellings outside them count as 0 (vLLM's "
+                                                            "default --max-logprobs is 20)")
 
     def model_post_init(self, context: Any) -> None:
-        if self.kind == "openai" and (not self.urls or not self.model):
+        if not self.urls or not self.model:
             raise ValueError("an engine of kind 'openai' needs `urls` (at least one server) and `model`")
 
     @property
     def name(self) -> str:
-        """What stored records name as their model: the folder, or model@first-URL for a server."""
-        return f"{self.model}@{self.urls[0]}" if self.kind == "openai" else self.path
+        """model@first-URL."""
+        return f"{self.model}@{self.urls[0]}"
+
+
+def _engine_kind(data: Any) -> str:
+    """The kind of an engine given as a mapping or a config; a mapping without `kind` is a local model."""
+    return data.get("kind", "hf") if isinstance(data, dict) else getattr(data, "kind", "hf")
+
+
+AnyEngineConfig = Annotated[
+    Annotated[HFEngineConfig, Tag("hf")] | Annotated[OpenAIEngineConfig, Tag("openai")],
+    Discriminator(_engine_kind, custom_error_type="engine_kind",
+                  custom_error_message="kind must be 'hf' (a model loaded here) or 'openai' (servers)"),
+]
 
 
 class SampleConfig(StrictModel):
     """Deconfounded sampling: N responses per prompt, all with one decoding setting (REFERENCE 1)."""
 
-    policy: EngineConfig = Field(default_factory=EngineConfig, description="the policy that answers")
+    policy: AnyEngineConfig = Field(default_factory=HFEngineConfig, description="the policy that answers")
     n: int = Field(10, ge=1, description="responses per prompt (the paper: 10)")
     temperature: float = Field(0.7, gt=0, description="sampling temperature, the same for every sample (paper: 0.7)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass; 1.0 = off")
@@ -90,7 +139,8 @@ class ClaimsConfig(StrictModel):
 
     splitter: Literal["rules", "llm"] = Field("rules", description="'rules': deterministic, for simple English; "
                                                                    "'llm': a chat causal LM (splitter_model)")
-    splitter_model: EngineConfig = Field(default_factory=EngineConfig, description="the 'llm' splitter's model")
+    splitter_model: AnyEngineConfig = Field(default_factory=HFEngineConfig,
+                                            description="the 'llm' splitter's model")
     max_new_tokens: int = Field(256, ge=1, description="cap on the splitter's output (paper: 256)")
     temperature: float = Field(0.0, ge=0, description="splitter sampling temperature; 0 = greedy (paper: 0.2)")
     max_words: int = Field(300, ge=1, description="responses are cut to this many words before splitting (paper: 300)")
@@ -100,7 +150,7 @@ class ClaimsConfig(StrictModel):
 class JudgeConfig(StrictModel):
     """Conquer: the labeler's yes/no verdict on each claim; score = -rejected claims (REFERENCE 3)."""
 
-    labeler: EngineConfig = Field(default_factory=EngineConfig, description="the labeler VLM")
+    labeler: AnyEngineConfig = Field(default_factory=HFEngineConfig, description="the labeler VLM")
     mode: Literal["claims", "holistic"] = Field("claims", description="'claims': divide-and-conquer, one verdict per "
                                                                       "claim; 'holistic': one yes/no on the whole "
                                                                       "response (the paper's ablation)")
@@ -112,8 +162,25 @@ class JudgeConfig(StrictModel):
                                                          "split into forwards, so rows of one forward pad little. "
                                                          "With a server labeler: images whose claims are in flight "
                                                          "together")
-    packs_per_batch: int = Field(8, ge=1, description="packed rows per forward (HF labeler). A few short rows per "
-                                                      "forward measured faster on a CPU than many")
+    packs_per_forward: int = Field(8, ge=1, description="packed rows per forward (HF labeler). A few short rows per "
+                                                        "forward measured faster on a CPU than many")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        """`packs_per_batch` once meant the prompts judged together and later the packed rows per forward; an old
+        file that sets it would silently mean something else, so it is refused with what to write instead."""
+        if isinstance(data, dict) and "packs_per_batch" in data:
+            raise ValueError("packs_per_batch is no longer read: the packed rows per forward are `packs_per_forward` "
+                             "(default 8), and the prompts judged together, what packs_per_batch meant before, are "
+                             "`prompts_per_batch` (default 32); set the one you mean")
+        return data
+
+    @property
+    def packs_per_batch(self) -> int:
+        """Read-only alias of `packs_per_forward` for Python callers of the old name; config files must use the
+        new one."""
+        return self.packs_per_forward
 
 
 class PairsConfig(StrictModel):
@@ -372,6 +439,9 @@ class IterateConfig(StrictModel):
                                                         "checkpoint on the world's `test` split (the reported "
                                                         "numbers, `eval`); None = on world prompts only")
     seed: int = Field(0, description="seeds the held-out draw of each round (see the class note)")
+    device: str | None = Field(None, description="torch device where the rounds evaluate checkpoints and score "
+                                                  "held-out rewards; None = the policy's device when it is loaded "
+                                                  "here, 'cpu' for a served policy")
     collect: CollectConfig = Field(default_factory=_world_collect, description="feedback collection of every round; "
                                                                                "sample.policy.path is the starting "
                                                                                "policy (empty: the world's), "
@@ -402,13 +472,13 @@ class BonConfig(StrictModel):
     r = beta / T * sum_t [log pi(y_t | ...) - log pi_ref(y_t | ...)] ('mean', T = response tokens) or without the 1/T
     ('sum'); the argmax is kept, with every candidate's numbers beside it."""
 
-    policy: EngineConfig = Field(default_factory=EngineConfig, description="the aligned policy whose reward ranks the "
-                                                                           "samples (required)")
-    reference: EngineConfig = Field(default_factory=EngineConfig, description="the reference it was aligned against, "
-                                                                              "e.g. the round's starting policy "
-                                                                              "(required; same tokenizer)")
-    sampler: EngineConfig = Field(default_factory=EngineConfig, description="model that draws the N samples; empty "
-                                                                            "path = the policy")
+    policy: AnyEngineConfig = Field(default_factory=HFEngineConfig,
+                                    description="the aligned policy whose reward ranks the samples (required)")
+    reference: AnyEngineConfig = Field(default_factory=HFEngineConfig,
+                                       description="the reference it was aligned against, e.g. the round's starting "
+                                                   "policy (required; same tokenizer)")
+    sampler: AnyEngineConfig = Field(default_factory=HFEngineConfig,
+                                     description="model that draws the N samples; an empty local path = the policy")
     n: int = Field(16, ge=1, description="samples per prompt (paper Fig. 5 sweeps 1 ... 64; more is better and "
                                          "costs N x the decoding and scoring)")
     reward: Literal["mean", "sum"] = Field("mean", description="'mean': divide by the response's tokens (does not "

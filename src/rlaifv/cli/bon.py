@@ -14,18 +14,21 @@ from typing import Any, Optional
 
 import typer
 
-from rlaifv.cli.common import JsonOpt, emit, fail, load_config, quiet_libraries, run_long
+from rlaifv.cli.common import JsonOpt, emit, fail, load_config, local_engine_options, quiet_libraries, run_long
 from rlaifv.config import BonConfig
 
 
 def _config(path: Optional[Path], **opts: Any) -> BonConfig:
     """BonConfig from the YAML file, then the command-line options that were given."""
     options = {(name,): opts.get(name) for name in ("n", "reward", "beta", "temperature", "max_new_tokens", "seed")}
-    for role in ("policy", "reference", "sampler"):
-        options[(role, "path")] = opts.get(role)
-        options[(role, "device")] = opts.get("device")
-        options[(role, "dtype")] = opts.get("dtype")
-    return load_config(BonConfig, path, options)
+    roles = [("policy",), ("reference",), ("sampler",)]
+    for role in roles:
+        options[(*role, "path")] = opts.get(role[0])
+    cfg = load_config(BonConfig, path, options)
+    local = {name: opts[name] for name in ("device", "dtype") if opts.get(name) is not None}
+    if local:
+        cfg = load_config(BonConfig, path, options | local_engine_options(cfg, roles, **local))
+    return cfg
 
 
 def _human(summary: dict[str, Any]) -> str:
@@ -74,8 +77,8 @@ def register(app: typer.Typer) -> None:
         max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1,
                                                      help="cap on a sample's length (default 512)"),
         seed: Optional[int] = typer.Option(None, "--seed", help="sampling seed (default 0)"),
-        device: Optional[str] = typer.Option(None, "--device", help="torch device of every model, e.g. cuda "
-                                                                    "(default cpu)"),
+        device: Optional[str] = typer.Option(None, "--device", help="torch device of every model loaded here, e.g. "
+                                                                    "cuda (default cpu)"),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 (default) | bfloat16 | float16, for "
                                                                   "every model"),
         config: Optional[Path] = typer.Option(None, "--config", exists=True, dir_okay=False,

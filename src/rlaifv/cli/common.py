@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn, Optional, TypeVar
@@ -19,6 +19,7 @@ from typing import Any, NoReturn, Optional, TypeVar
 import typer
 from pydantic import BaseModel
 
+from rlaifv.config import HFEngineConfig
 from rlaifv.progress import log
 from rlaifv.world.config import WorldConfig
 
@@ -70,6 +71,20 @@ def load_config(model: type[M], path: Optional[Path], options: dict[tuple[str, .
         return read_config(model, path, options, start)
     except (ValidationError, ValueError, OSError) as exc:
         fail(f"{path or 'options'}: {exc}", 2)
+
+
+def local_engine_options(cfg: BaseModel, roles: Iterable[tuple[str, ...]],
+                         **fields: Any) -> dict[tuple[str, ...], Any]:
+    """Options that set `fields` (e.g. device, dtype) on those engines at `roles` of a loaded config that are
+    loaded here: `--device` moves the local models and leaves served ones, which have no device, alone."""
+    options: dict[tuple[str, ...], Any] = {}
+    for role in roles:
+        engine: Any = cfg
+        for key in role:
+            engine = getattr(engine, key)
+        if isinstance(engine, HFEngineConfig):
+            options.update({(*role, name): value for name, value in fields.items()})
+    return options
 
 
 def world_config(preset: str, config: Optional[Path], seed: int) -> WorldConfig:

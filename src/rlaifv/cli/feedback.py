@@ -17,7 +17,15 @@ from typing import Any, Optional
 
 import typer
 
-from rlaifv.cli.common import JsonOpt, emit, exit_on_error, fail, load_config, quiet_libraries
+from rlaifv.cli.common import (
+    JsonOpt,
+    emit,
+    exit_on_error,
+    fail,
+    load_config,
+    local_engine_options,
+    quiet_libraries,
+)
 from rlaifv.config import CollectConfig
 
 OutOpt = typer.Option(..., "--out", file_okay=False, help="output folder; one sub-folder per stage")
@@ -36,7 +44,8 @@ SplitterOpt = typer.Option(None, "--splitter", help="rules | llm (default rules)
 SplitterModelOpt = typer.Option(None, "--splitter-model", help="chat causal LM (folder or hub id) for --splitter llm "
                                                                "(default: the world's splitter)")
 ModeOpt = typer.Option(None, "--mode", help="claims (divide and conquer) | holistic (one question per response)")
-DeviceOpt = typer.Option(None, "--device", help="torch device for every model, e.g. cuda (default cpu)")
+DeviceOpt = typer.Option(None, "--device", help="torch device for every model loaded here, e.g. cuda (default "
+                                                 "cpu)")
 SeedOpt = typer.Option(None, "--seed", help="sampling and pairing seed (default 0)")
 WorldSeedOpt = typer.Option(0, "--world-seed", help="seed of the world whose models fill unset model paths")
 
@@ -55,10 +64,11 @@ def _config(config: Optional[Path], **opts: Any) -> CollectConfig:
         ("judge", "labeler", "path"): opts.get("labeler"),
         ("claims", "splitter_model", "path"): opts.get("splitter_model"),
     }
+    cfg = load_config(CollectConfig, config, options)
     if opts.get("device"):
-        for role in (("sample", "policy"), ("judge", "labeler"), ("claims", "splitter_model")):
-            options[(*role, "device")] = opts["device"]
-    return load_config(CollectConfig, config, options)
+        roles = (("sample", "policy"), ("judge", "labeler"), ("claims", "splitter_model"))
+        cfg = load_config(CollectConfig, config, options | local_engine_options(cfg, roles, device=opts["device"]))
+    return cfg
 
 
 def _run(stages: list[str], prompts: Optional[Path], out: Path, cfg: CollectConfig, world_seed: int,

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import typer
 
-from rlaifv.cli.common import JsonOpt, emit, load_config, quiet_libraries, run_long, world_config
+from rlaifv.cli.common import JsonOpt, emit, load_config, local_engine_options, quiet_libraries, run_long, world_config
 from rlaifv.config import IterateConfig
 
 
@@ -32,12 +32,14 @@ def _config(path: Optional[Path], **opts: Any) -> IterateConfig:
     if opts.get("seed") is not None:
         for key in (("seed",), ("collect", "sample", "seed"), ("collect", "pairs", "seed"), ("dpo", "seed")):
             options[key] = opts["seed"]
-    if opts.get("device"):
-        for role in ("sample", "policy"), ("judge", "labeler"), ("claims", "splitter_model"):
-            options[("collect", *role, "device")] = opts["device"]
-        if opts["device"] == "cpu":
-            options[("dpo", "use_cpu")] = True
-    return load_config(IterateConfig, path, options)
+    if not opts.get("device"):
+        return load_config(IterateConfig, path, options)
+    options[("device",)] = opts["device"]
+    if opts["device"] == "cpu":
+        options[("dpo", "use_cpu")] = True
+    cfg = load_config(IterateConfig, path, options)
+    roles = (("collect", "sample", "policy"), ("collect", "judge", "labeler"), ("collect", "claims", "splitter_model"))
+    return load_config(IterateConfig, path, options | local_engine_options(cfg, roles, device=opts["device"]))
 
 
 def _table(summary: dict[str, Any]) -> str:
@@ -87,9 +89,9 @@ def register(app: typer.Typer) -> None:
         splitter: Optional[str] = typer.Option(None, "--splitter", help="rules | llm (default rules)"),
         splitter_model: Optional[str] = typer.Option(None, "--splitter-model",
                                                      help="chat causal LM for --splitter llm (default: the world's)"),
-        device: Optional[str] = typer.Option(None, "--device", help="torch device of every model, e.g. cuda "
-                                                                    "(default cpu; DPO uses a GPU when there is one "
-                                                                    "unless this is cpu)"),
+        device: Optional[str] = typer.Option(None, "--device", help="torch device of every model loaded here, e.g. "
+                                                                    "cuda (default cpu; DPO uses a GPU when there is "
+                                                                    "one unless this is cpu)"),
         seed: Optional[int] = typer.Option(None, "--seed", help="base seed of sampling, pairing, DPO data order and "
                                                                 "the held-out draw; round k adds k - 1 (default 0)"),
         world_seed: int = typer.Option(0, "--world-seed", help="seed of the world: its models and scenes"),

@@ -72,11 +72,11 @@ def register(app: typer.Typer) -> None:
                       use_cpu=True if device == "cpu" else None)
         ref = reference
         if reference_url:
-            from rlaifv.config import EngineConfig
+            from rlaifv.config import OpenAIEngineConfig
 
             if not reference:
                 raise typer.BadParameter("--reference-url needs --reference: the model name the server serves")
-            ref = EngineConfig(kind="openai", urls=reference_url, model=reference, api_key_env=api_key_env)
+            ref = OpenAIEngineConfig(urls=reference_url, model=reference, api_key_env=api_key_env)
         with exit_on_error("; `rlaifv train` needs accelerate (and peft for --lora): pip install 'rlaifv[train]'"):
             if reference_only:
                 from rlaifv.logps.reference import compute_reference_logps

@@ -51,7 +51,7 @@ def _settings(cfg: BonConfig) -> dict[str, Any]:
     """What the stored results depend on: the config without devices and shard size."""
     data = cfg.model_dump(mode="json")
     for role in ("policy", "reference", "sampler"):
-        data[role].pop("device")
+        data[role].pop("device", None)  # a served model has none
     data.pop("shard_size")
     return data
 

@@ -42,7 +42,7 @@ from typing import Any
 
 import yaml
 
-from rlaifv.config import CollectConfig, DPOConfig, IterateConfig
+from rlaifv.config import CollectConfig, DPOConfig, HFEngineConfig, IterateConfig
 from rlaifv.eval.report import FEEDBACK_KEYS, ROUND_KEYS
 from rlaifv.progress import log
 from rlaifv.store import write_json
@@ -75,7 +75,8 @@ class Loop:
         self.prompts_file = Path(prompts_file).resolve() if prompts_file is not None else None
         self.select_on = cfg.select_on if cfg.select_on != "auto" else ("world" if prompts_file is None else "reward")
         self.test_metrics = cfg.test_metrics if cfg.test_metrics is not None else prompts_file is None
-        self.device = cfg.collect.sample.policy.device  # evaluation and reward scoring run where the policy samples
+        policy = cfg.collect.sample.policy  # by default evaluation and reward scoring run where the policy samples
+        self.device = cfg.device or (policy.device if isinstance(policy, HFEngineConfig) else "cpu")
         self._pairs: dict[int, Any] = {}  # round -> LoadedPairs, read once per process
 
     # -- state -----------------------------------------------------------------------------------------------------

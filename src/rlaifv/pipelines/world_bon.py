@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rlaifv.config import BonConfig, EngineConfig, EvalConfig
+from rlaifv.config import BonConfig, EvalConfig, HFEngineConfig
 from rlaifv.eval.world_metrics import description_metrics
 from rlaifv.infer.bon import BonRow, choose, rewards_of
 from rlaifv.pipelines.best_of_n import best_of_n, bon_stores
@@ -73,8 +73,8 @@ def world_bon(out: Path, policy: str, reference: str, wcfg: WorldConfig, ecfg: E
     prompts = out / "prompts.jsonl"
     if not prompts.exists():
         write_world_prompts(wcfg.seed, ecfg.split, ecfg.n_scenes, prompts, wcfg.prior)
-    cfg = BonConfig(policy=EngineConfig(path=policy, device=device),
-                    reference=EngineConfig(path=reference, device=device),
+    cfg = BonConfig(policy=HFEngineConfig(path=policy, device=device),
+                    reference=HFEngineConfig(path=reference, device=device),
                     n=n_max, reward="mean", temperature=BON_TEMPERATURE, max_new_tokens=ecfg.max_new_tokens,
                     seed=wcfg.seed)
     summary = best_of_n(out, cfg, prompts)

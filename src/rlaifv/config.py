@@ -355,22 +355,21 @@ def _world_collect() -> CollectConfig:
 
     Length balancing is off: in the world a hallucination is always one added sentence, so the paper's filter (keep
     the threshold r that evens mean lengths) drops exactly the cleanest pairs, those whose chosen answer is the
-    rejected one without the invented object. With it, 3 rounds cut seed 0's test CHAIRs by 7 %; without it, by 32 % at
-    a similar Cover cost (measured when the invented sentence took the real objects' forms; see
-    benchmarks/RESULTS.md). For free-form answers turn it back on (the paper's
-    setting), since there longer answers are not simply answers with more hallucinations.
+    rejected one without the invented object. For free-form answers turn it back on (the paper's setting), since
+    there longer answers are not simply answers with more hallucinations.
 
-    Instead, one of each prompt's two pairs is the one whose answers are closest in length (`closest_length`): with
-    drawn pairs only, the rounds lost Cover by learning to stop early; with length-matched pairs only, they cut seed
-    2's CHAIRs by 51 % in 3 rounds; one of each, by 87 % with Cover up 0.02."""
+    Instead, one of each prompt's two pairs is the one whose answers are closest in length (`closest_length`): drawn
+    pairs alone teach the rounds to stop early and lose Cover, length-matched pairs alone cut CHAIRs less, one of
+    each cuts it most and keeps Cover. The measurements are in benchmarks/RESULTS.md ("Defaults of the world's
+    rounds: the numbers behind them")."""
     return CollectConfig(sample=SampleConfig(n=10, max_new_tokens=96),
                          pairs=PairsConfig(length_balance=False, keep_accepted=True, closest_length=1))
 
 
 def _world_dpo() -> DPOConfig:
     """DPO sized for the tiny world models, 2 epochs per round (the paper: 4) to fit the CPU budget. lr 1e-5 moves
-    them gradually over a round's ~380 steps; at 1e-4 the first 50 steps already cost 0.2 of `val` Cover (and with
-    length-balanced pairs, answers grew longer and hallucinated more)."""
+    them gradually over a round's ~380 steps; 1e-4 moves them so fast that the first steps already cost Cover
+    (benchmarks/RESULTS.md)."""
     return DPOConfig(learning_rate=1e-5, num_train_epochs=2, per_device_train_batch_size=8, logging_steps=5,
                      report_to="none")
 
@@ -414,9 +413,9 @@ class IterateConfig(StrictModel):
     checkpoints: int = Field(20, ge=1, description="checkpoints saved and evaluated per round, evenly spaced over the "
                                                    "round's DPO steps (the last step always included); sets "
                                                    "dpo.save_steps for each round. More give the selection a "
-                                                   "checkpoint before Cover drops: on the world, Cover can fall by "
-                                                   "0.1 between two of 10 (seed 2, round 2), and 5 left none. Each "
-                                                   "one is a saved model: fewer for a large VLM")
+                                                   "checkpoint before Cover drops, which on the world can happen "
+                                                   "between two neighbouring ones. Each one is a saved model: fewer "
+                                                   "for a large VLM")
     val_scenes: int = Field(200, ge=1, description="world `val` scenes described per checkpoint for "
                                                    "select_on 'world'")
     select_start: bool = Field(True, description="select_on 'world': the round's starting policy is a candidate "
@@ -429,8 +428,8 @@ class IterateConfig(StrictModel):
     cover_penalty: float = Field(100.0, ge=0, description="CHAIRs added per unit of Cover below the tolerance. The "
                                                           "default makes the tolerance all but a hard limit: DPO on "
                                                           "the world's pairs also teaches the policy to stop "
-                                                          "earlier, and at 5 the selection traded 0.07 Cover for "
-                                                          "lower CHAIRs in the first round")
+                                                          "earlier, and a small penalty lets the selection trade "
+                                                          "Cover for lower CHAIRs")
     heldout_fraction: float = Field(0.1, gt=0, lt=1, description="share of a round's prompts whose pairs are held "
                                                                  "out of training to measure reward accuracy "
                                                                  "(select_on 'reward' only; whole prompts, so no "

@@ -47,8 +47,8 @@ class SFTConfig(StrictModel):
     freeze_vision: bool = Field(
         True, description="keep the aligned vision tower and projector (and an untied model's input embeddings, the "
                           "alignment's targets) fixed while the language model learns to read them; training them "
-                          "from the first step blurs the alignment the lookup relies on (the policy's stated sizes "
-                          "on seed 0: 42 % wrong trained, 6 % frozen)"
+                          "from the first step blurs the alignment the lookup relies on, and stated sizes go wrong "
+                          "far more often (benchmarks/RESULTS.md)"
     )
 
 
@@ -78,9 +78,8 @@ class VisionAlignConfig(StrictModel):
                                                "embedding, regression alone: 600 steps ~44 % of objects, 1500 ~93 %; "
                                                "with the category read-out: 1000 ~97 %, 1500 ~98 %)")
     lr: float = Field(3e-3, gt=0, description="AdamW learning rate (6e-3 diverges)")
-    batch_size: int = Field(48, ge=1, description="images per step; the stage is bound by steps, not images: "
-                                                  "48 and 64 align alike (nearest word >= 0.99 on seeds 0-2), 32 "
-                                                  "loses 1-3 %")
+    batch_size: int = Field(48, ge=1, description="images per step; the stage is bound by steps, not images, "
+                                                  "above this size (smaller batches align a little worse)")
     positions: bool = Field(True, description="add each cell's place words (top, left, ...) to its target, so a "
                                               "position can be looked up by content like a category")
     category_weight: float = Field(

@@ -15,7 +15,7 @@ that reads prompt files (`rlaifv.prompts`), so images may be paths (relative to 
 
 A row that cannot train -- no or undecodable image, empty or identical responses, an unknown layout, a duplicate --
 is returned with its reason, so the caller quarantines it instead of crashing or silently dropping it. Checks that
-need the model's tokenizer (a pair longer than the context) happen when the pair is encoded (`train.encode`).
+need the model's tokenizer (a pair longer than the context) happen when the pair is encoded (`logps.encode`).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ choosing P_{k+1} among its DPO checkpoints. Everything it reads and writes stays
     serve.log         output of serve.restart_command (a served policy, rounds >= 2)
     collect/          collect() with P_k: candidates, claims, verdicts, pairs, summary.json
     split.json        which pairs train and which are held out (whole prompts; select_on 'reward' only)
-    reference/        P_k's log-probs of every pair (train.compute_reference_logps) and quarantined pairs
+    reference/        P_k's log-probs of every pair (logps.reference) and quarantined pairs
     dpo/              train_dpo(): run.yaml, metrics.csv, checkpoints/checkpoint-N/model, summary.json
     select/           each checkpoint's selection metrics (checkpoint-N.json) and selection.json
     eval/             the chosen checkpoint's greedy descriptions of the world's `test` scenes (test_metrics)

@@ -11,7 +11,8 @@ from rlaifv.eval.amber import AmberData, amber_scores, f1_rounded, read_response
 from rlaifv.eval.benchfiles import BadBenchmarkFile, MissingBenchmarkFile
 from rlaifv.eval.textnorm import normalize_phrase
 
-SHARED_AMBER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "amber"
+# AMBER's own files, copied into the repository with their license (tests/data/README.md)
+AMBER_FILES = Path(__file__).resolve().parent / "data" / "amber"
 
 
 def _amber_dir(tmp_path: Path, annotations: list[dict]) -> Path:
@@ -22,7 +23,7 @@ def _amber_dir(tmp_path: Path, annotations: list[dict]) -> Path:
         {"dog": ["puppy"], "cat": [], "frisbee": [], "grass": ["lawn"], "car": [], "tree": [], "sign": []}))
     (data / "safe_words.txt").write_text("sign\nlight\n")
     # AMBER's own start values: every denominator starts at 0.001
-    (data / "metrics.txt").write_text((SHARED_AMBER / "data" / "metrics.txt").read_text())
+    (data / "metrics.txt").write_text((AMBER_FILES / "data" / "metrics.txt").read_text())
     return tmp_path / "amber"
 
 
@@ -102,7 +103,7 @@ def test_generative_chair_cover_hal_cog(amber):
 def test_vocabulary_normalization_changes_only_the_plural_entries():
     # responses are matched on normalized tokens, so a vocabulary word must normalize to itself -- except AMBER's
     # plural entries, which then match their singular ("chopstick") as the lemmatized response word
-    raw = json.loads((SHARED_AMBER / "data" / "relation.json").read_text())
+    raw = json.loads((AMBER_FILES / "data" / "relation.json").read_text())
     words = set(raw) | {w for v in raw.values() for w in v}
     changed = {w for w in words if normalize_phrase(w) != w.lower()}
     assert changed == {"people", "chopsticks", "earrings", "slippers", "sunglasses"}
@@ -143,7 +144,7 @@ def test_missing_file_names_the_exact_path(tmp_path):
 
 
 def test_real_amber_files_load_and_score_perfect_answers():
-    data = AmberData.load(SHARED_AMBER)
+    data = AmberData.load(AMBER_FILES)
     rows = [{"id": qid, "response": "Yes" if a["truth"] == "yes" else "No"}
             for qid, a in data.annotations.items() if a["type"] != "generative"]
     result = amber_scores(rows, data)

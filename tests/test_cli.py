@@ -44,6 +44,26 @@ def test_help_loads_no_torch():
     assert out.stdout.strip() == "[]"
 
 
+HELP_WITHOUT_MATPLOTLIB = """
+import sys
+from rlaifv.cli import main
+for args in ([], ["demo"], ["eval", "report"]):
+    sys.argv = ["rlaifv", *args, "--help"]
+    try:
+        main()
+    except SystemExit as done:
+        assert done.code == 0, args
+print(sorted(m for m in sys.modules if m.split(".")[0] == "matplotlib"))
+"""
+
+
+def test_help_does_not_import_matplotlib():
+    # matplotlib is a dependency for the reports' charts, imported only when a chart is drawn
+    out = subprocess.run([sys.executable, "-c", HELP_WITHOUT_MATPLOTLIB], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_world_show_writes_a_picture_and_json(tmp_path):
     out = _run(["world", "show", "--n", "4", "--out", str(tmp_path / "w.png"), "--json"])
     assert out.returncode == 0, out.stderr

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from rlaifv.cli import app
 from rlaifv.eval.bench_generate import yes_no_answer
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parent / "data"  # benchmark files with their licenses (tests/data/README.md)
 
 
 def _jsonl(path: Path, rows: list[dict]) -> Path:
@@ -69,7 +69,7 @@ def test_amber_on_the_real_files(tmp_path):
                                               {"id": 1005, "response": "Yes"},
                                               {"id": 8633, "response": "Yes, there is."}])
     out = tmp_path / "runs" / "amber.json"
-    result = _invoke("amber", "--responses", str(responses), "--amber-dir", str(SHARED / "amber"), "--out", str(out),
+    result = _invoke("amber", "--responses", str(responses), "--amber-dir", str(DATA / "amber"), "--out", str(out),
                      "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)

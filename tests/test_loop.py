@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -231,16 +232,73 @@ def test_demo_reports_one_row_per_round(baseline, micro_world, micro_config):
                       bon_samples=4)
     rows = report["rounds"]
     assert [r["round"] for r in rows] == [0, 1, 2]
-    assert set(rows[0]) == {"round", *ROUND_KEYS}
+    assert set(rows[0]) == {"round", "policy", *ROUND_KEYS} and rows[0]["policy"] == str(micro_world.policy)
     for k in (1, 2):
-        assert set(rows[k]) == set(rows[0]) | set(FEEDBACK_KEYS)
+        assert set(rows[k]) == set(rows[0]) | set(FEEDBACK_KEYS) | {"step"}
         assert rows[k] == {key: baseline["rounds"][k][key] for key in rows[k]}  # the rounds were not run again
+    assert report["select_on"] == "world" and report["val_scenes"] == 8
     md = (out / "report.md").read_text()
-    assert "| base policy |" in md and "| round 1 |" in md and "| round 2 |" in md
-    assert "![CHAIRs, CHAIRi and Cover over rounds](rounds.png)" in md
-    assert (out / "rounds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| base policy | starting policy |" in md
+    for k in (1, 2):  # select_start is off: each round chose a DPO checkpoint of its own
+        assert f"| round {k} | step {rows[k]['step']} |" in md
+    assert "selected on the CHAIRs and Cover of 8 `val` scenes" in md and "kept" not in md
+    _check_charts(out, md)
     assert json.loads((out / "report.json").read_text())["rounds"] == rows
     _check_bon_section(report, out, micro_config)
+
+
+def _check_charts(out: Path, md: str) -> None:
+    """Both charts written as PNG files and shown by report.md."""
+    assert "![CHAIRs, CHAIRi and Cover over rounds](rounds.png)" in md
+    assert "![best-of-N: CHAIRs and length against N](bon.png)" in md
+    for chart in ("rounds.png", "bon.png"):
+        assert (out / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "chart skipped" not in md
+
+
+def _bon_paragraph(md: str) -> str:
+    section = md.split("## Best-of-N with the final policy's own reward")[1]
+    return " ".join(section.split("| N |")[0].split())
+
+
+def test_demo_report_names_the_reference_when_the_last_round_kept_its_policy(baseline, micro_world, micro_config,
+                                                                               tmp_path):
+    """A finished micro run whose round 2 kept the policy it started from (round 1's checkpoint), as a round does
+    when none of its checkpoints beats its start on `val`: best-of-N scores round 1's checkpoint against round 1's
+    reference, the base policy -- not against what round 2 started from -- and report.md says so, from the run's
+    records."""
+    from rlaifv.infer.bon import BonRow
+    from rlaifv.pipelines.demo import run_demo
+    from rlaifv.store import ShardedStore
+
+    out = tmp_path / "kept"
+    shutil.copytree(baseline["out"], out, ignore=shutil.ignore_patterns("bon", "report.*", "*.png"))
+    state = json.loads((out / STATE).read_text())
+    first, second = state["steps"]["round-1/finish"], state["steps"]["round-2/finish"]
+    kept = {**second, **{k: first[k] for k in ROUND_KEYS}, "policy": first["policy"], "step": 0,
+            "selection": first["selection"]}
+    state["steps"]["round-2/finish"] = kept
+    (out / STATE).write_text(json.dumps(state))
+    (out / "round-2" / "round.json").write_text(json.dumps(kept))
+
+    report = run_demo(out, 0, micro_config, EvalConfig(n_scenes=8), rounds=2, icfg=config_for(micro_world),
+                      bon_samples=2)
+    base, round1 = str(micro_world.policy), first["policy"]
+    assert base != round1 and second["policy"] != round1
+    setup = report["bon_setup"]
+    assert (setup["policy"], setup["reference"], setup["trained_in"]) == (round1, base, 1)
+    assert json.loads((out / "report.json").read_text())["bon_setup"] == setup
+    stored = ShardedStore(out / "bon" / "bon", BonRow).read_config()  # what best-of-N really ran with
+    assert (stored["policy"]["path"], stored["reference"]["path"]) == (round1, base)
+
+    md = (out / "report.md").read_text()
+    _check_charts(out, md)
+    text = _bon_paragraph(md)
+    assert f"from the final policy, round 1's checkpoint (`{round1}`)" in text
+    assert f"against the reference the base policy (`{base}`), the policy round 1 started from" in text
+    assert "Round 1 was the last round that changed the policy (round 2 kept it)" in text
+    assert "started from instead of a new checkpoint" in md and "Round 2 kept" in md
+    assert f"| round 1 | step {first['step']} |" in md and "| round 2 | kept round 1's checkpoint |" in md
 
 
 def _check_bon_section(report: dict, out: Path, world) -> None:
@@ -251,8 +309,14 @@ def _check_bon_section(report: dict, out: Path, world) -> None:
     from rlaifv.pipelines.world_bon import BON_KEYS
     from rlaifv.store import ShardedStore
 
-    assert report["bon_setup"]["policy"] == report["models"]["rounds"][1]
-    assert report["bon_setup"]["reference"] == report["models"]["rounds"][0]
+    assert report["bon_setup"]["policy"] == report["models"]["rounds"][1] == report["rounds"][2]["policy"]
+    assert report["bon_setup"]["reference"] == report["models"]["rounds"][0] == report["rounds"][1]["policy"]
+    assert report["bon_setup"]["trained_in"] == 2
+    text = _bon_paragraph((out / "report.md").read_text())
+    assert f"from the final policy, round 2's checkpoint (`{report['bon_setup']['policy']}`)" in text
+    assert (f"against the reference round 1's checkpoint (`{report['bon_setup']['reference']}`), the policy round 2 "
+            "started from") in text
+    assert "last round that changed" not in text  # round 2 changed it
     assert [(r["reward"], r["n"]) for r in report["bon"]] == [(k, n) for k in ("mean", "sum") for n in (1, 2, 4)]
     assert all(set(r) == set(BON_KEYS) for r in report["bon"])
     rows = ShardedStore(out / "bon" / "bon", BonRow).read_all()
@@ -272,7 +336,6 @@ def _check_bon_section(report: dict, out: Path, world) -> None:
     assert {k: by["mean", 4][k] for k in BON_KEYS[2:]} == metrics(best_mean)
     md = (out / "report.md").read_text()
     assert "## Best-of-N with the final policy's own reward" in md and "| 4 | sum |" in md
-    assert (out / "bon.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_every_iterate_field_is_documented():
@@ -292,26 +355,44 @@ def test_every_iterate_field_is_documented():
         IterateConfig.model_validate({"collect": {"judge": {"labeler": {"kind": "openai", "model": "labeler"}}}})
 
 
-WITHOUT_MATPLOTLIB = """
-import json, sys
-from pathlib import Path
-sys.modules["matplotlib"] = None  # what `import matplotlib` finds when it is not installed: ImportError
-from rlaifv.eval.report import write_report
-write_report(Path(sys.argv[1]), json.loads(sys.argv[2]))
-"""
+def test_report_md_reads_what_ran_from_the_records(tmp_path):
+    """The report writer on records written by hand: a round that changed the policy, one that could not train and
+    kept it; an older report.json without per-round policies names the checkpoints from `models`."""
+    from rlaifv.eval.report import write_report
 
-
-def test_report_without_matplotlib_skips_the_chart_with_a_note(tmp_path):
     row = dict(zip(ROUND_KEYS, (0.5, 0.3, 0.6, 0.2, 20.0)))
-    report = {"seed": 0, "labeler": {"accuracy": 0.9, "hard_negative_accuracy": 0.9, "false_rejection_rate": 0.1},
-              "rounds": [{"round": 0, **row}, {"round": 1, **row, "n_pairs": 10, "feedback_precision": 0.75,
-                                                "true_tie_rate": 0.2}]}
-    done = subprocess.run([sys.executable, "-c", WITHOUT_MATPLOTLIB, str(tmp_path), json.dumps(report)],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
+    feedback = {"n_pairs": 10, "feedback_precision": 0.75, "true_tie_rate": 0.2, "error_precision": None}
+    report = {
+        "seed": 3, "select_on": "reward", "n_test_scenes": 40,
+        "labeler": {"accuracy": 0.9, "hard_negative_accuracy": 0.9, "false_rejection_rate": 0.1},
+        "rounds": [{"round": 0, "policy": "runs/base", **row},
+                   {"round": 1, "policy": "runs/r1/ckpt-6", **row, **feedback, "step": 6},
+                   {"round": 2, "policy": "runs/r1/ckpt-6", **row, **feedback, "n_pairs": 0, "step": 0,
+                    "skipped": "no pairs"}],
+        "bon": [{"n": n, "reward": "mean", **row} for n in (1, 2)],
+        "bon_setup": {"policy": "runs/r1/ckpt-6", "reference": "runs/base", "trained_in": 1, "samples": 2,
+                      "temperature": 0.7, "scored": 40, "quarantined": 0},
+        "models": {"policy": "runs/base", "labeler": "models/labeler", "rounds": ["runs/r1/ckpt-6"] * 2},
+    }
+    write_report(tmp_path, report)
     md = (tmp_path / "report.md").read_text()
-    assert "chart skipped: matplotlib is not installed" in md and "| round 1 |" in md and "| 0.750 |" in md
-    assert not (tmp_path / "rounds.png").exists()
+    _check_charts(tmp_path, md)
+    assert "Synthetic world, seed 3, held-out `test` split (40 scenes)" in md
+    assert "selected by the implicit-reward accuracy on its held-out pairs" in md
+    assert "| round 1 | step 6 |" in md and "| round 2 | kept, could not train: no pairs |" in md
+    text = _bon_paragraph(md)
+    assert "2 answers per test scene at temperature 0.7 from the final policy, round 1's checkpoint" in text
+    assert "against the reference the base policy (`runs/base`), the policy round 1 started from" in text
+    assert "(round 2 kept it)" in text
+    assert "The labeler `models/labeler`" in md
+
+    older = {**report, "rounds": [{k: v for k, v in r.items() if k not in ("policy", "step", "skipped")}
+                                  for r in report["rounds"]],
+             "bon_setup": {k: v for k, v in report["bon_setup"].items() if k != "trained_in"}}
+    write_report(tmp_path / "older", older)
+    text = _bon_paragraph((tmp_path / "older" / "report.md").read_text())
+    assert "from the final policy, round 1's checkpoint (`runs/r1/ckpt-6`)" in text
+    assert "against the reference the base policy (`runs/base`)." in text
 
 
 def test_world_selection_trades_chair_s_against_lost_cover(micro_config):

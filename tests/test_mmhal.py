@@ -15,7 +15,8 @@ from rlaifv.eval.benchfiles import BadBenchmarkFile, JsonlLog, MissingBenchmarkF
 from rlaifv.eval.llm_calls import run_calls
 from rlaifv.eval.mmhal import judge_jobs, load_template, mmhal_scores, parse_rating, read_judgements
 
-TEMPLATE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mmhal" / "mmhal-bench_answer_template.json"
+# MMHal-Bench's answer template, copied into the repository with its license (tests/data/README.md)
+TEMPLATE = Path(__file__).resolve().parent / "data" / "mmhal" / "mmhal-bench_answer_template.json"
 
 
 class ChatServer:

@@ -270,7 +270,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("eval-report"), "--out", file_okay=False,
                                  help="folder for report.md and the PNG charts"),
         paper: bool = typer.Option(True, "--paper/--no-paper", help="show the paper's published numbers beside ours"),
-        charts: bool = typer.Option(True, "--charts/--no-charts", help="draw PNG bar charts (needs matplotlib)"),
+        charts: bool = typer.Option(True, "--charts/--no-charts", help="draw PNG bar charts"),
         as_json: bool = JsonOpt,
     ) -> None:
         """Compare runs (base policy vs each round) in a markdown table with PNG bar charts, next to the paper's
@@ -280,6 +280,4 @@ def register(app: typer.Typer) -> None:
         with _readable_errors():
             summary = write_report(runs, out, paper=paper, charts=charts)
         human = f"wrote {summary['report']}" + "".join(f"\nwrote {c}" for c in summary["charts"])
-        if "warning" in summary:
-            human += f"\n{summary['warning']}"
         emit(summary, as_json, human)

@@ -8,7 +8,8 @@ batch and the cache once enough of them have (`compact_fraction`), so late steps
 written. Nothing from the model's `generation_config` applies (no repetition penalty, no top-k): the decoding
 setting is exactly the one the caller states, the same for every sample.
 
-Positions are one-dimensional (the prompt's last position + 1 per step), as the prefill's are.
+Positions go on from the prompt's last one, + 1 per step on every axis: one axis for most models, three for
+M-RoPE (Qwen-VL), whose text tokens carry the same position on all three.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def decode_from_cache(
     """New token ids per row, the stop token left out.
 
     `cache` holds every prompt token but the last, for B rows; `last_ids` (B, 1) is that last token, `last_position`
-    (B,) its position, `attention_mask` (B, T) covers the whole prompt (left padding as 0). The cache is consumed:
+    (B,) or (3, B) its position, `attention_mask` (B, T) covers the whole prompt (left padding as 0). The cache is
+    consumed:
     rows are removed from it as they finish. Finished rows are removed once they make up `compact_fraction` of the
     rows still in the batch (each removal copies the cache, so removing every row the step it ends would cost more
     than it saves).
@@ -58,7 +60,7 @@ def decode_from_cache(
     stop = torch.tensor(sorted(stop_ids), dtype=torch.long)
     tokens, mask, position = last_ids, attention_mask, last_position
     for _ in range(max_new_tokens):
-        logits = model(input_ids=tokens, attention_mask=mask, position_ids=position[:, None], cache=cache,
+        logits = model(input_ids=tokens, attention_mask=mask, position_ids=position[..., None], cache=cache,
                        use_cache=True).logits[:, -1, :].float()  # (b, V)
         chosen = _next_tokens(logits, temperature, top_p).cpu()  # (b,)
         ends = torch.isin(chosen, stop) & ~finished
@@ -73,7 +75,7 @@ def decode_from_cache(
             rows, chosen, finished = rows[keep], chosen[keep], finished[keep]
             keep = keep.to(mask.device)
             cache.batch_select_indices(keep)
-            mask, position = mask[keep], position[keep]
+            mask, position = mask[keep], position[..., keep]
         tokens = chosen[:, None].to(mask.device)  # (b, 1)
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)  # (b, T + step)
         position = position + 1

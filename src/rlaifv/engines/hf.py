@@ -13,8 +13,11 @@ import torch
 from PIL import Image
 
 from rlaifv.engines.decode import decode_from_cache
-from rlaifv.engines.images import ImageBank, Vision
-from rlaifv.engines.packing import collate_packs, common_prefix_length, pack, pack_bounds
+from rlaifv.engines.family import Vision, family_of, packed_inputs, vision_of
+from rlaifv.engines.fastpath import trusted
+from rlaifv.engines.images import ImageBank
+from rlaifv.engines.packing import common_prefix_length, pack, pack_bounds
+from rlaifv.engines.processors import load_processor
 
 # Spellings of the verdict tokens; the ones that are a single token in the tokenizer are summed (REFERENCE 3).
 YES_VARIANTS = ("yes", "Yes", " yes", " Yes", "YES", " YES")
@@ -72,9 +75,9 @@ class HFEngine:
         dtype: torch.dtype = torch.float32,
         trust_remote_code: bool = False,
     ) -> None:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText
 
-        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        processor = load_processor(path, trust_remote_code=trust_remote_code)
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
         self._setup(str(path), model.to(torch.device(device)), processor)
 
@@ -92,7 +95,9 @@ class HFEngine:
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"
         self.model = model.eval()
+        family_of(model)  # refuses a family whose answers cannot be scored as continuations
         self._frame: tuple[str, str, str] | None = None  # (head, placeholder, tail) of the chat template
+        self._nested_images = False  # whether the processor wants one image list per prompt (`process`)
         self.yes_ids = single_token_ids(self.tokenizer, YES_VARIANTS)
         self.no_ids = single_token_ids(self.tokenizer, NO_VARIANTS)
         # an answer ends at the model's end-of-sequence token(s), the tokenizer's, or padding
@@ -130,9 +135,26 @@ class HFEngine:
         # a template may strip the text: questions with outer whitespace are rendered in full
         return [first] + [head + q + tail if q == q.strip() else self.prompt_text(q) for q in questions[1:]]
 
+    def process(self, texts: list[str], images: list[Image.Image], **kwargs):
+        """The processor on prompts with one image each, its model inputs only (a processor that adds training
+        `labels` would make the forward compute a loss). Some processors (Gemma3, Idefics3) read a flat list of
+        several images as all belonging to the first prompt and want one list per prompt; the first call that fails
+        flat is retried nested, and the engine keeps to what worked."""
+        if not self._nested_images:
+            try:
+                out = self.processor(text=texts, images=images, **kwargs)
+            except (ValueError, TypeError, IndexError):
+                if len(images) < 2:
+                    raise
+                self._nested_images = True
+        if self._nested_images:
+            out = self.processor(text=texts, images=[[image] for image in images], **kwargs)
+        out.pop("labels", None)
+        return out
+
     def _inputs(self, images: list[Image.Image], questions: list[str]) -> dict[str, torch.Tensor]:
         texts = self.prompt_texts(questions)
-        enc = self.processor(text=texts, images=images, padding=True, return_tensors="pt")
+        enc = self.process(texts, images, padding=True, return_tensors="pt")
         return {k: v.to(self.device) for k, v in enc.items()}
 
     def _decode(self, new: torch.Tensor) -> list[tuple[str, int]]:
@@ -160,35 +182,59 @@ class HFEngine:
 
         The prompts (image tokens included) run through the model once; their KV cache is repeated n times and
         the n samples decode from it (`decode_from_cache`) -- unlike `num_return_sequences`, which prefills every
-        sample again. With `seed`, the torch RNG is seeded first, so the same batch gives the same samples.
+        sample again. With `seed`, the torch RNG is seeded first, so the same batch gives the same samples. On a
+        model whose shared prefill does not match its plain forward (engines.fastpath), `generate` samples instead.
         """
         enc = self._inputs(images, questions)
+        shared = n > 1 and trusted(self.model, "sample.shared_prefill", lambda: self._first_step(enc)[0],
+                                   lambda: self._plain_next(enc))
         if seed is not None:
             torch.manual_seed(seed)
-        if n == 1:  # nothing to share: `generate`, which prepares any model's positions (multimodal RoPE included)
+        if not shared:  # `generate` prepares any model's positions and masks itself
             kwargs = {"max_new_tokens": sampling.max_new_tokens, "do_sample": sampling.do_sample}
             if sampling.do_sample:
-                kwargs |= {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0}
-            out = self.model.generate(**enc, **kwargs)  # (B, T + T_new)
-            return [[row] for row in self._decode(out[:, enc["input_ids"].shape[1] :])]
+                kwargs |= {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0,
+                           "num_return_sequences": n}
+            out = self.model.generate(**enc, **kwargs)  # (B * n, T + T_new) sampled, (B, T + T_new) greedy
+            texts = self._decode(out[:, enc["input_ids"].shape[1] :])
+            if not sampling.do_sample:  # greedy: the n answers of a prompt are one answer
+                texts = [t for t in texts for _ in range(n)]
+            return [texts[i * n : (i + 1) * n] for i in range(len(questions))]
         ids, mask = enc["input_ids"], enc["attention_mask"]  # (B, T) each, left-padded
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): what generate derives from the mask
-        vision = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
-        prefill = self.model(
-            input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=position_ids[:, :-1],
-            use_cache=True, logits_to_keep=1, **vision,
-        )
-        cache = prefill.past_key_values
+        cache, positions = self._prefill(enc)
         cache.batch_repeat_interleave(n)  # (B * n) rows share each prompt's prefix
         # The cache covers all but the last prompt token, so decoding starts by feeding that token, and the image
         # features are never computed again.
         new = decode_from_cache(
             self.model, cache, ids[:, -1:].repeat_interleave(n, 0), mask.repeat_interleave(n, 0),
-            position_ids[:, -1].repeat_interleave(n, 0), sampling.max_new_tokens, self.stop_ids,
+            positions[..., -1].repeat_interleave(n, -1), sampling.max_new_tokens, self.stop_ids,
             sampling.temperature if sampling.do_sample else None, sampling.top_p,
         )
         texts = [self._answer(row) for row in new]
         return [texts[i * n : (i + 1) * n] for i in range(len(questions))]
+
+    def _prefill(self, enc: dict[str, torch.Tensor]):
+        """(KV cache of every prompt token but the last, positions (B, T) or (3, B, T) of all prompt tokens), the
+        positions and text-aligned inputs built as the model's own forward would (engines.family)."""
+        family = family_of(self.model)
+        ids, mask, vision = enc["input_ids"], enc["attention_mask"], vision_of(enc)
+        positions = family.prompt_positions(ids, mask, vision)
+        prefill = self.model(
+            input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[..., :-1], use_cache=True,
+            logits_to_keep=1, **family.aligned_inputs(ids[:, :-1]), **vision,
+        )
+        return prefill.past_key_values, positions
+
+    def _first_step(self, enc: dict[str, torch.Tensor]) -> tuple[torch.Tensor, object]:
+        """Next-token probabilities (B, V) after the prompts, computed the shared-prefill way, and the cache."""
+        cache, positions = self._prefill(enc)
+        logits = self.model(input_ids=enc["input_ids"][:, -1:], attention_mask=enc["attention_mask"],
+                            position_ids=positions[..., -1:], cache=cache, use_cache=True).logits[:, -1]  # (B, V)
+        return torch.softmax(logits.float(), -1), cache
+
+    def _plain_next(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Next-token probabilities (B, V) after the prompts from one plain forward."""
+        return torch.softmax(self.model(**enc, logits_to_keep=1).logits[:, -1].float(), -1)
 
     def _verdict_probs(self, logits: torch.Tensor) -> list[tuple[float, float]]:
         """(P_yes, P_no) per row of next-token logits (N, V), each summed over the single-token spellings."""
@@ -216,9 +262,8 @@ class HFEngine:
         """
         texts = [self.prompt_texts(questions) for _, questions in groups]
         images = [image for image, _ in groups]
-        firsts = self.processor(text=[t[0] for t in texts], images=images, padding=True, return_tensors="pt")
-        visions = split_by_image({k: v for k, v in firsts.items() if k not in ("input_ids", "attention_mask")},
-                                 len(groups))
+        firsts = self.process([t[0] for t in texts], images, padding=True, return_tensors="pt")
+        visions = split_by_image(vision_of(firsts), len(groups))
         raw_all = self.tokenizer([t for ts in texts for t in ts])["input_ids"]  # placeholders unexpanded
         image_id = getattr(self.model.config, "image_token_id", None)
         mask = firsts.get("attention_mask")  # needed to cut each first prompt's padding off
@@ -230,10 +275,10 @@ class HFEngine:
                 vision = visions[g]
                 rows = splice_image_run(raw, firsts["input_ids"][g][mask[g].bool()].tolist(), image_id)
             if rows is None:  # this image alone through the processor; each prompt too if splicing fails
-                one = self.processor(text=[ts[0]], images=[images[g]], return_tensors="pt")
-                vision = {k: v for k, v in one.items() if k not in ("input_ids", "attention_mask")}
+                one = self.process([ts[0]], [images[g]], return_tensors="pt")
+                vision = vision_of(one)
                 rows = splice_image_run(raw, one["input_ids"][0].tolist(), image_id) or [
-                    list(self.processor(text=[t], images=[images[g]])["input_ids"][0]) for t in ts]
+                    list(self.process([t], [images[g]])["input_ids"][0]) for t in ts]
             out.append((rows, vision))
         return out
 
@@ -246,8 +291,26 @@ class HFEngine:
         Each image's prompts share a token prefix (the chat header and the image); the prefix goes once into a
         packed row followed by up to `questions_per_pack` question suffixes (engines.packing). The rows of all
         groups are ordered by length and run `packs_per_forward` at a time, so rows of one forward pad little; each
-        image goes through the vision tower once. Equal to `yes_no` question by question (pinned by a test to 1e-4).
+        image goes through the vision tower once. Equal to `yes_no` question by question, which serves instead on a
+        model where the first groups' answers differ between the two (engines.fastpath).
         """
+        probe = [(image, questions[:3]) for image, questions in groups if questions][:2]
+        if not probe or trusted(
+            self.model, "judge.packed", lambda: self._yes_no_packed(probe, questions_per_pack, packs_per_forward),
+            lambda: [self.yes_no([image] * len(qs), qs) for image, qs in probe],
+        ):
+            return self._yes_no_packed(groups, questions_per_pack, packs_per_forward)
+        per_forward = questions_per_pack * packs_per_forward
+        out = []
+        for image, questions in groups:
+            out.append([p for lo in range(0, len(questions), per_forward)
+                        for p in self.yes_no([image] * len(questions[lo : lo + per_forward]),
+                                             questions[lo : lo + per_forward])])
+        return out
+
+    def _yes_no_packed(
+        self, groups: list[tuple[Image.Image, list[str]]], questions_per_pack: int, packs_per_forward: int
+    ) -> list[list[tuple[float, float]]]:
         packs, where = [], []
         encoded = self.encode_groups(groups)
         for g, (rows, _) in enumerate(encoded):
@@ -255,14 +318,16 @@ class HFEngine:
             for lo, hi in pack_bounds([len(r) - n_prefix for r in rows], n_prefix, questions_per_pack):
                 packs.append(pack(rows[lo][:n_prefix], [r[n_prefix:] for r in rows[lo:hi]]))
                 where.append((g, lo))
-        bank = ImageBank(self.model, [vision for _, vision in encoded], self.device)
+        visions = [vision for _, vision in encoded]
+        bank = ImageBank(self.model, visions, self.device)
         order = sorted(range(len(packs)), key=lambda i: len(packs[i]))
         out: list[list[tuple[float, float]]] = [[None] * len(q) for _, q in groups]  # type: ignore[list-item]
         for lo in range(0, len(order), packs_per_forward):
             chosen = order[lo : lo + packs_per_forward]
             batch_packs = [packs[i] for i in chosen]
-            batch = collate_packs(batch_packs, self.tokenizer.pad_token_id, self.model.dtype, self.device)
-            batch.update(bank.inputs([where[i][0] for i in chosen]))
+            images = [where[i][0] for i in chosen]
+            batch = packed_inputs(self.model, batch_packs, [visions[g] for g in images], self.tokenizer.pad_token_id,
+                                  self.model.dtype, self.device, bank.inputs(images))
             ends = sorted({e for p in batch_packs for e in p.ends})
             logits = self.model(**batch, logits_to_keep=torch.tensor(ends, device=self.device)).logits  # (B, E, V)
             column = {e: i for i, e in enumerate(ends)}

@@ -14,14 +14,7 @@ from typing import Any
 import torch
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from rlaifv.engines.transfer import to_device
-
-Vision = dict[str, torch.Tensor]  # one image's processor outputs (pixel_values, image_sizes, ...), batch dim 1
-
-
-def concat_vision(visions: list[Vision], device: torch.device | str) -> dict[str, torch.Tensor]:
-    """The processor outputs of every row concatenated along the batch: the vision tower runs once per row."""
-    return {key: to_device(torch.cat([v[key] for v in visions]), device) for key in visions[0]}
+from rlaifv.engines.family import Vision, concat_vision
 
 
 def takes_image_features(model: torch.nn.Module, vision: Vision) -> bool:

@@ -51,37 +51,54 @@ def pack(prefix: list[int], suffixes: list[list[int]]) -> Pack:
 MASK_ALIGN = 16  # elements per mask row: CUDA's memory-efficient SDPA pads (and keeps, per layer) a copy otherwise
 
 
-def block_mask(segments: torch.Tensor, valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Additive attention mask (B, 1, T, T) for packed rows.
+def allowed_blocks(segments: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Which key each query of a packed row may attend: segments, valid (B, T) -> (B, T, T) bool.
 
-    Query i attends key j iff j <= i, both are real tokens, and j is on the prefix or on i's own suffix. Padding
-    queries attend to themselves only, so no softmax row is empty. 0 = attend, the dtype's minimum = blocked; an
-    additive float mask works with both the eager and the SDPA attention of transformers. Pass the dtype attention
-    runs in (autocast's under autocast): a mask in another dtype is cast again in every layer. The mask is a view
-    of a buffer whose rows are a multiple of MASK_ALIGN long, so CUDA's memory-efficient SDPA uses it in place.
+    Query i attends key j iff j <= i, both are real tokens, and j is on the prefix or on i's own suffix.
     """
-    b, t = segments.shape
-    device = segments.device
-    causal = torch.ones(t, t, dtype=torch.bool, device=device).tril()  # (T, T)
+    t = segments.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=segments.device).tril()[None]  # (1, T, T)
     q_seg, k_seg = segments[:, :, None], segments[:, None, :]  # (B, T, 1), (B, 1, T)
-    allowed = causal & ((k_seg == 0) | (k_seg == q_seg)) & valid[:, None, :] & valid[:, :, None]  # (B, T, T)
-    allowed |= torch.eye(t, dtype=torch.bool, device=device)  # padding rows see themselves
+    return causal & ((k_seg == 0) | (k_seg == q_seg)) & valid[:, None, :] & valid[:, :, None]
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0 where allowed, the dtype's minimum elsewhere: (B, T, T) bool -> (B, 1, T, T).
+
+    Rows allowed nothing (padding) attend to themselves, so no softmax row is empty. An additive float mask works
+    with both the eager and the SDPA attention of transformers. Pass the dtype attention runs in (autocast's under
+    autocast): a mask in another dtype is cast again in every layer. The mask is a view of a buffer whose rows are a
+    multiple of MASK_ALIGN long, so CUDA's memory-efficient SDPA uses it in place.
+    """
+    b, t, _ = allowed.shape
+    allowed = allowed | torch.eye(t, dtype=torch.bool, device=allowed.device)[None]
     width = -(-t // MASK_ALIGN) * MASK_ALIGN
-    mask = torch.zeros(b, 1, t, width, dtype=dtype, device=device)[..., :t]  # (B, 1, T, T), aligned rows
+    mask = torch.zeros(b, 1, t, width, dtype=dtype, device=allowed.device)[..., :t]  # (B, 1, T, T), aligned rows
     return mask.masked_fill_(~allowed[:, None], torch.finfo(dtype).min)
 
 
-def collate_packs(packs: list[Pack], pad_id: int, dtype: torch.dtype, device: torch.device | str) -> dict:
-    """Right-padded batch of packs: input_ids (B, T), position_ids (B, T), attention_mask (B, 1, T, T)."""
+def block_mask(segments: torch.Tensor, valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Additive attention mask (B, 1, T, T) for packed rows of a plain causal language model (allowed_blocks)."""
+    return additive_mask(allowed_blocks(segments, valid), dtype)
+
+
+def pad_packs(packs: list[Pack], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids, local positions, segments), each (B, T) on the CPU; segment -1 marks padding."""
     width = max(len(p) for p in packs)
     ids = torch.full((len(packs), width), pad_id, dtype=torch.long)  # (B, T)
     pos = torch.zeros((len(packs), width), dtype=torch.long)  # (B, T)
-    seg = torch.full((len(packs), width), -1, dtype=torch.long)  # (B, T); -1 marks padding
+    seg = torch.full((len(packs), width), -1, dtype=torch.long)  # (B, T)
     for i, p in enumerate(packs):
         ids[i, : len(p)] = torch.tensor(p.input_ids)
         pos[i, : len(p)] = torch.tensor(p.position_ids)
         seg[i, : len(p)] = torch.tensor(p.segments)
-    ids, pos, seg = to_device(ids, device), to_device(pos, device), to_device(seg, device)
+    return ids, pos, seg
+
+
+def collate_packs(packs: list[Pack], pad_id: int, dtype: torch.dtype, device: torch.device | str) -> dict:
+    """Right-padded batch of packs for a text-only causal LM: input_ids (B, T), position_ids (B, T), attention_mask
+    (B, 1, T, T). VLM rows go through engines.family.packed_inputs, which knows each family's positions and masks."""
+    ids, pos, seg = (to_device(t, device) for t in pad_packs(packs, pad_id))
     return {"input_ids": ids, "position_ids": pos, "attention_mask": block_mask(seg, seg >= 0, dtype)}
 
 

@@ -3,8 +3,7 @@ markdown table and PNG bar charts, with the paper's published numbers (REFERENCE
 
 A run is a folder holding any of chair.json, amber.json and mmhal.json (what `rlaifv eval chair|amber|mmhal
 --out FILE` writes, or their `--json` output saved), or one such JSON file; "NAME=PATH" names it, otherwise the
-folder's (or file's) name does. Charts need matplotlib (`pip install "rlaifv[eval]"`); without it the table is
-still written.
+folder's (or file's) name does.
 """
 
 from __future__ import annotations
@@ -160,7 +159,7 @@ def render_markdown(table: dict[str, Any], runs: Sequence[tuple[str, dict[str, d
 
 def draw_charts(table: dict[str, Any], out: Path) -> list[Path]:
     """One PNG per benchmark, one panel per metric: our runs in color, the paper's models hatched grey."""
-    import matplotlib
+    import matplotlib  # here, not with the module: the command line starts without it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -196,13 +195,7 @@ def write_report(specs: Sequence[str], out: Path, paper: bool = True, charts: bo
         raise BadBenchmarkFile(f"two runs share a name ({', '.join(names)}); name them with NAME=PATH")
     table = build_table(runs, paper)
     out.mkdir(parents=True, exist_ok=True)
-    pngs: list[Path] = []
-    warning = None
-    if charts and table["columns"]:
-        try:
-            pngs = draw_charts(table, out)
-        except ImportError:
-            warning = 'charts need matplotlib: pip install "rlaifv[eval]"'
+    pngs = draw_charts(table, out) if charts and table["columns"] else []
     md = out / "report.md"
     tmp = md.with_name(f".{md.name}.tmp-{os.getpid()}")
     tmp.write_text(render_markdown(table, runs, pngs), encoding="utf-8")
@@ -212,6 +205,4 @@ def write_report(specs: Sequence[str], out: Path, paper: bool = True, charts: bo
                "rows": [{"name": r["name"], "source": r["source"],
                          "values": dict(zip((m.label for m in table["columns"]), r["values"]))}
                         for r in table["rows"]]}
-    if warning:
-        summary["warning"] = warning
     return summary

@@ -1,5 +1,6 @@
-"""The demo's report: `report.json` for machines, `report.md` for people (with a PNG chart of the rounds), written
-atomically."""
+"""The demo's report: `report.json` for machines, `report.md` for people (with PNG charts of the rounds and of
+best-of-N), written atomically. Whatever report.md says about the run (which checkpoint each round kept, how it was
+selected, which policy and reference best-of-N used) it reads from the report's records, never from fixed text."""
 
 from __future__ import annotations
 
@@ -26,26 +27,76 @@ def _fraction(x: float | None) -> str:
     return "—" if x is None else f"{x:.3f}"
 
 
-def round_table(rounds: list[dict[str, Any]]) -> list[str]:
-    """Markdown rows: world metrics of every round's policy, and the pairs that trained it."""
+def checkpoint_names(report: dict[str, Any]) -> dict[str, str]:
+    """Each policy folder of the run -> what it is ("the base policy", "round 2's checkpoint"), from the rounds'
+    records (`models` for a report without them); a folder kept by later rounds is named after the round that
+    chose it."""
+    names: dict[str, str] = {}
+    for r in report["rounds"]:
+        if r.get("policy") and r["policy"] not in names:
+            names[r["policy"]] = "the base policy" if r["round"] == 0 else f"round {r['round']}'s checkpoint"
+    models = report.get("models", {})
+    for k, path in enumerate([models.get("policy"), *models.get("rounds", [])]):
+        if path and path not in names:
+            names[path] = "the base policy" if k == 0 else f"round {k}'s checkpoint"
+    return names
+
+
+def _named(path: str, names: dict[str, str]) -> str:
+    return f"{names[path]} (`{path}`)" if path in names else f"`{path}`"
+
+
+def _choice(rounds: list[dict[str, Any]], k: int, names: dict[str, str]) -> str:
+    """The table's "checkpoint" cell of round k: the DPO step it chose, or which policy it kept and why."""
+    r = rounds[k]
+    if k == 0:
+        return "starting policy"
+    if r.get("skipped"):
+        return f"kept, could not train: {r['skipped']}"
+    if r.get("policy") and r["policy"] == rounds[k - 1].get("policy"):
+        return "kept " + names.get(r["policy"], "its starting policy")
+    return f"step {r['step']}" if r.get("step") else "—"
+
+
+def _selection(report: dict[str, Any]) -> str:
+    """How the rounds chose their checkpoint, from the report's `select_on` (and `val_scenes`)."""
+    if report.get("select_on") == "world":
+        scenes = f"{report['val_scenes']} " if report.get("val_scenes") else ""
+        return f"on the CHAIRs and Cover of {scenes}`val` scenes"
+    if report.get("select_on") == "reward":
+        return "by the implicit-reward accuracy on its held-out pairs"
+    return ""
+
+
+def _rounds_text(ks: list[int]) -> str:
+    """[3] -> "round 3", [2, 3, 4] -> "rounds 2, 3 and 4"."""
+    if len(ks) == 1:
+        return f"round {ks[0]}"
+    return f"rounds {', '.join(map(str, ks[:-1]))} and {ks[-1]}"
+
+
+def round_table(rounds: list[dict[str, Any]], names: dict[str, str] | None = None) -> list[str]:
+    """Markdown rows: world metrics of every round's policy, what the round kept, and the pairs that trained it."""
+    names = names if names is not None else checkpoint_names({"rounds": rounds})
     lines = [
-        "| round | CHAIRs | CHAIRi | Cover | attr. error | mean length (words) | pairs | feedback precision "
-        "| per error |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| round | checkpoint | CHAIRs | CHAIRi | Cover | attr. error | mean length (words) | pairs "
+        "| feedback precision | per error |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rounds:
+    for k, r in enumerate(rounds):
         name = "base policy" if r["round"] == 0 else f"round {r['round']}"
         pairs = str(r["n_pairs"]) if "n_pairs" in r else "—"
         lines.append(
-            f"| {name} | {r['chair_s']:.3f} | {r['chair_i']:.3f} | {r['cover']:.3f} | {r['attr_err']:.3f} "
-            f"| {r['mean_len']:.1f} | {pairs} | {_fraction(r.get('feedback_precision'))} "
+            f"| {name} | {_choice(rounds, k, names)} | {r['chair_s']:.3f} | {r['chair_i']:.3f} | {r['cover']:.3f} "
+            f"| {r['attr_err']:.3f} | {r['mean_len']:.1f} | {pairs} | {_fraction(r.get('feedback_precision'))} "
             f"| {_fraction(r.get('error_precision'))} |"
         )
     return lines
 
 
 def draw_rounds_chart(rounds: list[dict[str, Any]], path: Path) -> Path:
-    """CHAIRs, CHAIRi and Cover over the rounds as a line chart (PNG, written atomically); needs matplotlib."""
+    """CHAIRs, CHAIRi and Cover over the rounds as a line chart (PNG, written atomically). matplotlib is imported here,
+    not with the module, so that the command line starts without it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,7 +115,7 @@ def draw_rounds_chart(rounds: list[dict[str, Any]], path: Path) -> Path:
 
 
 def draw_bon_chart(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Best-of-N: CHAIRs and mean length against N, one line per reward form (PNG, atomically); needs matplotlib."""
+    """Best-of-N: CHAIRs and mean length against N, one line per reward form (PNG, written atomically)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -97,14 +148,26 @@ def _save_figure(fig: Any, path: Path) -> Path:
     return path
 
 
-def bon_lines(report: dict[str, Any], chart: str | None) -> list[str]:
-    """The report's best-of-N section: one row per (reward form, N)."""
+def bon_lines(report: dict[str, Any], chart: str | None, names: dict[str, str] | None = None) -> list[str]:
+    """The report's best-of-N section: which policy sampled and which reference scored (`bon_setup`), then one row
+    per (reward form, N)."""
     setup = report["bon_setup"]
-    final = len(report["rounds"]) - 1
+    names = names if names is not None else checkpoint_names(report)
+    trained = setup.get("trained_in")
+    if trained is None:  # a report from before `trained_in`: the first round that has the final policy
+        trained = next((r["round"] for r in report["rounds"] if r.get("policy") == setup["policy"]), None)
     lines = [
         "", "## Best-of-N with the final policy's own reward", "",
-        f"{setup['samples']} answers per test scene at temperature {setup['temperature']} from round {final}'s "
-        f"policy, each scored once with its implicit reward against the policy round {final} started from:",
+        f"{setup['samples']} answers per test scene at temperature {setup['temperature']} from the final policy, "
+        f"{_named(setup['policy'], names)},",
+        f"each scored once with its implicit reward against the reference {_named(setup['reference'], names)}"
+        + (f", the policy round {trained} started from and trained against." if trained else "."),
+    ]
+    kept = [r["round"] for r in report["rounds"] if trained and r["round"] > trained]
+    if kept:
+        lines.append(f"Round {trained} was the last round that changed the policy ({_rounds_text(kept)} kept it), so "
+                     "the reference is not the policy the last round started from.")
+    lines += [
         "r = beta / T * sum_t log(pi / pi_ref) ('mean', T = the answer's tokens) or without the 1/T ('sum').",
         "Best-of-N keeps the highest-reward answer among the first N samples, so N = 1 is plain sampling.",
     ]
@@ -119,30 +182,39 @@ def bon_lines(report: dict[str, Any], chart: str | None) -> list[str]:
     return lines
 
 
-def render_markdown(report: dict[str, Any], chart: str | None = None, chart_note: str | None = None,
-                    bon_chart: str | None = None) -> str:
+def render_markdown(report: dict[str, Any], chart: str | None = None, bon_chart: str | None = None) -> str:
+    names = checkpoint_names(report)
+    how = _selection(report)
+    rounds = report["rounds"]
+    kept = [r["round"] for k, r in enumerate(rounds) if _choice(rounds, k, names).startswith("kept")]
     lines = [
         "# rlaifv demo report",
         "",
         f"Synthetic world, seed {report['seed']}, held-out `test` split ({report.get('n_test_scenes', '?')} scenes).",
-        "Lower is better for CHAIRs, CHAIRi and attribute error; higher is better for Cover. Round k's row is the",
-        "checkpoint round k selected on `val` scenes; its pairs are the ones that trained it, and their feedback",
-        "precision is the share whose chosen response really has fewer false statements (ground truth), among pairs",
-        "where the two differ.",
-        "",
-        *round_table(report["rounds"]),
+        "Lower is better for CHAIRs, CHAIRi and attribute error; higher is better for Cover.",
     ]
+    if len(rounds) > 1:
+        lines.append(f"Round k's row is the DPO checkpoint round k selected{' ' + how if how else ''} (its step in "
+                     "the checkpoint column).")
+        if kept:
+            lines.append(f"{_rounds_text(kept).capitalize()} kept the policy {'it' if len(kept) == 1 else 'they'} "
+                         "started from instead of a new checkpoint.")
+        lines += [
+            "Round k's pairs are the ones that trained it, and their feedback precision is the share whose chosen",
+            "response really has fewer false statements (ground truth), among pairs where the two differ.",
+        ]
+    lines += ["", *round_table(rounds, names)]
     if chart:
         lines += ["", f"![CHAIRs, CHAIRi and Cover over rounds]({chart})"]
-    elif chart_note:
-        lines += ["", f"(chart skipped: {chart_note})"]
     if report.get("bon"):
-        lines += bon_lines(report, bon_chart)
+        lines += bon_lines(report, bon_chart, names)
     lab = report["labeler"]
+    labeler = report.get("models", {}).get("labeler")
     lines += [
         "",
         "## Labeler (yes/no on held-out claims)",
         "",
+        *([f"The labeler `{labeler}` on claims about the `test` scenes.", ""] if labeler else []),
         "| accuracy | hard negatives | false rejections of true claims |",
         "|---|---|---|",
         f"| {lab['accuracy']:.3f} | {lab['hard_negative_accuracy']:.3f} | {lab['false_rejection_rate']:.4f} |",
@@ -151,7 +223,10 @@ def render_markdown(report: dict[str, Any], chart: str | None = None, chart_note
         "the quality of every preference pair built from this labeler's verdicts.",
     ]
     if report.get("examples"):
+        base = report["rounds"][0].get("policy") or report.get("models", {}).get("policy")
         lines += ["", "## Sample descriptions by the base policy", ""]
+        if base:
+            lines += [f"Greedy descriptions of `test` scenes by `{base}`.", ""]
         for ex in report["examples"]:
             hall = ", ".join(ex["hallucinated"]) or "none"
             lines += [f"- truth: {ex['truth']}", f"  - response: {ex['response']}", f"  - absent objects named: {hall}"]
@@ -161,18 +236,12 @@ def render_markdown(report: dict[str, Any], chart: str | None = None, chart_note
 
 
 def write_report(workdir: Path, report: dict[str, Any]) -> tuple[Path, Path]:
-    """report.json and report.md, plus rounds.png when there are rounds after the base policy and bon.png when there
-    is a best-of-N section; without matplotlib the charts are skipped with a note in report.md, never an error."""
+    """report.json, then rounds.png when there are rounds after the base policy and bon.png when there is a
+    best-of-N section, then report.md that shows them."""
     workdir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = workdir / "report.json", workdir / "report.md"
-    chart = bon_chart = note = None
-    if len(report["rounds"]) > 1:
-        try:
-            chart = draw_rounds_chart(report["rounds"], workdir / CHART).name
-            if report.get("bon"):
-                bon_chart = draw_bon_chart(report["bon"], workdir / BON_CHART).name
-        except ImportError:
-            note = 'matplotlib is not installed; pip install "rlaifv[eval]"'
     _atomic_text(json_path, json.dumps(report, indent=2) + "\n")
-    _atomic_text(md_path, render_markdown(report, chart, note, bon_chart))
+    chart = draw_rounds_chart(report["rounds"], workdir / CHART).name if len(report["rounds"]) > 1 else None
+    bon_chart = draw_bon_chart(report["bon"], workdir / BON_CHART).name if report.get("bon") else None
+    _atomic_text(md_path, render_markdown(report, chart, bon_chart))
     return json_path, md_path

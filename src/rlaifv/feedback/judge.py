@@ -24,6 +24,7 @@ from typing import Protocol, TypeVar
 from PIL import Image
 
 from rlaifv.config import JudgeConfig
+from rlaifv.engines.fastpath import engine_report
 from rlaifv.progress import progress
 from rlaifv.records import BadInput, Candidate, Claim, Prompt, Verdict
 from rlaifv.store import ShardedStore
@@ -124,4 +125,4 @@ def run_judge(
                 done += len(verdicts)
             bar.advance(n_here, status=f"{done} verdicts from {asked} questions")
     # `asked`: distinct questions sent to the labeler by this run (claims repeated across samples are asked once)
-    return {"done": done, "skipped": skipped, "asked": asked}
+    return {"done": done, "skipped": skipped, "asked": asked, "fast_paths": engine_report(engine)}

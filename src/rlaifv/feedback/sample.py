@@ -18,6 +18,7 @@ from typing import Protocol
 from PIL import Image
 
 from rlaifv.config import SampleConfig
+from rlaifv.engines.fastpath import engine_report
 from rlaifv.engines.hf import Sampling
 from rlaifv.progress import progress
 from rlaifv.records import BadInput, Candidate, Prompt
@@ -94,7 +95,7 @@ def run_sample(
                     ])
                     done += 1
             bar.advance(len(batch), status=f"{done} prompts sampled")
-    return {"done": done, "skipped": skipped}
+    return {"done": done, "skipped": skipped, "fast_paths": engine_report(engine)}
 
 
 def _is_done(writer, prompt_id: str, n: int) -> bool:

@@ -37,6 +37,8 @@ import torch
 from PIL import Image
 
 from rlaifv.config import BonConfig, EngineConfig
+from rlaifv.engines.family import family_of, vision_of
+from rlaifv.engines.processors import load_processor
 from rlaifv.infer.reward import ResponseGroup, group_logps, implicit_reward
 from rlaifv.logps.encode import PairEncoder, context_length
 from rlaifv.preferences import PreferenceExample
@@ -162,9 +164,9 @@ class Scorer:
 
     @classmethod
     def load(cls, cfg: EngineConfig, max_length: int | None = None) -> Scorer:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText
 
-        processor = AutoProcessor.from_pretrained(cfg.path, trust_remote_code=cfg.trust_remote_code)
+        processor = load_processor(cfg.path, trust_remote_code=cfg.trust_remote_code)
         model = AutoModelForImageTextToText.from_pretrained(cfg.path, dtype=getattr(torch, cfg.dtype),
                                                             trust_remote_code=cfg.trust_remote_code)
         return cls.from_model(model.to(torch.device(cfg.device)), processor, cfg.path, max_length)
@@ -173,6 +175,7 @@ class Scorer:
     def from_model(cls, model: Any, processor: Any, name: str = "in-memory", max_length: int | None = None) -> Scorer:
         """Around a model already in memory (the sampling engine's, a benchmark's)."""
         limits = [x for x in (max_length, context_length(model.config)) if x is not None]
+        family_of(model)  # refuses a family whose answers cannot be scored as continuations
         return cls(name, model.eval(), processor, min(limits) if limits else None)
 
     @property
@@ -205,8 +208,7 @@ class Scorer:
                                f"tokens > {self.limit} (the model's context or max_length)")
             else:
                 reasons.append("")
-        vision = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
-        return ResponseGroup(prefix, responses, vision), reasons
+        return ResponseGroup(prefix, responses, vision_of(enc)), reasons
 
     def response_logps(self, items: list[tuple[Prompt, Image.Image, list[str]]],
                        cfg: BonConfig) -> list[list[ResponseScore]]:

@@ -22,9 +22,11 @@ from pathlib import Path
 import torch
 
 from rlaifv.config import DPOConfig
-from rlaifv.engines.packing import Pack, collate_packs, pack, pack_bounds
+from rlaifv.engines.family import packed_inputs, plain_inputs
+from rlaifv.engines.fastpath import trusted
+from rlaifv.engines.packing import Pack, pack, pack_bounds
 from rlaifv.logps.encode import PairEncoder
-from rlaifv.logps.packed import ResponseLogps, mask_dtype, packed_logps, token_logps, vision_inputs
+from rlaifv.logps.packed import ResponseLogps, mask_dtype, response_logps, token_logps
 from rlaifv.logps.reference import ReferenceTable, encode_batch, length_limit, load_model
 from rlaifv.preferences import PreferenceExample
 from rlaifv.progress import progress
@@ -69,7 +71,7 @@ def reward_accuracy(policy: str | Path, examples: list[PreferenceExample], refer
     with progress("reward accuracy", len(examples)) as bar, torch.no_grad():
         for lo in range(0, len(examples), size):
             encoded = encode_batch(encoder, examples[lo : lo + size], bad)
-            logps = packed_logps(model, encoded, processor.tokenizer.pad_token_id)
+            logps = response_logps(model, encoded, processor.tokenizer.pad_token_id)
             ref = reference.batch([p.key for p in encoded], logps.chosen.device)
             chosen, rejected = pair_rewards(logps, ref, cfg)  # (B,), (B,)
             correct += int((chosen > rejected).sum())
@@ -102,8 +104,23 @@ def group_logps(model: torch.nn.Module, groups: list[ResponseGroup], pad_id: int
     max(4 x prefix, 128) response tokens (engines.packing.pack_bounds): behind a LLaVA image (~600 tokens) that is
     all of 16 answers of ~150 tokens, one prefix per prompt; behind the world's 22-token prefix a few answers per
     row, because there attention over one long row costs more than encoding the short prefix again
-    (benchmarks/bon_speed.py). Equal to `separate_group_logps` (tests pin it to 1e-4 in fp32).
+    (benchmarks/bon_speed.py). Equal to `separate_group_logps` (tests pin it to 1e-4 in fp32), which serves
+    instead on a model where the first groups' scores differ between the two (engines.fastpath).
     """
+    probe = [ResponseGroup(g.prefix_ids, g.responses[:3], g.vision) for g in groups[:2] if g.responses]
+    lengths = torch.tensor([len(r) for g in probe for r in g.responses])  # compare per-token log-probs
+    first = next(model.parameters())
+    if probe and not trusted(
+        model, "bon.packed",
+        lambda: torch.cat(_packed_logps(model, probe, pad_id, responses_per_pack, packs_per_batch)) / lengths,
+        lambda: torch.cat(separate_group_logps(model, probe, pad_id)) / lengths, mask_dtype(first, first.device),
+    ):
+        return separate_group_logps(model, groups, pad_id)
+    return _packed_logps(model, groups, pad_id, responses_per_pack, packs_per_batch)
+
+
+def _packed_logps(model: torch.nn.Module, groups: list[ResponseGroup], pad_id: int, responses_per_pack: int,
+                  packs_per_batch: int) -> list[torch.Tensor]:
     units = [(g, lo, hi) for g, group in enumerate(groups)
              for lo, hi in pack_bounds([len(r) for r in group.responses], len(group.prefix_ids), responses_per_pack)]
     out = [torch.zeros(len(group.responses)) for group in groups]
@@ -134,8 +151,8 @@ def _packed_sums(model: torch.nn.Module, groups: list[ResponseGroup], packs: lis
             response += 1
     keep = sorted(set(positions))
     column = {pos: i for i, pos in enumerate(keep)}
-    batch = collate_packs(packs, pad_id, mask_dtype(first, device), device)  # ids, positions (B, T); mask (B, 1, T, T)
-    batch.update(vision_inputs(groups, device))  # type: ignore[arg-type]  # anything with `.vision`
+    # ids (B, T), positions (B, T) or (3, B, T), the family's masks, each row's image
+    batch = packed_inputs(model, packs, [g.vision for g in groups], pad_id, mask_dtype(first, device), device)
     logits = model(**batch, logits_to_keep=torch.tensor(keep, device=device), use_cache=False).logits  # (B, K, V)
     logps = token_logps(logits, torch.tensor(rows, device=device),
                         torch.tensor([column[pos] for pos in positions], device=device),
@@ -156,17 +173,10 @@ def separate_group_logps(model: torch.nn.Module, groups: list[ResponseGroup], pa
     for lo in range(0, len(flat), batch_size):
         chunk = flat[lo : lo + batch_size]
         seqs = [groups[g].prefix_ids + groups[g].responses[r] for g, r in chunk]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (B, T)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)  # (B, T)
-        for i, s in enumerate(seqs):
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
-        vision = vision_inputs([groups[g] for g, _ in chunk], device)  # type: ignore[arg-type]
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False,
-                       **vision).logits  # (B, T, V)
+        batch = plain_inputs(model, seqs, [groups[g].vision for g, _ in chunk], pad_id, device)
+        logits = model(**batch, use_cache=False).logits  # (B, T, V)
         for i, (g, r) in enumerate(chunk):
             n_prefix, end = len(groups[g].prefix_ids), len(seqs[i])
-            target = ids[i, n_prefix:end].to(device)  # (L,)
+            target = batch["input_ids"][i, n_prefix:end]  # (L,)
             out[g][r] = logits[i, n_prefix - 1 : end - 1].float().log_softmax(-1).gather(-1, target[:, None]).sum()
     return out

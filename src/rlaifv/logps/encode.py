@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import torch
 from PIL import Image
 
+from rlaifv.engines.family import vision_of
 from rlaifv.preferences import PreferenceExample
 from rlaifv.records import BadInput
 
@@ -30,7 +31,7 @@ class EncodedPair:
     prompt_ids: list[int]  # the prompt with the image placeholder expanded to the image's tokens
     chosen_ids: list[int]  # the chosen response's tokens, end-of-turn included
     rejected_ids: list[int]  # the rejected response's tokens
-    vision: dict[str, torch.Tensor]  # processor outputs besides the ids, e.g. pixel_values (1, C, H, W)
+    vision: dict[str, torch.Tensor]  # what the processor says of the image, e.g. pixel_values (1, C, H, W)
 
 
 def context_length(config: Any) -> int | None:
@@ -80,8 +81,7 @@ class PairEncoder:
         if self.limit is not None and longest > self.limit:
             raise BadInput(f"too long: prompt {len(prompt_ids)} + longest response {max(len(chosen), len(rejected))}"
                            f" = {longest} tokens > {self.limit} (the model's context or max_length)")
-        vision = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
-        return EncodedPair(example.key, prompt_ids, chosen, rejected, vision)
+        return EncodedPair(example.key, prompt_ids, chosen, rejected, vision_of(enc))
 
     def response_ids(self, raw_prompt: list[int], prompt_text: str, full_text: str) -> list[int]:
         """Ids of the full text after the prompt's; the response alone when the tokenizer merges across the seam."""

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from rlaifv.engines.images import concat_vision
-from rlaifv.engines.packing import collate_packs, pack
+from rlaifv.engines.family import packed_inputs, plain_inputs
+from rlaifv.engines.fastpath import trusted
+from rlaifv.engines.packing import pack
 from rlaifv.engines.transfer import to_device
 from rlaifv.logps.encode import EncodedPair
 
@@ -31,11 +32,6 @@ class ResponseLogps:
     rejected: torch.Tensor  # (B,) the same for the rejected response
     chosen_tokens: torch.Tensor  # (B,) tokens in each chosen response
     rejected_tokens: torch.Tensor  # (B,) tokens in each rejected response
-
-
-def vision_inputs(pairs: list[EncodedPair], device: torch.device, repeat: int = 1) -> dict[str, torch.Tensor]:
-    """The pairs' processor outputs (pixel values, ...) concatenated along the batch, each repeated `repeat` times."""
-    return concat_vision([p.vision for p in pairs for _ in range(repeat)], device)
 
 
 CHUNK_ELEMENTS = 2**24  # logits per fp32 chunk of `token_logps` (64 MB)
@@ -121,8 +117,8 @@ def packed_logps(model: torch.nn.Module, pairs: list[EncodedPair], pad_id: int) 
             owner += [2 * b + k] * n  # 2b = chosen of pair b, 2b + 1 = its rejected
     keep = sorted(set(positions))
     column = {pos: i for i, pos in enumerate(keep)}
-    batch = collate_packs(packs, pad_id, mask_dtype(first, device), device)  # ids, positions (B, T); mask (B, 1, T, T)
-    batch.update(vision_inputs(pairs, device))
+    # ids (B, T), positions (B, T) or (3, B, T), the family's masks, the pairs' images
+    batch = packed_inputs(model, packs, [p.vision for p in pairs], pad_id, mask_dtype(first, device), device)
     # every index on the device before the forward is queued: none of the copies waits for it
     keep_t, owner_t = to_device(torch.tensor(keep), device), to_device(torch.tensor(owner), device)  # (K,), (N,)
     rows_t, targets_t = to_device(torch.tensor(rows), device), to_device(torch.tensor(targets), device)  # (N,)
@@ -141,21 +137,30 @@ def separate_logps(model: torch.nn.Module, pairs: list[EncodedPair], pad_id: int
     """
     device = next(model.parameters()).device
     seqs = [p.prompt_ids + r for p in pairs for r in (p.chosen_ids, p.rejected_ids)]  # 2B rows
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)  # (2B, T)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)  # (2B, T)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False,
-                   **vision_inputs(pairs, device, repeat=2)).logits  # (2B, T, V)
+    batch = plain_inputs(model, seqs, [p.vision for p in pairs for _ in range(2)], pad_id, device)
+    ids = batch["input_ids"]  # (2B, T), right-padded
+    logits = model(**batch, use_cache=False).logits  # (2B, T, V)
     sums = []
     for i, s in enumerate(seqs):
         n_prompt = len(pairs[i // 2].prompt_ids)
-        target = ids[i, n_prompt : len(s)].to(device)  # (L,)
+        target = ids[i, n_prompt : len(s)]  # (L,)
         sums.append(_token_logps(logits[i, n_prompt - 1 : len(s) - 1], target).sum())  # logits (L, V)
     flat = torch.stack(sums)  # (2B,)
     return ResponseLogps(flat[0::2], flat[1::2], *_lengths(pairs, device))
+
+
+def response_logps(model: torch.nn.Module, pairs: list[EncodedPair], pad_id: int) -> ResponseLogps:
+    """`packed_logps` where it agrees with `separate_logps` on the run's first pairs (engines.fastpath, checked
+    once per model), `separate_logps` otherwise: what the DPO step, the reference pass and reward scoring use."""
+
+    def per_token(logps: ResponseLogps) -> torch.Tensor:  # (2B,): mean log-prob per token of each response
+        return torch.cat([logps.chosen / logps.chosen_tokens, logps.rejected / logps.rejected_tokens])
+
+    probe, first = pairs[:2], next(model.parameters())
+    if trusted(model, "logps.packed", lambda: per_token(packed_logps(model, probe, pad_id)),
+               lambda: per_token(separate_logps(model, probe, pad_id)), mask_dtype(first, first.device)):
+        return packed_logps(model, pairs, pad_id)
+    return separate_logps(model, pairs, pad_id)
 
 
 def _lengths(pairs: list[EncodedPair], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,9 +31,11 @@ from typing import Any, ClassVar
 import torch
 
 from rlaifv.config import DPOConfig, EngineConfig
+from rlaifv.engines.family import family_of
+from rlaifv.engines.processors import load_processor
 from rlaifv.engines.transfer import OneBehind, to_device, to_host_later
 from rlaifv.logps.encode import EncodedPair, PairEncoder, ahead, context_length
-from rlaifv.logps.packed import ResponseLogps, packed_logps
+from rlaifv.logps.packed import ResponseLogps, response_logps
 from rlaifv.preferences import LoadedPairs, PreferenceExample, load_pairs, pair_store_root
 from rlaifv.progress import progress
 from rlaifv.prompts import load_image, reason_kind
@@ -67,12 +69,13 @@ def weights_dtype(cfg: DPOConfig) -> torch.dtype:
 
 def load_model(path: str | Path, cfg: DPOConfig, device: torch.device | str = "cpu"):
     """A VLM from a folder or hub id, with the processor that goes with it."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
-    processor = AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    processor = load_processor(path, trust_remote_code=cfg.trust_remote_code)
     model = AutoModelForImageTextToText.from_pretrained(
         path, dtype=weights_dtype(cfg), trust_remote_code=cfg.trust_remote_code
     )
+    family_of(model)  # refuses a family whose answers cannot be scored as continuations
     return model.to(device), processor
 
 
@@ -190,7 +193,7 @@ def _compute(examples: list[PreferenceExample], reference: str | Path, cfg: DPOC
                     _quarantine(writer, example, reason, counts)
                 if encoded:
                     with torch.no_grad(), autocast:
-                        out = packed_logps(model, encoded, pad_id)
+                        out = response_logps(model, encoded, pad_id)
                     behind.push((batch, encoded, to_host_later([out.chosen.float(), out.rejected.float()])))
                 else:
                     bar.advance(len(batch), status=f"{counts['done']} pairs")

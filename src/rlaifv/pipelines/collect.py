@@ -136,6 +136,11 @@ def summarize(out: Path, results: dict | None = None) -> dict:
         # distinct questions this run sent to the labeler (fewer than its verdicts when samples repeat claims; none
         # when a rerun finds every verdict stored): about the run, like `seconds`, not about the stores
         summary["questions_asked"] = results["judge"]["asked"]
+    # which fast paths ran on each local model, and where the exact path served instead (engines.fastpath)
+    fast = {stage: results[stage]["fast_paths"] for stage in ("sample", "judge")
+            if results and (results.get(stage) or {}).get("fast_paths")}
+    if fast:
+        summary["fast_paths"] = fast
     summary.update(world_feedback(s["prompts"], pairs_store))
     return summary
 

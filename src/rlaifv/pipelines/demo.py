@@ -52,9 +52,11 @@ def _examples(wcfg: WorldConfig, ecfg: EvalConfig, gen_dir: Path, n: int = 5) ->
 
 
 def report_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The loop's rows as the report's: test metrics for every round, plus the training pairs' counts for k >= 1."""
-    return [{"round": r["round"], **{k: r[k] for k in ROUND_KEYS},
-             **({k: r[k] for k in FEEDBACK_KEYS} if r["round"] > 0 else {})} for r in rows]
+    """The loop's rows as the report's: every round's policy and test metrics, plus for k >= 1 the training pairs'
+    counts and the DPO step the round chose (0: it kept its starting policy; `skipped`: why it could not train)."""
+    return [{"round": r["round"], "policy": r["policy"], **{k: r[k] for k in ROUND_KEYS},
+             **({**{k: r[k] for k in FEEDBACK_KEYS}, "step": r["step"]} if r["round"] > 0 else {}),
+             **({"skipped": r["skipped"]} if r.get("skipped") else {})} for r in rows]
 
 
 def run_demo(workdir: Path, seed: int = 0, world: WorldConfig | None = None, ecfg: EvalConfig | None = None,
@@ -63,7 +65,8 @@ def run_demo(workdir: Path, seed: int = 0, world: WorldConfig | None = None, ecf
 
     `icfg` sets how a round collects, trains and selects (default: IterateConfig's world defaults); `rounds` and
     `ecfg` (the `test` evaluation) override its fields of the same meaning. `bon_samples` answers per test scene feed
-    the best-of-N section (0: none; it needs at least one round, whose starting policy is the reference).
+    the best-of-N section (0: none; it needs a round that changed the policy: the policy that round started
+    from is the reference).
     """
     wcfg = (world or WorldConfig()).model_copy(update={"seed": seed})
     ecfg = ecfg or EvalConfig()
@@ -100,6 +103,8 @@ def run_demo(workdir: Path, seed: int = 0, world: WorldConfig | None = None, ecf
 
     report = {
         "seed": seed,
+        "select_on": loop["select_on"],
+        **({"val_scenes": icfg.val_scenes} if loop["select_on"] == "world" else {}),
         "rounds": report_rounds(loop["rounds"]),
         **bon,
         "labeler": {k: labeler[k] for k in ("accuracy", "hard_negative_accuracy", "false_rejection_rate")},
@@ -117,8 +122,9 @@ def run_demo(workdir: Path, seed: int = 0, world: WorldConfig | None = None, ecf
 def _best_of_n(workdir: Path, rows: list[dict[str, Any]], wcfg: WorldConfig, ecfg: EvalConfig, n_max: int,
                device: str) -> dict[str, Any]:
     """The report's `bon` rows and `bon_setup`: the final policy against its reference, the policy that the round
-    which trained it started from (a later round may have kept it). Nothing when no round changed the policy (every
-    reward would be 0)."""
+    which trained it started from (`trained_in`; a later round may have kept the final policy, so the reference is
+    not always what the last round started from). Nothing when no round changed the policy (every reward would
+    be 0)."""
     policy = rows[-1]["policy"]
     changed = [k for k in range(1, len(rows)) if rows[k]["policy"] != rows[k - 1]["policy"]]
     if not changed:
@@ -126,9 +132,9 @@ def _best_of_n(workdir: Path, rows: list[dict[str, Any]], wcfg: WorldConfig, ecf
         return {}
     reference = rows[changed[-1] - 1]["policy"]
     table, summary = world_bon(workdir / "bon", policy, reference, wcfg, ecfg, n_max, device)
-    return {"bon": table, "bon_setup": {"policy": policy, "reference": reference, "samples": n_max,
-                                        "temperature": BON_TEMPERATURE, "scored": summary["scored"],
-                                        "quarantined": summary["quarantined"]}}
+    return {"bon": table, "bon_setup": {"policy": policy, "reference": reference, "trained_in": changed[-1],
+                                        "samples": n_max, "temperature": BON_TEMPERATURE,
+                                        "scored": summary["scored"], "quarantined": summary["quarantined"]}}
 
 
 def _step_seconds(workdir: Path) -> dict[str, float]:

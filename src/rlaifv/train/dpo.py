@@ -36,9 +36,10 @@ import torch.nn.functional as F
 import yaml
 
 from rlaifv.config import DPOConfig, EngineConfig
+from rlaifv.engines.fastpath import report
 from rlaifv.engines.transfer import OneBehind, to_host_later
 from rlaifv.logps.encode import EncodedPair, PairEncoder, ahead
-from rlaifv.logps.packed import ResponseLogps, packed_logps
+from rlaifv.logps.packed import ResponseLogps, response_logps
 from rlaifv.logps.reference import (
     compute_reference_logps,
     encode_batch,
@@ -514,7 +515,7 @@ class DPOTrainer:
                              "reference must share a tokenizer and chat template")
         ref = self.table.batch([p.key for p in encoded], self.acc.device)
         with self.autocast():
-            policy = packed_logps(self.model, encoded, self.pad_id)
+            policy = response_logps(self.model, encoded, self.pad_id)
         return dpo_objective(policy, ref, self.cfg)
 
     # -- metrics ---------------------------------------------------------------------------------------------------
@@ -564,6 +565,7 @@ class DPOTrainer:
             "epochs": round(self.total_steps / self.schedule.steps_per_epoch, 4),
             "global_batch": self.schedule.global_batch,
             "processes": self.acc.num_processes,
+            "fast_paths": report(self.model),  # packed log-probs, or the exact path where they differed
             "resumed_from_step": start,
             "final": read_metrics(self.out / METRICS)[-1] if self.main else None,
             "seconds": round(seconds, 2),

@@ -65,8 +65,8 @@ def world_models(seed: int) -> tuple[Path, str]:
     from pydantic import ValidationError
 
     from rlaifv import __version__
-    from rlaifv.config import WorldConfig
     from rlaifv.world.bootstrap import BOOTSTRAP_REVISION, MANIFEST, bootstrap, cache_key, cache_root
+    from rlaifv.world.config import WorldConfig
 
     world = WorldConfig(seed=seed)
     base = cache_root() / "world"
@@ -98,7 +98,7 @@ def mem_available_gb() -> float:
 
 def run_collect(name: str, prompts: Path, out: Path, cfg, world) -> dict:
     """One full collection into a fresh folder; the summary plus response statistics and the load around it."""
-    from rlaifv.collect import collect, stores
+    from rlaifv.pipelines.collect import collect, stores
 
     shutil.rmtree(out, ignore_errors=True)
     load_before = os.getloadavg()[0]
@@ -108,7 +108,7 @@ def run_collect(name: str, prompts: Path, out: Path, cfg, world) -> dict:
     summary["wall_s"] = time.perf_counter() - start
     summary["load"] = (load_before, os.getloadavg()[0])
     from rlaifv.eval.world_metrics import world_errors
-    from rlaifv.feedback.prompts import scene_of
+    from rlaifv.prompts import scene_of
 
     s = stores(out)
     candidates = s["candidates"].read_all()
@@ -135,7 +135,8 @@ def run_collect(name: str, prompts: Path, out: Path, cfg, world) -> dict:
 def cross_check(server_run: Path, out: Path, hf_cfg, world) -> dict:
     """The HF labeler on the server run's candidates and claims, then the pairs stage: precision, whether the pairs
     equal the server run's, and the largest |P_yes| / |P_no| difference between the two labelers' verdicts."""
-    from rlaifv.collect import pair_store, run_stage, stores, summarize
+    from rlaifv.pipelines.collect import run_stage, stores, summarize
+    from rlaifv.preferences import pair_store
 
     shutil.rmtree(out, ignore_errors=True)
     for name in ("prompts", "candidates", "claims"):
@@ -276,12 +277,13 @@ def main() -> int:
 
     import torch
 
-    from rlaifv.cli import _quiet_libraries
-    from rlaifv.config import EngineConfig, IterateConfig, WorldConfig
+    from rlaifv.cli.common import quiet_libraries
+    from rlaifv.config import HFEngineConfig, IterateConfig, OpenAIEngineConfig
     from rlaifv.engines.vllm_local import VLLM_VERSION, VLLMServer, ensure_vllm_venv, export_for_vllm
-    from rlaifv.feedback.prompts import write_world_prompts
+    from rlaifv.prompts import write_world_prompts
+    from rlaifv.world.config import WorldConfig
 
-    _quiet_libraries()
+    quiet_libraries()
     t0 = time.perf_counter()
     temporary = args.work is None
     work = Path(tempfile.mkdtemp(prefix="rlaifv-collect-server-")) if temporary else args.work.resolve()
@@ -303,10 +305,10 @@ def main() -> int:
                                            "pairs": base.pairs.model_copy(update={"seed": args.collect_seed})})
         claims = base.claims
         if claims.splitter == "llm" and claims.splitter_model.kind == "hf" and not claims.splitter_model.path:
-            claims = claims.model_copy(update={"splitter_model": EngineConfig(path=str(root / "splitter"))})
+            claims = claims.model_copy(update={"splitter_model": HFEngineConfig(path=str(root / "splitter"))})
         hf_cfg = base.model_copy(update={
-            "sample": base.sample.model_copy(update={"policy": EngineConfig(path=str(root / "policy"))}),
-            "judge": base.judge.model_copy(update={"labeler": EngineConfig(path=str(root / "labeler"))}),
+            "sample": base.sample.model_copy(update={"policy": HFEngineConfig(path=str(root / "policy"))}),
+            "judge": base.judge.model_copy(update={"labeler": HFEngineConfig(path=str(root / "labeler"))}),
             "claims": claims,
         })
         print(f"collect settings: n={base.sample.n}, max_new_tokens={base.sample.max_new_tokens}, temperature="
@@ -338,8 +340,8 @@ def main() -> int:
             print(f"servers: policy {servers['policy'].url}, labeler {servers['labeler'].url}; "
                   f"{mem_available_gb():.1f} GB RAM available with both up", flush=True)
 
-            def served(role: str) -> EngineConfig:
-                return EngineConfig(kind="openai", urls=[servers[role].url], model=servers[role].model,
+            def served(role: str) -> OpenAIEngineConfig:
+                return OpenAIEngineConfig(urls=[servers[role].url], model=servers[role].model,
                                     concurrency=args.concurrency)
 
             server_cfg = hf_cfg.model_copy(update={

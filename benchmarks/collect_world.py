@@ -28,13 +28,14 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
 
-    from rlaifv.cli import _quiet_libraries
-    from rlaifv.collect import collect
-    from rlaifv.config import CollectConfig, WorldConfig
-    from rlaifv.feedback.prompts import write_world_prompts
+    from rlaifv.cli.common import quiet_libraries
+    from rlaifv.config import CollectConfig
+    from rlaifv.pipelines.collect import collect
+    from rlaifv.prompts import write_world_prompts
     from rlaifv.world.bootstrap import bootstrap
+    from rlaifv.world.config import WorldConfig
 
-    _quiet_libraries()
+    quiet_libraries()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="rlaifv-collect-"))
     world = WorldConfig(seed=args.seed)
     start = time.perf_counter()

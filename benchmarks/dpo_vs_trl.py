@@ -58,7 +58,8 @@ def save_model(shape: str, device: str, out: Path) -> Path:
 
         model, processor = llava_7b_model(device if shape == "llava-7b" else "cpu", mini=shape == "llava-7b-mini")
     else:
-        from rlaifv.world.models import TinyVLMConfig, build_model, build_processor, build_tokenizer
+        from rlaifv.world.config import TinyVLMConfig
+        from rlaifv.world.models import build_model, build_processor, build_tokenizer
 
         cfg = TinyVLMConfig()
         tokenizer = build_tokenizer(0)
@@ -243,9 +244,9 @@ class StepsDone(Exception):
 
 def run_ours(args, model_dir: Path, data: Path, work: Path, rss_start: float) -> dict:
     from rlaifv.config import DPOConfig
-    from rlaifv.train.data import load_pairs
+    from rlaifv.logps.reference import compute_reference_logps
+    from rlaifv.preferences import load_pairs
     from rlaifv.train.dpo import read_metrics, train_dpo
-    from rlaifv.train.reference import compute_reference_logps
 
     last = args.steps + (PROFILED_STEPS if args.profile else 0)
     cfg = DPOConfig(per_device_train_batch_size=args.batch, max_steps=last, logging_steps=1,

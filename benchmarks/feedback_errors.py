@@ -56,9 +56,10 @@ def main() -> int:
     ap.add_argument("out", type=Path, help="a collect folder on world prompts")
     args = ap.parse_args()
 
-    from rlaifv.collect import pair_store, stores
     from rlaifv.eval.world_metrics import world_errors
-    from rlaifv.feedback.prompts import scene_of
+    from rlaifv.pipelines.collect import stores
+    from rlaifv.preferences import pair_store
+    from rlaifv.prompts import scene_of
 
     s = stores(args.out)
     scenes = {p.prompt_id: scene_of(p) for p in s["prompts"].read()}

@@ -25,9 +25,9 @@ import torch
 
 
 def tiny_engine(role: str):
-    from rlaifv.config import WorldConfig
     from rlaifv.engines.hf import HFEngine
     from rlaifv.world.bootstrap import bootstrap
+    from rlaifv.world.config import WorldConfig
 
     models = bootstrap(WorldConfig())
     return HFEngine(models.policy if role == "policy" else models.labeler)
@@ -160,10 +160,11 @@ def bench_claims(n_prompts: int, n: int, batch: int, workdir: str, repeats: int)
     """Judge the claims `rlaifv collect` makes on world prompts, three ways, side by side."""
     from pathlib import Path
 
-    from rlaifv.collect import run_stage, stores
-    from rlaifv.config import CollectConfig, JudgeConfig, WorldConfig
+    from rlaifv.config import CollectConfig, JudgeConfig
     from rlaifv.feedback.judge import ask_each_once
-    from rlaifv.feedback.prompts import load_image, write_world_prompts
+    from rlaifv.pipelines.collect import run_stage, stores
+    from rlaifv.prompts import load_image, write_world_prompts
+    from rlaifv.world.config import WorldConfig
 
     world = WorldConfig()
     out = Path(workdir)
@@ -184,14 +185,14 @@ def bench_claims(n_prompts: int, n: int, batch: int, workdir: str, repeats: int)
     def naive():
         return one_question_per_forward(engine, flat, batch)
 
-    judge = JudgeConfig()  # run_judge's batching: prompts_per_batch prompts, packs_per_batch rows per forward
+    judge = JudgeConfig()  # run_judge's batching: prompts_per_batch prompts, packs_per_forward rows per forward
 
     def batched(ask):
         return [p for lo in range(0, len(groups), judge.prompts_per_batch)
                 for row in ask(groups[lo : lo + judge.prompts_per_batch]) for p in row]
 
     def ask(g):
-        return engine.yes_no_shared(g, judge.questions_per_pack, judge.packs_per_batch)
+        return engine.yes_no_shared(g, judge.questions_per_pack, judge.packs_per_forward)
 
     def shared():
         return batched(ask)
@@ -203,7 +204,7 @@ def bench_claims(n_prompts: int, n: int, batch: int, workdir: str, repeats: int)
     print(f"{len(groups)} world prompts x {n} samples: {n_claims} claims, {n_distinct} distinct questions "
           f"({n_claims / n_distinct:.2f} claims per question), threads {torch.get_num_threads()}")
     paths = ((f"one claim per forward (batches of {batch})", naive),
-             (f"shared prefix, every claim ({judge.packs_per_batch} packed rows per forward)", shared),
+             (f"shared prefix, every claim ({judge.packs_per_forward} packed rows per forward)", shared),
              ("shared prefix, each distinct question once (run_judge)", shared_distinct))
     for _, fn in paths:
         fn()  # warm-up

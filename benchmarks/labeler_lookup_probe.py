@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
 
-    from rlaifv.config import WorldConfig
+    from rlaifv.world.config import WorldConfig
     from rlaifv.world.language import POSITION_PHRASES, sample_questions
     from rlaifv.world.models import IMAGE_TOKEN, build_model, build_tokenizer, encode_prompt
     from rlaifv.world.scenes import CATEGORIES, COLORS, sample_scenes

@@ -41,7 +41,7 @@ def agreement(llm: list, rules: list) -> dict[str, float]:
 def run_seed(seed: int, args: argparse.Namespace) -> tuple[dict, list, list, list]:
     """Train (or load) one splitter, split the held-out responses both ways; (row, items, llm, rules)."""
     from rlaifv.feedback.split_llm import LLMSplitter
-    from rlaifv.feedback.split_rules import RuleSplitter
+    from rlaifv.text.rules import RuleSplitter
     from rlaifv.world.splitter import train_splitter, world_responses
 
     with tempfile.TemporaryDirectory() as tmp:

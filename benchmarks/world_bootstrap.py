@@ -38,8 +38,9 @@ def main() -> None:
 
     import torch
 
-    from rlaifv.config import EvalConfig, WorldConfig
-    from rlaifv.demo import run_demo
+    from rlaifv.config import EvalConfig
+    from rlaifv.pipelines.demo import run_demo
+    from rlaifv.world.config import WorldConfig
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}")

@@ -54,9 +54,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from rlaifv.config import EvalConfig, WorldConfig
+    from rlaifv.config import EvalConfig
     from rlaifv.eval.world import evaluate_labeler
     from rlaifv.world.bootstrap import align_vision, train_model, train_scenes
+    from rlaifv.world.config import WorldConfig
     from rlaifv.world.models import build_model, build_tokenizer
 
     cfg = WorldConfig(seed=args.seed)

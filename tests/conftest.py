@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from rlaifv.config import WorldConfig
+from rlaifv.world.config import WorldConfig
 
 
 @pytest.fixture(scope="session")

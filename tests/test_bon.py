@@ -17,18 +17,10 @@ from typer.testing import CliRunner
 import rlaifv.store as store_module
 from rlaifv.config import BonConfig
 from rlaifv.engines.packing import pack_bounds
-from rlaifv.feedback.prompts import ingest_prompts, load_image, write_world_prompts
-from rlaifv.infer.bon import (
-    EMPTY,
-    BonRow,
-    Scorer,
-    best_of_n,
-    bon_stores,
-    choose,
-    rewards_of,
-    run_bon,
-)
+from rlaifv.infer.bon import EMPTY, BonRow, Scorer, choose, rewards_of, run_bon
 from rlaifv.infer.reward import group_logps, separate_group_logps
+from rlaifv.pipelines.best_of_n import best_of_n, bon_stores
+from rlaifv.prompts import ingest_prompts, load_image, write_world_prompts
 from rlaifv.records import Candidate
 
 torch.set_num_threads(1)
@@ -54,9 +46,9 @@ def aligned(micro_world, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def scorers(aligned, micro_world) -> tuple[Scorer, Scorer]:
-    from rlaifv.config import EngineConfig
+    from rlaifv.config import HFEngineConfig
 
-    return Scorer.load(EngineConfig(path=str(aligned))), Scorer.load(EngineConfig(path=str(micro_world.policy)))
+    return Scorer.load(HFEngineConfig(path=str(aligned))), Scorer.load(HFEngineConfig(path=str(micro_world.policy)))
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +255,7 @@ def test_a_crashed_run_resumes_to_the_uninterrupted_result(aligned, micro_world,
 def test_the_command_writes_best_answers_and_one_json_object(aligned, micro_world, prompts_file, tmp_path):
     import typer
 
-    from rlaifv.cli_bon import register
+    from rlaifv.cli.bon import register
 
     app = typer.Typer()
     register(app)
@@ -299,7 +291,7 @@ def _row(prompt_id: str, texts: list[str], pol: list, ref: list, tokens: list[in
 
 
 def test_world_bon_table_picks_among_the_first_n_with_each_reward_form():
-    from rlaifv.eval.world_bon import bon_table, pick_first_n
+    from rlaifv.pipelines.world_bon import bon_table, pick_first_n
     from rlaifv.world.language import describe, true_mentions
     from rlaifv.world.scenes import CATEGORIES, sample_scenes
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlaifv.config import WorldConfig
 from rlaifv.world.bootstrap import MANIFEST, bootstrap, cache_key
+from rlaifv.world.config import WorldConfig
 
 
 def test_bootstrap_trains_both_models_and_reuses_the_cache(micro_world, micro_config, capsys):
@@ -63,7 +63,7 @@ def test_corrupt_cache_is_reported_and_rebuilt(micro_config, tmp_path, monkeypat
 def test_killed_bootstrap_leaves_nothing_a_later_run_picks_up(micro_config, tmp_path):
     env = {**os.environ, "RLAIFV_CACHE": str(tmp_path)}
     code = (
-        "from rlaifv.config import WorldConfig; from rlaifv.world.bootstrap import bootstrap; "
+        "from rlaifv.world.config import WorldConfig; from rlaifv.world.bootstrap import bootstrap; "
         "bootstrap(WorldConfig.preset('micro'))"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.DEVNULL)

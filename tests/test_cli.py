@@ -15,7 +15,7 @@ from rlaifv.store import ShardedStore
 COMMANDS = [[], ["demo"], ["world"], ["world", "bootstrap"], ["world", "show"], ["world", "prompts"], ["eval"],
             ["eval", "world"], ["collect"], ["sample"], ["claims"], ["judge"], ["pairs"], ["export"],
             ["eval", "chair"], ["eval", "amber"], ["eval", "mmhal"], ["eval", "generate"], ["eval", "report"],
-            ["train"], ["iterate"]]
+            ["train"], ["iterate"], ["bon"]]
 
 
 def _run(args, env=None, cwd=None):
@@ -29,6 +29,19 @@ def test_every_command_has_help(cmd):
     out = _run([*cmd, "--help"])
     assert out.returncode == 0, out.stderr
     assert "Usage" in out.stdout and len(out.stdout.splitlines()) > 3
+
+
+def test_help_loads_no_torch():
+    """Every command's --help answers without importing torch: commands import what they run when they run."""
+    script = ("import sys\n"
+              "from typer.testing import CliRunner\n"
+              "from rlaifv.cli import app\n"
+              f"for cmd in {COMMANDS!r}:\n"
+              "    assert CliRunner().invoke(app, [*cmd, '--help']).exit_code == 0, cmd\n"
+              "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 HELP_WITHOUT_MATPLOTLIB = """

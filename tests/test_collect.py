@@ -12,15 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from rlaifv.collect import collect, pair_store, run_stage, stores
 from rlaifv.config import CollectConfig
+from rlaifv.pipelines.collect import collect, run_stage, stores
+from rlaifv.preferences import pair_store
 
 N_PROMPTS = 6
 
 
 @pytest.fixture(scope="module")
 def world_prompts(tmp_path_factory, micro_config) -> Path:
-    from rlaifv.feedback.prompts import write_world_prompts
+    from rlaifv.prompts import write_world_prompts
 
     out = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
     return write_world_prompts(micro_config.seed, "prompts", N_PROMPTS, out, micro_config.prior)
@@ -85,7 +86,7 @@ CHILD = r"""
 import os, signal, sys
 from pathlib import Path
 import rlaifv.store as store
-from rlaifv.collect import run_stage
+from rlaifv.pipelines.collect import run_stage
 from rlaifv.config import CollectConfig
 
 stage, out, kill_after, cfg_json = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
@@ -124,7 +125,7 @@ def test_a_stage_killed_midway_resumes_to_the_uninterrupted_result(stage, before
 
 
 def test_bad_inputs_are_quarantined_with_reasons(micro_world, world_prompts, tmp_path):
-    from rlaifv.feedback.prompts import read_prompt_rows
+    from rlaifv.prompts import read_prompt_rows
 
     src = [json.loads(line) for line in world_prompts.read_text().splitlines()]
     base = world_prompts.parent
@@ -200,7 +201,7 @@ def test_llm_splitter_path_runs_on_the_world_splitter(finished, micro_world, tmp
 
 
 def micro_world_config():
-    from rlaifv.config import WorldConfig
+    from rlaifv.world.config import WorldConfig
 
     return WorldConfig.preset("micro")
 
@@ -213,7 +214,7 @@ def test_each_distinct_question_of_an_image_is_asked_once(finished, micro_world,
     from rlaifv.config import JudgeConfig
     from rlaifv.engines.hf import HFEngine
     from rlaifv.feedback.judge import run_judge
-    from rlaifv.feedback.prompts import load_image
+    from rlaifv.prompts import load_image
     from rlaifv.store import ShardedStore
 
     s = stores(finished)

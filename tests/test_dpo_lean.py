@@ -12,7 +12,7 @@ from test_dpo_logps import make_world_pairs
 
 from rlaifv.config import DPOConfig
 from rlaifv.engines import packing
-from rlaifv.train import logps as logps_module
+from rlaifv.logps import packed as logps_module
 from rlaifv.train.dpo import read_metrics, train_dpo
 from rlaifv.train.lora import LeanLoraA, _DropoutLinear, _keep_mask, lean_lora
 

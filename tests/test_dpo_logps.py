@@ -19,14 +19,14 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from rlaifv.config import DPOConfig
 from rlaifv.feedback.pairs import TRL_SCHEMA, export_rlaifv_dataset, export_trl
-from rlaifv.feedback.prompts import ingest_prompts, load_image, scene_of, write_world_prompts
+from rlaifv.logps.encode import PairEncoder, context_length
+from rlaifv.logps.packed import ResponseLogps, packed_logps, separate_logps
+from rlaifv.logps.reference import RefLogps, compute_reference_logps, read_reference, reference_store
+from rlaifv.preferences import LoadedPairs, load_pairs
+from rlaifv.prompts import ingest_prompts, load_image, scene_of, write_world_prompts
 from rlaifv.records import Pair, Prompt
 from rlaifv.store import ShardedStore
-from rlaifv.train.data import LoadedPairs, load_pairs
 from rlaifv.train.dpo import dpo_objective, enable_checkpointing, sigmoid_dpo_loss
-from rlaifv.train.encode import PairEncoder, context_length
-from rlaifv.train.logps import ResponseLogps, packed_logps, separate_logps
-from rlaifv.train.reference import RefLogps, compute_reference_logps, read_reference, reference_store
 from rlaifv.world.language import describe, noisy_caption, true_mentions
 
 LONG = " ".join(["A small red ball is at the top."] * 40)  # ~320 tokens: past the micro models' 256 positions

@@ -19,11 +19,11 @@ from test_dpo_logps import make_world_pairs
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from rlaifv.config import DPOConfig
-from rlaifv.feedback.prompts import load_image
-from rlaifv.train.data import load_pairs
+from rlaifv.logps.encode import PairEncoder
+from rlaifv.logps.packed import packed_logps
+from rlaifv.preferences import load_pairs
+from rlaifv.prompts import load_image
 from rlaifv.train.dpo import read_metrics, train_dpo, vision_tower
-from rlaifv.train.encode import PairEncoder
-from rlaifv.train.logps import packed_logps
 
 # Batch 1 x accumulation 4, a checkpoint every 3 steps, a metrics row per step; lr high enough that 6 steps move the
 # tiny model visibly, no warmup so the first step already updates.

@@ -11,15 +11,15 @@ import pytest
 import torch
 from test_dpo_logps import make_world_pairs
 
+import rlaifv.logps.reference as reference
 import rlaifv.train.dpo as dpo
-import rlaifv.train.reference as reference
 from rlaifv.config import DPOConfig
 from rlaifv.engines.transfer import OneBehind, to_device, to_host_later
+from rlaifv.logps.encode import ahead
+from rlaifv.logps.reference import compute_reference_logps, reference_store
 from rlaifv.records import Pair
 from rlaifv.store import ShardedStore
 from rlaifv.train.dpo import read_metrics, train_dpo
-from rlaifv.train.encode import ahead
-from rlaifv.train.reference import compute_reference_logps, reference_store
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 5])

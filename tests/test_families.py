@@ -20,11 +20,11 @@ from rlaifv.config import DPOConfig
 from rlaifv.engines.fastpath import report
 from rlaifv.engines.hf import HFEngine, Sampling
 from rlaifv.infer.reward import ResponseGroup, group_logps
+from rlaifv.logps.encode import PairEncoder
+from rlaifv.logps.packed import response_logps
+from rlaifv.preferences import PreferenceExample
 from rlaifv.records import Prompt
-from rlaifv.train.data import PreferenceExample
 from rlaifv.train.dpo import read_metrics, train_dpo
-from rlaifv.train.encode import PairEncoder
-from rlaifv.train.logps import response_logps
 
 # Families whose packing, shared prefill and image bank are verified exact; others run the exact path (fallback).
 FAST = frozenset({"llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "gemma3", "internvl"})

@@ -7,8 +7,8 @@ import math
 import torch
 from transformers import AutoModelForImageTextToText
 
-from rlaifv.config import WorldConfig
 from rlaifv.engines.hf import HFEngine
+from rlaifv.world.config import WorldConfig
 from rlaifv.world.labeler import LookupHeads, collate_rows, labeler_loss, labeler_rows
 from rlaifv.world.language import parse_mentions
 from rlaifv.world.render import render

@@ -26,12 +26,12 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from rlaifv.config import EvalConfig, IterateConfig
 from rlaifv.eval.report import FEEDBACK_KEYS, ROUND_KEYS
-from rlaifv.feedback.prompts import load_image, write_world_prompts
-from rlaifv.loop import STATE, iterate
-from rlaifv.selection import WorldSelector, choose
-from rlaifv.train.data import load_pairs
-from rlaifv.train.encode import PairEncoder
-from rlaifv.train.logps import separate_logps
+from rlaifv.logps.encode import PairEncoder
+from rlaifv.logps.packed import separate_logps
+from rlaifv.pipelines.loop import STATE, iterate
+from rlaifv.pipelines.selection import WorldSelector, choose
+from rlaifv.preferences import load_pairs
+from rlaifv.prompts import load_image, write_world_prompts
 from rlaifv.world.scenes import sample_scenes
 
 PROMPTS = 6
@@ -119,8 +119,9 @@ def test_a_round_keeps_its_starting_policy_unless_a_checkpoint_beats_it(baseline
 KILLED_RUN = """
 import os, signal, sys
 from pathlib import Path
-from rlaifv.config import IterateConfig, WorldConfig
-from rlaifv.loop import iterate
+from rlaifv.config import IterateConfig
+from rlaifv.world.config import WorldConfig
+from rlaifv.pipelines.loop import iterate
 
 out, cfg = Path(sys.argv[1]), IterateConfig.model_validate_json(sys.argv[2])
 
@@ -224,7 +225,7 @@ def test_select_on_reward_picks_the_best_held_out_reward_accuracy(micro_world, m
 
 
 def test_demo_reports_one_row_per_round(baseline, micro_world, micro_config):
-    from rlaifv.demo import run_demo
+    from rlaifv.pipelines.demo import run_demo
 
     out = Path(baseline["out"])
     report = run_demo(out, 0, micro_config, EvalConfig(n_scenes=8), rounds=2, icfg=config_for(micro_world),
@@ -266,8 +267,8 @@ def test_demo_report_names_the_reference_when_the_last_round_kept_its_policy(bas
     when none of its checkpoints beats its start on `val`: best-of-N scores round 1's checkpoint against round 1's
     reference, the base policy -- not against what round 2 started from -- and report.md says so, from the run's
     records."""
-    from rlaifv.demo import run_demo
     from rlaifv.infer.bon import BonRow
+    from rlaifv.pipelines.demo import run_demo
     from rlaifv.store import ShardedStore
 
     out = tmp_path / "kept"
@@ -303,9 +304,9 @@ def test_demo_report_names_the_reference_when_the_last_round_kept_its_policy(bas
 def _check_bon_section(report: dict, out: Path, world) -> None:
     """Round 2's policy against round 2's reference on the test scenes: N = 1 is the first sample of each scene, the
     largest N keeps the answer with the highest mean reward recomputed here from the stored log-probs."""
-    from rlaifv.eval.world_bon import BON_KEYS
     from rlaifv.eval.world_metrics import description_metrics
     from rlaifv.infer.bon import BonRow
+    from rlaifv.pipelines.world_bon import BON_KEYS
     from rlaifv.store import ShardedStore
 
     assert report["bon_setup"]["policy"] == report["models"]["rounds"][1] == report["rounds"][2]["policy"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from rlaifv.config import WorldConfig
+from rlaifv.world.config import WorldConfig
 from rlaifv.world.language import DESCRIBE_INSTRUCTIONS
 from rlaifv.world.models import (
     build_model,

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from rlaifv.engines.openai_vlm import prompt_messages
+from rlaifv.preferences import PreferenceExample
 from rlaifv.records import BadInput, Prompt
-from rlaifv.train.data import PreferenceExample
 
 
 def _example(**changes) -> PreferenceExample:

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from rlaifv.feedback.prompts import (
+from rlaifv.prompts import (
     ingest_prompts,
     load_image,
     read_prompt_rows,
@@ -193,7 +193,7 @@ def test_killed_ingest_resumes_to_exactly_one_record_per_key(tmp_path, squares):
     ]
     source = _write_jsonl(tmp_path / "p.jsonl", rows)
     store = ShardedStore(tmp_path / "store", Prompt, shard_size=1)
-    script = ("import sys; from pathlib import Path; from rlaifv.feedback.prompts import ingest_prompts; "
+    script = ("import sys; from pathlib import Path; from rlaifv.prompts import ingest_prompts; "
               "from rlaifv.records import Prompt; from rlaifv.store import ShardedStore; "
               "ingest_prompts(Path(sys.argv[1]), ShardedStore(Path(sys.argv[2]), Prompt, shard_size=1))")
     log = tmp_path / "ingest.log"
@@ -252,7 +252,7 @@ def test_scene_dict_round_trip_survives_json():
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
 def test_world_prompts_round_trip_to_their_scenes(tmp_path, suffix):
-    from rlaifv.eval.world import instruction_for
+    from rlaifv.world.language import instruction_for
 
     out = write_world_prompts(seed=3, split="val", n=4, out=tmp_path / f"world{suffix}")
     counts, store = _ingest(out, tmp_path / "store")

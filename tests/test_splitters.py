@@ -8,15 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from rlaifv.feedback.split_llm import (
-    LLMSplitter,
-    pair_claims,
-    parse_bullets,
-    read_statements,
-    strip_suffix,
-)
-from rlaifv.feedback.split_rules import RuleSplitter, cut_words
+from rlaifv.feedback.split_llm import LLMSplitter
 from rlaifv.records import BadInput
+from rlaifv.text.formats import pair_claims, parse_bullets, read_statements, strip_suffix
+from rlaifv.text.rules import RuleSplitter, cut_words
 from rlaifv.world.language import CaptionNoise, Mention, describe, noisy_caption, parse_mentions, true_mentions
 from rlaifv.world.models import build_tokenizer
 from rlaifv.world.scenes import sample_scenes
@@ -254,7 +249,7 @@ def test_world_training_prompt_tokens_are_what_the_splitter_sends(tokenizer, tmp
     splitter = LLMSplitter(random_model_folder(tokenizer, tmp_path))
     for conversation in conversations[:4]:
         prompt_ids, target_ids = encode_conversation(tokenizer, conversation)
-        sent = splitter.tokenizer(splitter.chat_text(conversation[0]["content"]), add_special_tokens=False)
+        sent = splitter.chat.tokenizer(splitter.chat.chat_text(conversation[0]["content"]), add_special_tokens=False)
         assert prompt_ids == sent["input_ids"]
         assert target_ids[-1] == tokenizer.eos_token_id
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlaifv.config import CollectConfig, EngineConfig, IterateConfig, JudgeConfig
+from rlaifv.config import CollectConfig, HFEngineConfig, IterateConfig, JudgeConfig, OpenAIEngineConfig
 from rlaifv.engines.hf import HFEngine, Sampling
 from rlaifv.engines.openai_chat import ChatClient, ChatSettings
 from rlaifv.engines.openai_vlm import OpenAIEngine, image_url, prompt_seed, user_message
@@ -30,10 +30,9 @@ from rlaifv.engines.vllm_local import (
     export_for_vllm,
     venv_python,
 )
-from rlaifv.eval.world import instruction_for
 from rlaifv.records import BadInput, Claim, Prompt, Verdict
 from rlaifv.store import ShardedStore
-from rlaifv.world.language import YES_NO_SUFFIX, sample_questions
+from rlaifv.world.language import YES_NO_SUFFIX, instruction_for, sample_questions
 from rlaifv.world.render import render
 from rlaifv.world.scenes import sample_scenes
 
@@ -61,8 +60,8 @@ def hf_labeler(micro_world) -> HFEngine:
     return HFEngine(micro_world.labeler)
 
 
-def engine_config(server, **changes) -> EngineConfig:
-    return EngineConfig(kind="openai", urls=[server.url], model=server.model, **changes)
+def engine_config(server, **changes) -> OpenAIEngineConfig:
+    return OpenAIEngineConfig(urls=[server.url], model=server.model, **changes)
 
 
 @pytest.fixture(scope="session")
@@ -248,7 +247,7 @@ def test_a_refused_request_is_bad_input_for_its_item_only(engine, micro_config):
 
 def test_judge_quarantines_a_claim_the_server_refuses(engine, micro_config, tmp_path):
     from rlaifv.feedback.judge import run_judge
-    from rlaifv.feedback.prompts import ingest_prompts, load_image, write_world_prompts
+    from rlaifv.prompts import ingest_prompts, load_image, write_world_prompts
 
     source = write_world_prompts(micro_config.seed, "prompts", 2, tmp_path / "p.jsonl", micro_config.prior)
     prompts = ShardedStore(tmp_path / "prompts", Prompt)
@@ -272,8 +271,8 @@ def test_judge_quarantines_a_claim_the_server_refuses(engine, micro_config, tmp_
 
 
 def test_collect_on_the_server_and_resume_requests_nothing(server, micro_config, tmp_path):
-    from rlaifv.collect import collect, run_stage, stores
-    from rlaifv.feedback.prompts import write_world_prompts
+    from rlaifv.pipelines.collect import collect, run_stage, stores
+    from rlaifv.prompts import write_world_prompts
 
     source = write_world_prompts(micro_config.seed, "prompts", 4, tmp_path / "p.jsonl", micro_config.prior)
     served = {"kind": "openai", "urls": [server.url], "model": server.model, "concurrency": 4}
@@ -351,8 +350,8 @@ def test_served_splitter_reads_the_servers_answers_and_quarantines_refusals(serv
 
 def test_served_answer_logps_equal_the_local_scorers(server, micro_world, micro_config, tmp_path):
     from rlaifv.config import BonConfig
-    from rlaifv.feedback.prompts import ingest_prompts, load_image, write_world_prompts
     from rlaifv.infer.bon import Scorer, load_scorer
+    from rlaifv.prompts import ingest_prompts, load_image, write_world_prompts
 
     source = write_world_prompts(micro_config.seed, "prompts", 2, tmp_path / "p.jsonl", micro_config.prior)
     prompts = ShardedStore(tmp_path / "prompts", Prompt)
@@ -362,7 +361,7 @@ def test_served_answer_logps_equal_the_local_scorers(server, micro_world, micro_
     items[1][2].append("A cup. " * 120)  # past the served model's context: refused, set aside
     cfg = BonConfig()
     served = load_scorer(engine_config(server), cfg.max_length)
-    local = load_scorer(EngineConfig(path=str(micro_world.labeler)))
+    local = load_scorer(HFEngineConfig(path=str(micro_world.labeler)))
     assert isinstance(local, Scorer) and served.name == f"labeler@{server.url}"
     got, want = served.response_logps(items, cfg), local.response_logps(items, cfg)
     assert [len(r) for r in got] == [4, 5]
@@ -378,8 +377,9 @@ def test_served_answer_logps_equal_the_local_scorers(server, micro_world, micro_
 
 def test_best_of_n_on_the_server_scores_what_the_local_scorer_scores(server, micro_world, micro_config, tmp_path):
     from rlaifv.config import BonConfig
-    from rlaifv.feedback.prompts import write_world_prompts
-    from rlaifv.infer.bon import BonRow, Scorer, best_of_n, bon_stores, run_bon
+    from rlaifv.infer.bon import BonRow, Scorer, run_bon
+    from rlaifv.pipelines.best_of_n import best_of_n, bon_stores
+    from rlaifv.prompts import write_world_prompts
 
     source = write_world_prompts(micro_config.seed, "prompts", 3, tmp_path / "p.jsonl", micro_config.prior)
     served = {"kind": "openai", "urls": [server.url], "model": server.model}
@@ -388,7 +388,7 @@ def test_best_of_n_on_the_server_scores_what_the_local_scorer_scores(server, mic
     summary = best_of_n(tmp_path / "served", cfg, source)  # sampled and scored on the server
     assert summary["this_run"]["done"] == 3
     s = bon_stores(tmp_path / "served")
-    local = Scorer.load(EngineConfig(path=str(micro_world.labeler)))
+    local = Scorer.load(HFEngineConfig(path=str(micro_world.labeler)))
     again = ShardedStore(tmp_path / "local", BonRow)
     run_bon(s["prompts"], s["candidates"], again, cfg, local, local)  # the same candidates, scored here
     rows = {r.prompt_id: r for r in s["bon"].read_all()}
@@ -405,9 +405,9 @@ def test_reference_logps_on_the_server_equal_the_local_pass(server, micro_world,
 
     from rlaifv.config import DPOConfig
     from rlaifv.feedback.pairs import export_trl
+    from rlaifv.logps.reference import compute_reference_logps, reference_store
+    from rlaifv.preferences import load_pairs
     from rlaifv.records import Pair
-    from rlaifv.train.data import load_pairs
-    from rlaifv.train.reference import compute_reference_logps, reference_store
 
     root = make_world_pairs(tmp_path, 4)
     pairs = ShardedStore(root / "preferences" / "pairs", Pair)
@@ -465,8 +465,8 @@ def test_iterate_puts_each_rounds_policy_on_the_server_before_it_samples(micro_w
 
     from test_loop import config_for
 
-    from rlaifv.collect import stores
-    from rlaifv.loop import STATE, iterate
+    from rlaifv.pipelines.collect import stores
+    from rlaifv.pipelines.loop import STATE, iterate
 
     exports = tmp_path / "exports"
     policy_server = VLLMServer(export_for_vllm(micro_world.policy, exports / "start"), venv=ensure_vllm_venv(),
@@ -540,9 +540,9 @@ def test_a_server_killed_mid_collection_loses_nothing_and_the_rerun_sends_only_t
                                                                                          tmp_path):
     import threading
 
-    from rlaifv.collect import collect, stores
     from rlaifv.engines.openai_chat import ChatError
-    from rlaifv.feedback.prompts import write_world_prompts
+    from rlaifv.pipelines.collect import collect, stores
+    from rlaifv.prompts import write_world_prompts
 
     n_prompts, n, per_batch = 12, 3, 2
     source = write_world_prompts(micro_config.seed, "prompts", n_prompts, tmp_path / "p.jsonl", micro_config.prior)

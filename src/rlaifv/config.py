@@ -1,145 +1,22 @@
 """Configuration: one pydantic model per stage, loadable from YAML, echoed into every output folder.
 
-Every field says what it does where it is declared. `WorldConfig.preset("micro")` is the tiny world the tests
-share; "default" is what `rlaifv demo` runs.
+Every field says what it does where it is declared. The synthetic world's own configs (`WorldConfig` and the shapes
+and training of its tiny models) live with the world, in `rlaifv.world.config`. This module imports no torch.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
-
-from rlaifv.world.language import CaptionNoise
-from rlaifv.world.models import TinyVLMConfig
-from rlaifv.world.scenes import ScenePrior
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 
 class StrictModel(BaseModel):
     """Unknown keys are errors: a typo in a YAML file must not be silently ignored."""
 
     model_config = ConfigDict(extra="forbid")
-
-
-class SFTConfig(StrictModel):
-    """Supervised training of one tiny model during the world bootstrap."""
-
-    scenes: int = Field(20000, ge=1, description="training scenes, each seen once (one example per scene and task)")
-    examples_per_scene: int = Field(1, ge=1, description="examples drawn per scene (captions or yes/no questions)")
-    batch_size: int = Field(32, ge=1, description="examples per optimizer step; small batches (more steps) learn "
-                                                  "grounding faster per CPU second than large ones")
-    lr: float = Field(2e-3, gt=0, description="peak AdamW learning rate of the whole model")
-    warmup_steps: int = Field(30, ge=0, description="linear warmup before the cosine decay")
-    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
-    freeze_vision: bool = Field(
-        True, description="keep the aligned vision tower and projector (and an untied model's input embeddings, the "
-                          "alignment's targets) fixed while the language model learns to read them; training them "
-                          "from the first step blurs the alignment the lookup relies on (the policy's stated sizes "
-                          "on seed 0: 42 % wrong trained, 6 % frozen)"
-    )
-
-
-class PolicyTrainConfig(SFTConfig):
-    """Captioning SFT of the world's base policy."""
-
-    micro_batches: int = Field(3, ge=1, description="forwards per optimizer step: a batch is sorted by length and cut "
-                                                    "into this many micro-batches whose gradients add up to the "
-                                                    "batch's, so short captions are not padded to the longest one "
-                                                    "(one forward: 36 % of the tokens are padding; three: 14 %)")
-    lookup_weight: float = Field(
-        0.3, ge=0, description="weight of the training-only read-outs that predict, from each sentence's object name "
-                               "on, what the image holds for that object (present? color, size, cell; "
-                               "`SentenceLookupHeads`); 0 = captions alone, which leaves 41 % of stated positions "
-                               "wrong")
-
-
-class VisionAlignConfig(StrictModel):
-    """The world's feature-alignment stage, run once and shared by the policy and the labeler.
-
-    Each image token is regressed onto the summed input embeddings of the words for what its cell holds (and, with
-    `positions`, the cell's place words), so image tokens read to a language model like the words that describe
-    them. Both models start from the aligned vision tower, projector and word embeddings when their shapes match.
-    """
-
-    steps: int = Field(1500, ge=0, description="alignment steps; category recognition is step-bound (nearest word "
-                                               "embedding, regression alone: 600 steps ~44 % of objects, 1500 ~93 %; "
-                                               "with the category read-out: 1000 ~97 %, 1500 ~98 %)")
-    lr: float = Field(3e-3, gt=0, description="AdamW learning rate (6e-3 diverges)")
-    batch_size: int = Field(48, ge=1, description="images per step; the stage is bound by steps, not images: "
-                                                  "48 and 64 align alike (nearest word >= 0.99 on seeds 0-2), 32 "
-                                                  "loses 1-3 %")
-    positions: bool = Field(True, description="add each cell's place words (top, left, ...) to its target, so a "
-                                              "position can be looked up by content like a category")
-    category_weight: float = Field(
-        0.5, ge=0, description="weight of a training-only cross-entropy read-out of each cell's category; shape is "
-                               "what the regression alone learns slowest (color and size are near-linear in pixels)"
-    )
-
-
-class LabelerTrainConfig(SFTConfig):
-    """The labeler's yes/no training: questions packed behind each image, both lookup hops supervised.
-
-    Here `examples_per_scene` is the number of questions packed behind one image in a row and `batch_size` counts
-    images (rows) per step, so a step teaches batch_size x examples_per_scene verdicts.
-    """
-
-    scenes: int = Field(6000, ge=1, description="training scenes, one packed row each (375 steps of 16; the "
-                                               "verdict loss is down to ~0.01 by step ~350)")
-    examples_per_scene: int = Field(8, ge=1, description="yes/no questions packed behind each image")
-    batch_size: int = Field(16, ge=1, description="images (packed rows) per optimizer step")
-    lr: float = Field(2e-3, gt=0, description="peak AdamW learning rate of the language model")
-    subject_weight: float = Field(
-        1.0, ge=0, description="weight of the loss that reads, at each question's category word after the first "
-                               "layer, what the image holds for that category (the lookup hop)"
-    )
-    answer_weight: float = Field(
-        1.0, ge=0, description="weight of the loss that reads, at each question's last token after the last layer, "
-                               "both what the image holds for the subject and what the question asks (the "
-                               "gathering hop); 0 and 0 train on the verdict alone, which stays at chance"
-    )
-
-
-class WorldConfig(StrictModel):
-    """The synthetic world and its bootstrap: scenes, the captioner's noise, both tiny models and their training."""
-
-    seed: int = Field(0, description="seeds scenes, captions, model init and training order")
-    prior: ScenePrior = Field(default_factory=ScenePrior, description="co-occurrence prior of scenes")
-    noise: CaptionNoise = Field(default_factory=CaptionNoise, description="the captioner's habits the policy learns")
-    tokenizer_vocab: int = Field(800, ge=300, description="upper bound on the BPE vocabulary")
-    policy_model: TinyVLMConfig = Field(default_factory=TinyVLMConfig, description="shape of the base policy")
-    labeler_model: TinyVLMConfig = Field(
-        default_factory=lambda: TinyVLMConfig(tie_embeddings=False),
-        description="shape of the yes/no labeler; its head is untied so its input embeddings stay the aligned ones",
-    )
-    vision: VisionAlignConfig = Field(default_factory=VisionAlignConfig, description="shared feature alignment")
-    policy_train: PolicyTrainConfig = Field(default_factory=PolicyTrainConfig,
-                                            description="captioning SFT of the base policy")
-    labeler_train: LabelerTrainConfig = Field(
-        default_factory=LabelerTrainConfig,
-        description="yes/no training of the labeler (balanced answers, hard negatives)",
-    )
-
-    splitter_steps: int = Field(200, ge=1, description="training steps (batches of 32) of the tiny splitter LM that "
-                                                       "turns world responses into claims for `--splitter llm`")
-
-    @classmethod
-    def preset(cls, name: Literal["default", "micro"]) -> WorldConfig:
-        """Named presets; "micro" bootstraps in seconds for tests and is not expected to be any good."""
-        if name == "default":
-            return cls()
-        if name == "micro":
-            small = TinyVLMConfig(vision_hidden=32, text_hidden=64, text_heads=2, text_intermediate=128)
-            return cls(
-                policy_model=small,
-                labeler_model=small.model_copy(update={"tie_embeddings": False}),
-                vision=VisionAlignConfig(steps=20),
-                policy_train=PolicyTrainConfig(scenes=256, warmup_steps=2),
-                labeler_train=LabelerTrainConfig(scenes=256, examples_per_scene=4, batch_size=16, warmup_steps=2),
-                splitter_steps=20,
-            )
-        raise ValueError(f"unknown preset {name!r}; expected 'default' or 'micro'")
 
 
 class EvalConfig(StrictModel):
@@ -156,48 +33,97 @@ class EvalConfig(StrictModel):
 
 
 class EngineConfig(StrictModel):
-    """Where a model runs: in this process (`kind: hf`, `path` is a folder or hub id that
-    `AutoModelForImageTextToText` loads) or on OpenAI-compatible servers such as vLLM or SGLang (`kind: openai`,
-    `urls` and `model`; engines.openai_vlm). Each role (policy, labeler, ...) picks its own."""
+    """Where a model runs; each role (policy, labeler, ...) picks its own. Two kinds, selected by `kind`, each with
+    only its own fields: `HFEngineConfig` (`kind: hf`, the default: the model is loaded in this process) and
+    `OpenAIEngineConfig` (`kind: openai`: OpenAI-compatible servers such as vLLM or SGLang; engines.openai_vlm).
+    A config field that takes either is an `AnyEngineConfig`; code tells them apart by `kind`."""
 
-    kind: Literal["hf", "openai"] = Field("hf", description="'hf': load the model here; 'openai': send requests to "
-                                                            "`urls`")
-    path: str = Field("", description="hf: model folder or hub id; empty means the stage's default (the world's "
-                                      "model)")
-    device: str = Field("cpu", description="hf: torch device, e.g. 'cpu', 'cuda', 'cuda:1'")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="hf: weights and compute dtype")
-    trust_remote_code: bool = Field(False, description="hf: run code shipped with the model; only for models you "
-                                                       "trust")
-    urls: list[str] = Field(default_factory=list, description="openai: server base URLs (http://host:8000/v1); "
-                                                              "requests spread over all of them")
-    model: str = Field("", description="openai: the model name the servers serve (vLLM: --served-model-name, or the "
-                                       "path it was started with)")
-    api_key_env: str = Field("OPENAI_API_KEY", description="openai: name of the environment variable holding the "
-                                                           "API key (unset or empty: none sent). Only the name is "
-                                                           "ever written to configs and logs")
-    concurrency: int = Field(8, ge=1, description="openai: requests in flight per URL")
-    timeout_s: float = Field(300.0, gt=0, description="openai: seconds per request before it is retried")
-    max_retries: int = Field(5, ge=0, description="openai: retries of a request after a timeout, a connection error, "
-                                                  "429 or 5xx, with exponential backoff; other 4xx answers are not "
-                                                  "retried (the record is quarantined with the server's message)")
-    top_logprobs: int = Field(20, ge=2, le=20, description="openai judging: alternatives returned for the verdict "
-                                                            "token; yes/no spellings outside them count as 0 "
-                                                            "(vLLM's default --max-logprobs is 20)")
+    kind: str
+
+    @property
+    def name(self) -> str:
+        """What stored records name as their model."""
+        raise NotImplementedError
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_fields_of_the_other_kind(cls, data: Any) -> Any:
+        """A field of the other kind is named as such, rather than as merely unknown."""
+        if isinstance(data, dict) and cls is not EngineConfig:
+            for other in EngineConfig.__subclasses__():
+                misplaced = sorted(set(data) & (set(other.model_fields) - set(cls.model_fields)))
+                if other is not cls and misplaced:
+                    kind, mine = other.model_fields["kind"].default, cls.model_fields["kind"].default
+                    raise ValueError(f"{', '.join(misplaced)}: only an engine of kind {kind!r} has "
+                                     f"{'this field' if len(misplaced) == 1 else 'these fields'}; this one is of "
+                                     f"kind {mine!r}")
+        return data
+
+
+class HFEngineConfig(EngineConfig):
+    """A model loaded in this process: `path` is a folder or hub id that `AutoModelForImageTextToText` loads."""
+
+    kind: Literal["hf"] = Field("hf", description="'hf': load the model here")
+    path: str = Field("", description="model folder or hub id; empty means the stage's default (the world's model)")
+    device: str = Field("cpu", description="torch device, e.g. 'cpu', 'cuda', 'cuda:1'")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights and compute dtype")
+    trust_remote_code: bool = Field(False, description="run code shipped with the model; only for models you trust")
+
+    @property
+    def name(self) -> str:
+        """The folder or hub id."""
+        return self.path
+
+
+class OpenAIEngineConfig(EngineConfig):
+    """A model on OpenAI-compatible servers: requests spread over `urls`, all serving `model`."""
+
+    kind: Literal["openai"] = Field("openai", description="'openai': send requests to `urls`")
+    urls: list[str] = Field(default_factory=list, description="server base URLs (http://host:8000/v1); requests "
+                                                              "spread over all of them")
+    model: str = Field("", description="the model name the servers serve (vLLM: --served-model-name, or the path it "
+                                       "was started with)")
+    path: str = Field("", description="the local folder of the served weights, for a step that also needs them "
+                                      "here: `rlaifv iterate` trains round 1 from it (required there); unused "
+                                      "elsewhere")
+    api_key_env: str = Field("OPENAI_API_KEY", description="name of the environment variable holding the API key "
+                                                           "(unset or empty: none sent). Only the name is ever "
+                                                           "written to configs and logs")
+    concurrency: int = Field(8, ge=1, description="requests in flight per URL")
+    timeout_s: float = Field(300.0, gt=0, description="seconds per request before it is retried")
+    max_retries: int = Field(5, ge=0, description="retries of a request after a timeout, a connection error, 429 or "
+                                                  "5xx, with exponential backoff; other 4xx answers are not retried "
+                                                  "(the record is quarantined with the server's message)")
+    top_logprobs: int = Field(20, ge=2, le=20, description="judging: alternatives returned for the verdict token; "
+                                                            "yes/no spellings outside them count as 0 (vLLM's "
+                                                            "default --max-logprobs is 20)")
 
     def model_post_init(self, context: Any) -> None:
-        if self.kind == "openai" and (not self.urls or not self.model):
+        if not self.urls or not self.model:
             raise ValueError("an engine of kind 'openai' needs `urls` (at least one server) and `model`")
 
     @property
     def name(self) -> str:
-        """What stored records name as their model: the folder, or model@first-URL for a server."""
-        return f"{self.model}@{self.urls[0]}" if self.kind == "openai" else self.path
+        """model@first-URL."""
+        return f"{self.model}@{self.urls[0]}"
+
+
+def _engine_kind(data: Any) -> str:
+    """The kind of an engine given as a mapping or a config; a mapping without `kind` is a local model."""
+    return data.get("kind", "hf") if isinstance(data, dict) else getattr(data, "kind", "hf")
+
+
+AnyEngineConfig = Annotated[
+    Annotated[HFEngineConfig, Tag("hf")] | Annotated[OpenAIEngineConfig, Tag("openai")],
+    Discriminator(_engine_kind, custom_error_type="engine_kind",
+                  custom_error_message="kind must be 'hf' (a model loaded here) or 'openai' (servers)"),
+]
 
 
 class SampleConfig(StrictModel):
     """Deconfounded sampling: N responses per prompt, all with one decoding setting (REFERENCE 1)."""
 
-    policy: EngineConfig = Field(default_factory=EngineConfig, description="the policy that answers")
+    policy: AnyEngineConfig = Field(default_factory=HFEngineConfig, description="the policy that answers")
     n: int = Field(10, ge=1, description="responses per prompt (the paper: 10)")
     temperature: float = Field(0.7, gt=0, description="sampling temperature, the same for every sample (paper: 0.7)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass; 1.0 = off")
@@ -213,7 +139,8 @@ class ClaimsConfig(StrictModel):
 
     splitter: Literal["rules", "llm"] = Field("rules", description="'rules': deterministic, for simple English; "
                                                                    "'llm': a chat causal LM (splitter_model)")
-    splitter_model: EngineConfig = Field(default_factory=EngineConfig, description="the 'llm' splitter's model")
+    splitter_model: AnyEngineConfig = Field(default_factory=HFEngineConfig,
+                                            description="the 'llm' splitter's model")
     max_new_tokens: int = Field(256, ge=1, description="cap on the splitter's output (paper: 256)")
     temperature: float = Field(0.0, ge=0, description="splitter sampling temperature; 0 = greedy (paper: 0.2)")
     max_words: int = Field(300, ge=1, description="responses are cut to this many words before splitting (paper: 300)")
@@ -223,7 +150,7 @@ class ClaimsConfig(StrictModel):
 class JudgeConfig(StrictModel):
     """Conquer: the labeler's yes/no verdict on each claim; score = -rejected claims (REFERENCE 3)."""
 
-    labeler: EngineConfig = Field(default_factory=EngineConfig, description="the labeler VLM")
+    labeler: AnyEngineConfig = Field(default_factory=HFEngineConfig, description="the labeler VLM")
     mode: Literal["claims", "holistic"] = Field("claims", description="'claims': divide-and-conquer, one verdict per "
                                                                       "claim; 'holistic': one yes/no on the whole "
                                                                       "response (the paper's ablation)")
@@ -235,8 +162,25 @@ class JudgeConfig(StrictModel):
                                                          "split into forwards, so rows of one forward pad little. "
                                                          "With a server labeler: images whose claims are in flight "
                                                          "together")
-    packs_per_batch: int = Field(8, ge=1, description="packed rows per forward (HF labeler). A few short rows per "
-                                                      "forward measured faster on a CPU than many")
+    packs_per_forward: int = Field(8, ge=1, description="packed rows per forward (HF labeler). A few short rows per "
+                                                        "forward measured faster on a CPU than many")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        """`packs_per_batch` once meant the prompts judged together and later the packed rows per forward; an old
+        file that sets it would silently mean something else, so it is refused with what to write instead."""
+        if isinstance(data, dict) and "packs_per_batch" in data:
+            raise ValueError("packs_per_batch is no longer read: the packed rows per forward are `packs_per_forward` "
+                             "(default 8), and the prompts judged together, what packs_per_batch meant before, are "
+                             "`prompts_per_batch` (default 32); set the one you mean")
+        return data
+
+    @property
+    def packs_per_batch(self) -> int:
+        """Read-only alias of `packs_per_forward` for Python callers of the old name; config files must use the
+        new one."""
+        return self.packs_per_forward
 
 
 class PairsConfig(StrictModel):
@@ -272,29 +216,41 @@ class CollectConfig(StrictModel):
                                                     "worth of work, and the rerun redoes only that")
 
 
-def load_yaml(model: type[BaseModel], path: Path | None, overrides: dict[str, Any] | None = None) -> Any:
-    """Validate a YAML file (or nothing) plus overrides into a config model; errors name the bad field."""
-    data: dict[str, Any] = {}
+def read_config(model: type[BaseModel], path: Path | None, options: dict[tuple[str, ...], Any] | None = None,
+                start: dict[str, Any] | None = None) -> Any:
+    """A config from `start` (field values such as a preset's; default: none), the YAML file's fields over them,
+    then the command-line options that were given, validated once; errors name the bad field.
+
+    Each key of `options` is the path of a field, e.g. ("sample", "policy", "path"); a None value means the option
+    was not given. An option is written into the file's data, so a field derived from others (DPOConfig's learning
+    rate from `use_peft`) follows it. Where its path enters a section the data leaves out, the section is first
+    filled with what the config holds there (its defaults, e.g. IterateConfig's world-sized `collect`), so an option
+    changes its one field and nothing else.
+    """
+    data: dict[str, Any] = dict(start or {})
     if path is not None:
         loaded = yaml.safe_load(Path(path).read_text())
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
-        data = loaded or {}
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        data.update(loaded or {})
+    for keys, value in (options or {}).items():
+        if value is None:
+            continue
+        node = data
+        for depth, key in enumerate(keys[:-1]):
+            if not isinstance(node.get(key), dict):
+                node[key] = _section(model, data, keys[: depth + 1])
+            node = node[key]
+        node[keys[-1]] = value
     return model.model_validate(data)
 
 
-def with_options(model: type[BaseModel], path: Path | None, options: dict[tuple[str, ...], Any]) -> Any:
-    """A YAML file (or the defaults), then the command-line options that were given: each key of `options` is the
-    path of a nested field, e.g. ("sample", "policy", "path"); a None value means the option was not given."""
-    data = load_yaml(model, path).model_dump()
-    for keys, value in options.items():
-        if value is not None:
-            node = data
-            for key in keys[:-1]:
-                node = node[key]
-            node[keys[-1]] = value
-    return model.model_validate(data)
+def _section(model: type[BaseModel], data: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """The nested config at `keys` of `data` once validated, as plain data."""
+    value: Any = model.model_validate(data)
+    for key in keys:
+        value = getattr(value, key)
+    return value.model_dump()
 
 
 def dump_yaml(config: BaseModel) -> str:
@@ -399,22 +355,21 @@ def _world_collect() -> CollectConfig:
 
     Length balancing is off: in the world a hallucination is always one added sentence, so the paper's filter (keep
     the threshold r that evens mean lengths) drops exactly the cleanest pairs, those whose chosen answer is the
-    rejected one without the invented object. With it, 3 rounds cut seed 0's test CHAIRs by 7 %; without it, by 32 % at
-    a similar Cover cost (measured when the invented sentence took the real objects' forms; see
-    benchmarks/RESULTS.md). For free-form answers turn it back on (the paper's
-    setting), since there longer answers are not simply answers with more hallucinations.
+    rejected one without the invented object. For free-form answers turn it back on (the paper's setting), since
+    there longer answers are not simply answers with more hallucinations.
 
-    Instead, one of each prompt's two pairs is the one whose answers are closest in length (`closest_length`): with
-    drawn pairs only, the rounds lost Cover by learning to stop early; with length-matched pairs only, they cut seed
-    2's CHAIRs by 51 % in 3 rounds; one of each, by 87 % with Cover up 0.02."""
+    Instead, one of each prompt's two pairs is the one whose answers are closest in length (`closest_length`): drawn
+    pairs alone teach the rounds to stop early and lose Cover, length-matched pairs alone cut CHAIRs less, one of
+    each cuts it most and keeps Cover. The measurements are in benchmarks/RESULTS.md ("Defaults of the world's
+    rounds: the numbers behind them")."""
     return CollectConfig(sample=SampleConfig(n=10, max_new_tokens=96),
                          pairs=PairsConfig(length_balance=False, keep_accepted=True, closest_length=1))
 
 
 def _world_dpo() -> DPOConfig:
     """DPO sized for the tiny world models, 2 epochs per round (the paper: 4) to fit the CPU budget. lr 1e-5 moves
-    them gradually over a round's ~380 steps; at 1e-4 the first 50 steps already cost 0.2 of `val` Cover (and with
-    length-balanced pairs, answers grew longer and hallucinated more)."""
+    them gradually over a round's ~380 steps; 1e-4 moves them so fast that the first steps already cost Cover
+    (benchmarks/RESULTS.md)."""
     return DPOConfig(learning_rate=1e-5, num_train_epochs=2, per_device_train_batch_size=8, logging_steps=5,
                      report_to="none")
 
@@ -458,9 +413,9 @@ class IterateConfig(StrictModel):
     checkpoints: int = Field(20, ge=1, description="checkpoints saved and evaluated per round, evenly spaced over the "
                                                    "round's DPO steps (the last step always included); sets "
                                                    "dpo.save_steps for each round. More give the selection a "
-                                                   "checkpoint before Cover drops: on the world, Cover can fall by "
-                                                   "0.1 between two of 10 (seed 2, round 2), and 5 left none. Each "
-                                                   "one is a saved model: fewer for a large VLM")
+                                                   "checkpoint before Cover drops, which on the world can happen "
+                                                   "between two neighbouring ones. Each one is a saved model: fewer "
+                                                   "for a large VLM")
     val_scenes: int = Field(200, ge=1, description="world `val` scenes described per checkpoint for "
                                                    "select_on 'world'")
     select_start: bool = Field(True, description="select_on 'world': the round's starting policy is a candidate "
@@ -473,8 +428,8 @@ class IterateConfig(StrictModel):
     cover_penalty: float = Field(100.0, ge=0, description="CHAIRs added per unit of Cover below the tolerance. The "
                                                           "default makes the tolerance all but a hard limit: DPO on "
                                                           "the world's pairs also teaches the policy to stop "
-                                                          "earlier, and at 5 the selection traded 0.07 Cover for "
-                                                          "lower CHAIRs in the first round")
+                                                          "earlier, and a small penalty lets the selection trade "
+                                                          "Cover for lower CHAIRs")
     heldout_fraction: float = Field(0.1, gt=0, lt=1, description="share of a round's prompts whose pairs are held "
                                                                  "out of training to measure reward accuracy "
                                                                  "(select_on 'reward' only; whole prompts, so no "
@@ -483,6 +438,9 @@ class IterateConfig(StrictModel):
                                                         "checkpoint on the world's `test` split (the reported "
                                                         "numbers, `eval`); None = on world prompts only")
     seed: int = Field(0, description="seeds the held-out draw of each round (see the class note)")
+    device: str | None = Field(None, description="torch device where the rounds evaluate checkpoints and score "
+                                                  "held-out rewards; None = the policy's device when it is loaded "
+                                                  "here, 'cpu' for a served policy")
     collect: CollectConfig = Field(default_factory=_world_collect, description="feedback collection of every round; "
                                                                                "sample.policy.path is the starting "
                                                                                "policy (empty: the world's), "
@@ -513,13 +471,13 @@ class BonConfig(StrictModel):
     r = beta / T * sum_t [log pi(y_t | ...) - log pi_ref(y_t | ...)] ('mean', T = response tokens) or without the 1/T
     ('sum'); the argmax is kept, with every candidate's numbers beside it."""
 
-    policy: EngineConfig = Field(default_factory=EngineConfig, description="the aligned policy whose reward ranks the "
-                                                                           "samples (required)")
-    reference: EngineConfig = Field(default_factory=EngineConfig, description="the reference it was aligned against, "
-                                                                              "e.g. the round's starting policy "
-                                                                              "(required; same tokenizer)")
-    sampler: EngineConfig = Field(default_factory=EngineConfig, description="model that draws the N samples; empty "
-                                                                            "path = the policy")
+    policy: AnyEngineConfig = Field(default_factory=HFEngineConfig,
+                                    description="the aligned policy whose reward ranks the samples (required)")
+    reference: AnyEngineConfig = Field(default_factory=HFEngineConfig,
+                                       description="the reference it was aligned against, e.g. the round's starting "
+                                                   "policy (required; same tokenizer)")
+    sampler: AnyEngineConfig = Field(default_factory=HFEngineConfig,
+                                     description="model that draws the N samples; an empty local path = the policy")
     n: int = Field(16, ge=1, description="samples per prompt (paper Fig. 5 sweeps 1 ... 64; more is better and "
                                          "costs N x the decoding and scoring)")
     reward: Literal["mean", "sum"] = Field("mean", description="'mean': divide by the response's tokens (does not "

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from rlaifv.config import EngineConfig, StrictModel
+from rlaifv.config import HFEngineConfig, StrictModel
 from rlaifv.eval.benchfiles import BadBenchmarkFile, JsonlLog, MissingBenchmarkFile, load_json, read_jsonl
 from rlaifv.eval.mmhal import load_template
 from rlaifv.progress import log, progress
@@ -40,7 +40,8 @@ AMBER_SPLITS = {"all": "query_all.json", "generative": "query_generative.json",
 class BenchGenerateConfig(StrictModel):
     """Decoding for benchmark answers; the defaults are the paper's evaluation setting."""
 
-    policy: EngineConfig = Field(default_factory=EngineConfig, description="the VLM that answers (path required)")
+    policy: HFEngineConfig = Field(default_factory=HFEngineConfig,
+                                   description="the VLM that answers, loaded here (path required)")
     num_beams: int = Field(3, ge=1, description="beam search width (paper: 3); 1 = greedy or sampling")
     do_sample: bool = Field(False, description="sample instead of searching (paper: no)")
     temperature: float = Field(1.0, gt=0, description="sampling temperature, used only with do_sample")

@@ -57,16 +57,15 @@ def run_calls(
 class LocalChat:
     """A local Hugging Face chat causal LM behind the same `map` interface as the HTTP client.
 
-    Generation is the claim splitter's (greedy, batched by prompt length, the model's own chat template), so the
-    package has one implementation of "prompt in, text out" on a local model.
+    Generation is engines.hf_chat's (greedy, batched by prompt length, the model's own chat template), the one the
+    LLM claim splitter runs, so the package has one implementation of "prompt in, text out" on a local model.
     """
 
     def __init__(self, path: str | Path, device: str = "cpu", dtype: str = "float32", max_new_tokens: int = 512,
                  batch_size: int = 8) -> None:
-        from rlaifv.feedback.split_llm import LLMSplitter
+        from rlaifv.engines.hf_chat import HFChat
 
-        self._llm = LLMSplitter(path, device=device, dtype=dtype, max_new_tokens=max_new_tokens,
-                                batch_size=batch_size)
+        self._llm = HFChat(path, device=device, dtype=dtype, max_new_tokens=max_new_tokens, batch_size=batch_size)
         self.batch_size = batch_size
 
     def map(self, prompts: Sequence[tuple[Any, str]], system: str | None = None) -> Iterator[tuple[Any, str]]:

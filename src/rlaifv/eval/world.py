@@ -11,20 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
-from rlaifv.config import EvalConfig, WorldConfig
+from rlaifv.config import EvalConfig
 from rlaifv.engines.hf import HFEngine, Sampling
 from rlaifv.eval.world_metrics import description_metrics, labeler_metrics
 from rlaifv.progress import progress
 from rlaifv.records import Generation
 from rlaifv.store import ShardedStore
-from rlaifv.world.language import DESCRIBE_INSTRUCTIONS, sample_questions, with_suffix
+from rlaifv.world.config import WorldConfig
+from rlaifv.world.language import instruction_for, sample_questions, with_suffix
 from rlaifv.world.render import render
 from rlaifv.world.scenes import Scene, sample_scenes
-
-
-def instruction_for(index: int) -> str:
-    """Held-out scene i is asked the i-th describe instruction, cycling: every instruction is used equally."""
-    return DESCRIBE_INSTRUCTIONS[index % len(DESCRIBE_INSTRUCTIONS)]
 
 
 def describe_scenes(engine: HFEngine, scenes: list[Scene], ecfg: EvalConfig, store: ShardedStore | None) -> list[str]:

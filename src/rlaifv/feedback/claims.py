@@ -1,7 +1,7 @@
 """Move 2a, divide: every response becomes self-contained statements, every statement a yes/no question.
 
 A labeler asked about one atomic claim at a time is far more reliable than one asked about a whole response (the
-paper: 96.7% vs 66.7% agreement with humans). Two splitters share one interface: `rules` (feedback.split_rules,
+paper: 96.7% vs 66.7% agreement with humans). Two splitters share one interface: `rules` (rlaifv.text.rules,
 deterministic, for simple English) and `llm` (feedback.split_llm, any chat causal LM). A response that yields no
 claim, an empty response or unparsable splitter output is quarantined with its reason -- it can never be scored,
 and dropping it silently would bias the pairs.
@@ -29,7 +29,7 @@ def make_splitter(cfg: ClaimsConfig, default_model: str = "") -> Splitter:
     """The configured splitter; an `llm` splitter loads `cfg.splitter_model.path` (or `default_model`), or sends
     its calls to the servers of a `splitter_model` of kind 'openai'."""
     if cfg.splitter == "rules":
-        from rlaifv.feedback.split_rules import RuleSplitter
+        from rlaifv.text.rules import RuleSplitter
 
         return RuleSplitter(max_words=cfg.max_words)
     if cfg.splitter_model.kind == "openai":

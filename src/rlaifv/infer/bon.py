@@ -6,21 +6,15 @@ short answers, so the default divides by the answer's tokens T:
 
     r(y) = (beta / T) * sum_t [log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)]      ('mean'; 'sum' drops the 1/T)
 
-Stages, each resumable, under one output folder:
-
-    OUT/prompts      Prompt records ingested from the user's file            (feedback.prompts)
-    OUT/candidates   N samples per prompt, one prefill per prompt             (feedback.sample, the sampler model)
-    OUT/bon          one BonRow per prompt: all N texts, both models' log-prob sums, token counts, rewards, the
-                     reason each unscorable candidate was set aside, the chosen index and text; a prompt with no
-                     scorable candidate is quarantined with the reasons
-    OUT/best.jsonl   the chosen answers: {"id", "question", "image", "response", "sample_idx", "reward", "n_tokens"}
-                     plus the prompt's meta (so an image_id column of the prompts file reaches `rlaifv eval chair`)
-    OUT/best.parquet the same rows (meta as JSON text)
-    OUT/summary.json counts, mean rewards, how often each sample index was chosen
+This module scores sampled candidates and keeps the best (`run_bon`, one `BonRow` per prompt: all N texts, both
+models' log-prob sums, token counts, rewards, the reason each unscorable candidate was set aside, the chosen index
+and text; a prompt with no scorable candidate is quarantined with the reasons), and writes the chosen answers
+(`export_best`) and the counts (`summarize`). Ingesting prompts and sampling the candidates is the pipeline's
+(`rlaifv.pipelines.best_of_n`, `rlaifv bon`).
 
 Scoring encodes each prompt's image and text once per model and packs its candidates behind it
 (infer.reward.group_logps, the trainer's shared-prefix computation with k responses). The candidates are tokenized
-the way train.encode tokenizes DPO pairs -- the response as the model reads it after the chat template's prompt,
+the way logps.encode tokenizes DPO pairs -- the response as the model reads it after the chat template's prompt,
 end-of-turn token included -- so the reward is the one the policy's DPO loss optimised. Identical candidates are
 scored once, so their rewards are equal and the tie goes to the lowest sample index, as every tie does. A policy or
 reference of kind 'openai' is scored on its vLLM server through prompt logprobs, with the same tokens
@@ -42,16 +36,15 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from rlaifv.config import BonConfig, EngineConfig, SampleConfig
+from rlaifv.config import BonConfig, EngineConfig
 from rlaifv.engines.family import family_of, vision_of
-from rlaifv.engines.fastpath import engine_report
 from rlaifv.engines.processors import load_processor
 from rlaifv.infer.reward import ResponseGroup, group_logps, implicit_reward
-from rlaifv.progress import log, progress
+from rlaifv.logps.encode import PairEncoder, context_length
+from rlaifv.preferences import PreferenceExample
+from rlaifv.progress import progress
 from rlaifv.records import BadInput, Candidate, Prompt, Record, ResponseScore
-from rlaifv.store import ShardedStore, atomic_write, write_json
-from rlaifv.train.data import PreferenceExample
-from rlaifv.train.encode import PairEncoder, context_length
+from rlaifv.store import ShardedStore, atomic_write
 
 STAGE = "bon"
 EMPTY = "empty response"
@@ -173,10 +166,8 @@ class Scorer:
     def load(cls, cfg: EngineConfig, max_length: int | None = None) -> Scorer:
         from transformers import AutoModelForImageTextToText
 
-        from rlaifv.collect import DTYPES
-
         processor = load_processor(cfg.path, trust_remote_code=cfg.trust_remote_code)
-        model = AutoModelForImageTextToText.from_pretrained(cfg.path, dtype=DTYPES[cfg.dtype],
+        model = AutoModelForImageTextToText.from_pretrained(cfg.path, dtype=getattr(torch, cfg.dtype),
                                                             trust_remote_code=cfg.trust_remote_code)
         return cls.from_model(model.to(torch.device(cfg.device)), processor, cfg.path, max_length)
 
@@ -307,7 +298,7 @@ def run_bon(prompts: ShardedStore[Prompt], candidates: ShardedStore[Candidate], 
     loads, is quarantined here too, with the reason.
     """
     if load_image is None:
-        from rlaifv.feedback.prompts import load_image
+        from rlaifv.prompts import load_image
     by_prompt: dict[str, list[Candidate]] = defaultdict(list)
     for c in candidates.read():
         by_prompt[c.prompt_id].append(c)
@@ -350,93 +341,6 @@ def run_bon(prompts: ShardedStore[Prompt], candidates: ShardedStore[Candidate], 
                         counts["quarantined"] += 1
             bar.advance(len(batch), status=f"{counts['done']} prompts scored")
     return counts
-
-
-# -- end to end ----------------------------------------------------------------------------------------------------
-
-
-def bon_stores(out: Path, shard_size: int = 1000) -> dict[str, ShardedStore]:
-    out = Path(out)
-    return {
-        "prompts": ShardedStore(out / "prompts", Prompt, shard_size),
-        "candidates": ShardedStore(out / "candidates", Candidate, shard_size),
-        "bon": ShardedStore(out / "bon", BonRow, shard_size, stage=STAGE),
-    }
-
-
-def sample_config(cfg: BonConfig) -> SampleConfig:
-    """The sampling stage's settings: the sampler (default: the policy) and the decoding setting."""
-    sampler = cfg.sampler if cfg.sampler.path or cfg.sampler.kind != "hf" else cfg.policy
-    return SampleConfig(policy=sampler, n=cfg.n,
-                        temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                        prompts_per_batch=cfg.prompts_per_batch, seed=cfg.seed)
-
-
-def _settings(cfg: BonConfig) -> dict[str, Any]:
-    """What the stored results depend on: the config without devices and shard size."""
-    data = cfg.model_dump(mode="json")
-    for role in ("policy", "reference", "sampler"):
-        data[role].pop("device")
-    data.pop("shard_size")
-    return data
-
-
-def _check_resume(store: ShardedStore[BonRow], cfg: BonConfig) -> None:
-    """A rerun into a folder made with other settings would mix two runs' answers: refuse it."""
-    if not store.config_path.exists():
-        return
-    before, now = store.read_config(), _settings(cfg)
-    changed = sorted(k for k in now.keys() | before.keys() if before.get(k) != now.get(k))
-    if changed:
-        raise ValueError(f"{store.root.parent} was made with other settings ({', '.join(changed)} differ); rerun with "
-                         f"the same settings to resume, or use a new --out")
-
-
-def _unfinished(prompts: ShardedStore[Prompt], done: set[str], first_key: Callable[[str], str]) -> int:
-    return sum(1 for p in prompts.read() if p.prompt_id not in done and first_key(p.prompt_id) not in done)
-
-
-def best_of_n(out: Path, cfg: BonConfig, prompts: Path | None = None) -> dict[str, Any]:
-    """Ingest the prompts (once), sample N answers per prompt, score them, keep the best; resumable at every stage.
-    Writes OUT/best.jsonl, OUT/best.parquet and OUT/summary.json; returns the summary."""
-    from rlaifv.collect import load_engine
-    from rlaifv.feedback.prompts import ingest_prompts, load_image
-    from rlaifv.feedback.sample import run_sample
-
-    for role in ("policy", "reference"):
-        if getattr(cfg, role).kind == "hf" and not getattr(cfg, role).path:
-            raise ValueError(f"best-of-N needs a {role} model: set --{role} (or {role}.path in the config)")
-    out = Path(out)
-    s = bon_stores(out, cfg.shard_size)
-    _check_resume(s["bon"], cfg)
-    if prompts is not None:
-        ingest_prompts(Path(prompts), s["prompts"])
-    elif not s["prompts"].shard_paths():
-        raise ValueError(f"no prompts stored in {out} yet: pass --prompts the first time")
-    s["bon"].write_config(_settings(cfg))
-    scfg = sample_config(cfg)
-    engine = None
-    if _unfinished(s["prompts"], s["candidates"].done_keys(), lambda pid: f"{pid}/0"):
-        engine = load_engine(scfg.policy, None, "sampler")
-        log(f"sampling {cfg.n} answers per prompt with {engine.path}")
-        run_sample(s["prompts"], s["candidates"], scfg, engine, load_image)
-    counts = {"done": 0, "skipped": len(s["bon"].done_keys()), "quarantined": 0}
-    if _unfinished(s["prompts"], s["bon"].done_keys(), lambda pid: pid):
-        if engine is not None and scfg.policy == cfg.policy and cfg.policy.kind == "hf":  # keep it loaded
-            policy = Scorer.from_model(engine.model, engine.processor, cfg.policy.path, cfg.max_length)
-        else:
-            del engine
-            policy = load_scorer(cfg.policy, cfg.max_length)
-        engine = None
-        reference = load_scorer(cfg.reference, cfg.max_length)
-        counts = run_bon(s["prompts"], s["candidates"], s["bon"], cfg, policy, reference, load_image,
-                         sampler=scfg.policy.name)
-        counts["fast_paths"] = {role: engine_report(scorer) for role, scorer in
-                                (("policy", policy), ("reference", reference))}
-    export_best(s["bon"], s["prompts"], out / "best.jsonl", out / "best.parquet")
-    summary = summarize(out, s["bon"], s["prompts"]) | {"this_run": counts}
-    write_json(out / "summary.json", summary)
-    return summary
 
 
 # -- outputs -------------------------------------------------------------------------------------------------------

@@ -25,11 +25,11 @@ from rlaifv.config import DPOConfig
 from rlaifv.engines.family import packed_inputs, plain_inputs
 from rlaifv.engines.fastpath import trusted
 from rlaifv.engines.packing import Pack, pack, pack_bounds
+from rlaifv.logps.encode import PairEncoder
+from rlaifv.logps.packed import ResponseLogps, mask_dtype, response_logps, token_logps
+from rlaifv.logps.reference import ReferenceTable, encode_batch, length_limit, load_model
+from rlaifv.preferences import PreferenceExample
 from rlaifv.progress import progress
-from rlaifv.train.data import PreferenceExample
-from rlaifv.train.encode import PairEncoder
-from rlaifv.train.logps import ResponseLogps, mask_dtype, response_logps, token_logps
-from rlaifv.train.reference import ReferenceTable, encode_batch, length_limit, load_model
 
 
 def implicit_reward(policy_logp: torch.Tensor, ref_logp: torch.Tensor, beta: float,

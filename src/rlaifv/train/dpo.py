@@ -2,12 +2,12 @@
 
 A run, top to bottom (`DPOTrainer.run`):
 
-1. the reference pass (train.reference): the reference model's log-probs of every pair, stored beside the pairs
+1. the reference pass (logps.reference): the reference model's log-probs of every pair, stored beside the pairs
    and reused by every later run, epoch and process; pairs that cannot train are quarantined there with a reason;
 2. the policy: dropout off, vision tower frozen, optional LoRA (peft), optional gradient checkpointing;
 3. the steps: each global batch is a fixed slice of a per-epoch seeded permutation, split over processes and
    accumulation steps, so 1 process x batch 8, 2 processes x batch 4 and batch 1 x accumulation 8 see the same pairs
-   and follow the same loss curve; a batch's log-probs come from one packed row per pair (train.logps);
+   and follow the same loss curve; a batch's log-probs come from one packed row per pair (logps.packed);
 4. every `save_steps`: a checkpoint (accelerate state + a model transformers loads), written under a temporary name
    and renamed when complete; a rerun of the same command resumes from the newest one, and its losses, metrics
    and final model equal an uninterrupted run's;
@@ -38,13 +38,9 @@ import yaml
 from rlaifv.config import DPOConfig, EngineConfig
 from rlaifv.engines.fastpath import report
 from rlaifv.engines.transfer import OneBehind, to_host_later
-from rlaifv.progress import log, progress
-from rlaifv.store import fsync_path, write_json
-from rlaifv.train.data import LoadedPairs, load_pairs
-from rlaifv.train.encode import EncodedPair, PairEncoder, ahead
-from rlaifv.train.logps import ResponseLogps, response_logps
-from rlaifv.train.lora import lean_lora
-from rlaifv.train.reference import (
+from rlaifv.logps.encode import EncodedPair, PairEncoder, ahead
+from rlaifv.logps.packed import ResponseLogps, response_logps
+from rlaifv.logps.reference import (
     compute_reference_logps,
     encode_batch,
     length_limit,
@@ -52,6 +48,10 @@ from rlaifv.train.reference import (
     read_reference,
     reference_store,
 )
+from rlaifv.preferences import LoadedPairs, load_pairs
+from rlaifv.progress import log, progress
+from rlaifv.store import fsync_path, write_json
+from rlaifv.train.lora import lean_lora
 
 CHECKPOINTS, MODEL, ADAPTER = "checkpoints", "model", "adapter"
 METRICS, SUMMARY, RUN = "metrics.csv", "summary.json", "run.yaml"

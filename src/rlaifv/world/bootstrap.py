@@ -25,12 +25,11 @@ import numpy as np
 import torch
 
 from rlaifv import __version__
-from rlaifv.config import PolicyTrainConfig, VisionAlignConfig, WorldConfig
 from rlaifv.progress import log, progress
+from rlaifv.world.config import PolicyTrainConfig, TinyVLMConfig, VisionAlignConfig, WorldConfig
 from rlaifv.world.labeler import SUBJECT_CLASSES, facts_loss, held_facts, labeler_rows, read_outs, train_labeler
 from rlaifv.world.language import CELL_WORDS, DESCRIBE_INSTRUCTIONS, noisy_caption, parse_mentions
 from rlaifv.world.models import (
-    TinyVLMConfig,
     build_model,
     build_processor,
     build_tokenizer,

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlaifv.config import LabelerTrainConfig
 from rlaifv.engines.packing import Pack, collate_packs, common_prefix_length, pack
 from rlaifv.progress import progress
+from rlaifv.world.config import LabelerTrainConfig
 from rlaifv.world.language import YesNoQuestion, sample_questions, with_suffix
 from rlaifv.world.models import IMAGE_TOKEN, encode_prompt, pixel_values, word_token_id
 from rlaifv.world.render import render

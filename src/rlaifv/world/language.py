@@ -42,6 +42,12 @@ DESCRIBE_INSTRUCTIONS: tuple[str, ...] = (
 )
 YES_NO_SUFFIX = "Answer yes or no."
 
+
+def instruction_for(index: int) -> str:
+    """Scene i of a split is asked the i-th describe instruction, cycling: every instruction is used equally."""
+    return DESCRIBE_INSTRUCTIONS[index % len(DESCRIBE_INSTRUCTIONS)]
+
+
 # How each cell is said in a sentence; each phrase maps to exactly one cell, so a position claim is exact.
 POSITION_PHRASES: tuple[str, ...] = (
     "in the top left corner", "at the top", "in the top right corner",
@@ -61,11 +67,11 @@ class CaptionNoise(BaseModel):
 
     The added partner sentence always opens the same way ("Also, there is a knife on the left."), as real captions
     tack on an afterthought, so the habit rests on one first token (with the real objects' four sentence forms it
-    was split four ways and followed or not by training noise: CHAIRs 0.07-0.35 across seeds). It follows the object
-    that suggested it: placed after all real objects instead, its alternative was ending the caption, and DPO
-    against it also taught the policy to end before its last real object (seed 0, 3 rounds: Cover 0.951 -> 0.877;
-    after the source object: 0.948 -> 0.929). The captioner always adds it (1.0): greedy decoding follows a habit
-    only part of the time, and at 0.9 too rarely once placed mid-caption. Sampling at temperature 0.7 still leaves it
+    was split four ways and followed or not by training noise). It follows the object that suggested it: placed
+    after all real objects instead, its alternative was ending the caption, and DPO against it also taught the
+    policy to end before its last real object. The captioner always adds it (1.0): greedy decoding follows a habit
+    only part of the time, and at 0.9 too rarely once placed mid-caption. The measurements behind each choice are
+    in benchmarks/RESULTS.md. Sampling at temperature 0.7 still leaves it
     out now and then, which gives the feedback pairs; and no real object's sentence starts with "Also", so learning
     to leave it out does not teach to drop them.
     """

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     CLIPVisionConfig,
@@ -25,6 +24,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from rlaifv.world.config import TinyVLMConfig
 from rlaifv.world.language import (
     DESCRIBE_INSTRUCTIONS,
     YES_NO_SUFFIX,
@@ -56,23 +56,6 @@ CHAT_TEMPLATE = (
 )
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-
-
-class TinyVLMConfig(BaseModel):
-    """Shape of one tiny LLaVA. Defaults train to a useful model in about a minute on two CPU cores."""
-
-    vision_hidden: int = Field(64, description="CLIP tower width")
-    vision_layers: int = Field(2, description="CLIP tower depth")
-    patch_size: int = Field(32, description="pixels per patch side; 32 = one grid cell of the world per token")
-    text_hidden: int = Field(128, description="Llama width; head_dim = text_hidden / text_heads must stay >= 32 "
-                                              "for vLLM's CPU attention")
-    text_layers: int = Field(2, description="Llama depth")
-    text_heads: int = Field(4, description="attention heads of the Llama LM")
-    text_intermediate: int = Field(384, description="Llama MLP width")
-    max_positions: int = Field(256, description="longest sequence (image tokens + prompt + response)")
-    tie_embeddings: bool = Field(True, description="share the input embeddings with the output head; an untied "
-                                                   "head lets training keep the input embeddings (the vision "
-                                                   "alignment's targets) fixed")
 
 
 def _tokenizer_corpus(seed: int, n_scenes: int = 1500) -> list[str]:

@@ -2,14 +2,14 @@
 
 RLAIF-V fine-tunes a language model to split responses into claims and claims into yes/no questions. The world does
 the same at toy scale, so the demo runs the `llm` splitter path for real: the targets come from the RuleSplitter
-(exact on the world's language, see `rlaifv.feedback.split_rules`), formatted as the numbered lists that
+(exact on the world's language, see `rlaifv.text.rules`), formatted as the numbered lists that
 `LLMSplitter` parses. The model reuses the world's byte-level BPE (`build_tokenizer`) and its chat template.
 
 Why the world splitter works one sentence at a time (`LLMSplitter(unit="sentence")`): asked to copy a whole
 response's sentences into a list, a tiny Llama must remember which sentence comes next while the same words ("in
 the top", "small", "red") recur in every sentence -- with rotary positions only, that binding takes it thousands of
-steps to learn (measured: 72 % of held-out responses split exactly after 1500 steps of 32, minutes of CPU). One
-sentence per call leaves nothing to bind, and the model learns both calls in a hundred or two short steps.
+steps to learn (benchmarks/RESULTS.md, "World splitter"). One sentence per call leaves nothing to bind, and the
+model learns both calls in a hundred or two short steps.
 
 The prompts are short on purpose (a long instruction would only cost sequence length), and the response is not
 repeated in them: world sentences never need context. The unit and the prompts are saved beside the weights
@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from rlaifv.feedback.split_llm import NO_CLAIMS, SETTINGS_FILE, numbered, response_sentences
-from rlaifv.feedback.split_rules import RuleSplitter
 from rlaifv.records import BadInput
+from rlaifv.text.formats import NO_CLAIMS, SETTINGS_FILE, numbered, response_sentences
+from rlaifv.text.rules import RuleSplitter
 from rlaifv.world.language import DESCRIBE_INSTRUCTIONS, CaptionNoise, describe, noisy_caption, true_mentions
 from rlaifv.world.models import build_tokenizer, set_generation_ids
 from rlaifv.world.scenes import SPLITS, sample_scenes
@@ -195,8 +195,8 @@ def train_splitter(
 ) -> dict:
     """Train the world splitter from scratch and save it where `LLMSplitter(out)` loads it; returns training stats.
 
-    The defaults take about 11 s on two CPU cores and agree with the RuleSplitter on every one of 1000 held-out
-    responses (`benchmarks/splitter_agreement.py`); 100 steps already agree on about 98 %. Each example is seen once
+    The defaults take seconds on two CPU cores and agree with the RuleSplitter on held-out responses (measured by
+    `benchmarks/splitter_agreement.py`; benchmarks/RESULTS.md). Each example is seen once
     (fresh scenes, no epochs). `tokenizer` defaults to the world's `build_tokenizer(seed)`;
     pass the one in hand to skip rebuilding it.
     """

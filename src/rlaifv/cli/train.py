@@ -10,9 +10,12 @@ Rerun the same command after a crash and it resumes from the newest checkpoint.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+
+from rlaifv.cli.common import JsonOpt, emit, exit_on_error, fail, load_config, quiet_libraries
+from rlaifv.config import DPOConfig
 
 
 def register(app: typer.Typer) -> None:
@@ -57,13 +60,11 @@ def register(app: typer.Typer) -> None:
         seed: Optional[int] = typer.Option(None, "--seed", help="seeds LoRA init and data order (default 0)"),
         reference_only: bool = typer.Option(False, "--reference-only",
                                             help="only compute the reference log-probs (and quarantine bad pairs)"),
-        as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+        as_json: bool = JsonOpt,
     ) -> None:
         """DPO of a VLM on preference pairs: reference log-probs computed once and stored beside the pairs, one
         packed sequence per pair, checkpoints every save_steps, resumable; writes OUT/model and OUT/summary.json."""
-        from rlaifv.cli import _emit, _quiet_libraries
-
-        _quiet_libraries()
+        quiet_libraries()
         cfg = _config(config, out, needs_out=not reference_only, beta=beta, learning_rate=lr, num_train_epochs=epochs,
                       max_steps=max_steps,
                       per_device_train_batch_size=batch_size, gradient_accumulation_steps=grad_accum,
@@ -71,56 +72,35 @@ def register(app: typer.Typer) -> None:
                       use_cpu=True if device == "cpu" else None)
         ref = reference
         if reference_url:
-            from rlaifv.config import EngineConfig
+            from rlaifv.config import OpenAIEngineConfig
 
             if not reference:
                 raise typer.BadParameter("--reference-url needs --reference: the model name the server serves")
-            ref = EngineConfig(kind="openai", urls=reference_url, model=reference, api_key_env=api_key_env)
-        try:
+            ref = OpenAIEngineConfig(urls=reference_url, model=reference, api_key_env=api_key_env)
+        with exit_on_error("; `rlaifv train` needs accelerate (and peft for --lora): pip install 'rlaifv[train]'"):
             if reference_only:
-                from rlaifv.train.reference import compute_reference_logps
+                from rlaifv.logps.reference import compute_reference_logps
 
                 result = compute_reference_logps(pairs, ref or policy, cfg, device=device)
-                _emit(result, as_json, f"reference log-probs: {result}")
+                emit(result, as_json, f"reference log-probs: {result}")
                 return
             from accelerate import PartialState
 
             from rlaifv.train.dpo import train_dpo
 
             summary = train_dpo(pairs, policy, out, cfg, ref)
-        except ImportError as exc:
-            from rlaifv.progress import log
-
-            log(f"[red]error:[/red] {exc}; `rlaifv train` needs accelerate (and peft for --lora): "
-                "pip install 'rlaifv[train]'")
-            raise typer.Exit(2) from None
-        except (ValueError, OSError) as exc:
-            from rlaifv.progress import log
-
-            log(f"[red]error:[/red] {exc}")
-            raise typer.Exit(1) from None
         if PartialState().is_main_process:
             final = summary.get("final") or {}
-            _emit(summary, as_json, f"trained {summary['steps']} steps on {summary['n_train']} pairs "
-                                    f"(quarantined {summary['quarantined'] or 'none'}); final loss "
-                                    f"{final.get('loss', float('nan')):.4f}, reward accuracy "
-                                    f"{final.get('rewards/accuracies', float('nan')):.3f}\nmodel: {summary['model']}")
+            emit(summary, as_json, f"trained {summary['steps']} steps on {summary['n_train']} pairs "
+                                   f"(quarantined {summary['quarantined'] or 'none'}); final loss "
+                                   f"{final.get('loss', float('nan')):.4f}, reward accuracy "
+                                   f"{final.get('rewards/accuracies', float('nan')):.3f}\nmodel: {summary['model']}")
 
 
-def _config(path: Optional[Path], out: Optional[Path], needs_out: bool = True, **overrides):
+def _config(path: Optional[Path], out: Optional[Path], needs_out: bool = True, **overrides: Any) -> DPOConfig:
     """DPOConfig from the YAML file, then the options that were given; a bad value is a readable error. Training
     needs an output folder; the reference pass alone writes beside the pairs (`needs_out` False)."""
-    from pydantic import ValidationError
-
-    from rlaifv.config import DPOConfig, load_yaml
-    from rlaifv.progress import log
-
-    try:
-        cfg = load_yaml(DPOConfig, path, overrides)
-    except (ValidationError, ValueError, OSError) as exc:
-        log(f"[red]error:[/red] {path or 'options'}: {exc}")
-        raise typer.Exit(2) from None
+    cfg = load_config(DPOConfig, path, {(name,): value for name, value in overrides.items()})
     if needs_out and out is None and not cfg.output_dir:
-        log("[red]error:[/red] no output folder: pass --out or set output_dir in the config")
-        raise typer.Exit(2)
+        fail("no output folder: pass --out or set output_dir in the config", 2)
     return cfg

@@ -31,6 +31,7 @@ from PIL import Image
 from rlaifv.progress import progress
 from rlaifv.records import BadInput, Prompt
 from rlaifv.store import ShardedStore, ShardWriter, atomic_write
+from rlaifv.world.language import instruction_for
 from rlaifv.world.scenes import Scene, ScenePrior, sample_scenes, scene_from_dict, scene_to_dict
 
 ROW_FIELDS = ("id", "image", "question")  # every other column of a row becomes the prompt's meta
@@ -379,7 +380,6 @@ def write_world_prompts(seed: int, split: str, n: int, out: Path, prior: ScenePr
     inline. Columns: id (the scene id), image, question (`instruction_for(i)`, as the world's evaluation asks),
     world (the scene as a dict, see `scene_of`). Every file is written atomically.
     """
-    from rlaifv.eval.world import instruction_for  # pulls in the engine (torch): imported only when needed
     from rlaifv.world.render import render
 
     out = Path(out)

@@ -17,6 +17,17 @@ from typing import Any, Optional
 
 import typer
 
+from rlaifv.cli.common import (
+    JsonOpt,
+    emit,
+    exit_on_error,
+    fail,
+    load_config,
+    local_engine_options,
+    quiet_libraries,
+)
+from rlaifv.config import CollectConfig
+
 OutOpt = typer.Option(..., "--out", file_okay=False, help="output folder; one sub-folder per stage")
 PromptsOpt = typer.Option(None, "--prompts", exists=True,
                           help="prompts: JSONL or Parquet (image path or bytes, question, optional id) or a saved "
@@ -33,61 +44,48 @@ SplitterOpt = typer.Option(None, "--splitter", help="rules | llm (default rules)
 SplitterModelOpt = typer.Option(None, "--splitter-model", help="chat causal LM (folder or hub id) for --splitter llm "
                                                                "(default: the world's splitter)")
 ModeOpt = typer.Option(None, "--mode", help="claims (divide and conquer) | holistic (one question per response)")
-DeviceOpt = typer.Option(None, "--device", help="torch device for every model, e.g. cuda (default cpu)")
+DeviceOpt = typer.Option(None, "--device", help="torch device for every model loaded here, e.g. cuda (default "
+                                                 "cpu)")
 SeedOpt = typer.Option(None, "--seed", help="sampling and pairing seed (default 0)")
 WorldSeedOpt = typer.Option(0, "--world-seed", help="seed of the world whose models fill unset model paths")
-JsonOpt = typer.Option(False, "--json", help="print one JSON object on stdout")
 
 
-def _config(config: Optional[Path], **opts: Any):
+def _config(config: Optional[Path], **opts: Any) -> CollectConfig:
     """CollectConfig from the YAML file, then the command-line options that were given."""
-    from pydantic import ValidationError
-
-    from rlaifv.config import CollectConfig, with_options
-    from rlaifv.progress import log
-
-    try:
-        set_ = {
-            ("sample", "n"): opts.get("n"),
-            ("sample", "temperature"): opts.get("temperature"),
-            ("sample", "max_new_tokens"): opts.get("max_new_tokens"),
-            ("sample", "seed"): opts.get("seed"),
-            ("pairs", "seed"): opts.get("seed"),
-            ("claims", "splitter"): opts.get("splitter"),
-            ("judge", "mode"): opts.get("mode"),
-            ("sample", "policy", "path"): opts.get("policy"),
-            ("judge", "labeler", "path"): opts.get("labeler"),
-            ("claims", "splitter_model", "path"): opts.get("splitter_model"),
-        }
-        if opts.get("device"):
-            for role in (("sample", "policy"), ("judge", "labeler"), ("claims", "splitter_model")):
-                set_[(*role, "device")] = opts["device"]
-        return with_options(CollectConfig, config, set_)
-    except (ValidationError, ValueError, OSError) as exc:
-        log(f"[red]error:[/red] {config or 'options'}: {exc}")
-        raise typer.Exit(2) from None
+    options = {
+        ("sample", "n"): opts.get("n"),
+        ("sample", "temperature"): opts.get("temperature"),
+        ("sample", "max_new_tokens"): opts.get("max_new_tokens"),
+        ("sample", "seed"): opts.get("seed"),
+        ("pairs", "seed"): opts.get("seed"),
+        ("claims", "splitter"): opts.get("splitter"),
+        ("judge", "mode"): opts.get("mode"),
+        ("sample", "policy", "path"): opts.get("policy"),
+        ("judge", "labeler", "path"): opts.get("labeler"),
+        ("claims", "splitter_model", "path"): opts.get("splitter_model"),
+    }
+    cfg = load_config(CollectConfig, config, options)
+    if opts.get("device"):
+        roles = (("sample", "policy"), ("judge", "labeler"), ("claims", "splitter_model"))
+        cfg = load_config(CollectConfig, config, options | local_engine_options(cfg, roles, device=opts["device"]))
+    return cfg
 
 
-def _run(stages: list[str], prompts: Optional[Path], out: Path, cfg, world_seed: int, as_json: bool) -> None:
-    from rlaifv.cli import _emit, _quiet_libraries
-    from rlaifv.collect import run_stage, summarize
-    from rlaifv.config import WorldConfig
-    from rlaifv.progress import log
+def _run(stages: list[str], prompts: Optional[Path], out: Path, cfg: CollectConfig, world_seed: int,
+         as_json: bool) -> None:
+    from rlaifv.pipelines.collect import run_stage, summarize
     from rlaifv.store import write_json
+    from rlaifv.world.config import WorldConfig
 
-    _quiet_libraries()
+    quiet_libraries()
     if "prompts" in stages and prompts is None and not (out / "prompts" / "shards").exists():
-        log("[red]error:[/red] --prompts is required the first time (no prompts stored in --out yet)")
-        raise typer.Exit(2)
+        fail("--prompts is required the first time (no prompts stored in --out yet)", 2)
     results = {}
-    try:
+    with exit_on_error():
         for stage in stages:
             if stage == "prompts" and prompts is None:
                 continue
             results[stage] = run_stage(stage, prompts, out, cfg, WorldConfig(seed=world_seed))
-    except (ValueError, OSError) as exc:
-        log(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from None
     summary = summarize(out, results)
     write_json(out / "summary.json", summary)
     human = "\n".join(f"{name}: {info}" for name, info in summary["stages"].items())
@@ -95,7 +93,7 @@ def _run(stages: list[str], prompts: Optional[Path], out: Path, cfg, world_seed:
         human += (f"\nfeedback precision {summary['feedback_precision']:.3f} (counting every error: "
                   f"{summary['error_precision']:.3f}), true ties {summary['true_tie_rate']:.3f} over "
                   f"{summary['n_pairs']} pairs")
-    _emit(summary, as_json, human + f"\nsummary: {out / 'summary.json'}")
+    emit(summary, as_json, human + f"\nsummary: {out / 'summary.json'}")
 
 
 def register(app: typer.Typer) -> None:
@@ -164,16 +162,16 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JsonOpt,
     ) -> None:
         """Export the pairs as Parquet that `datasets.load_dataset("parquet", ...)` reads unchanged."""
-        from rlaifv.cli import _emit
-        from rlaifv.collect import pair_store, stores
         from rlaifv.feedback.pairs import export_rlaifv_dataset, export_trl
+        from rlaifv.pipelines.collect import stores
+        from rlaifv.preferences import pair_store
 
         writers = {"trl": export_trl, "rlaifv-dataset": export_rlaifv_dataset}
         if fmt not in writers:
             raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(writers)}", param_hint="--format")
         found = pair_store(out)
         writers[fmt](found, stores(out)["prompts"], to)
-        _emit({"path": str(to), "format": fmt, "pairs": len(found)}, as_json,
+        emit({"path": str(to), "format": fmt, "pairs": len(found)}, as_json,
               f"wrote {len(found)} pairs to {to} ({fmt})")
 
 

@@ -19,8 +19,8 @@ import torch
 from PIL import Image
 
 from rlaifv.engines.family import vision_of
+from rlaifv.preferences import PreferenceExample
 from rlaifv.records import BadInput
-from rlaifv.train.data import PreferenceExample
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Preference pairs for training, from whatever the project writes or a user brings.
+"""Preference pairs in: what DPO trains on and the implicit reward is measured on, from whatever the project writes
+or a user brings.
 
 Three sources are read, and the two exports of `rlaifv export` round-trip through them:
 
@@ -9,12 +10,12 @@ Three sources are read, and the two exports of `rlaifv export` round-trip throug
 - the RLAIF-V-Dataset columns: `image`, `question`, `chosen`, `rejected` (other columns are ignored);
 
 as a Parquet or JSONL file, or a folder written by `datasets.Dataset.save_to_disk`. Rows are read by the same code
-that reads prompt files (`feedback.prompts`), so images may be paths (relative to the file), bytes or the
+that reads prompt files (`rlaifv.prompts`), so images may be paths (relative to the file), bytes or the
 {"bytes", "path"} dicts of a `datasets` Image column.
 
 A row that cannot train -- no or undecodable image, empty or identical responses, an unknown layout, a duplicate --
 is returned with its reason, so the caller quarantines it instead of crashing or silently dropping it. Checks that
-need the model's tokenizer (a pair longer than the context) happen when the pair is encoded (`train.encode`).
+need the model's tokenizer (a pair longer than the context) happen when the pair is encoded (`logps.encode`).
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rlaifv.collect import PREFERENCES
-from rlaifv.feedback.prompts import count_prompt_rows, prompt_from_row, read_prompt_rows, source_folder
 from rlaifv.progress import progress
+from rlaifv.prompts import count_prompt_rows, prompt_from_row, read_prompt_rows, source_folder
 from rlaifv.records import BadInput, Pair, Prompt
 from rlaifv.store import ShardedStore
 
+PREFERENCES = "preferences"  # a collect folder's pairs stage owns OUT/preferences/{scores,pairs}
 IMAGE_COLUMNS = ("image", "images")  # left out of a quarantined row's copy: the reason says what was wrong
 
 
@@ -83,6 +84,11 @@ def load_pairs(source: Path) -> LoadedPairs:
             seen.add(example.key)
             loaded.examples.append(example)
     return loaded
+
+
+def pair_store(out: Path) -> ShardedStore[Pair]:
+    """The pair store of a collect folder."""
+    return ShardedStore(out / PREFERENCES / "pairs", Pair)
 
 
 def pair_store_root(source: Path) -> Path | None:

@@ -3,7 +3,7 @@
 Bootstrap the world's base policy, labeler and splitter (or reuse the cache), run the iterative rounds on fresh
 world scenes (loop.iterate: collect -> DPO -> checkpoint selection on `val`), evaluate the base policy and every
 round's selected checkpoint on the held-out `test` split, evaluate the labeler, run best-of-N with the final
-policy's own reward on the `test` split (eval.world_bon), and write `report.json` / `report.md` (with charts of the
+policy's own reward on the `test` split (pipelines.world_bon), and write `report.json` / `report.md` (with charts of the
 rounds and of best-of-N). `rounds[0]` of the report is always the base policy; `rounds[k]` is
 round k's checkpoint with the pairs that trained it. The rounds resume like `rlaifv iterate`: rerun the same
 command after a crash.
@@ -19,16 +19,17 @@ from typing import Any
 
 import numpy as np
 
-from rlaifv.config import EvalConfig, IterateConfig, WorldConfig, dump_yaml
+from rlaifv.config import EvalConfig, IterateConfig, dump_yaml
 from rlaifv.eval.report import FEEDBACK_KEYS, ROUND_KEYS, write_report
-from rlaifv.eval.world import evaluate_labeler, instruction_for
-from rlaifv.eval.world_bon import BON_TEMPERATURE, world_bon
-from rlaifv.loop import STATE, iterate, round_dir
+from rlaifv.eval.world import evaluate_labeler
+from rlaifv.pipelines.loop import STATE, iterate, round_dir
+from rlaifv.pipelines.world_bon import BON_TEMPERATURE, world_bon
 from rlaifv.progress import log
 from rlaifv.records import Generation
 from rlaifv.store import ShardedStore
 from rlaifv.world.bootstrap import bootstrap
-from rlaifv.world.language import describe, parse_mentions, true_mentions
+from rlaifv.world.config import WorldConfig
+from rlaifv.world.language import describe, instruction_for, parse_mentions, true_mentions
 from rlaifv.world.scenes import sample_scenes
 
 DEMO_BON_SAMPLES = 16  # answers per test scene for the best-of-N section (paper Fig. 5 goes to 64)

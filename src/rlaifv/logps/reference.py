@@ -34,13 +34,13 @@ from rlaifv.config import DPOConfig, EngineConfig
 from rlaifv.engines.family import family_of
 from rlaifv.engines.processors import load_processor
 from rlaifv.engines.transfer import OneBehind, to_device, to_host_later
-from rlaifv.feedback.prompts import load_image, reason_kind
+from rlaifv.logps.encode import EncodedPair, PairEncoder, ahead, context_length
+from rlaifv.logps.packed import ResponseLogps, response_logps
+from rlaifv.preferences import LoadedPairs, PreferenceExample, load_pairs, pair_store_root
 from rlaifv.progress import progress
+from rlaifv.prompts import load_image, reason_kind
 from rlaifv.records import BadInput, Record
 from rlaifv.store import ShardedStore
-from rlaifv.train.data import LoadedPairs, PreferenceExample, load_pairs, pair_store_root
-from rlaifv.train.encode import EncodedPair, PairEncoder, ahead, context_length
-from rlaifv.train.logps import ResponseLogps, response_logps
 
 STAGE = "reference"
 SHARD_SIZE = 256

@@ -21,7 +21,7 @@ from rlaifv.engines.family import packed_inputs, plain_inputs
 from rlaifv.engines.fastpath import trusted
 from rlaifv.engines.packing import pack
 from rlaifv.engines.transfer import to_device
-from rlaifv.train.encode import EncodedPair
+from rlaifv.logps.encode import EncodedPair
 
 
 @dataclass

@@ -12,6 +12,7 @@ lists them).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +20,8 @@ from typing import Any, Optional
 
 import typer
 
-JsonOpt = typer.Option(False, "--json", help="print one JSON object on stdout")
+from rlaifv.cli.common import JsonOpt, emit, load_config, quiet_libraries
+
 OutFileOpt = typer.Option(None, "--out", dir_okay=False, help="also write the result as JSON to this file (the "
                                                              "input of `rlaifv eval report`)")
 ApiKeyEnvOpt = typer.Option("OPENAI_API_KEY", "--api-key-env",
@@ -48,14 +50,13 @@ def _readable_errors() -> Iterator[None]:
 
 
 def _finish(result: dict[str, Any], out: Optional[Path], as_json: bool, human: str) -> None:
-    from rlaifv.cli import _emit
     from rlaifv.store import write_json
 
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json(out, result)
         human += f"\nwrote {out}"
-    _emit(result, as_json, human)
+    emit(result, as_json, human)
 
 
 def _pct(x: Optional[float]) -> str:
@@ -72,8 +73,35 @@ def _chat(url: str, model: Optional[str], api_key_env: str, concurrency: int, ti
                                    timeout_s=timeout, max_retries=retries, max_tokens=max_tokens))
 
 
-def register(eval_app: typer.Typer) -> None:
-    """Add chair, amber, mmhal, generate and report to the `eval` group."""
+def eval_world(
+    policy: Path = typer.Option(..., "--policy", exists=True, file_okay=False, help="policy model folder"),
+    labeler: Optional[Path] = typer.Option(None, "--labeler", exists=True, file_okay=False,
+                                           help="labeler model folder; adds its yes/no accuracy"),
+    seed: int = typer.Option(0, "--seed", help="seed of the world: scenes, captions, model init, training order"),
+    split: str = typer.Option("test", "--split", help="'test' for reported numbers, 'val' for model selection"),
+    n: int = typer.Option(500, "--n", min=1, help="held-out scenes"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for generations (resumable); none keeps nothing"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Exact hallucination metrics of a policy (and a labeler) on held-out scenes of the synthetic world."""
+    quiet_libraries()
+    from rlaifv.config import EvalConfig
+    from rlaifv.eval.world import evaluate_labeler, evaluate_policy
+    from rlaifv.world.config import WorldConfig
+
+    wcfg = WorldConfig(seed=seed)
+    ecfg = EvalConfig(split=split, n_scenes=n)  # type: ignore[arg-type]
+    result: dict[str, Any] = {"policy": evaluate_policy(policy, wcfg, ecfg, out)}
+    if labeler is not None:
+        result["labeler"] = evaluate_labeler(labeler, wcfg, ecfg)
+    emit(result, as_json, json.dumps(result, indent=2))
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `eval` group to the main app: world, chair, amber, mmhal, generate and report."""
+    eval_app = typer.Typer(help="Hallucination evaluation.", no_args_is_help=True)
+    app.add_typer(eval_app, name="eval")
+    eval_app.command("world")(eval_world)
 
     @eval_app.command("chair")
     def eval_chair(
@@ -222,21 +250,17 @@ def register(eval_app: typer.Typer) -> None:
     ) -> None:
         """Answer a benchmark's prompts with a policy (beam search, 3 beams by default), resumable, into the
         responses file that `rlaifv eval chair|amber|mmhal` reads."""
-        from rlaifv.cli import _emit, _quiet_libraries
-        from rlaifv.config import load_yaml
         from rlaifv.eval.bench_generate import BenchGenerateConfig, benchmark_items, generate
 
-        _quiet_libraries()
+        quiet_libraries()
+        cfg = load_config(BenchGenerateConfig, config, {
+            ("num_beams",): num_beams, ("max_new_tokens",): max_new_tokens, ("batch_size",): batch_size,
+            ("policy", "path"): policy, ("policy", "device"): device, ("policy", "dtype"): dtype})
         with _readable_errors():
-            cfg = load_yaml(BenchGenerateConfig, config, {"num_beams": num_beams, "max_new_tokens": max_new_tokens,
-                                                          "batch_size": batch_size})
-            engine = cfg.policy.model_dump()
-            engine.update({k: v for k, v in {"path": policy, "device": device, "dtype": dtype}.items() if v})
-            cfg = cfg.model_copy(update={"policy": type(cfg.policy).model_validate(engine)})
             items = benchmark_items(benchmark, data, images, amber_split)  # type: ignore[arg-type]
             key = "index" if benchmark == "mmhal" else "id"
             result = generate(items, out, key, cfg)
-        _emit(result, as_json, f"{result['items']} prompts: {result['generated']} answered now, "
+        emit(result, as_json, f"{result['items']} prompts: {result['generated']} answered now, "
                                f"{result['resumed']} already in {out}")
 
     @eval_app.command("report")
@@ -251,10 +275,9 @@ def register(eval_app: typer.Typer) -> None:
     ) -> None:
         """Compare runs (base policy vs each round) in a markdown table with PNG bar charts, next to the paper's
         numbers where the benchmark is the same."""
-        from rlaifv.cli import _emit
         from rlaifv.eval.compare import write_report
 
         with _readable_errors():
             summary = write_report(runs, out, paper=paper, charts=charts)
         human = f"wrote {summary['report']}" + "".join(f"\nwrote {c}" for c in summary["charts"])
-        _emit(summary, as_json, human)
+        emit(summary, as_json, human)

@@ -17,10 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rlaifv.config import BonConfig, EngineConfig, EvalConfig, WorldConfig
+from rlaifv.config import BonConfig, EvalConfig, HFEngineConfig
 from rlaifv.eval.world_metrics import description_metrics
-from rlaifv.feedback.prompts import scene_of, write_world_prompts
-from rlaifv.infer.bon import BonRow, best_of_n, bon_stores, choose, rewards_of
+from rlaifv.infer.bon import BonRow, choose, rewards_of
+from rlaifv.pipelines.best_of_n import best_of_n, bon_stores
+from rlaifv.prompts import scene_of, write_world_prompts
+from rlaifv.world.config import WorldConfig
 
 BON_NS = (1, 2, 4, 8, 16)  # the N of each row; the first N of the n_max samples
 BON_KINDS = ("mean", "sum")
@@ -71,8 +73,8 @@ def world_bon(out: Path, policy: str, reference: str, wcfg: WorldConfig, ecfg: E
     prompts = out / "prompts.jsonl"
     if not prompts.exists():
         write_world_prompts(wcfg.seed, ecfg.split, ecfg.n_scenes, prompts, wcfg.prior)
-    cfg = BonConfig(policy=EngineConfig(path=policy, device=device),
-                    reference=EngineConfig(path=reference, device=device),
+    cfg = BonConfig(policy=HFEngineConfig(path=policy, device=device),
+                    reference=HFEngineConfig(path=reference, device=device),
                     n=n_max, reward="mean", temperature=BON_TEMPERATURE, max_new_tokens=ecfg.max_new_tokens,
                     seed=wcfg.seed)
     summary = best_of_n(out, cfg, prompts)

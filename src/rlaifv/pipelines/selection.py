@@ -20,9 +20,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from rlaifv.config import DPOConfig, EvalConfig, WorldConfig
-from rlaifv.train.data import PreferenceExample
-from rlaifv.train.reference import ReferenceTable
+from rlaifv.config import DPOConfig, EvalConfig
+from rlaifv.logps.reference import ReferenceTable
+from rlaifv.preferences import PreferenceExample
+from rlaifv.world.config import WorldConfig
 
 
 class Selector(Protocol):

@@ -9,7 +9,7 @@ choosing P_{k+1} among its DPO checkpoints. Everything it reads and writes stays
     serve.log         output of serve.restart_command (a served policy, rounds >= 2)
     collect/          collect() with P_k: candidates, claims, verdicts, pairs, summary.json
     split.json        which pairs train and which are held out (whole prompts; select_on 'reward' only)
-    reference/        P_k's log-probs of every pair (train.compute_reference_logps) and quarantined pairs
+    reference/        P_k's log-probs of every pair (logps.reference) and quarantined pairs
     dpo/              train_dpo(): run.yaml, metrics.csv, checkpoints/checkpoint-N/model, summary.json
     select/           each checkpoint's selection metrics (checkpoint-N.json) and selection.json
     eval/             the chosen checkpoint's greedy descriptions of the world's `test` scenes (test_metrics)
@@ -42,10 +42,11 @@ from typing import Any
 
 import yaml
 
-from rlaifv.config import CollectConfig, DPOConfig, IterateConfig, WorldConfig
+from rlaifv.config import CollectConfig, DPOConfig, HFEngineConfig, IterateConfig
 from rlaifv.eval.report import FEEDBACK_KEYS, ROUND_KEYS
 from rlaifv.progress import log
 from rlaifv.store import write_json
+from rlaifv.world.config import WorldConfig
 
 STATE, SUMMARY, CONFIG = "state.json", "summary.json", "iterate.yaml"
 STATE_VERSION = 1
@@ -74,7 +75,8 @@ class Loop:
         self.prompts_file = Path(prompts_file).resolve() if prompts_file is not None else None
         self.select_on = cfg.select_on if cfg.select_on != "auto" else ("world" if prompts_file is None else "reward")
         self.test_metrics = cfg.test_metrics if cfg.test_metrics is not None else prompts_file is None
-        self.device = cfg.collect.sample.policy.device  # evaluation and reward scoring run where the policy samples
+        policy = cfg.collect.sample.policy  # by default evaluation and reward scoring run where the policy samples
+        self.device = cfg.device or (policy.device if isinstance(policy, HFEngineConfig) else "cpu")
         self._pairs: dict[int, Any] = {}  # round -> LoadedPairs, read once per process
 
     # -- state -----------------------------------------------------------------------------------------------------
@@ -189,7 +191,7 @@ class Loop:
             return {"file": str(self.prompts_file)}
         import pyarrow.parquet as pq
 
-        from rlaifv.feedback.prompts import write_world_prompts
+        from rlaifv.prompts import write_world_prompts
 
         n = self.cfg.prompts_per_round
         every = write_world_prompts(self.world.seed, "prompts", k * n, r / ".prompts-all.parquet", self.world.prior)
@@ -222,7 +224,7 @@ class Loop:
         return result
 
     def _collect(self, prompts_file: str, r: Path, cfg: CollectConfig) -> dict[str, Any]:
-        from rlaifv.collect import collect
+        from rlaifv.pipelines.collect import collect
 
         summary = collect(Path(prompts_file), r / "collect", cfg, self.world)
         return {k: summary.get(k) for k in ("feedback_precision", "true_tie_rate", "n_pairs", "seconds")}
@@ -230,7 +232,7 @@ class Loop:
     def _loaded(self, k: int):
         """The round's pairs as the trainer reads them, loaded once per process."""
         if k not in self._pairs:
-            from rlaifv.train.data import load_pairs
+            from rlaifv.preferences import load_pairs
 
             self._pairs[k] = load_pairs(round_dir(self.out, k) / "collect")
         return self._pairs[k]
@@ -251,7 +253,7 @@ class Loop:
 
     def _subsets(self, k: int):
         """(training pairs as LoadedPairs, held-out examples), from split.json."""
-        from rlaifv.train.data import LoadedPairs
+        from rlaifv.preferences import LoadedPairs
 
         loaded = self._loaded(k)
         split = json.loads((round_dir(self.out, k) / "split.json").read_text(encoding="utf-8"))
@@ -262,7 +264,7 @@ class Loop:
 
     def _reference_table(self, k: int):
         """The round's finished reference pass (its store is named explicitly, so no fingerprint is needed)."""
-        from rlaifv.train.reference import read_reference, reference_store
+        from rlaifv.logps.reference import read_reference, reference_store
 
         loaded = self._loaded(k)
         return read_reference(reference_store(loaded.source, "", self.cfg.dpo, round_dir(self.out, k) / "reference"),
@@ -270,7 +272,7 @@ class Loop:
 
     def _reference(self, k: int, r: Path, policy: str, dpo_cfg: DPOConfig) -> dict[str, Any]:
         """P_k's log-probs of every pair, held-out ones included; fixes the round's checkpoint interval."""
-        from rlaifv.train import compute_reference_logps
+        from rlaifv.logps.reference import compute_reference_logps
         from rlaifv.train.dpo import Schedule
 
         result = compute_reference_logps(self._loaded(k), policy, dpo_cfg, r / "reference")
@@ -300,7 +302,7 @@ class Loop:
         further round never leaves the policy worse on `val` (the next round collects from it again, on fresh
         prompts and seeds).
         """
-        from rlaifv.selection import choose
+        from rlaifv.pipelines.selection import choose
 
         selector = self._selector(k, dpo_cfg)
         folder = r / "select"
@@ -342,7 +344,7 @@ class Loop:
 
     def _selector(self, k: int, dpo_cfg: DPOConfig):
         """The round's Selector (selection.py); None for reward selection without a held-out pair."""
-        from rlaifv.selection import RewardSelector, WorldSelector
+        from rlaifv.pipelines.selection import RewardSelector, WorldSelector
 
         if self.select_on == "world":
             base = self.state["steps"]["round-0/select"]
@@ -372,7 +374,7 @@ class Loop:
         """n_pairs, feedback_precision, true_tie_rate and error_precision of the pairs that trained the round
         (held-out and quarantined pairs left out); the rates are None without world scenes or decided pairs."""
         from rlaifv.eval.world_metrics import feedback_metrics
-        from rlaifv.feedback.prompts import scene_of
+        from rlaifv.prompts import scene_of
 
         train, _ = self._subsets(k)
         logps = self._reference_table(k).logps

@@ -15,35 +15,31 @@ from typing import Any, Optional
 
 import typer
 
+from rlaifv.cli.common import JsonOpt, emit, load_config, local_engine_options, quiet_libraries, run_long, world_config
+from rlaifv.config import IterateConfig
 
-def _config(path: Optional[Path], **opts: Any):
+
+def _config(path: Optional[Path], **opts: Any) -> IterateConfig:
     """IterateConfig from the YAML file, then the command-line options that were given."""
-    from pydantic import ValidationError
-
-    from rlaifv.config import IterateConfig, with_options
-    from rlaifv.progress import log
-
-    try:
-        set_ = {
-            ("rounds",): opts.get("rounds"),
-            ("select_on",): opts.get("select_on"),
-            ("collect", "sample", "policy", "path"): opts.get("policy"),
-            ("collect", "judge", "labeler", "path"): opts.get("labeler"),
-            ("collect", "claims", "splitter"): opts.get("splitter"),
-            ("collect", "claims", "splitter_model", "path"): opts.get("splitter_model"),
-        }
-        if opts.get("seed") is not None:
-            for key in (("seed",), ("collect", "sample", "seed"), ("collect", "pairs", "seed"), ("dpo", "seed")):
-                set_[key] = opts["seed"]
-        if opts.get("device"):
-            for role in ("sample", "policy"), ("judge", "labeler"), ("claims", "splitter_model"):
-                set_[("collect", *role, "device")] = opts["device"]
-            if opts["device"] == "cpu":
-                set_[("dpo", "use_cpu")] = True
-        return with_options(IterateConfig, path, set_)
-    except (ValidationError, ValueError, OSError) as exc:
-        log(f"[red]error:[/red] {path or 'options'}: {exc}")
-        raise typer.Exit(2) from None
+    options = {
+        ("rounds",): opts.get("rounds"),
+        ("select_on",): opts.get("select_on"),
+        ("collect", "sample", "policy", "path"): opts.get("policy"),
+        ("collect", "judge", "labeler", "path"): opts.get("labeler"),
+        ("collect", "claims", "splitter"): opts.get("splitter"),
+        ("collect", "claims", "splitter_model", "path"): opts.get("splitter_model"),
+    }
+    if opts.get("seed") is not None:
+        for key in (("seed",), ("collect", "sample", "seed"), ("collect", "pairs", "seed"), ("dpo", "seed")):
+            options[key] = opts["seed"]
+    if not opts.get("device"):
+        return load_config(IterateConfig, path, options)
+    options[("device",)] = opts["device"]
+    if opts["device"] == "cpu":
+        options[("dpo", "use_cpu")] = True
+    cfg = load_config(IterateConfig, path, options)
+    roles = (("collect", "sample", "policy"), ("collect", "judge", "labeler"), ("collect", "claims", "splitter_model"))
+    return load_config(IterateConfig, path, options | local_engine_options(cfg, roles, device=opts["device"]))
 
 
 def _table(summary: dict[str, Any]) -> str:
@@ -93,26 +89,24 @@ def register(app: typer.Typer) -> None:
         splitter: Optional[str] = typer.Option(None, "--splitter", help="rules | llm (default rules)"),
         splitter_model: Optional[str] = typer.Option(None, "--splitter-model",
                                                      help="chat causal LM for --splitter llm (default: the world's)"),
-        device: Optional[str] = typer.Option(None, "--device", help="torch device of every model, e.g. cuda "
-                                                                    "(default cpu; DPO uses a GPU when there is one "
-                                                                    "unless this is cpu)"),
+        device: Optional[str] = typer.Option(None, "--device", help="torch device of every model loaded here, e.g. "
+                                                                    "cuda (default cpu; DPO uses a GPU when there is "
+                                                                    "one unless this is cpu)"),
         seed: Optional[int] = typer.Option(None, "--seed", help="base seed of sampling, pairing, DPO data order and "
                                                                 "the held-out draw; round k adds k - 1 (default 0)"),
         world_seed: int = typer.Option(0, "--world-seed", help="seed of the world: its models and scenes"),
         preset: str = typer.Option("default", "--preset", help="world preset: default | micro (seconds, tests)"),
-        as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+        as_json: bool = JsonOpt,
     ) -> None:
         """Iterative RLAIF-V: each round collects feedback with the current policy, trains it with DPO against
         itself as reference, and keeps its best checkpoint as the next round's policy. Resumable."""
-        from rlaifv.cli import _emit, _quiet_libraries, _run_long, _world_config
-
-        _quiet_libraries()
+        quiet_libraries()
         if select_on is not None and select_on not in ("auto", "world", "reward"):
             raise typer.BadParameter(f"{select_on!r} is not one of auto, world, reward", param_hint="--select-on")
         cfg = _config(config, rounds=rounds, select_on=select_on, policy=policy, labeler=labeler, splitter=splitter,
                       splitter_model=splitter_model, device=device, seed=seed)
-        world = _world_config(preset, None, world_seed)
-        from rlaifv.loop import iterate as run_rounds
+        world = world_config(preset, None, world_seed)
+        from rlaifv.pipelines.loop import iterate as run_rounds
 
-        summary = _run_long(run_rounds, out, cfg, prompts, world)
-        _emit(summary, as_json, _table(summary))
+        summary = run_long(run_rounds, out, cfg, prompts, world)
+        emit(summary, as_json, _table(summary))

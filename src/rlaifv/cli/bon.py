@@ -14,24 +14,21 @@ from typing import Any, Optional
 
 import typer
 
+from rlaifv.cli.common import JsonOpt, emit, fail, load_config, local_engine_options, quiet_libraries, run_long
+from rlaifv.config import BonConfig
 
-def _config(path: Optional[Path], **opts: Any):
+
+def _config(path: Optional[Path], **opts: Any) -> BonConfig:
     """BonConfig from the YAML file, then the command-line options that were given."""
-    from pydantic import ValidationError
-
-    from rlaifv.config import BonConfig, with_options
-    from rlaifv.progress import log
-
-    try:
-        set_ = {(name,): opts.get(name) for name in ("n", "reward", "beta", "temperature", "max_new_tokens", "seed")}
-        for role in ("policy", "reference", "sampler"):
-            set_[(role, "path")] = opts.get(role)
-            set_[(role, "device")] = opts.get("device")
-            set_[(role, "dtype")] = opts.get("dtype")
-        return with_options(BonConfig, path, set_)
-    except (ValidationError, ValueError, OSError) as exc:
-        log(f"[red]error:[/red] {path or 'options'}: {exc}")
-        raise typer.Exit(2) from None
+    options = {(name,): opts.get(name) for name in ("n", "reward", "beta", "temperature", "max_new_tokens", "seed")}
+    roles = [("policy",), ("reference",), ("sampler",)]
+    for role in roles:
+        options[(*role, "path")] = opts.get(role[0])
+    cfg = load_config(BonConfig, path, options)
+    local = {name: opts[name] for name in ("device", "dtype") if opts.get(name) is not None}
+    if local:
+        cfg = load_config(BonConfig, path, options | local_engine_options(cfg, roles, **local))
+    return cfg
 
 
 def _human(summary: dict[str, Any]) -> str:
@@ -80,32 +77,28 @@ def register(app: typer.Typer) -> None:
         max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1,
                                                      help="cap on a sample's length (default 512)"),
         seed: Optional[int] = typer.Option(None, "--seed", help="sampling seed (default 0)"),
-        device: Optional[str] = typer.Option(None, "--device", help="torch device of every model, e.g. cuda "
-                                                                    "(default cpu)"),
+        device: Optional[str] = typer.Option(None, "--device", help="torch device of every model loaded here, e.g. "
+                                                                    "cuda (default cpu)"),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 (default) | bfloat16 | float16, for "
                                                                   "every model"),
         config: Optional[Path] = typer.Option(None, "--config", exists=True, dir_okay=False,
                                               help="YAML with BonConfig fields (top_p, max_length, "
                                                    "candidates_per_pack, per-model devices, ...); the options here "
                                                    "override it"),
-        as_json: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
+        as_json: bool = JsonOpt,
     ) -> None:
         """Best-of-N with self-feedback: sample N answers per prompt, score each with the aligned policy's implicit
         reward against the reference, keep the best. Resumable."""
-        from rlaifv.cli import _emit, _quiet_libraries, _run_long
-        from rlaifv.progress import log
-
-        _quiet_libraries()
+        quiet_libraries()
         if reward is not None and reward not in ("mean", "sum"):
             raise typer.BadParameter(f"{reward!r} is not one of mean, sum", param_hint="--reward")
         cfg = _config(config, policy=policy, reference=reference, sampler=sampler, n=n, reward=reward, beta=beta,
                       temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, device=device, dtype=dtype)
         for role in ("policy", "reference"):
             if getattr(cfg, role).kind == "hf" and not getattr(cfg, role).path:
-                log(f"[red]error:[/red] --{role} is required (or {role}.path in --config, or a served {role}: "
-                    f"{role}: {{kind: openai, urls: [...], model: NAME}})")
-                raise typer.Exit(2)
-        from rlaifv.infer.bon import best_of_n
+                fail(f"--{role} is required (or {role}.path in --config, or a served {role}: "
+                     f"{role}: {{kind: openai, urls: [...], model: NAME}})", 2)
+        from rlaifv.pipelines.best_of_n import best_of_n
 
-        summary = _run_long(best_of_n, out, cfg, prompts)
-        _emit(summary, as_json, _human(summary))
+        summary = run_long(best_of_n, out, cfg, prompts)
+        emit(summary, as_json, _human(summary))

@@ -21,15 +21,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import torch
-
-from rlaifv.config import CollectConfig, EngineConfig, WorldConfig
+from rlaifv.config import CollectConfig, EngineConfig
+from rlaifv.preferences import PREFERENCES, pair_store
 from rlaifv.progress import log
 from rlaifv.records import Candidate, Claim, Pair, Prompt, Verdict
 from rlaifv.store import ShardedStore, write_json
-
-PREFERENCES = "preferences"  # the pairs stage owns this folder: OUT/preferences/{scores,pairs}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from rlaifv.world.config import WorldConfig
 
 
 def stores(out: Path, shard_size: int = 1000) -> dict[str, ShardedStore]:
@@ -48,12 +45,14 @@ def load_engine(cfg: EngineConfig, default_path: str | Path | None, role: str):
         from rlaifv.engines.openai_vlm import OpenAIEngine
 
         return OpenAIEngine(cfg)
+    import torch
+
     from rlaifv.engines.hf import HFEngine
 
     path = cfg.path or default_path
     if not path:
         raise ValueError(f"no model for the {role}: set {role}.path in the config")
-    return HFEngine(path, cfg.device, DTYPES[cfg.dtype], cfg.trust_remote_code)
+    return HFEngine(path, cfg.device, getattr(torch, cfg.dtype), cfg.trust_remote_code)
 
 
 def _world_model(role: str, world: WorldConfig | None, cfg: EngineConfig | None = None) -> Path | None:
@@ -69,7 +68,7 @@ def _world_model(role: str, world: WorldConfig | None, cfg: EngineConfig | None 
 def run_stage(stage: str, prompts_file: Path | None, out: Path, cfg: CollectConfig,
               world: WorldConfig | None = None) -> dict:
     """Run one stage ('prompts', 'sample', 'claims', 'judge' or 'pairs') on the output folder."""
-    from rlaifv.feedback.prompts import ingest_prompts, load_image
+    from rlaifv.prompts import ingest_prompts, load_image
 
     s = stores(out, cfg.shard_size)
     if stage == "prompts":
@@ -146,15 +145,11 @@ def summarize(out: Path, results: dict | None = None) -> dict:
     return summary
 
 
-def pair_store(out: Path) -> ShardedStore[Pair]:
-    return ShardedStore(out / PREFERENCES / "pairs", Pair)
-
-
 def world_feedback(prompts: ShardedStore[Prompt], pairs: ShardedStore[Pair]) -> dict:
     """feedback_precision and true_tie_rate of the pairs when the prompts come from the synthetic world (None
     where undefined, e.g. no pairs); {} for a user's prompts, which have no ground truth."""
     from rlaifv.eval.world_metrics import feedback_metrics
-    from rlaifv.feedback.prompts import scene_of
+    from rlaifv.prompts import scene_of
 
     scenes = {p.prompt_id: scene_of(p) for p in prompts.read()}
     if not any(scenes.values()):

@@ -1,0 +1,106 @@
+"""What every command shares: output, loading a config with the options given, and errors as exit codes.
+
+Exit codes: 0 done; 1 bad input or files met while running (a message, no traceback); 2 a bad command line or
+config, or a missing optional package. With `--json`, a command prints exactly one JSON object on stdout; everything
+else (progress bars, logs, errors) goes to stderr.
+
+Nothing here imports torch, so `rlaifv --help` starts fast; commands import what they run inside their functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn, Optional, TypeVar
+
+import typer
+from pydantic import BaseModel
+
+from rlaifv.config import HFEngineConfig
+from rlaifv.progress import log
+from rlaifv.world.config import WorldConfig
+
+M = TypeVar("M", bound=BaseModel)
+
+JsonOpt = typer.Option(False, "--json", help="print one JSON object on stdout")
+
+
+def emit(obj: Any, as_json: bool, human: str) -> None:
+    """The command's result: one JSON object on stdout with --json, else the human-readable text on stderr."""
+    if as_json:
+        typer.echo(json.dumps(obj))
+    else:
+        log(human)
+
+
+def fail(message: str, code: int) -> NoReturn:
+    """End the command with a one-line error instead of a traceback."""
+    log(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+@contextmanager
+def exit_on_error(import_hint: str = "") -> Iterator[None]:
+    """Errors of a command's library call as one-line messages and exit codes: 2 for a missing package (with
+    `import_hint`, e.g. what to install), 1 for bad input or files."""
+    try:
+        yield
+    except ImportError as exc:
+        fail(f"{exc}{import_hint}", 2)
+    except (ValueError, OSError) as exc:
+        fail(str(exc), 1)
+
+
+def run_long(fn: Callable[..., Any], *args: Any) -> Any:
+    """fn(*args) under `exit_on_error`."""
+    with exit_on_error():
+        return fn(*args)
+
+
+def load_config(model: type[M], path: Optional[Path], options: dict[tuple[str, ...], Any] | None = None,
+                start: dict[str, Any] | None = None) -> M:
+    """`rlaifv.config.read_config` for a command: a bad file or value ends it with exit code 2 and the field named."""
+    from pydantic import ValidationError
+
+    from rlaifv.config import read_config
+
+    try:
+        return read_config(model, path, options, start)
+    except (ValidationError, ValueError, OSError) as exc:
+        fail(f"{path or 'options'}: {exc}", 2)
+
+
+def local_engine_options(cfg: BaseModel, roles: Iterable[tuple[str, ...]],
+                         **fields: Any) -> dict[tuple[str, ...], Any]:
+    """Options that set `fields` (e.g. device, dtype) on those engines at `roles` of a loaded config that are
+    loaded here: `--device` moves the local models and leaves served ones, which have no device, alone."""
+    options: dict[tuple[str, ...], Any] = {}
+    for role in roles:
+        engine: Any = cfg
+        for key in role:
+            engine = getattr(engine, key)
+        if isinstance(engine, HFEngineConfig):
+            options.update({(*role, name): value for name, value in fields.items()})
+    return options
+
+
+def world_config(preset: str, config: Optional[Path], seed: int) -> WorldConfig:
+    """The world of a command: the preset, then the YAML file's fields, then --seed."""
+    try:
+        start = WorldConfig.preset(preset).model_dump()  # type: ignore[arg-type]
+    except ValueError as exc:
+        fail(str(exc), 2)
+    return load_config(WorldConfig, config, {("seed",): seed}, start=start)
+
+
+def quiet_libraries() -> None:
+    """Keep third-party chatter (download bars, torchvision notices) off the user's terminal."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

@@ -1,0 +1,111 @@
+"""`rlaifv bon`: best-of-N with the aligned policy's own reward, end to end (move 4).
+
+Stages, each resumable, under one output folder:
+
+    OUT/prompts      Prompt records ingested from the user's file            (rlaifv.prompts)
+    OUT/candidates   N samples per prompt, one prefill per prompt             (feedback.sample, the sampler model)
+    OUT/bon          one BonRow per prompt: every candidate's scores and the chosen one   (infer.bon)
+    OUT/best.jsonl   the chosen answers: {"id", "question", "image", "response", "sample_idx", "reward", "n_tokens"}
+                     plus the prompt's meta (so an image_id column of the prompts file reaches `rlaifv eval chair`)
+    OUT/best.parquet the same rows (meta as JSON text)
+    OUT/summary.json counts, mean rewards, how often each sample index was chosen
+
+A rerun into a folder made with other settings is refused, since it would mix two runs' answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rlaifv.config import BonConfig, SampleConfig
+from rlaifv.engines.fastpath import engine_report
+from rlaifv.feedback.sample import run_sample
+from rlaifv.infer.bon import STAGE, BonRow, Scorer, export_best, load_scorer, run_bon, summarize
+from rlaifv.pipelines.collect import load_engine
+from rlaifv.progress import log
+from rlaifv.prompts import ingest_prompts, load_image
+from rlaifv.records import Candidate, Prompt
+from rlaifv.store import ShardedStore, write_json
+
+
+def bon_stores(out: Path, shard_size: int = 1000) -> dict[str, ShardedStore]:
+    """The stores under a best-of-N output folder."""
+    out = Path(out)
+    return {
+        "prompts": ShardedStore(out / "prompts", Prompt, shard_size),
+        "candidates": ShardedStore(out / "candidates", Candidate, shard_size),
+        "bon": ShardedStore(out / "bon", BonRow, shard_size, stage=STAGE),
+    }
+
+
+def sample_config(cfg: BonConfig) -> SampleConfig:
+    """The sampling stage's settings: the sampler (default: the policy) and the decoding setting."""
+    sampler = cfg.sampler if cfg.sampler.path or cfg.sampler.kind != "hf" else cfg.policy
+    return SampleConfig(policy=sampler, n=cfg.n,
+                        temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                        prompts_per_batch=cfg.prompts_per_batch, seed=cfg.seed)
+
+
+def _settings(cfg: BonConfig) -> dict[str, Any]:
+    """What the stored results depend on: the config without devices and shard size."""
+    data = cfg.model_dump(mode="json")
+    for role in ("policy", "reference", "sampler"):
+        data[role].pop("device", None)  # a served model has none
+    data.pop("shard_size")
+    return data
+
+
+def _check_resume(store: ShardedStore[BonRow], cfg: BonConfig) -> None:
+    """A rerun into a folder made with other settings would mix two runs' answers: refuse it."""
+    if not store.config_path.exists():
+        return
+    before, now = store.read_config(), _settings(cfg)
+    changed = sorted(k for k in now.keys() | before.keys() if before.get(k) != now.get(k))
+    if changed:
+        raise ValueError(f"{store.root.parent} was made with other settings ({', '.join(changed)} differ); rerun with "
+                         f"the same settings to resume, or use a new --out")
+
+
+def _unfinished(prompts: ShardedStore[Prompt], done: set[str], first_key: Callable[[str], str]) -> int:
+    return sum(1 for p in prompts.read() if p.prompt_id not in done and first_key(p.prompt_id) not in done)
+
+
+def best_of_n(out: Path, cfg: BonConfig, prompts: Path | None = None) -> dict[str, Any]:
+    """Ingest the prompts (once), sample N answers per prompt, score them, keep the best; resumable at every stage.
+    Writes OUT/best.jsonl, OUT/best.parquet and OUT/summary.json; returns the summary."""
+    for role in ("policy", "reference"):
+        if getattr(cfg, role).kind == "hf" and not getattr(cfg, role).path:
+            raise ValueError(f"best-of-N needs a {role} model: set --{role} (or {role}.path in the config)")
+    out = Path(out)
+    s = bon_stores(out, cfg.shard_size)
+    _check_resume(s["bon"], cfg)
+    if prompts is not None:
+        ingest_prompts(Path(prompts), s["prompts"])
+    elif not s["prompts"].shard_paths():
+        raise ValueError(f"no prompts stored in {out} yet: pass --prompts the first time")
+    s["bon"].write_config(_settings(cfg))
+    scfg = sample_config(cfg)
+    engine = None
+    if _unfinished(s["prompts"], s["candidates"].done_keys(), lambda pid: f"{pid}/0"):
+        engine = load_engine(scfg.policy, None, "sampler")
+        log(f"sampling {cfg.n} answers per prompt with {engine.path}")
+        run_sample(s["prompts"], s["candidates"], scfg, engine, load_image)
+    counts = {"done": 0, "skipped": len(s["bon"].done_keys()), "quarantined": 0}
+    if _unfinished(s["prompts"], s["bon"].done_keys(), lambda pid: pid):
+        if engine is not None and scfg.policy == cfg.policy and cfg.policy.kind == "hf":  # keep it loaded
+            policy = Scorer.from_model(engine.model, engine.processor, cfg.policy.path, cfg.max_length)
+        else:
+            del engine
+            policy = load_scorer(cfg.policy, cfg.max_length)
+        engine = None
+        reference = load_scorer(cfg.reference, cfg.max_length)
+        counts = run_bon(s["prompts"], s["candidates"], s["bon"], cfg, policy, reference, load_image,
+                         sampler=scfg.policy.name)
+        counts["fast_paths"] = {role: engine_report(scorer) for role, scorer in
+                                (("policy", policy), ("reference", reference))}
+    export_best(s["bon"], s["prompts"], out / "best.jsonl", out / "best.parquet")
+    summary = summarize(out, s["bon"], s["prompts"]) | {"this_run": counts}
+    write_json(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,152 @@
+"""The synthetic world's configuration: scenes, the captioner's noise, both tiny models' shapes and their training.
+
+These live with the world, not in `rlaifv.config` (the stages' configs), because the world is a layer below the
+stages: its code reads them, and nothing here imports torch, so `rlaifv --help` and the config loaders stay light.
+`WorldConfig.preset("micro")` is the tiny world the tests share; "default" is what `rlaifv demo` runs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from rlaifv.config import StrictModel
+from rlaifv.world.language import CaptionNoise
+from rlaifv.world.scenes import ScenePrior
+
+
+class TinyVLMConfig(StrictModel):
+    """Shape of one tiny LLaVA. Defaults train to a useful model in about a minute on two CPU cores. Unknown keys are
+    errors, as everywhere in a WorldConfig: a misspelt width must not silently build the default model."""
+
+    vision_hidden: int = Field(64, description="CLIP tower width")
+    vision_layers: int = Field(2, description="CLIP tower depth")
+    patch_size: int = Field(32, description="pixels per patch side; 32 = one grid cell of the world per token")
+    text_hidden: int = Field(128, description="Llama width; head_dim = text_hidden / text_heads must stay >= 32 "
+                                              "for vLLM's CPU attention")
+    text_layers: int = Field(2, description="Llama depth")
+    text_heads: int = Field(4, description="attention heads of the Llama LM")
+    text_intermediate: int = Field(384, description="Llama MLP width")
+    max_positions: int = Field(256, description="longest sequence (image tokens + prompt + response)")
+    tie_embeddings: bool = Field(True, description="share the input embeddings with the output head; an untied "
+                                                   "head lets training keep the input embeddings (the vision "
+                                                   "alignment's targets) fixed")
+
+
+class SFTConfig(StrictModel):
+    """Supervised training of one tiny model during the world bootstrap."""
+
+    scenes: int = Field(20000, ge=1, description="training scenes, each seen once (one example per scene and task)")
+    examples_per_scene: int = Field(1, ge=1, description="examples drawn per scene (captions or yes/no questions)")
+    batch_size: int = Field(32, ge=1, description="examples per optimizer step; small batches (more steps) learn "
+                                                  "grounding faster per CPU second than large ones")
+    lr: float = Field(2e-3, gt=0, description="peak AdamW learning rate of the whole model")
+    warmup_steps: int = Field(30, ge=0, description="linear warmup before the cosine decay")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
+    freeze_vision: bool = Field(
+        True, description="keep the aligned vision tower and projector (and an untied model's input embeddings, the "
+                          "alignment's targets) fixed while the language model learns to read them; training them "
+                          "from the first step blurs the alignment the lookup relies on, and stated sizes go wrong "
+                          "far more often (benchmarks/RESULTS.md)"
+    )
+
+
+class PolicyTrainConfig(SFTConfig):
+    """Captioning SFT of the world's base policy."""
+
+    micro_batches: int = Field(3, ge=1, description="forwards per optimizer step: a batch is sorted by length and cut "
+                                                    "into this many micro-batches whose gradients add up to the "
+                                                    "batch's, so short captions are not padded to the longest one "
+                                                    "(one forward: 36 % of the tokens are padding; three: 14 %)")
+    lookup_weight: float = Field(
+        0.3, ge=0, description="weight of the training-only read-outs that predict, from each sentence's object name "
+                               "on, what the image holds for that object (present? color, size, cell; "
+                               "`SentenceLookupHeads`); 0 = captions alone, which leaves 41 % of stated positions "
+                               "wrong")
+
+
+class VisionAlignConfig(StrictModel):
+    """The world's feature-alignment stage, run once and shared by the policy and the labeler.
+
+    Each image token is regressed onto the summed input embeddings of the words for what its cell holds (and, with
+    `positions`, the cell's place words), so image tokens read to a language model like the words that describe
+    them. Both models start from the aligned vision tower, projector and word embeddings when their shapes match.
+    """
+
+    steps: int = Field(1500, ge=0, description="alignment steps; category recognition is step-bound (nearest word "
+                                               "embedding, regression alone: 600 steps ~44 % of objects, 1500 ~93 %; "
+                                               "with the category read-out: 1000 ~97 %, 1500 ~98 %)")
+    lr: float = Field(3e-3, gt=0, description="AdamW learning rate (6e-3 diverges)")
+    batch_size: int = Field(48, ge=1, description="images per step; the stage is bound by steps, not images, "
+                                                  "above this size (smaller batches align a little worse)")
+    positions: bool = Field(True, description="add each cell's place words (top, left, ...) to its target, so a "
+                                              "position can be looked up by content like a category")
+    category_weight: float = Field(
+        0.5, ge=0, description="weight of a training-only cross-entropy read-out of each cell's category; shape is "
+                               "what the regression alone learns slowest (color and size are near-linear in pixels)"
+    )
+
+
+class LabelerTrainConfig(SFTConfig):
+    """The labeler's yes/no training: questions packed behind each image, both lookup hops supervised.
+
+    Here `examples_per_scene` is the number of questions packed behind one image in a row and `batch_size` counts
+    images (rows) per step, so a step teaches batch_size x examples_per_scene verdicts.
+    """
+
+    scenes: int = Field(6000, ge=1, description="training scenes, one packed row each (375 steps of 16; the "
+                                               "verdict loss is down to ~0.01 by step ~350)")
+    examples_per_scene: int = Field(8, ge=1, description="yes/no questions packed behind each image")
+    batch_size: int = Field(16, ge=1, description="images (packed rows) per optimizer step")
+    lr: float = Field(2e-3, gt=0, description="peak AdamW learning rate of the language model")
+    subject_weight: float = Field(
+        1.0, ge=0, description="weight of the loss that reads, at each question's category word after the first "
+                               "layer, what the image holds for that category (the lookup hop)"
+    )
+    answer_weight: float = Field(
+        1.0, ge=0, description="weight of the loss that reads, at each question's last token after the last layer, "
+                               "both what the image holds for the subject and what the question asks (the "
+                               "gathering hop); 0 and 0 train on the verdict alone, which stays at chance"
+    )
+
+
+class WorldConfig(StrictModel):
+    """The synthetic world and its bootstrap: scenes, the captioner's noise, both tiny models and their training."""
+
+    seed: int = Field(0, description="seeds scenes, captions, model init and training order")
+    prior: ScenePrior = Field(default_factory=ScenePrior, description="co-occurrence prior of scenes")
+    noise: CaptionNoise = Field(default_factory=CaptionNoise, description="the captioner's habits the policy learns")
+    tokenizer_vocab: int = Field(800, ge=300, description="upper bound on the BPE vocabulary")
+    policy_model: TinyVLMConfig = Field(default_factory=TinyVLMConfig, description="shape of the base policy")
+    labeler_model: TinyVLMConfig = Field(
+        default_factory=lambda: TinyVLMConfig(tie_embeddings=False),
+        description="shape of the yes/no labeler; its head is untied so its input embeddings stay the aligned ones",
+    )
+    vision: VisionAlignConfig = Field(default_factory=VisionAlignConfig, description="shared feature alignment")
+    policy_train: PolicyTrainConfig = Field(default_factory=PolicyTrainConfig,
+                                            description="captioning SFT of the base policy")
+    labeler_train: LabelerTrainConfig = Field(
+        default_factory=LabelerTrainConfig,
+        description="yes/no training of the labeler (balanced answers, hard negatives)",
+    )
+
+    splitter_steps: int = Field(200, ge=1, description="training steps (batches of 32) of the tiny splitter LM that "
+                                                       "turns world responses into claims for `--splitter llm`")
+
+    @classmethod
+    def preset(cls, name: Literal["default", "micro"]) -> WorldConfig:
+        """Named presets; "micro" bootstraps in seconds for tests and is not expected to be any good."""
+        if name == "default":
+            return cls()
+        if name == "micro":
+            small = TinyVLMConfig(vision_hidden=32, text_hidden=64, text_heads=2, text_intermediate=128)
+            return cls(
+                policy_model=small,
+                labeler_model=small.model_copy(update={"tie_embeddings": False}),
+                vision=VisionAlignConfig(steps=20),
+                policy_train=PolicyTrainConfig(scenes=256, warmup_steps=2),
+                labeler_train=LabelerTrainConfig(scenes=256, examples_per_scene=4, batch_size=16, warmup_steps=2),
+                splitter_steps=20,
+            )
+        raise ValueError(f"unknown preset {name!r}; expected 'default' or 'micro'")

@@ -45,7 +45,6 @@ def test_judge_packs_per_batch_is_refused_with_what_it_became():
         CollectConfig.model_validate({"judge": {"packs_per_batch": 4}})
     judge = JudgeConfig(packs_per_forward=4)
     assert judge.packs_per_forward == 4 and "packs_per_batch" not in judge.model_dump()
-    assert judge.packs_per_batch == 4  # the old name still reads, for code
 
 
 # -- engines: one variant per kind, each with only its own fields -------------------------------------------------

@@ -31,7 +31,7 @@ import pytest
 import torch
 from families import build_family, family_images
 
-from rlaifv.config import EngineConfig
+from rlaifv.config import OpenAIEngineConfig
 from rlaifv.engines.hf import HFEngine
 from rlaifv.engines.openai_chat import ChatClient, ChatSettings
 from rlaifv.engines.openai_vlm import OpenAIEngine, image_url, user_message
@@ -71,8 +71,8 @@ def hf(model_dir) -> HFEngine:
 
 @pytest.fixture(scope="module")
 def engine(server) -> OpenAIEngine:
-    return OpenAIEngine(EngineConfig(kind="openai", urls=[server.url], model=server.model, concurrency=4,
-                                     max_retries=1))
+    return OpenAIEngine(OpenAIEngineConfig(urls=[server.url], model=server.model, concurrency=4,
+                                           max_retries=1))
 
 
 def groups() -> list[tuple]:

@@ -176,12 +176,6 @@ class JudgeConfig(StrictModel):
                              "`prompts_per_batch` (default 32); set the one you mean")
         return data
 
-    @property
-    def packs_per_batch(self) -> int:
-        """Read-only alias of `packs_per_forward` for Python callers of the old name; config files must use the
-        new one."""
-        return self.packs_per_forward
-
 
 class PairsConfig(StrictModel):
     """Preference pairs from scored candidates (REFERENCE 4)."""

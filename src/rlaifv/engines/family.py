@@ -189,7 +189,7 @@ def packed_inputs(model: torch.nn.Module, packs: list[Pack], visions: list[Visio
                   dtype: torch.dtype, device: torch.device | str, images: dict[str, Any] | None = None) -> dict:
     """Model kwargs for a batch of packed rows, row b showing visions[b]: ids, positions, the family's masks and
     text-aligned inputs, and the image inputs (`images` where the caller built them, e.g. an ImageBank's encoder
-    outputs; else the visions concatenated). Pass the dtype attention runs in (train.logps.mask_dtype)."""
+    outputs; else the visions concatenated). Pass the dtype attention runs in (logps.packed.mask_dtype)."""
     family = family_of(model)
     ids, local, seg = pad_packs(packs, pad_id)  # (B, T) each, on the CPU
     positions = family.positions([p.input_ids for p in packs], local, [p.starts[0] for p in packs], visions)

@@ -64,7 +64,7 @@ def user_message(url: str, question: str) -> list[dict[str, Any]]:
 
 
 def prompt_messages(example: Any, image: Image.Image) -> list[dict[str, Any]]:
-    """A preference pair's prompt (train.data.PreferenceExample) as OpenAI chat messages: its conversational turns
+    """A preference pair's prompt (preferences.PreferenceExample) as OpenAI chat messages: its conversational turns
     with the image placeholder made a data URL, or one user turn (image, question). A pair given as final text
     (TRL's plain-text rows) is BadInput: a server applies its own chat template."""
     if example.formatted:
@@ -289,7 +289,7 @@ class OpenAIEngine:
 
         The answer's tokens are those after the prompt's: one request renders the user turn with the generation
         prompt (the prefix ids), one per answer renders user + assistant turns as the chat template closes them
-        (end-of-turn included: the tokens train.encode and the local scorer count), so the numbers are the local
+        (end-of-turn included: the tokens logps.encode and the local scorer count), so the numbers are the local
         scorer's. Each answer is a full prefill on the server: vLLM does not read its prefix cache for a request
         that asks for prompt logprobs. An empty answer, one whose prompt + answer exceeds `limit` tokens, or one
         the server refuses is set aside with the reason; a refused prompt sets aside all its answers."""

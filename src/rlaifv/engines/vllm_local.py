@@ -21,7 +21,7 @@ real vLLM OpenAI-compatible server on the CPU. Three pieces, each usable alone:
       venv = ensure_vllm_venv()
       model = export_for_vllm(world.labeler, cache / "labeler-vllm")
       with VLLMServer(model, venv=venv, served_name="labeler") as server:
-          cfg = EngineConfig(kind="openai", urls=[server.url], model=server.model)
+          cfg = OpenAIEngineConfig(urls=[server.url], model=server.model)
 
 What the tiny world models needed to be servable (they are built that way, world.models): text head_dim in vLLM's
 CPU attention set (32, 64, 80, ...), `--max-model-len` <= `max_position_embeddings`, a processor with `patch_size`,

@@ -103,7 +103,7 @@ def run_judge(
             groups = [(image, [c.question for c in mine]) for image, mine in batch]
             if cfg.shared_prefix:
                 probs, n_asked = ask_each_once(
-                    groups, lambda g: engine.yes_no_shared(g, cfg.questions_per_pack, cfg.packs_per_batch))
+                    groups, lambda g: engine.yes_no_shared(g, cfg.questions_per_pack, cfg.packs_per_forward))
             else:
                 probs, n_asked = ask_each_once(groups, lambda g: [engine.yes_no([im] * len(qs), qs) for im, qs in g])
             asked += n_asked

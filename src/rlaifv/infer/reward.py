@@ -9,7 +9,7 @@ Best-of-N scores k responses per prompt: `group_logps` is the trainer's packed c
 one prefix instead of two (`separate_group_logps` is the plain one it is tested against), and infer.bon turns the
 sums into rewards.
 
-The policy's log-probs come from the trainer's shared-prefix computation (train.logps: one packed row per pair, the
+The policy's log-probs come from the trainer's shared-prefix computation (logps.packed: one packed row per pair, the
 image and prompt encoded once), the reference's from the stored reference pass, so the numbers are exactly the
 ones DPO's loss sees.
 """
@@ -85,7 +85,7 @@ def reward_accuracy(policy: str | Path, examples: list[PreferenceExample], refer
 
 @dataclass
 class ResponseGroup:
-    """One prompt and k responses to it, as token ids ready to pack (train.encode's conventions: the prompt with its
+    """One prompt and k responses to it, as token ids ready to pack (logps.encode's conventions: the prompt with its
     image tokens expanded, each response's ids ending with the end-of-turn token)."""
 
     prefix_ids: list[int]  # image + prompt
@@ -97,7 +97,7 @@ def group_logps(model: torch.nn.Module, groups: list[ResponseGroup], pad_id: int
                 packs_per_batch: int = 4) -> list[torch.Tensor]:
     """Summed log-probs of every response of every group, (k,) per group, the prefix encoded once per packed row.
 
-    train.logps.packed_logps with k responses instead of two: a group's responses go behind its prefix in packed
+    logps.packed.packed_logps with k responses instead of two: a group's responses go behind its prefix in packed
     rows (block attention mask, positions restarting after the prefix, so each response sees exactly prefix +
     itself), `packs_per_batch` rows per forward, and only the positions that predict a response token reach the LM
     head. A row holds at most `responses_per_pack` responses and, as for the judge's questions, at most

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import typer
 
+from rlaifv.cli import eval_human
 from rlaifv.cli.common import JsonOpt, emit, load_config, quiet_libraries
 from rlaifv.cli.eval_common import (
     ApiKeyEnvOpt,
@@ -61,6 +62,7 @@ def register(app: typer.Typer) -> None:
     eval_app = typer.Typer(help="Hallucination evaluation.", no_args_is_help=True)
     app.add_typer(eval_app, name="eval")
     eval_app.command("world")(eval_world)
+    eval_human.register(eval_app)
 
     @eval_app.command("chair")
     def eval_chair(

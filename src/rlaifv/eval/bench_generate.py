@@ -200,6 +200,8 @@ def generate(items: list[Item], out: Path, key_field: str, cfg: BenchGenerateCon
             rows = []
             for it, text in zip(batch, texts):
                 row = {**it.row, "response": text}
+                if it.image_ref != "inline":
+                    row.setdefault("image", it.image_ref)  # what `rlaifv eval human export` shows annotators
                 if it.yes_no and cfg.amber_yes_no:
                     short = yes_no_answer(text)
                     if short is not None and short != text:

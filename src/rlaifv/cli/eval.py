@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import typer
 
-from rlaifv.cli import eval_human
+from rlaifv.cli import eval_human, eval_refomb
 from rlaifv.cli.common import JsonOpt, emit, load_config, quiet_libraries
 from rlaifv.cli.eval_common import (
     ApiKeyEnvOpt,
@@ -58,11 +58,10 @@ def eval_world(
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `eval` group to the main app: world, chair, amber, mmhal, generate and report."""
+    """Add the `eval` group to the main app: world, chair, amber, mmhal, generate, report, refomb and human."""
     eval_app = typer.Typer(help="Hallucination evaluation.", no_args_is_help=True)
     app.add_typer(eval_app, name="eval")
     eval_app.command("world")(eval_world)
-    eval_human.register(eval_app)
 
     @eval_app.command("chair")
     def eval_chair(
@@ -190,14 +189,15 @@ def register(app: typer.Typer) -> None:
 
     @eval_app.command("generate")
     def eval_generate(
-        benchmark: str = typer.Option(..., "--benchmark", help="objhal | amber | mmhal"),
+        benchmark: str = typer.Option(..., "--benchmark", help="objhal | amber | mmhal | refomb"),
         data: Path = typer.Option(..., "--data", help="objhal: prompts JSONL (image_id, question, image); amber: "
-                                                      "AMBER's root folder; mmhal: the question template JSON"),
+                                                      "AMBER's root folder; mmhal: the question template JSON; "
+                                                      "refomb: prompts JSONL (id, question, image_url)"),
         out: Path = typer.Option(..., "--out", dir_okay=False, help="responses JSONL to write; resumed if it exists"),
         policy: Optional[str] = typer.Option(None, "--policy", help="VLM folder or hub id that answers"),
         images: Optional[Path] = typer.Option(None, "--images", file_okay=False,
                                               help="image folder (objhal: default the prompts file's folder; amber: "
-                                                   "DATA/image; mmhal: the template's folder/images)"),
+                                                   "DATA/image; mmhal, refomb: DATA's folder/images)"),
         amber_split: str = typer.Option("all", "--amber-split", help="all | generative | discriminative | "
                                                                      "existence | attribute | relation"),
         config: Optional[Path] = typer.Option(None, "--config", exists=True, dir_okay=False,
@@ -211,7 +211,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Answer a benchmark's prompts with a policy (beam search, 3 beams by default), resumable, into the
         responses file that `rlaifv eval chair|amber|mmhal` reads."""
-        from rlaifv.eval.bench_generate import BenchGenerateConfig, benchmark_items, generate
+        from rlaifv.eval.bench_generate import KEY_FIELD, BenchGenerateConfig, benchmark_items, generate
 
         quiet_libraries()
         cfg = load_config(BenchGenerateConfig, config, {
@@ -219,8 +219,7 @@ def register(app: typer.Typer) -> None:
             ("policy", "path"): policy, ("policy", "device"): device, ("policy", "dtype"): dtype})
         with readable_errors():
             items = benchmark_items(benchmark, data, images, amber_split)  # type: ignore[arg-type]
-            key = "index" if benchmark == "mmhal" else "id"
-            result = generate(items, out, key, cfg)
+            result = generate(items, out, KEY_FIELD[benchmark], cfg)
         emit(result, as_json, f"{result['items']} prompts: {result['generated']} answered now, "
                                f"{result['resumed']} already in {out}")
 
@@ -244,3 +243,6 @@ def register(app: typer.Typer) -> None:
         if "warning" in summary:
             human += f"\n{summary['warning']}"
         emit(summary, as_json, human)
+
+    for module in (eval_refomb, eval_human):
+        module.register(eval_app)

@@ -6,6 +6,10 @@
                                                            -> rows {"id", "query", "response"}
     mmhal:  --data mmhal-bench_answer_template.json, --images a folder with the template's images
                                                            -> rows {"index", "question", "response"}
+    refomb: --data RefoMB's prompts JSONL (id, question, image_url), --images the downloaded images
+                                                           -> rows {"id", "question", "response"}
+
+Every row also carries `image`, the path of the image the policy saw (what `rlaifv eval human export` shows).
 
 Decoding follows the paper's evaluation: beam search with 3 beams, no sampling (`BenchGenerateConfig`). Rows are
 appended as each batch finishes (flushed and fsynced), so a rerun continues where a crash stopped and never writes
@@ -29,7 +33,7 @@ from rlaifv.eval.benchfiles import BadBenchmarkFile, JsonlLog, MissingBenchmarkF
 from rlaifv.eval.mmhal import load_template
 from rlaifv.progress import log, progress
 
-Benchmark = Literal["objhal", "amber", "mmhal"]
+Benchmark = Literal["objhal", "amber", "mmhal", "refomb"]
 AMBER_SPLITS = {"all": "query_all.json", "generative": "query_generative.json",
                 "discriminative": "query_discriminative.json",
                 "existence": "query_discriminative-existence.json",
@@ -147,6 +151,29 @@ def mmhal_items(data: Path, images: Path | None) -> list[Item]:
     return items
 
 
+def refomb_items(data: Path, images: Path | None) -> list[Item]:
+    """RefoMB prompts (JSONL rows with id, question and image_url or image): the image is `image` (a path under
+    `images`, default the file's folder) or the file named like the end of image_url in `images` (default
+    DATA's folder/images)."""
+    rows = read_jsonl(data, "RefoMB prompts: JSONL rows with id, question and image_url", required=("id", "question"))
+    items = []
+    for number, row in enumerate(rows, 1):
+        if row.get("image"):
+            load, ref = _image_source(str(row["image"]), images or Path(data).parent)
+        elif row.get("image_url"):
+            path = (images or Path(data).parent / "images") / str(row["image_url"]).rsplit("/", 1)[-1]
+            if not path.is_file():
+                raise MissingBenchmarkFile(path, "RefoMB image, named like the end of its image_url")
+            load, ref = _file_image(path), str(path)
+        else:
+            raise BadBenchmarkFile(f"{data}, line {number}: no image or image_url")
+        items.append(Item(row["id"], load, ref, str(row["question"]), {"id": row["id"], "question": row["question"]}))
+    return items
+
+
+KEY_FIELD = {"objhal": "id", "amber": "id", "mmhal": "index", "refomb": "id"}
+
+
 def benchmark_items(benchmark: Benchmark, data: Path, images: Path | None, amber_split: str = "all") -> list[Item]:
     if benchmark == "objhal":
         return objhal_items(data, images)
@@ -154,7 +181,9 @@ def benchmark_items(benchmark: Benchmark, data: Path, images: Path | None, amber
         return amber_items(data, images, amber_split)
     if benchmark == "mmhal":
         return mmhal_items(data, images)
-    raise ValueError(f"benchmark {benchmark!r} is not one of objhal, amber, mmhal")
+    if benchmark == "refomb":
+        return refomb_items(data, images)
+    raise ValueError(f"benchmark {benchmark!r} is not one of {', '.join(KEY_FIELD)}")
 
 
 def yes_no_answer(text: str) -> str | None:

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from rlaifv.eval import bench_generate
 from rlaifv.eval.bench_generate import KEY_FIELD, BenchGenerateConfig, benchmark_items, generate
 from rlaifv.eval.benchfiles import MissingBenchmarkFile
 
@@ -18,19 +17,6 @@ from rlaifv.eval.benchfiles import MissingBenchmarkFile
 def _jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
-
-
-@pytest.fixture()
-def echo_policy(monkeypatch):
-    """Answers every prompt with 'seen: <prompt>' and records the image sizes it was given."""
-    seen = []
-
-    def decode(engine, images, questions, cfg):
-        seen.extend(im.size for im in images)
-        return [f"seen: {q}" for q in questions]
-
-    monkeypatch.setattr(bench_generate, "decode", decode)
-    return seen
 
 
 def _answer(benchmark: str, data: Path, out: Path, images: Path | None = None) -> list[dict]:

@@ -6,6 +6,9 @@
     rlaifv eval mmhal --responses mmhal.jsonl --template T.json --judge-url http://localhost:8000/v1 --judge-model M
     rlaifv eval report base=runs/base round1=runs/r1 --out report/
 
+RefoMB (eval_refomb.py), MMStar and POPE (eval_closed.py) and human evaluation (eval_human.py) add their commands
+to the same group from their own modules.
+
 Benchmark files are never downloaded: a missing one is an error naming the exact path expected (docs/evaluation.md
 lists them).
 """
@@ -18,7 +21,7 @@ from typing import Any, Optional
 
 import typer
 
-from rlaifv.cli import eval_human, eval_refomb
+from rlaifv.cli import eval_closed, eval_human, eval_refomb
 from rlaifv.cli.common import JsonOpt, emit, load_config, quiet_libraries
 from rlaifv.cli.eval_common import (
     ApiKeyEnvOpt,
@@ -58,7 +61,8 @@ def eval_world(
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `eval` group to the main app: world, chair, amber, mmhal, generate, report, refomb and human."""
+    """Add the `eval` group to the main app: world, chair, amber, mmhal, generate, report, then refomb, mmstar,
+    pope and human from their own modules."""
     eval_app = typer.Typer(help="Hallucination evaluation.", no_args_is_help=True)
     app.add_typer(eval_app, name="eval")
     eval_app.command("world")(eval_world)
@@ -189,17 +193,23 @@ def register(app: typer.Typer) -> None:
 
     @eval_app.command("generate")
     def eval_generate(
-        benchmark: str = typer.Option(..., "--benchmark", help="objhal | amber | mmhal | refomb"),
+        benchmark: str = typer.Option(..., "--benchmark", help="objhal | amber | mmhal | refomb | mmstar | pope"),
         data: Path = typer.Option(..., "--data", help="objhal: prompts JSONL (image_id, question, image); amber: "
                                                       "AMBER's root folder; mmhal: the question template JSON; "
-                                                      "refomb: prompts JSONL (id, question, image_url)"),
+                                                      "refomb: prompts JSONL (id, question, image_url); mmstar: its "
+                                                      "Parquet / datasets export; pope: a question file or a folder "
+                                                      "of them"),
         out: Path = typer.Option(..., "--out", dir_okay=False, help="responses JSONL to write; resumed if it exists"),
         policy: Optional[str] = typer.Option(None, "--policy", help="VLM folder or hub id that answers"),
         images: Optional[Path] = typer.Option(None, "--images", file_okay=False,
                                               help="image folder (objhal: default the prompts file's folder; amber: "
-                                                   "DATA/image; mmhal, refomb: DATA's folder/images)"),
+                                                   "DATA/image; mmhal, refomb: DATA's folder/images; pope: COCO "
+                                                   "val2014, default DATA's folder; mmstar: in the data)"),
         amber_split: str = typer.Option("all", "--amber-split", help="all | generative | discriminative | "
                                                                      "existence | attribute | relation"),
+        pope_split: Optional[str] = typer.Option(None, "--pope-split",
+                                                 help="random | popular | adversarial: the split of a POPE file "
+                                                      "whose name does not say it"),
         config: Optional[Path] = typer.Option(None, "--config", exists=True, dir_okay=False,
                                               help="YAML with BenchGenerateConfig fields; options below override it"),
         num_beams: Optional[int] = typer.Option(None, "--num-beams", min=1, help="beam width (default 3, paper)"),
@@ -210,7 +220,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JsonOpt,
     ) -> None:
         """Answer a benchmark's prompts with a policy (beam search, 3 beams by default), resumable, into the
-        responses file that `rlaifv eval chair|amber|mmhal` reads."""
+        responses file that `rlaifv eval chair|amber|mmhal|refomb|mmstar|pope` reads."""
         from rlaifv.eval.bench_generate import KEY_FIELD, BenchGenerateConfig, benchmark_items, generate
 
         quiet_libraries()
@@ -218,7 +228,7 @@ def register(app: typer.Typer) -> None:
             ("num_beams",): num_beams, ("max_new_tokens",): max_new_tokens, ("batch_size",): batch_size,
             ("policy", "path"): policy, ("policy", "device"): device, ("policy", "dtype"): dtype})
         with readable_errors():
-            items = benchmark_items(benchmark, data, images, amber_split)  # type: ignore[arg-type]
+            items = benchmark_items(benchmark, data, images, amber_split, pope_split)  # type: ignore[arg-type]
             result = generate(items, out, KEY_FIELD[benchmark], cfg)
         emit(result, as_json, f"{result['items']} prompts: {result['generated']} answered now, "
                                f"{result['resumed']} already in {out}")
@@ -244,5 +254,5 @@ def register(app: typer.Typer) -> None:
             human += f"\n{summary['warning']}"
         emit(summary, as_json, human)
 
-    for module in (eval_refomb, eval_human):
+    for module in (eval_refomb, eval_closed, eval_human):
         module.register(eval_app)

@@ -117,6 +117,8 @@ def register(app: typer.Typer) -> None:
                 raise ValueError(f"--extract must be rules or llm, got {extract!r}")
             result = evaluate(responses, coco=coco, ground_truth=ground_truth, synonyms=synonyms, chat=chat,
                               cache=extractions)
+            if chat is not None:
+                result["extractor"] = str(llm_hf) if llm_hf is not None else llm_model
         finish(result, out, as_json,
                 f"{result['n_responses']} responses ({result['extract']} extraction): "
                 f"CHAIRs {pct(result['chair_s'])}, response-level (CHAIRs refine) {pct(result['chair_s_refine'])}, "

@@ -116,7 +116,7 @@ def _mmstar(runs: Runs) -> list[Deviation]:
 
 
 def _human(runs: Runs) -> list[Deviation]:
-    return [Deviation("human", "your prompts and annotators, not the paper's 146 prompts and annotators; several "
+    return [Deviation("human", "your prompts and annotators, not the paper's prompts and annotators; several "
                                "annotators combined by majority, a tie counting as hallucinated")]
 
 

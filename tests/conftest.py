@@ -1,4 +1,5 @@
-"""Shared fixtures: one micro world, bootstrapped once per test session into a private cache."""
+"""Shared fixtures: one micro world, bootstrapped once per test session into a private cache; a stand-in policy
+for benchmark generation."""
 
 from __future__ import annotations
 
@@ -27,3 +28,19 @@ def micro_world(micro_cache, micro_config):
     from rlaifv.world.bootstrap import bootstrap
 
     return bootstrap(micro_config)
+
+
+@pytest.fixture()
+def echo_policy(monkeypatch):
+    """`rlaifv eval generate` without a model: answers every prompt with 'seen: <prompt>' and records the sizes of
+    the images it was given."""
+    seen = []
+
+    def decode(engine, images, questions, cfg):
+        seen.extend(im.size for im in images)
+        return [f"seen: {q}" for q in questions]
+
+    from rlaifv.eval import bench_generate
+
+    monkeypatch.setattr(bench_generate, "decode", decode)
+    return seen

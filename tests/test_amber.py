@@ -124,6 +124,12 @@ def test_a_part_without_responses_is_left_out(tmp_path):
     assert set(only_existence["discriminative"]) == {"overall", "existence"} and "generative" not in only_existence
 
 
+def test_answers_cut_to_yes_or_no_are_counted(tmp_path):
+    data = AmberData.load(_amber_dir(tmp_path, ANNOTATIONS))
+    rows = [{"id": 5, "response": "Yes", "raw_response": "Yes, there is a dog."}, {"id": 6, "response": "No"}]
+    assert amber_scores(rows, data)["n_mapped_yes_no"] == 1  # what `eval report` flags next to the paper's AMBER
+
+
 def test_unknown_or_repeated_ids_are_errors(tmp_path):
     data = AmberData.load(_amber_dir(tmp_path, ANNOTATIONS))
     path = tmp_path / "r.jsonl"

@@ -15,6 +15,8 @@ from rlaifv.store import ShardedStore
 COMMANDS = [[], ["demo"], ["world"], ["world", "bootstrap"], ["world", "show"], ["world", "prompts"], ["eval"],
             ["eval", "world"], ["collect"], ["sample"], ["claims"], ["judge"], ["pairs"], ["export"],
             ["eval", "chair"], ["eval", "amber"], ["eval", "mmhal"], ["eval", "generate"], ["eval", "report"],
+            ["eval", "refomb"], ["eval", "mmstar"], ["eval", "pope"], ["eval", "human"], ["eval", "human", "export"],
+            ["eval", "human", "score"],
             ["train"], ["iterate"], ["bon"]]
 
 

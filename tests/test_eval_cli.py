@@ -149,12 +149,61 @@ def test_report_compares_runs_with_the_paper(tmp_path):
     summary = json.loads(result.stdout)
     md = (out / "report.md").read_text()
     assert "| base | ours (llm) | 50.0 | 25.0 |" in md  # fractions shown as percentages
-    assert "| RLAIF-V 7B | paper | 8.5 | 4.3 |" in md
+    # each paper number carries the protocol differences of its benchmark: D1 the extractor LLM, D2 the word
+    # rules (Object HalBench), D3 the judge (MMHal)
+    assert "| RLAIF-V 7B | paper | 8.5 [D1, D2] | 4.3 [D1, D2] | — | — | 3.06 [D3] | 29.2 [D3] |" in md
+    assert "**D3** (MMHal-Bench): rated by a judge the result does not name (re-scored offline)" in md
     assert {Path(p).name for p in summary["charts"]} == {"object_halbench.png", "mmhal_bench.png"}
     for chart in summary["charts"]:
         assert Path(chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = _invoke("report", str(tmp_path / "nothing"))
     assert bad.exit_code == 2 and "nothing" in bad.stderr
+
+
+def test_report_flags_every_protocol_difference_next_to_the_paper(tmp_path):
+    run = tmp_path / "r4"
+    run.mkdir()
+    results = {
+        "chair": {"chair_s": 0.3, "chair_s_refine": 0.25, "chair_i": 0.1, "recall": 0.5, "extract": "rules"},
+        "amber": {"discriminative": {"overall": {"accuracy": 80.0, "precision": 90.0, "recall": 80.0, "f1": 84.7}},
+                  "n_responses": {"generative": 0, "discriminative": 40}, "n_mapped_yes_no": 12},
+        "mmhal": {"average_score": 3.0, "hallucination_rate": 0.3, "per_type": {}, "judge_model": "qwen-judge"},
+        "refomb": {"trustworthiness": {"win_rate": 0.55}, "overall": {"win_rate": 0.4}, "n_unparsed": 2,
+                   "judge_model": "qwen-judge", "reference": "gpt4v.jsonl"},
+        "mmstar": {"n": 10, "accuracy": 0.4, "unparsed": 3, "per_category": {}},
+        "pope": {"per_split": {"random": {"accuracy": 0.9, "f1": 0.88}}},
+        "human": {"n": 20, "hallucination_rate": 0.35, "ci95": [0.18, 0.57]},
+    }
+    for kind, result in results.items():
+        (run / f"{kind}.json").write_text(json.dumps(result))
+    out = tmp_path / "report"
+    done = _invoke("report", str(run), "--out", str(out), "--no-charts", "--json")
+    assert done.exit_code == 0, done.output
+    summary = json.loads(done.stdout)
+    md = (out / "report.md").read_text()
+    ids = {d["text"].split(" ")[0] + " " + d["benchmark"]: d["id"] for d in summary["deviations"]}
+    assert [d["benchmark"] for d in summary["deviations"]] == [
+        "Object HalBench", "Object HalBench", "MMHal-Bench", "AMBER", "RefoMB", "RefoMB", "RefoMB", "MMStar",
+        "MHumanEval", "POPE"]
+    assert len(ids) == 10
+    # ours: every benchmark's column, POPE from its one split
+    assert ("| r4 | ours (rules) | 25.0 | 10.0 | 30.0 | 50.0 | 3.00 | 30.0 | 80.0 | 84.7 | 35.0 | 55.0 | 40.0 "
+            "| 40.0 | 90.0 | 88.0 |") in md
+    # the paper's numbers: Object HalBench flagged with D1 (word rules instead of an LLM) and D2 (tokenizer),
+    # MMHal with D3 (another judge), AMBER with D4 (answers cut to Yes/No); no paper number for the others
+    assert "| RLAIF-V 7B | paper | 8.5 [D1, D2] | 4.3 [D1, D2] | — | — | 3.06 [D3] | 29.2 [D3] | 76.8 [D4] " \
+           "| 84.5 [D4] | — | — | — | — | — | — |" in md
+    assert "**D1** (Object HalBench): objects found by CHAIR's word rules (r4)" in md
+    assert "rated by qwen-judge with rlaifv's judge prompt, not by GPT-4" in md
+    assert "**D4** (AMBER): 12 free-form answers to yes/no questions cut to their first word" in md
+    assert "2 judgements without a readable verdict left out" in md and "against the reference answers in " \
+        "gpt4v.jsonl; the paper's reference is GPT-4V" in md
+    assert "3 answers named no single letter" in md
+    assert "their published numbers are not part of rlaifv's reference table" in md
+    paper_row = next(r for r in summary["rows"] if r["name"] == "RLAIF-V 7B")
+    assert paper_row["flags"]["MMHal score"] == ["D3"] and "MMStar acc. %" not in paper_row["flags"]
+    plain = _invoke("report", str(run), "--out", str(tmp_path / "plain"), "--no-charts", "--no-paper")
+    assert plain.exit_code == 0 and "[D1" not in (tmp_path / "plain" / "report.md").read_text()
 
 
 @pytest.mark.parametrize("text,short", [("Yes", "Yes"), ("no.", "No"), ("Yes, there is a cat.", "Yes"),

@@ -383,6 +383,23 @@ class ServeConfig(StrictModel):
                                                             "list the model")
 
 
+class BenchmarkSelectConfig(StrictModel):
+    """`iterate --select-on chair | amber`: the held-out benchmark file each checkpoint answers (beam search, as
+    `rlaifv eval generate`) and is scored on. Give a file the report does not use, or selection leaks into the
+    reported numbers."""
+
+    data: str = Field("", description="chair: Object HalBench prompts JSONL (image_id, question, image); amber: "
+                                      "AMBER's root folder (data/query/, data/annotations.json, ...)")
+    truth: str = Field("", description="chair: ground truth, a JSONL of {image_id, instances, captions} or a COCO "
+                                       "2014 annotations folder; amber: unused (AMBER's folder has it)")
+    images: str | None = Field(None, description="image folder (default as for `rlaifv eval generate`)")
+    amber_split: str = Field("discriminative", description="AMBER queries to answer: all | generative | "
+                                                           "discriminative | existence | attribute | relation")
+    num_beams: int = Field(3, ge=1, description="beam width of the answers (the paper's evaluation: 3)")
+    max_new_tokens: int = Field(512, ge=1, description="cap on an answer's length")
+    batch_size: int = Field(4, ge=1, description="prompts decoded together")
+
+
 class IterateConfig(StrictModel):
     """`rlaifv iterate`: K rounds of collect -> reference log-probs -> DPO -> checkpoint selection, where each round's
     selected checkpoint is the next round's policy and reference (REFERENCE 5). The defaults fit the synthetic world
@@ -397,13 +414,16 @@ class IterateConfig(StrictModel):
     prompts_per_round: int = Field(768, ge=1, description="world prompts per round: round k takes the next slice of "
                                                           "the world's `prompts` split, so every round sees fresh "
                                                           "scenes. A user's prompts file is used whole every round")
-    select_on: Literal["auto", "world", "reward"] = Field(
+    select_on: Literal["auto", "world", "reward", "chair", "amber"] = Field(
         "auto", description="how a round picks its best checkpoint. 'world': lowest CHAIRs of greedy descriptions "
                             "of the world's `val` scenes, penalised when Cover falls more than `cover_tolerance` "
                             "below the starting policy's (`selection.world_objective`); 'reward': highest accuracy "
                             "of the checkpoint's implicit reward beta * log(pi / pi_ref) on held-out pairs, for data "
-                            "without ground truth; 'auto': 'world' on world prompts, 'reward' on a prompts file"
+                            "without ground truth; 'chair' / 'amber': a held-out benchmark file "
+                            "(`select_benchmark`); 'auto': 'world' on world prompts, 'reward' on a prompts file"
     )
+    select_benchmark: BenchmarkSelectConfig = Field(default_factory=BenchmarkSelectConfig,
+                                                    description="the held-out benchmark of select_on chair / amber")
     checkpoints: int = Field(20, ge=1, description="checkpoints saved and evaluated per round, evenly spaced over the "
                                                    "round's DPO steps (the last step always included); sets "
                                                    "dpo.save_steps for each round. More give the selection a "

@@ -6,7 +6,9 @@
     train.py     `rlaifv train`: DPO of any HF VLM on preference pairs
     iterate.py   `rlaifv iterate`: rounds of feedback and DPO
     bon.py       `rlaifv bon`: best-of-N with the aligned policy's own reward
-    eval.py      `rlaifv eval world | chair | amber | mmhal | generate | report`
+    eval.py      `rlaifv eval world | chair | amber | mmhal | generate | report`, and from their own modules:
+                 eval_refomb.py (refomb), eval_closed.py (mmstar, pope), eval_human.py (human export | score);
+                 eval_common.py holds what they share (judge options, readable errors, writing results)
 
 The command modules import `common`, never this package's `__init__`, so registering them makes no import cycle.
 """

@@ -6,6 +6,9 @@
     rlaifv eval mmhal --responses mmhal.jsonl --template T.json --judge-url http://localhost:8000/v1 --judge-model M
     rlaifv eval report base=runs/base round1=runs/r1 --out report/
 
+RefoMB (eval_refomb.py), MMStar and POPE (eval_closed.py) and human evaluation (eval_human.py) add their commands
+to the same group from their own modules.
+
 Benchmark files are never downloaded: a missing one is an error naming the exact path expected (docs/evaluation.md
 lists them).
 """
@@ -13,64 +16,24 @@ lists them).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
+from rlaifv.cli import eval_closed, eval_human, eval_refomb
 from rlaifv.cli.common import JsonOpt, emit, load_config, quiet_libraries
-
-OutFileOpt = typer.Option(None, "--out", dir_okay=False, help="also write the result as JSON to this file (the "
-                                                             "input of `rlaifv eval report`)")
-ApiKeyEnvOpt = typer.Option("OPENAI_API_KEY", "--api-key-env",
-                            help="name of the environment variable that holds the API key; unset = no key sent")
-ConcurrencyOpt = typer.Option(4, "--concurrency", min=1, help="LLM requests in flight at once")
-TimeoutOpt = typer.Option(120.0, "--timeout", min=1.0, help="seconds per LLM request before it is retried")
-RetriesOpt = typer.Option(5, "--retries", min=0, help="retries per LLM request on timeouts, 429 and 5xx, with "
-                                                      "exponential backoff")
-
-
-@contextmanager
-def _readable_errors() -> Iterator[None]:
-    """Missing or malformed benchmark files and refused LLM requests end the command with one clear line."""
-    from rich.markup import escape
-
-    from rlaifv.engines.openai_chat import ChatError
-    from rlaifv.eval.benchfiles import BadBenchmarkFile, MissingBenchmarkFile
-    from rlaifv.progress import console
-
-    try:
-        yield
-    except (MissingBenchmarkFile, BadBenchmarkFile, ChatError, ValueError, OSError) as exc:
-        # soft_wrap: a path in the message stays on one line, ready to copy
-        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
-
-
-def _finish(result: dict[str, Any], out: Optional[Path], as_json: bool, human: str) -> None:
-    from rlaifv.store import write_json
-
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(out, result)
-        human += f"\nwrote {out}"
-    emit(result, as_json, human)
-
-
-def _pct(x: Optional[float]) -> str:
-    return "n/a" if x is None else f"{100 * x:.1f}%"
-
-
-def _chat(url: str, model: Optional[str], api_key_env: str, concurrency: int, timeout: float, retries: int,
-          max_tokens: int = 512):
-    from rlaifv.engines.openai_chat import ChatClient, ChatSettings
-
-    if not model:
-        raise ValueError(f"a model name is needed for {url}")
-    return ChatClient(ChatSettings(url=url, model=model, api_key_env=api_key_env, concurrency=concurrency,
-                                   timeout_s=timeout, max_retries=retries, max_tokens=max_tokens))
+from rlaifv.cli.eval_common import (
+    ApiKeyEnvOpt,
+    ConcurrencyOpt,
+    OutFileOpt,
+    RetriesOpt,
+    TimeoutOpt,
+    chat_client,
+    finish,
+    pct,
+    readable_errors,
+)
 
 
 def eval_world(
@@ -98,7 +61,8 @@ def eval_world(
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `eval` group to the main app: world, chair, amber, mmhal, generate and report."""
+    """Add the `eval` group to the main app: world, chair, amber, mmhal, generate, report, then refomb, mmstar,
+    pope and human from their own modules."""
     eval_app = typer.Typer(help="Hallucination evaluation.", no_args_is_help=True)
     app.add_typer(eval_app, name="eval")
     eval_app.command("world")(eval_world)
@@ -138,7 +102,7 @@ def register(app: typer.Typer) -> None:
         """
         from rlaifv.eval.chair import evaluate
 
-        with _readable_errors():
+        with readable_errors():
             chat = None
             if extract == "llm":
                 if llm_hf is not None:
@@ -146,17 +110,19 @@ def register(app: typer.Typer) -> None:
 
                     chat = LocalChat(llm_hf, device=device)
                 elif llm_url:
-                    chat = _chat(llm_url, llm_model, api_key_env, concurrency, timeout, retries)
+                    chat = chat_client(llm_url, llm_model, api_key_env, concurrency, timeout, retries)
                 else:
                     raise ValueError("--extract llm needs --llm-url and --llm-model, or --llm-hf")
             elif extract != "rules":
                 raise ValueError(f"--extract must be rules or llm, got {extract!r}")
             result = evaluate(responses, coco=coco, ground_truth=ground_truth, synonyms=synonyms, chat=chat,
                               cache=extractions)
-        _finish(result, out, as_json,
+            if chat is not None:
+                result["extractor"] = str(llm_hf) if llm_hf is not None else llm_model
+        finish(result, out, as_json,
                 f"{result['n_responses']} responses ({result['extract']} extraction): "
-                f"CHAIRs {_pct(result['chair_s'])}, response-level (CHAIRs refine) {_pct(result['chair_s_refine'])}, "
-                f"mention-level (CHAIRi) {_pct(result['chair_i'])}, recall {_pct(result['recall'])}")
+                f"CHAIRs {pct(result['chair_s'])}, response-level (CHAIRs refine) {pct(result['chair_s_refine'])}, "
+                f"mention-level (CHAIRi) {pct(result['chair_i'])}, recall {pct(result['recall'])}")
 
     @eval_app.command("amber")
     def eval_amber(
@@ -171,7 +137,7 @@ def register(app: typer.Typer) -> None:
         Cog, plus the AMBER score, rounded as AMBER's own script rounds them (percentages)."""
         from rlaifv.eval.amber import AmberData, amber_scores, read_responses
 
-        with _readable_errors():
+        with readable_errors():
             data = AmberData.load(amber_dir)
             result = amber_scores(read_responses(responses, data), data)
         lines = [f"{part}: " + ", ".join(f"{k} {v}" for k, v in vals.items())
@@ -180,7 +146,7 @@ def register(app: typer.Typer) -> None:
             lines.append("generative: " + ", ".join(f"{k} {v}" for k, v in result["generative"].items()))
         if "amber_score" in result:
             lines.append(f"AMBER score {result['amber_score']}")
-        _finish(result, out, as_json, "\n".join(lines))
+        finish(result, out, as_json, "\n".join(lines))
 
     @eval_app.command("mmhal")
     def eval_mmhal(
@@ -206,14 +172,14 @@ def register(app: typer.Typer) -> None:
         from rlaifv.eval.llm_calls import run_calls
         from rlaifv.eval.mmhal import judge_jobs, load_template, mmhal_scores, read_judgements, read_responses
 
-        with _readable_errors():
+        with readable_errors():
             questions = load_template(template)
             if judge_url:
                 if responses is None or not judge_model:
                     raise ValueError("judging needs --responses and --judge-model besides --judge-url")
                 judgements = judgements or responses.with_name(responses.stem + ".judgements.jsonl")
                 answers = read_responses(responses, len(questions))
-                chat = _chat(judge_url, judge_model, api_key_env, concurrency, timeout, retries, judge_max_tokens)
+                chat = chat_client(judge_url, judge_model, api_key_env, concurrency, timeout, retries, judge_max_tokens)
                 run_calls(chat, JsonlLog(judgements, "index"), judge_jobs(questions, answers), "judge_output",
                           "judging")
             elif judgements is None:
@@ -221,7 +187,7 @@ def register(app: typer.Typer) -> None:
                                  "FILE to re-score saved judge outputs")
             result = mmhal_scores(questions, read_judgements(judgements, len(questions)))
             result |= {"judgements": str(judgements), "judge_model": judge_model}
-        _finish(result, out, as_json,
+        finish(result, out, as_json,
                 f"average score {result['average_score']:.2f}, hallucination rate "
                 f"{100 * result['hallucination_rate']:.1f}% over {result['n_questions']} questions "
                 f"({result['n_unparsable']} judge outputs without exactly one rating, scored 0)\n"
@@ -229,16 +195,23 @@ def register(app: typer.Typer) -> None:
 
     @eval_app.command("generate")
     def eval_generate(
-        benchmark: str = typer.Option(..., "--benchmark", help="objhal | amber | mmhal"),
+        benchmark: str = typer.Option(..., "--benchmark", help="objhal | amber | mmhal | refomb | mmstar | pope"),
         data: Path = typer.Option(..., "--data", help="objhal: prompts JSONL (image_id, question, image); amber: "
-                                                      "AMBER's root folder; mmhal: the question template JSON"),
+                                                      "AMBER's root folder; mmhal: the question template JSON; "
+                                                      "refomb: prompts JSONL (id, question, image_url); mmstar: its "
+                                                      "Parquet / datasets export; pope: a question file or a folder "
+                                                      "of them"),
         out: Path = typer.Option(..., "--out", dir_okay=False, help="responses JSONL to write; resumed if it exists"),
         policy: Optional[str] = typer.Option(None, "--policy", help="VLM folder or hub id that answers"),
         images: Optional[Path] = typer.Option(None, "--images", file_okay=False,
                                               help="image folder (objhal: default the prompts file's folder; amber: "
-                                                   "DATA/image; mmhal: the template's folder/images)"),
+                                                   "DATA/image; mmhal, refomb: DATA's folder/images; pope: COCO "
+                                                   "val2014, default DATA's folder; mmstar: in the data)"),
         amber_split: str = typer.Option("all", "--amber-split", help="all | generative | discriminative | "
                                                                      "existence | attribute | relation"),
+        pope_split: Optional[str] = typer.Option(None, "--pope-split",
+                                                 help="random | popular | adversarial: the split of a POPE file "
+                                                      "whose name does not say it"),
         config: Optional[Path] = typer.Option(None, "--config", exists=True, dir_okay=False,
                                               help="YAML with BenchGenerateConfig fields; options below override it"),
         num_beams: Optional[int] = typer.Option(None, "--num-beams", min=1, help="beam width (default 3, paper)"),
@@ -249,17 +222,16 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JsonOpt,
     ) -> None:
         """Answer a benchmark's prompts with a policy (beam search, 3 beams by default), resumable, into the
-        responses file that `rlaifv eval chair|amber|mmhal` reads."""
-        from rlaifv.eval.bench_generate import BenchGenerateConfig, benchmark_items, generate
+        responses file that `rlaifv eval chair|amber|mmhal|refomb|mmstar|pope` reads."""
+        from rlaifv.eval.bench_generate import KEY_FIELD, BenchGenerateConfig, benchmark_items, generate
 
         quiet_libraries()
         cfg = load_config(BenchGenerateConfig, config, {
             ("num_beams",): num_beams, ("max_new_tokens",): max_new_tokens, ("batch_size",): batch_size,
             ("policy", "path"): policy, ("policy", "device"): device, ("policy", "dtype"): dtype})
-        with _readable_errors():
-            items = benchmark_items(benchmark, data, images, amber_split)  # type: ignore[arg-type]
-            key = "index" if benchmark == "mmhal" else "id"
-            result = generate(items, out, key, cfg)
+        with readable_errors():
+            items = benchmark_items(benchmark, data, images, amber_split, pope_split)  # type: ignore[arg-type]
+            result = generate(items, out, KEY_FIELD[benchmark], cfg)
         emit(result, as_json, f"{result['items']} prompts: {result['generated']} answered now, "
                                f"{result['resumed']} already in {out}")
 
@@ -277,7 +249,10 @@ def register(app: typer.Typer) -> None:
         numbers where the benchmark is the same."""
         from rlaifv.eval.compare import write_report
 
-        with _readable_errors():
+        with readable_errors():
             summary = write_report(runs, out, paper=paper, charts=charts)
         human = f"wrote {summary['report']}" + "".join(f"\nwrote {c}" for c in summary["charts"])
         emit(summary, as_json, human)
+
+    for module in (eval_refomb, eval_closed, eval_human):
+        module.register(eval_app)

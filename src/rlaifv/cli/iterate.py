@@ -4,6 +4,8 @@
     rlaifv iterate --out runs/iter --rounds 4                        # continue a finished run with a 4th round
     rlaifv iterate --out runs/mine --prompts mine.jsonl --policy my-vlm/ --labeler big-vlm/ --device cuda \\
         --config iterate.yaml                                        # a user's data: select on reward accuracy
+    rlaifv iterate --out runs/mine --prompts mine.jsonl --select-on chair --select-data objhal_val.jsonl \
+        --select-truth objhal_val_truth.jsonl                        # ... or on a held-out Object HalBench file
 
 Kill it anywhere and rerun the same command: it continues from the last finished step (OUT/state.json).
 """
@@ -24,6 +26,9 @@ def _config(path: Optional[Path], **opts: Any) -> IterateConfig:
     options = {
         ("rounds",): opts.get("rounds"),
         ("select_on",): opts.get("select_on"),
+        ("select_benchmark", "data"): opts.get("select_data"),
+        ("select_benchmark", "truth"): opts.get("select_truth"),
+        ("select_benchmark", "images"): opts.get("select_images"),
         ("collect", "sample", "policy", "path"): opts.get("policy"),
         ("collect", "judge", "labeler", "path"): opts.get("labeler"),
         ("collect", "claims", "splitter"): opts.get("splitter"),
@@ -54,8 +59,15 @@ def _table(summary: dict[str, Any]) -> str:
             parts.append(f"{row['n_pairs']} pairs")
             if row.get("feedback_precision") is not None:
                 parts.append(f"feedback precision {row['feedback_precision']:.3f}")
-            if row.get("selection") and "accuracy" in row["selection"]:
-                parts.append(f"held-out reward accuracy {row['selection']['accuracy']:.3f}")
+            selection = row.get("selection") or {}
+            if row.get("select_on") == "reward" and "accuracy" in selection:
+                parts.append(f"held-out reward accuracy {selection['accuracy']:.3f}")
+            elif row.get("select_on") == "chair" and selection.get("chair_s_refine") is not None:
+                parts.append(f"held-out CHAIRs refine {selection['chair_s_refine']:.3f}")
+            elif row.get("select_on") == "amber" and selection:
+                parts.append("held-out AMBER " + ", ".join(f"{k} {selection[k]}" for k in ("amber_score", "f1",
+                                                                                              "chair")
+                                                            if selection.get(k) is not None))
             parts.append(row.get("skipped") or f"step {row['step']}")
         lines.append(", ".join(parts))
     return "\n".join(lines) + f"\npolicy: {summary['policy']}\nsummary: {summary['out']}/summary.json"
@@ -76,8 +88,19 @@ def register(app: typer.Typer) -> None:
         select_on: Optional[str] = typer.Option(None, "--select-on",
                                                 help="how a round picks its checkpoint: world (CHAIRs on the world's "
                                                      "val scenes, Cover kept) | reward (implicit-reward accuracy on "
-                                                     "held-out pairs) | auto (default: world on world prompts, "
+                                                     "held-out pairs) | chair | amber (a held-out benchmark file: "
+                                                     "--select-data) | auto (default: world on world prompts, "
                                                      "reward on a prompts file)"),
+        select_data: Optional[str] = typer.Option(None, "--select-data",
+                                                  help="--select-on chair: Object HalBench prompts JSONL; amber: "
+                                                       "AMBER's root folder. Held out: never the file the report "
+                                                       "uses"),
+        select_truth: Optional[str] = typer.Option(None, "--select-truth",
+                                                   help="--select-on chair: ground truth JSONL or COCO annotations "
+                                                        "folder"),
+        select_images: Optional[str] = typer.Option(None, "--select-images",
+                                                    help="image folder of --select-data (default as for `rlaifv eval "
+                                                         "generate`)"),
         config: Optional[Path] = typer.Option(None, "--config", exists=True, dir_okay=False,
                                               help="YAML with IterateConfig fields (the collect, dpo and eval "
                                                    "sections and the selection settings); the options here override "
@@ -101,10 +124,12 @@ def register(app: typer.Typer) -> None:
         """Iterative RLAIF-V: each round collects feedback with the current policy, trains it with DPO against
         itself as reference, and keeps its best checkpoint as the next round's policy. Resumable."""
         quiet_libraries()
-        if select_on is not None and select_on not in ("auto", "world", "reward"):
-            raise typer.BadParameter(f"{select_on!r} is not one of auto, world, reward", param_hint="--select-on")
+        if select_on is not None and select_on not in ("auto", "world", "reward", "chair", "amber"):
+            raise typer.BadParameter(f"{select_on!r} is not one of auto, world, reward, chair, amber",
+                                     param_hint="--select-on")
         cfg = _config(config, rounds=rounds, select_on=select_on, policy=policy, labeler=labeler, splitter=splitter,
-                      splitter_model=splitter_model, device=device, seed=seed)
+                      splitter_model=splitter_model, device=device, seed=seed, select_data=select_data,
+                      select_truth=select_truth, select_images=select_images)
         world = world_config(preset, None, world_seed)
         from rlaifv.pipelines.loop import iterate as run_rounds
 

@@ -212,4 +212,6 @@ def amber_scores(responses: Sequence[Mapping[str, Any]], data: AmberData) -> dic
     if "generative" in out and "overall" in disc:
         out["amber_score"] = round((100 - out["generative"]["chair"] + disc["overall"]["f1"]) / 2, 2)
     out["n_responses"] = {"generative": n_gen, "discriminative": answered["overall"]}
+    # yes/no answers `rlaifv eval generate` cut to their first word (it keeps the full text in raw_response)
+    out["n_mapped_yes_no"] = sum(1 for row in responses if "raw_response" in row)
     return out

@@ -6,6 +6,15 @@
                                                            -> rows {"id", "query", "response"}
     mmhal:  --data mmhal-bench_answer_template.json, --images a folder with the template's images
                                                            -> rows {"index", "question", "response"}
+    refomb: --data RefoMB's prompts JSONL (id, question, image_url), --images the downloaded images
+                                                           -> rows {"id", "question", "response"}
+    mmstar: --data MMStar's table (Parquet / `datasets` export; images inside)
+                                                           -> rows {"index", "category", "response"}
+    pope:   --data a POPE question file or a folder of them, --images COCO val2014
+                                                           -> rows {"id", "split", "question_id", "question",
+                                                                    "response"}
+
+Every row also carries `image`, the path of the image the policy saw (what `rlaifv eval human export` shows).
 
 Decoding follows the paper's evaluation: beam search with 3 beams, no sampling (`BenchGenerateConfig`). Rows are
 appended as each batch finishes (flushed and fsynced), so a rerun continues where a crash stopped and never writes
@@ -25,11 +34,12 @@ from typing import Any, Literal
 from pydantic import Field
 
 from rlaifv.config import HFEngineConfig, StrictModel
-from rlaifv.eval.benchfiles import BadBenchmarkFile, JsonlLog, MissingBenchmarkFile, load_json, read_jsonl
+from rlaifv.eval import mmstar, pope
+from rlaifv.eval.benchfiles import BadBenchmarkFile, JsonlLog, MissingBenchmarkFile, load_json, read_jsonl, read_table
 from rlaifv.eval.mmhal import load_template
 from rlaifv.progress import log, progress
 
-Benchmark = Literal["objhal", "amber", "mmhal"]
+Benchmark = Literal["objhal", "amber", "mmhal", "refomb", "mmstar", "pope"]
 AMBER_SPLITS = {"all": "query_all.json", "generative": "query_generative.json",
                 "discriminative": "query_discriminative.json",
                 "existence": "query_discriminative-existence.json",
@@ -148,14 +158,86 @@ def mmhal_items(data: Path, images: Path | None) -> list[Item]:
     return items
 
 
-def benchmark_items(benchmark: Benchmark, data: Path, images: Path | None, amber_split: str = "all") -> list[Item]:
+def refomb_items(data: Path, images: Path | None) -> list[Item]:
+    """RefoMB prompts (JSONL rows with id, question and image_url or image): the image is `image` (a path under
+    `images`, default the file's folder) or the file named like the end of image_url in `images` (default
+    DATA's folder/images)."""
+    rows = read_jsonl(data, "RefoMB prompts: JSONL rows with id, question and image_url", required=("id", "question"))
+    items = []
+    for number, row in enumerate(rows, 1):
+        if row.get("image"):
+            load, ref = _image_source(str(row["image"]), images or Path(data).parent)
+        elif row.get("image_url"):
+            path = (images or Path(data).parent / "images") / str(row["image_url"]).rsplit("/", 1)[-1]
+            if not path.is_file():
+                raise MissingBenchmarkFile(path, "RefoMB image, named like the end of its image_url")
+            load, ref = _file_image(path), str(path)
+        else:
+            raise BadBenchmarkFile(f"{data}, line {number}: no image or image_url")
+        items.append(Item(row["id"], load, ref, str(row["question"]), {"id": row["id"], "question": row["question"]}))
+    return items
+
+
+def _table_image(value: Any, base: Path, where: str) -> tuple[Callable[[], Any], str]:
+    """An image cell of a Parquet / `datasets` table: {"bytes", "path"} (the `datasets` Image feature), raw bytes,
+    or a string (path or base64)."""
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return _bytes_image(value["bytes"]), "inline"
+        if value.get("path"):
+            return _image_source(str(value["path"]), base)
+    if isinstance(value, (bytes, bytearray)):
+        return _bytes_image(bytes(value)), "inline"
+    if isinstance(value, str) and value:
+        return _image_source(value, base)
+    raise BadBenchmarkFile(f"{where}: no usable image (expected bytes, a path or base64)")
+
+
+def mmstar_items(data: Path) -> list[Item]:
+    """MMStar's table; the prompt is the question (its options included) and an instruction to answer with the
+    option's letter."""
+    rows = read_table(data, "MMStar data (index, question, image, answer, category)", (*mmstar.COLUMNS, "image"))
+    base = Path(data) if Path(data).is_dir() else Path(data).parent
+    items = []
+    for row in rows:
+        load, ref = _table_image(row["image"], base, f"{data}, index {row['index']}")
+        items.append(Item(row["index"], load, ref, str(row["question"]) + mmstar.PROMPT_SUFFIX,
+                          {"index": row["index"], "category": row["category"]}))
+    return items
+
+
+def pope_items(data: Path, images: Path | None, split: str | None = None) -> list[Item]:
+    """POPE's question files (one, or a folder of them named after their splits); images under `images` (COCO
+    val2014, default the questions' folder). Keys are "<split>/<question_id>", so several splits share one file."""
+    base = images or (Path(data) if Path(data).is_dir() else Path(data).parent)
+    items = []
+    for (s, qid), q in pope.load_questions(data, split).items():
+        path = base / str(q["image"])
+        if not path.is_file():
+            raise MissingBenchmarkFile(path, "POPE image (COCO val2014)")
+        items.append(Item(f"{s}/{qid}", _file_image(path), str(path), str(q["text"]) + pope.PROMPT_SUFFIX,
+                          {"id": f"{s}/{qid}", "split": s, "question_id": q["question_id"], "question": q["text"]}))
+    return items
+
+
+KEY_FIELD = {"objhal": "id", "amber": "id", "mmhal": "index", "refomb": "id", "mmstar": "index", "pope": "id"}
+
+
+def benchmark_items(benchmark: Benchmark, data: Path, images: Path | None, amber_split: str = "all",
+                    pope_split: str | None = None) -> list[Item]:
     if benchmark == "objhal":
         return objhal_items(data, images)
     if benchmark == "amber":
         return amber_items(data, images, amber_split)
     if benchmark == "mmhal":
         return mmhal_items(data, images)
-    raise ValueError(f"benchmark {benchmark!r} is not one of objhal, amber, mmhal")
+    if benchmark == "refomb":
+        return refomb_items(data, images)
+    if benchmark == "mmstar":
+        return mmstar_items(data)
+    if benchmark == "pope":
+        return pope_items(data, images, pope_split)
+    raise ValueError(f"benchmark {benchmark!r} is not one of {', '.join(KEY_FIELD)}")
 
 
 def yes_no_answer(text: str) -> str | None:
@@ -201,6 +283,8 @@ def generate(items: list[Item], out: Path, key_field: str, cfg: BenchGenerateCon
             rows = []
             for it, text in zip(batch, texts):
                 row = {**it.row, "response": text}
+                if it.image_ref != "inline":
+                    row.setdefault("image", it.image_ref)  # what `rlaifv eval human export` shows annotators
                 if it.yes_no and cfg.amber_yes_no:
                     short = yes_no_answer(text)
                     if short is not None and short != text:

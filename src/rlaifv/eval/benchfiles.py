@@ -114,3 +114,76 @@ class JsonlLog:
             os.fsync(f.fileno())
         for row in rows:
             self.rows[row[self.key]] = row
+
+
+TABLE_FORMATS = ".parquet, .arrow, .jsonl, .json, or a folder of them (a `datasets` save_to_disk or hub download)"
+
+
+def _table_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    files = sorted(p for ext in ("*.parquet", "*.arrow") for p in path.rglob(ext))
+    return files or sorted(p for ext in ("*.jsonl", "*.json") for p in path.rglob(ext)
+                           if p.name not in ("dataset_info.json", "state.json", "dataset_dict.json"))
+
+
+def _arrow_table(path: Path):
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    with pa.memory_map(str(path)) as source:
+        try:
+            return ipc.open_stream(source).read_all()  # what `datasets` writes
+        except pa.ArrowInvalid:
+            source.seek(0)
+            return ipc.open_file(source).read_all()
+
+
+def read_table(path: Path, what: str, columns: Iterable[str], optional: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Rows of a benchmark table with the given columns (and the `optional` ones it has), from Parquet, Arrow
+    (a `datasets` export), JSONL or a JSON list, or a folder of such files read in name order. Only the columns
+    asked for are read, so a table with embedded images can be scored without loading them. A missing column is
+    an error naming it and the file."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingBenchmarkFile(path, f"{what} ({TABLE_FORMATS})")
+    files = _table_files(path)
+    if not files:
+        raise MissingBenchmarkFile(path / "*.parquet", f"{what}: no table file in this folder ({TABLE_FORMATS})")
+    columns, optional = tuple(columns), tuple(optional)
+    rows: list[dict[str, Any]] = []
+    for file in files:
+        suffix = file.suffix.lower()
+        if suffix in (".parquet", ".arrow"):
+            import pyarrow.parquet as pq
+
+            try:
+                arrow = None if suffix == ".parquet" else _arrow_table(file)
+                names = pq.read_schema(file).names if arrow is None else arrow.schema.names
+            except Exception as exc:  # pyarrow's errors name neither the file nor what it was meant to be
+                raise BadBenchmarkFile(f"{file}: not a readable {suffix[1:]} table ({exc})") from None
+            _require_columns(file, names, columns)
+            wanted = [c for c in columns + optional if c in names]
+            table = pq.read_table(file, columns=wanted) if arrow is None else arrow.select(wanted)
+            rows += table.to_pylist()
+        else:
+            data = load_json(file, what) if suffix == ".json" and _starts_with(file, "[") else list(iter_jsonl(file))
+            if not isinstance(data, list):
+                raise BadBenchmarkFile(f"{file}: expected a JSON list or JSON lines of rows")
+            for number, row in enumerate(data, 1):
+                if not isinstance(row, dict):
+                    raise BadBenchmarkFile(f"{file}, row {number}: expected a JSON object")
+                _require_columns(file, list(row), columns, f", row {number}")
+            rows += [{c: row[c] for c in columns + optional if c in row} for row in data]
+    return rows
+
+
+def _starts_with(path: Path, char: str) -> bool:
+    with open(path, encoding="utf-8") as f:
+        return f.read(64).lstrip().startswith(char)
+
+
+def _require_columns(file: Path, names: list[str], columns: tuple[str, ...], where: str = "") -> None:
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise BadBenchmarkFile(f"{file}{where}: no column {', '.join(missing)} (columns: {', '.join(names)})")

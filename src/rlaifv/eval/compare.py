@@ -1,9 +1,10 @@
 """`rlaifv eval report`: benchmark results of several runs (base policy, each round, ...) side by side, as a
 markdown table and PNG bar charts, with the paper's published numbers (REFERENCE 7) beside ours.
 
-A run is a folder holding any of chair.json, amber.json and mmhal.json (what `rlaifv eval chair|amber|mmhal
---out FILE` writes, or their `--json` output saved), or one such JSON file; "NAME=PATH" names it, otherwise the
-folder's (or file's) name does.
+A run is a folder holding any of chair.json, amber.json, mmhal.json, refomb.json, mmstar.json, pope.json and
+human.json (what `rlaifv eval <benchmark> --out FILE` writes, or its `--json` output saved), or one such JSON file;
+"NAME=PATH" names it, otherwise the folder's (or file's) name does. Next to every paper number the table flags each
+way our protocol differs for that benchmark (deviations.py).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from rlaifv.eval.benchfiles import BadBenchmarkFile, require_file
+from rlaifv.eval.deviations import find_deviations
 
-KINDS = ("chair", "amber", "mmhal")
+KINDS = ("chair", "amber", "mmhal", "refomb", "mmstar", "pope", "human")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,17 @@ def _at(*keys: str) -> Callable[[dict[str, Any]], Any]:
     return get
 
 
+def _pope(metric: str) -> Callable[[dict[str, Any]], Any]:
+    """A POPE metric: the mean over splits, or the one split's value when the run has one."""
+
+    def get(d: dict[str, Any]) -> Any:
+        splits = d.get("per_split") or {}
+        source = d.get("average") or (next(iter(splits.values())) if len(splits) == 1 else {})
+        return source.get(metric)
+
+    return get
+
+
 METRICS = (
     Metric("Object HalBench", "ObjHal resp. % (CHAIRs refine)", "chair", _at("chair_s_refine"), 100, True,
            "objhal_resp"),
@@ -61,9 +74,17 @@ METRICS = (
     Metric("AMBER", "AMBER Hal", "amber", _at("generative", "hal")),
     Metric("AMBER", "AMBER Cog", "amber", _at("generative", "cog")),
     Metric("AMBER", "AMBER score", "amber", _at("amber_score"), 1, False),
+    Metric("MHumanEval", "MHumanEval hall. %", "human", _at("hallucination_rate"), 100),
+    Metric("RefoMB", "RefoMB trust. win %", "refomb", _at("trustworthiness", "win_rate"), 100, False),
+    Metric("RefoMB", "RefoMB overall win %", "refomb", _at("overall", "win_rate"), 100, False),
+    Metric("MMStar", "MMStar acc. %", "mmstar", _at("accuracy"), 100, False),
+    Metric("POPE", "POPE acc. %", "pope", _pope("accuracy"), 100, False),
+    Metric("POPE", "POPE F1 %", "pope", _pope("f1"), 100, False),
 )
 
-# REFERENCE 7: the paper's headline numbers (percentages, MMHal score 0-6).
+# REFERENCE 7: the paper's headline numbers (percentages, MMHal score 0-6). The paper also reports MHumanEval,
+# RefoMB and MMStar, but their numbers are not in the reference facts this package was built from, so their columns
+# show our runs only.
 PAPER: dict[str, dict[str, float]] = {
     "LLaVA-1.5-7B": {"objhal_resp": 53.6, "objhal_mention": 25.2, "mmhal_score": 2.36, "mmhal_hall": 51.0,
                      "amber_acc": 73.5, "amber_f1": 77.7},
@@ -83,6 +104,14 @@ def result_kind(result: dict[str, Any]) -> str | None:
         return "mmhal"
     if "discriminative" in result or "generative" in result:
         return "amber"
+    if "trustworthiness" in result and "overall" in result:
+        return "refomb"
+    if "per_category" in result:
+        return "mmstar"
+    if "per_split" in result:
+        return "pope"
+    if "hallucination_rate" in result and "ci95" in result:
+        return "human"
     return None
 
 
@@ -95,7 +124,8 @@ def load_run(spec: str) -> tuple[str, dict[str, dict[str, Any]]]:
         if not files:
             raise BadBenchmarkFile(f"{path}: no {', '.join(k + '.json' for k in KINDS)} in this run folder")
     else:
-        files = [require_file(path, "a result JSON of rlaifv eval chair|amber|mmhal, or a folder of them")]
+        files = [require_file(path, "a result JSON of rlaifv eval chair|amber|mmhal|refomb|mmstar|pope|human, or a "
+                                    "folder of them")]
     results = {}
     for file in files:
         try:
@@ -104,7 +134,7 @@ def load_run(spec: str) -> tuple[str, dict[str, dict[str, Any]]]:
             raise BadBenchmarkFile(f"{file}: not valid JSON ({exc})") from None
         kind = result_kind(data) if isinstance(data, dict) else None
         if kind is None:
-            raise BadBenchmarkFile(f"{file}: not a result of rlaifv eval chair, amber or mmhal")
+            raise BadBenchmarkFile(f"{file}: not a result of rlaifv eval {', '.join(KINDS)}")
         results[kind] = data
     return name or (path.name if path.is_dir() else path.stem), results
 
@@ -119,22 +149,23 @@ def _cell(x: float | None, decimals: int) -> str:
 
 
 def build_table(runs: Sequence[tuple[str, dict[str, dict[str, Any]]]], paper: bool = True) -> dict[str, Any]:
-    """Columns with a value in some run; rows = runs, then the paper's models where they have a number there."""
+    """Columns with a value in some run; rows = runs, then the paper's models where they have a number there, each
+    paper number with the ids (D1, D2, ...) of the protocol differences that concern it."""
     columns = [m for m in METRICS if any(value(m, r) is not None for _, r in runs)]
     rows = [{"name": name, "source": "ours", "values": [value(m, r) for m in columns]} for name, r in runs]
+    deviations = [{"id": f"D{i}", "deviation": d} for i, d in enumerate(find_deviations(runs) if paper else [], 1)]
     if paper:
         for model, numbers in PAPER.items():
             values = [numbers.get(m.paper) if m.paper else None for m in columns]
             if any(v is not None for v in values):
-                rows.append({"name": model, "source": "paper", "values": values})
-    notes = []
-    if any(r.get("chair", {}).get("extract") == "rules" for _, r in runs) and paper:
-        notes.append("Object HalBench runs marked 'rules' found objects by the CHAIR word rules; the paper's "
-                     "numbers come from LLM object extraction (`--extract llm`) and run lower.")
-    if any("generative" in r.get("amber", {}) for _, r in runs):
-        notes.append("AMBER generative metrics match nouns on lemmatized tokens, without AMBER's POS tagger and "
-                     "word vectors (docs/evaluation.md).")
-    return {"columns": columns, "rows": rows, "notes": notes}
+                flags = [_flags(deviations, m) if v is not None else [] for m, v in zip(columns, values)]
+                rows.append({"name": model, "source": "paper", "values": values, "flags": flags})
+    return {"columns": columns, "rows": rows, "deviations": deviations, "paper": paper}
+
+
+def _flags(deviations: list[dict[str, Any]], metric: Metric) -> list[str]:
+    """Ids of the deviations that concern the paper's number in this column."""
+    return [d["id"] for d in deviations if d["deviation"].kind == metric.kind and d["deviation"].touches(metric.paper)]
 
 
 def render_markdown(table: dict[str, Any], runs: Sequence[tuple[str, dict[str, dict[str, Any]]]],
@@ -148,10 +179,18 @@ def render_markdown(table: dict[str, Any], runs: Sequence[tuple[str, dict[str, d
     for row in table["rows"]:
         extract = next((r.get("chair", {}).get("extract") for n, r in runs if n == row["name"]), None)
         source = row["source"] + (f" ({extract})" if extract else "")
-        cells = " | ".join(_cell(v, m.decimals) for v, m in zip(row["values"], cols))
+        flags = row.get("flags") or [[] for _ in cols]
+        cells = " | ".join(_cell(v, m.decimals) + (f" [{', '.join(f)}]" if f else "")
+                           for v, m, f in zip(row["values"], cols, flags))
         lines.append(f"| {row['name']} | {source} | {cells} |")
-    if table["notes"]:
-        lines += [""] + [f"- {note}" for note in table["notes"]]
+    if table["deviations"]:
+        lines += ["", "## Where our protocol differs from the paper's", "",
+                  "A paper number marked [D1, ...] was measured under a protocol that differs from ours in these "
+                  "ways; compare it with ours with them in mind.", ""]
+        lines += [f"- **{d['id']}** ({d['deviation'].benchmark}): {d['deviation'].text}" for d in table["deviations"]]
+    if table["paper"] and any(m.kind in ("refomb", "mmstar", "human") for m in cols):
+        lines += ["", "The paper also reports MHumanEval, RefoMB and MMStar; their published numbers are not part "
+                      "of rlaifv's reference table, so those columns show our runs only."]
     if charts:
         lines += ["", "## Charts", ""] + [f"![{c.stem}]({c.name})" for c in charts]
     return "\n".join(lines) + "\n"
@@ -200,9 +239,11 @@ def write_report(specs: Sequence[str], out: Path, paper: bool = True, charts: bo
     tmp = md.with_name(f".{md.name}.tmp-{os.getpid()}")
     tmp.write_text(render_markdown(table, runs, pngs), encoding="utf-8")
     os.replace(tmp, md)
-    summary = {"report": str(md), "charts": [str(p) for p in pngs], "runs": names,
-               "columns": [m.label for m in table["columns"]],
-               "rows": [{"name": r["name"], "source": r["source"],
-                         "values": dict(zip((m.label for m in table["columns"]), r["values"]))}
-                        for r in table["rows"]]}
+    labels = [m.label for m in table["columns"]]
+    summary = {"report": str(md), "charts": [str(p) for p in pngs], "runs": names, "columns": labels,
+               "rows": [{"name": r["name"], "source": r["source"], "values": dict(zip(labels, r["values"])),
+                         **({"flags": {k: f for k, f in zip(labels, r["flags"]) if f}} if "flags" in r else {})}
+                        for r in table["rows"]],
+               "deviations": [{"id": d["id"], "benchmark": d["deviation"].benchmark, "text": d["deviation"].text}
+                              for d in table["deviations"]]}
     return summary

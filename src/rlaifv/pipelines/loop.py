@@ -77,6 +77,10 @@ class Loop:
         self.test_metrics = cfg.test_metrics if cfg.test_metrics is not None else prompts_file is None
         policy = cfg.collect.sample.policy  # by default evaluation and reward scoring run where the policy samples
         self.device = cfg.device or (policy.device if isinstance(policy, HFEngineConfig) else "cpu")
+        if self.select_on in ("chair", "amber"):  # its files are checked now, not after a round of training
+            from rlaifv.pipelines.selection import BenchmarkSelector
+
+            BenchmarkSelector(self.select_on, cfg.select_benchmark, self.device).items()
         self._pairs: dict[int, Any] = {}  # round -> LoadedPairs, read once per process
 
     # -- state -----------------------------------------------------------------------------------------------------
@@ -344,8 +348,10 @@ class Loop:
 
     def _selector(self, k: int, dpo_cfg: DPOConfig):
         """The round's Selector (selection.py); None for reward selection without a held-out pair."""
-        from rlaifv.pipelines.selection import RewardSelector, WorldSelector
+        from rlaifv.pipelines.selection import BenchmarkSelector, RewardSelector, WorldSelector
 
+        if self.select_on in ("chair", "amber"):
+            return BenchmarkSelector(self.select_on, self.cfg.select_benchmark, self.device)
         if self.select_on == "world":
             base = self.state["steps"]["round-0/select"]
             val = self.cfg.eval.model_copy(update={"split": "val", "n_scenes": self.cfg.val_scenes})

@@ -11,8 +11,12 @@ the earlier checkpoint has drifted less from the reference for the same result.
 - `reward`: accuracy of the checkpoint's implicit reward beta * log(pi / pi_ref) on pairs held out of training
   (infer.reward), ties broken by the larger mean margin. It needs no ground truth, so it works on a user's data.
 
-Adding a selector (e.g. `benchmark`: CHAIR of `rlaifv eval generate` responses on Object HalBench, not wired yet)
-means one class with `name`, `measure` and `order`, and one branch in the loop's `_selector`.
+- `chair` / `amber`: the checkpoint answers a held-out benchmark file the user gives (`select_benchmark`; never
+  the file the report uses) as `rlaifv eval generate` would, and is scored as `rlaifv eval chair | amber` score:
+  lowest Object HalBench response-level rate (CHAIRs refine, then CHAIRi) or highest AMBER score (discriminative
+  F1 when only yes/no queries are answered, lowest generative CHAIR when only descriptions are).
+
+Adding a selector means one class with `name`, `measure` and `order`, and one branch in the loop's `_selector`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol
 
-from rlaifv.config import DPOConfig, EvalConfig
+from rlaifv.config import BenchmarkSelectConfig, DPOConfig, EvalConfig
 from rlaifv.logps.reference import ReferenceTable
 from rlaifv.preferences import PreferenceExample
 from rlaifv.world.config import WorldConfig
@@ -82,6 +86,61 @@ class RewardSelector:
 
     def order(self, metrics: dict[str, Any]) -> tuple[float, ...]:
         return (-metrics["accuracy"], -metrics["margin"])
+
+
+class BenchmarkSelector:
+    """Object HalBench (CHAIR, word rules) or AMBER on a held-out benchmark file; answers kept in the checkpoint's
+    folder (responses.jsonl, resumable)."""
+
+    def __init__(self, benchmark: str, cfg: BenchmarkSelectConfig, device: str = "cpu") -> None:
+        if benchmark not in ("chair", "amber"):
+            raise ValueError(f"benchmark selection is on chair or amber, not {benchmark!r}")
+        if not cfg.data or (benchmark == "chair" and not cfg.truth):
+            raise ValueError(f"select_on {benchmark} needs select_benchmark.data"
+                             + (" and select_benchmark.truth" if benchmark == "chair" else ""))
+        self.name, self.cfg, self.device = benchmark, cfg, device
+
+    def items(self) -> list[Any]:
+        """The benchmark's prompts (also a check, before any training, that its files are there)."""
+        from rlaifv.eval.bench_generate import benchmark_items
+
+        images = Path(self.cfg.images) if self.cfg.images else None
+        return benchmark_items("objhal" if self.name == "chair" else "amber", Path(self.cfg.data), images,
+                               self.cfg.amber_split)
+
+    def measure(self, checkpoint: Path, folder: Path, engine: Any = None) -> dict[str, Any]:
+        from rlaifv.eval.bench_generate import BenchGenerateConfig, generate
+
+        gen = BenchGenerateConfig(policy={"path": str(checkpoint), "device": self.device},
+                                  num_beams=self.cfg.num_beams, max_new_tokens=self.cfg.max_new_tokens,
+                                  batch_size=self.cfg.batch_size)
+        responses = folder / "responses.jsonl"
+        generate(self.items(), responses, "id", gen, engine=engine)
+        if self.name == "chair":
+            from rlaifv.eval.chair import evaluate
+
+            truth = Path(self.cfg.truth)
+            result = evaluate(responses, **({"coco": truth} if truth.is_dir() else {"ground_truth": truth}))
+            return {k: result[k] for k in ("chair_s_refine", "chair_s", "chair_i", "recall", "n_responses")}
+        from rlaifv.eval.amber import AmberData, amber_scores, read_responses
+
+        data = AmberData.load(Path(self.cfg.data))
+        result = amber_scores(read_responses(responses, data), data)
+        overall = result.get("discriminative", {}).get("overall", {})
+        return {"amber_score": result.get("amber_score"), "accuracy": overall.get("accuracy"),
+                "f1": overall.get("f1"), **{k: v for k, v in result.get("generative", {}).items()}}
+
+    def order(self, metrics: dict[str, Any]) -> tuple[float, ...]:
+        def low(*keys: str) -> float:  # the first value present; an undefined rate sorts last
+            return next((float(metrics[k]) for k in keys if metrics.get(k) is not None), float("inf"))
+
+        if self.name == "chair":
+            return (low("chair_s_refine", "chair_s"), low("chair_i"))
+        if metrics.get("amber_score") is not None:
+            return (-metrics["amber_score"],)
+        if metrics.get("f1") is not None:
+            return (-metrics["f1"], -metrics["accuracy"])
+        return (low("chair"),)
 
 
 def choose(candidates: list[dict[str, Any]], selector: Selector) -> dict[str, Any]:

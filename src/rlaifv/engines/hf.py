@@ -16,8 +16,8 @@ from rlaifv.engines.decode import decode_from_cache
 from rlaifv.engines.family import Vision, family_of, packed_inputs, vision_of
 from rlaifv.engines.fastpath import trusted
 from rlaifv.engines.images import ImageBank
+from rlaifv.engines.loading import load_vlm
 from rlaifv.engines.packing import common_prefix_length, pack, pack_bounds
-from rlaifv.engines.processors import load_processor
 
 # Spellings of the verdict tokens; the ones that are a single token in the tokenizer are summed (REFERENCE 3).
 YES_VARIANTS = ("yes", "Yes", " yes", " Yes", "YES", " YES")
@@ -75,11 +75,8 @@ class HFEngine:
         dtype: torch.dtype = torch.float32,
         trust_remote_code: bool = False,
     ) -> None:
-        from transformers import AutoModelForImageTextToText
-
-        processor = load_processor(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-        self._setup(str(path), model.to(torch.device(device)), processor)
+        model, processor = load_vlm(path, dtype, torch.device(device), trust_remote_code)
+        self._setup(str(path), model, processor)
 
     @classmethod
     def from_model(cls, model, processor, name: str = "in-memory") -> HFEngine:

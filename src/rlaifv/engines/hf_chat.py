@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rlaifv.engines.loading import load_weights
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -43,9 +45,8 @@ class HFChat:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if self.tokenizer.chat_template is None:
             raise ValueError(f"{model_path}: the tokenizer has no chat template; a chat model is needed")
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model_path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
-        ).to(self.device)
+        self.model = load_weights(AutoModelForCausalLM, model_path, getattr(torch, dtype), trust_remote_code).to(
+            self.device)
         self.model.eval()
         self.eos_ids = self._eos_ids()
 

@@ -38,7 +38,7 @@ from PIL import Image
 
 from rlaifv.config import BonConfig, EngineConfig
 from rlaifv.engines.family import family_of, vision_of
-from rlaifv.engines.processors import load_processor
+from rlaifv.engines.loading import load_vlm
 from rlaifv.infer.reward import ResponseGroup, group_logps, implicit_reward
 from rlaifv.logps.encode import PairEncoder, context_length
 from rlaifv.preferences import PreferenceExample
@@ -164,12 +164,9 @@ class Scorer:
 
     @classmethod
     def load(cls, cfg: EngineConfig, max_length: int | None = None) -> Scorer:
-        from transformers import AutoModelForImageTextToText
-
-        processor = load_processor(cfg.path, trust_remote_code=cfg.trust_remote_code)
-        model = AutoModelForImageTextToText.from_pretrained(cfg.path, dtype=getattr(torch, cfg.dtype),
-                                                            trust_remote_code=cfg.trust_remote_code)
-        return cls.from_model(model.to(torch.device(cfg.device)), processor, cfg.path, max_length)
+        model, processor = load_vlm(cfg.path, getattr(torch, cfg.dtype), torch.device(cfg.device),
+                                    cfg.trust_remote_code)
+        return cls.from_model(model, processor, cfg.path, max_length)
 
     @classmethod
     def from_model(cls, model: Any, processor: Any, name: str = "in-memory", max_length: int | None = None) -> Scorer:

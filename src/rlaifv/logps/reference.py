@@ -32,7 +32,7 @@ import torch
 
 from rlaifv.config import DPOConfig, EngineConfig
 from rlaifv.engines.family import family_of
-from rlaifv.engines.processors import load_processor
+from rlaifv.engines.loading import load_vlm
 from rlaifv.engines.transfer import OneBehind, to_device, to_host_later
 from rlaifv.logps.encode import EncodedPair, PairEncoder, ahead, context_length
 from rlaifv.logps.packed import ResponseLogps, response_logps
@@ -69,14 +69,9 @@ def weights_dtype(cfg: DPOConfig) -> torch.dtype:
 
 def load_model(path: str | Path, cfg: DPOConfig, device: torch.device | str = "cpu"):
     """A VLM from a folder or hub id, with the processor that goes with it."""
-    from transformers import AutoModelForImageTextToText
-
-    processor = load_processor(path, trust_remote_code=cfg.trust_remote_code)
-    model = AutoModelForImageTextToText.from_pretrained(
-        path, dtype=weights_dtype(cfg), trust_remote_code=cfg.trust_remote_code
-    )
+    model, processor = load_vlm(path, weights_dtype(cfg), device, cfg.trust_remote_code)
     family_of(model)  # refuses a family whose answers cannot be scored as continuations
-    return model.to(device), processor
+    return model, processor
 
 
 def length_limit(model_config: Any, cfg: DPOConfig) -> int | None:

@@ -37,6 +37,7 @@ import yaml
 
 from rlaifv.config import DPOConfig, EngineConfig
 from rlaifv.engines.fastpath import report
+from rlaifv.engines.loading import load_weights
 from rlaifv.engines.transfer import OneBehind, to_host_later
 from rlaifv.logps.encode import EncodedPair, PairEncoder, ahead
 from rlaifv.logps.packed import ResponseLogps, response_logps
@@ -231,7 +232,7 @@ def merged_lora_model(policy: str | Path, peft_config: Any, lora_state: dict[str
     from peft import get_peft_model, set_peft_model_state_dict
     from transformers import AutoModelForImageTextToText
 
-    base = AutoModelForImageTextToText.from_pretrained(policy, dtype=torch.float32)
+    base = load_weights(AutoModelForImageTextToText, policy, torch.float32)
     model = get_peft_model(base, peft_config)
     set_peft_model_state_dict(model, lora_state)
     return model.merge_and_unload()

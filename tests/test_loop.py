@@ -224,6 +224,28 @@ def test_select_on_reward_picks_the_best_held_out_reward_accuracy(micro_world, m
     assert row["step"] == min(want, key=lambda s: want[s])
 
 
+def test_a_prompts_file_round_with_dpo_launched_apart_equals_the_round_run_here(baseline, micro_world, micro_config,
+                                                                                tmp_path):
+    """Round 1 again from a prompts file that holds exactly its scenes (each round draws its own slice of the file;
+    one round of all its rows draws them all), with DPO run by `rlaifv train` in a process the launcher starts: the
+    same pairs, the same training, the same checkpoint chosen as the baseline's round 1, which drew the scenes
+    itself and trained in this process."""
+    prompts = write_world_prompts(micro_config.seed, "prompts", PROMPTS, tmp_path / "round1.jsonl",
+                                  micro_config.prior)
+    cfg = config_for(micro_world, rounds=1, select_on="world", launcher=sys.executable)
+    run = iterate(tmp_path / "run", cfg, prompts, world=micro_config)
+    r = tmp_path / "run" / "round-1"
+    assert json.loads((r / "prompt_rows.json").read_text())["rows"] == list(range(PROMPTS))
+    assert (r / "train.log").stat().st_size > 0 and (r / "dpo.yaml").is_file()
+    row, base = run["rounds"][1], baseline["rounds"][1]
+    assert row["step"] == base["step"] and row["n_pairs"] == base["n_pairs"]
+    for key in (*ROUND_KEYS, "feedback_precision", "true_tie_rate"):
+        assert row[key] == pytest.approx(base[key]), key
+    assert row["selection"] == pytest.approx(base["selection"])
+    assert "deviations" in json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert "Settings that differ from the paper's" in (tmp_path / "run" / "report.md").read_text()
+
+
 def test_demo_reports_one_row_per_round(baseline, micro_world, micro_config):
     from rlaifv.pipelines.demo import run_demo
 

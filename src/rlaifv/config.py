@@ -2,10 +2,20 @@
 
 Every field says what it does where it is declared. The synthetic world's own configs (`WorldConfig` and the shapes
 and training of its tiny models) live with the world, in `rlaifv.world.config`. This module imports no torch.
+
+Two sets of defaults, never mixed:
+
+- **the paper's** (`PAPER`, below): what RLAIF-V used. The stage configs take their defaults from it, so a run on your
+  own data gets them unless a config says otherwise. `paper_deviations(cfg)` lists every setting of a resolved config
+  that differs from it; runs write that list into their summary and report.
+- **the synthetic world's** (`rlaifv.world.config.WORLD_ROUNDS`): sizes and pairing tuned for the tiny world models
+  on a CPU, applied only where the prompts are the world's.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,6 +27,51 @@ class StrictModel(BaseModel):
     """Unknown keys are errors: a typo in a YAML file must not be silently ignored."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- the paper's settings: the defaults for your data
+
+# The RLAIF-V paper's settings (its reference code where the paper is silent), by the config section and field that
+# hold each. This is the one place they are declared: the configs below take their defaults from here, except where
+# a note in PAPER_NOTES says why the project's default differs, and `paper_deviations` compares against it.
+PAPER: dict[str, dict[str, Any]] = {
+    "sample": {"n": 10, "temperature": 0.7, "max_new_tokens": 512},
+    # two fine-tuned Llama-3-8B-Instruct models: statements, then one yes/no question per statement
+    "claims": {"splitter": "llm", "temperature": 0.2, "max_new_tokens": 256, "max_words": 300},
+    "judge": {"mode": "claims"},
+    "pairs": {"min_gap": 1.0, "max_pairs_per_prompt": 2, "length_balance": True, "keep_accepted": False,
+              "closest_length": 0},
+    # learning_rate: 5e-7 full fine-tuning, 1e-5 with LoRA (LR_FULL, LR_LORA); global batch 8 over 8 GPUs
+    "dpo": {"beta": 0.1, "loss_type": "sigmoid", "rpo_alpha": None, "average_log_prob": False, "weight_decay": 0.01,
+            "lr_scheduler_type": "cosine", "warmup_ratio": 0.05, "num_train_epochs": 4.0,
+            "freeze_vision_tower": True, "lora_r": 64, "lora_alpha": 16, "lora_dropout": 0.05},
+    # ~4k fresh instructions a round; the best checkpoint by a held-out hallucination benchmark
+    "rounds": {"rounds": 4, "prompts_per_round": 4000, "fresh_prompts": True, "select_on": "chair"},
+    # self-feedback best-of-N: the length-normalised implicit reward with the DPO beta
+    "bon": {"beta": 0.1, "reward": "mean", "temperature": 0.7, "max_new_tokens": 512},
+}
+LR_FULL, LR_LORA = 5e-7, 1e-5  # the paper's learning rates (REFERENCE 5): full fine-tuning, LoRA
+
+# Why a default here is not the paper's, or what a common deviation costs; shown beside the deviation.
+PAPER_NOTES: dict[str, str] = {
+    "claims.splitter": "the paper's splitter is two fine-tuned LLMs; 'rules' is deterministic and meant for simple "
+                       "English: for free-form answers set claims.splitter: llm and a claims.splitter_model",
+    "claims.temperature": "greedy, so that a rerun splits the same responses the same way",
+    "pairs.length_balance": "without it DPO can learn that shorter answers win (fewer claims, fewer rejections)",
+    "pairs.keep_accepted": "not in the paper: drops pairs whose chosen answer says fewer true things",
+    "pairs.closest_length": "not in the paper: keeps the pairs whose answers are closest in length",
+    "dpo.learning_rate": "the paper: 5e-7 for full fine-tuning, 1e-5 with LoRA",
+    "rounds.prompts_per_round": "the paper draws ~4k fresh instructions a round",
+    "rounds.fresh_prompts": "every round uses the whole prompts file again: its pairs come from prompts the policy "
+                            "has already been trained on",
+    "rounds.select_on": "the paper keeps the checkpoint that does best on a held-out hallucination benchmark "
+                        "(select_on chair or amber with a held-out file)",
+}
+
+
+def _paper(section: str, name: str) -> Any:
+    """A default taken from PAPER."""
+    return PAPER[section][name]
 
 
 class EvalConfig(StrictModel):
@@ -124,10 +179,12 @@ class SampleConfig(StrictModel):
     """Deconfounded sampling: N responses per prompt, all with one decoding setting (REFERENCE 1)."""
 
     policy: AnyEngineConfig = Field(default_factory=HFEngineConfig, description="the policy that answers")
-    n: int = Field(10, ge=1, description="responses per prompt (the paper: 10)")
-    temperature: float = Field(0.7, gt=0, description="sampling temperature, the same for every sample (paper: 0.7)")
+    n: int = Field(_paper("sample", "n"), ge=1, description="responses per prompt (the paper: 10)")
+    temperature: float = Field(_paper("sample", "temperature"), gt=0,
+                              description="sampling temperature, the same for every sample (paper: 0.7)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass; 1.0 = off")
-    max_new_tokens: int = Field(512, ge=1, description="cap on a response's length (paper: 512)")
+    max_new_tokens: int = Field(_paper("sample", "max_new_tokens"), ge=1,
+                                description="cap on a response's length (paper: 512)")
     prompts_per_batch: int = Field(8, ge=1, description="prompts prefilled together; their n samples decode in one "
                                                         "batch of prompts_per_batch * n rows. Part of the seed's "
                                                         "meaning: changing it changes the samples")
@@ -141,9 +198,11 @@ class ClaimsConfig(StrictModel):
                                                                    "'llm': a chat causal LM (splitter_model)")
     splitter_model: AnyEngineConfig = Field(default_factory=HFEngineConfig,
                                             description="the 'llm' splitter's model")
-    max_new_tokens: int = Field(256, ge=1, description="cap on the splitter's output (paper: 256)")
+    max_new_tokens: int = Field(_paper("claims", "max_new_tokens"), ge=1,
+                                description="cap on the splitter's output (paper: 256)")
     temperature: float = Field(0.0, ge=0, description="splitter sampling temperature; 0 = greedy (paper: 0.2)")
-    max_words: int = Field(300, ge=1, description="responses are cut to this many words before splitting (paper: 300)")
+    max_words: int = Field(_paper("claims", "max_words"), ge=1,
+                           description="responses are cut to this many words before splitting (paper: 300)")
     question_suffix: str = Field("Answer yes or no.", description="appended to every question; '' for none")
 
 
@@ -151,9 +210,10 @@ class JudgeConfig(StrictModel):
     """Conquer: the labeler's yes/no verdict on each claim; score = -rejected claims (REFERENCE 3)."""
 
     labeler: AnyEngineConfig = Field(default_factory=HFEngineConfig, description="the labeler VLM")
-    mode: Literal["claims", "holistic"] = Field("claims", description="'claims': divide-and-conquer, one verdict per "
-                                                                      "claim; 'holistic': one yes/no on the whole "
-                                                                      "response (the paper's ablation)")
+    mode: Literal["claims", "holistic"] = Field(_paper("judge", "mode"),
+                                                description="'claims': divide-and-conquer, one verdict per claim; "
+                                                            "'holistic': one yes/no on the whole response (the "
+                                                            "paper's ablation)")
     shared_prefix: bool = Field(True, description="encode each image and prompt prefix once and score all of its "
                                                   "questions in one packed sequence; False = one forward per claim")
     questions_per_pack: int = Field(64, ge=1, description="questions packed behind one image prefix in a row")
@@ -180,21 +240,24 @@ class JudgeConfig(StrictModel):
 class PairsConfig(StrictModel):
     """Preference pairs from scored candidates (REFERENCE 4)."""
 
-    min_gap: float = Field(1.0, gt=0, description="smallest score difference that makes a pair; ties never pair")
-    max_pairs_per_prompt: int = Field(2, ge=1, description="pairs kept per prompt, drawn with the seed (paper: 2)")
-    length_balance: bool = Field(True, description="drop pairs whose rejected answer is much longer than the "
-                                                   "chosen one until mean lengths match, so DPO does not learn "
-                                                   "'shorter is better'")
-    keep_accepted: bool = Field(False, description="drop a pair whose chosen answer has fewer accepted claims than "
-                                                   "the rejected one: it wins by saying less that is true (e.g. "
-                                                   "stopping before the last object), and DPO then learns to say "
-                                                   "less. Not in the paper; the world's rounds turn it on")
-    closest_length: int = Field(0, ge=0, description="of the pairs kept per prompt, this many are those whose two "
-                                                     "answers are closest in length (in words); the rest are drawn "
-                                                     "at random. Drawn pairs favour a shorter chosen answer (the one "
-                                                     "without an invented sentence), so DPO on them also learns to "
-                                                     "stop early; length-matched ones teach what to say instead. "
-                                                     "0 = all drawn (the paper); the world's rounds use 1")
+    min_gap: float = Field(_paper("pairs", "min_gap"), gt=0,
+                           description="smallest score difference that makes a pair; ties never pair")
+    max_pairs_per_prompt: int = Field(_paper("pairs", "max_pairs_per_prompt"), ge=1,
+                                      description="pairs kept per prompt, drawn with the seed (paper: 2)")
+    length_balance: bool = Field(_paper("pairs", "length_balance"),
+                                 description="drop pairs whose rejected answer is much longer than the chosen one "
+                                             "until mean lengths match, so DPO does not learn 'shorter is better'")
+    keep_accepted: bool = Field(_paper("pairs", "keep_accepted"),
+                                description="drop a pair whose chosen answer has fewer accepted claims than the "
+                                            "rejected one: it wins by saying less that is true (e.g. stopping before "
+                                            "the last object), and DPO then learns to say less. Not in the paper; the"
+                                            " world's rounds turn it on")
+    closest_length: int = Field(_paper("pairs", "closest_length"), ge=0,
+                                description="of the pairs kept per prompt, this many are those whose two answers are "
+                                            "closest in length (in words); the rest are drawn at random. Drawn pairs "
+                                            "favour a shorter chosen answer (the one without an invented sentence), "
+                                            "so DPO on them also learns to stop early; length-matched ones teach what"
+                                            " to say instead. 0 = all drawn (the paper); the world's rounds use 1")
     seed: int = Field(0, description="seeds the choice among a prompt's pairs")
     round: int = Field(0, ge=0, description="iterative round recorded in each pair")
 
@@ -212,8 +275,9 @@ class CollectConfig(StrictModel):
 
 def read_config(model: type[BaseModel], path: Path | None, options: dict[tuple[str, ...], Any] | None = None,
                 start: dict[str, Any] | None = None) -> Any:
-    """A config from `start` (field values such as a preset's; default: none), the YAML file's fields over them,
-    then the command-line options that were given, validated once; errors name the bad field.
+    """A config from `start` (field values such as a preset's or the world's defaults; default: none), the YAML
+    file's fields over them (section by section: a file that sets `collect.sample.n` keeps what `start` says about
+    the rest of `collect`), then the command-line options that were given, validated once; errors name the bad field.
 
     Each key of `options` is the path of a field, e.g. ("sample", "policy", "path"); a None value means the option
     was not given. An option is written into the file's data, so a field derived from others (DPOConfig's learning
@@ -221,12 +285,12 @@ def read_config(model: type[BaseModel], path: Path | None, options: dict[tuple[s
     filled with what the config holds there (its defaults, e.g. IterateConfig's world-sized `collect`), so an option
     changes its one field and nothing else.
     """
-    data: dict[str, Any] = dict(start or {})
+    data: dict[str, Any] = copy.deepcopy(dict(start or {}))
     if path is not None:
         loaded = yaml.safe_load(Path(path).read_text())
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
-        data.update(loaded or {})
+        data = merge_config_data(data, loaded or {})
     for keys, value in (options or {}).items():
         if value is None:
             continue
@@ -237,6 +301,20 @@ def read_config(model: type[BaseModel], path: Path | None, options: dict[tuple[s
             node = node[key]
         node[keys[-1]] = value
     return model.model_validate(data)
+
+
+def merge_config_data(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over`'s fields on top of `base`'s, section by section. An engine whose `kind` changes is replaced whole, since
+    the two kinds have different fields."""
+    merged = dict(base)
+    for key, value in over.items():
+        old = merged.get(key)
+        if isinstance(old, dict) and isinstance(value, dict) and old.get("kind", value.get("kind")) == value.get(
+                "kind", old.get("kind")):
+            merged[key] = merge_config_data(old, value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _section(model: type[BaseModel], data: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -253,8 +331,6 @@ def dump_yaml(config: BaseModel) -> str:
 
 # ---------------------------------------------------------------- training (`rlaifv train`)
 
-LR_FULL, LR_LORA = 5e-7, 1e-5  # the paper's learning rates (REFERENCE 5)
-
 
 class DPOConfig(StrictModel):
     """DPO of a VLM on preference pairs (REFERENCE 5). Field names follow TRL's `DPOConfig` where the meaning is the
@@ -263,31 +339,36 @@ class DPOConfig(StrictModel):
 
     output_dir: str = Field("", description="folder for checkpoints, metrics and the final model; `rlaifv train "
                                             "--out` and the `out_dir` argument of `train_dpo` override it")
-    beta: float = Field(0.1, gt=0, description="strength of the KL anchor to the reference: larger keeps the policy "
-                                               "closer to it (paper: 0.1)")
-    loss_type: Literal["sigmoid"] = Field("sigmoid", description="'sigmoid': -log sigmoid(beta * (policy log-ratio "
-                                                                 "- reference log-ratio)), the DPO paper's loss")
-    rpo_alpha: float | None = Field(None, ge=0, description="weight of an SFT term on the chosen response (its "
-                                                               "mean per-token NLL, per pair) added to the DPO loss; "
-                                                               "None or 0 = off (paper: off)")
-    average_log_prob: bool = Field(False, description="use per-token mean log-probs instead of sums (policy and "
-                                                      "reference alike), so long responses weigh no more than short "
-                                                      "ones; False = sums, as in the paper")
+    beta: float = Field(_paper("dpo", "beta"), gt=0,
+                        description="strength of the KL anchor to the reference: larger keeps the policy closer to it"
+                                    " (paper: 0.1)")
+    loss_type: Literal["sigmoid"] = Field(_paper("dpo", "loss_type"),
+                                          description="'sigmoid': -log sigmoid(beta * (policy log-ratio - reference "
+                                                      "log-ratio)), the DPO paper's loss")
+    rpo_alpha: float | None = Field(_paper("dpo", "rpo_alpha"), ge=0,
+                                    description="weight of an SFT term on the chosen response (its mean per-token "
+                                                "NLL, per pair) added to the DPO loss; None or 0 = off (paper: off)")
+    average_log_prob: bool = Field(_paper("dpo", "average_log_prob"),
+                                   description="use per-token mean log-probs instead of sums (policy and reference "
+                                               "alike), so long responses weigh no more than short ones; False = "
+                                               "sums, as in the paper")
     learning_rate: float | None = Field(None, gt=0, description="peak AdamW learning rate; None = the paper's: "
                                                                    f"{LR_FULL} full fine-tuning, {LR_LORA} with LoRA")
-    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay on matrices (not on biases and norms)")
+    weight_decay: float = Field(_paper("dpo", "weight_decay"), ge=0,
+                                description="AdamW weight decay on matrices (not on biases and norms)")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient norm clipped to this before each optimizer step")
     lr_scheduler_type: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
-        "cosine", description="learning-rate schedule after warmup (transformers.get_scheduler names)"
-    )
-    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="share of the optimizer steps spent warming up "
-                                                              "linearly from 0")
+        _paper("dpo", "lr_scheduler_type"),
+        description="learning-rate schedule after warmup (transformers.get_scheduler names)")
+    warmup_ratio: float = Field(_paper("dpo", "warmup_ratio"), ge=0, lt=1,
+                                description="share of the optimizer steps spent warming up linearly from 0")
     per_device_train_batch_size: int = Field(8, ge=1, description="pairs per forward on each process; a pair is one "
                                                                   "packed row (prompt + chosen + rejected)")
     gradient_accumulation_steps: int = Field(1, ge=1, description="forwards per optimizer step; global batch = "
                                                                   "per_device_train_batch_size x processes x this")
-    num_train_epochs: float = Field(4.0, gt=0, description="passes over the pairs (paper: 4 per round); ignored "
-                                                           "when max_steps > 0")
+    num_train_epochs: float = Field(_paper("dpo", "num_train_epochs"), gt=0,
+                                    description="passes over the pairs (paper: 4 per round); ignored when max_steps >"
+                                                " 0")
     max_steps: int = Field(-1, description="optimizer steps to run; -1 = as many as num_train_epochs needs")
     max_length: int | None = Field(None, ge=2, description="longest prompt + response in tokens (image tokens "
                                                               "included); longer pairs are quarantined with a reason, "
@@ -302,14 +383,16 @@ class DPOConfig(StrictModel):
     use_cpu: bool = Field(False, description="train on the CPU even when a GPU is present")
     disable_dropout: bool = Field(True, description="set every dropout to 0, so the policy's log-probs match the "
                                                     "reference's at step 0 (LoRA dropout is kept)")
-    freeze_vision_tower: bool = Field(True, description="the vision tower gets no gradient (paper); the projector "
-                                                        "and the language model train")
+    freeze_vision_tower: bool = Field(_paper("dpo", "freeze_vision_tower"),
+                                      description="the vision tower gets no gradient (paper); the projector and the "
+                                                  "language model train")
     use_peft: bool = Field(False, description="train LoRA adapters instead of the full model; merged into the saved "
                                               "model at the end")
-    lora_r: int = Field(64, ge=1, description="LoRA rank (paper: 64)")
-    lora_alpha: int = Field(16, ge=1, description="LoRA scale numerator; the update is scaled by alpha / r (paper: "
-                                                  "16)")
-    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input (paper: 0.05)")
+    lora_r: int = Field(_paper("dpo", "lora_r"), ge=1, description="LoRA rank (paper: 64)")
+    lora_alpha: int = Field(_paper("dpo", "lora_alpha"), ge=1,
+                            description="LoRA scale numerator; the update is scaled by alpha / r (paper: 16)")
+    lora_dropout: float = Field(_paper("dpo", "lora_dropout"), ge=0, lt=1,
+                                description="dropout on the LoRA input (paper: 0.05)")
     lora_target_modules: list[str] | None = Field(None, description="module names (or suffixes) that get LoRA; "
                                                                        "None = every linear layer outside the "
                                                                        "vision tower and the output head")
@@ -341,31 +424,6 @@ class DPOConfig(StrictModel):
 
 
 # ---------------------------------------------------------------- iterative rounds (`rlaifv iterate`)
-
-
-def _world_collect() -> CollectConfig:
-    """Collection sized for a round on the default world in ~2 minutes on a 2-core CPU: 10 samples per prompt (the
-    paper's) of at most 96 tokens, the length the world's evaluation allows.
-
-    Length balancing is off: in the world a hallucination is always one added sentence, so the paper's filter (keep
-    the threshold r that evens mean lengths) drops exactly the cleanest pairs, those whose chosen answer is the
-    rejected one without the invented object. For free-form answers turn it back on (the paper's setting), since
-    there longer answers are not simply answers with more hallucinations.
-
-    Instead, one of each prompt's two pairs is the one whose answers are closest in length (`closest_length`): drawn
-    pairs alone teach the rounds to stop early and lose Cover, length-matched pairs alone cut CHAIRs less, one of
-    each cuts it most and keeps Cover. The measurements are in benchmarks/RESULTS.md ("Defaults of the world's
-    rounds: the numbers behind them")."""
-    return CollectConfig(sample=SampleConfig(n=10, max_new_tokens=96),
-                         pairs=PairsConfig(length_balance=False, keep_accepted=True, closest_length=1))
-
-
-def _world_dpo() -> DPOConfig:
-    """DPO sized for the tiny world models, 2 epochs per round (the paper: 4) to fit the CPU budget. lr 1e-5 moves
-    them gradually over a round's ~380 steps; 1e-4 moves them so fast that the first steps already cost Cover
-    (benchmarks/RESULTS.md)."""
-    return DPOConfig(learning_rate=1e-5, num_train_epochs=2, per_device_train_batch_size=8, logging_steps=5,
-                     report_to="none")
 
 
 class ServeConfig(StrictModel):
@@ -402,18 +460,27 @@ class BenchmarkSelectConfig(StrictModel):
 
 class IterateConfig(StrictModel):
     """`rlaifv iterate`: K rounds of collect -> reference log-probs -> DPO -> checkpoint selection, where each round's
-    selected checkpoint is the next round's policy and reference (REFERENCE 5). The defaults fit the synthetic world
-    on a CPU; for a real VLM set `collect`, `dpo` and `prompts_per_round` as for `rlaifv collect` / `rlaifv train`.
+    selected checkpoint is the next round's policy and reference (REFERENCE 5). The defaults are the paper's (`PAPER`):
+    4 rounds of ~4k fresh prompts, its collection and its DPO. The synthetic world's rounds use their own, tuned for
+    its tiny models on a CPU (`rlaifv.world.config.WORLD_ROUNDS`, applied only on world prompts).
 
     Per-round seeds: round k (1-based) samples with `collect.sample.seed + k - 1`, pairs with `collect.pairs.seed + k
     - 1`, orders DPO's data with `dpo.seed + k - 1` and draws its held-out pairs with `seed + k - 1`, so rounds differ
     and a rerun repeats them exactly."""
 
-    rounds: int = Field(3, ge=0, description="rounds to run; raising it on a finished run continues with more rounds "
-                                             "(with `serve`, the only fields a rerun may change)")
-    prompts_per_round: int = Field(768, ge=1, description="world prompts per round: round k takes the next slice of "
-                                                          "the world's `prompts` split, so every round sees fresh "
-                                                          "scenes. A user's prompts file is used whole every round")
+    rounds: int = Field(_paper("rounds", "rounds"), ge=0,
+                        description="rounds to run; raising it on a finished run continues with more rounds (with "
+                                    "`serve` and `launcher`, the only fields a rerun may change)")
+    prompts_per_round: int = Field(_paper("rounds", "prompts_per_round"), ge=1,
+                                   description="prompts per round (the paper: ~4k). On the world, round k takes the "
+                                               "k-th slice of the world's `prompts` split; on a prompts file with "
+                                               "`fresh_prompts`, the k-th slice of the file's rows in a seeded order "
+                                               "(`seed`), so no two rounds share a row. A file too short for "
+                                               "`rounds` slices is an error before round 1")
+    fresh_prompts: bool = Field(_paper("rounds", "fresh_prompts"),
+                                description="a prompts file: True = every round its own disjoint slice of "
+                                            "`prompts_per_round` rows (the paper); False = the whole file every "
+                                            "round. The world always draws fresh scenes")
     select_on: Literal["auto", "world", "reward", "chair", "amber"] = Field(
         "auto", description="how a round picks its best checkpoint. 'world': lowest CHAIRs of greedy descriptions "
                             "of the world's `val` scenes, penalised when Cover falls more than `cover_tolerance` "
@@ -424,12 +491,12 @@ class IterateConfig(StrictModel):
     )
     select_benchmark: BenchmarkSelectConfig = Field(default_factory=BenchmarkSelectConfig,
                                                     description="the held-out benchmark of select_on chair / amber")
-    checkpoints: int = Field(20, ge=1, description="checkpoints saved and evaluated per round, evenly spaced over the "
-                                                   "round's DPO steps (the last step always included); sets "
-                                                   "dpo.save_steps for each round. More give the selection a "
-                                                   "checkpoint before Cover drops, which on the world can happen "
-                                                   "between two neighbouring ones. Each one is a saved model: fewer "
-                                                   "for a large VLM")
+    checkpoints: int = Field(4, ge=1, description="checkpoints saved and evaluated per round, evenly spaced over the "
+                                                  "round's DPO steps (the last step always included); sets "
+                                                  "dpo.save_steps for each round. Default 4: one per epoch of the "
+                                                  "paper's 4. Each one is a saved model (and a resumable state), so "
+                                                  "keep it small for a large VLM; the world's rounds use 20, which "
+                                                  "gives the selection a checkpoint before Cover drops")
     val_scenes: int = Field(200, ge=1, description="world `val` scenes described per checkpoint for "
                                                    "select_on 'world'")
     select_start: bool = Field(True, description="select_on 'world': the round's starting policy is a candidate "
@@ -455,12 +522,18 @@ class IterateConfig(StrictModel):
     device: str | None = Field(None, description="torch device where the rounds evaluate checkpoints and score "
                                                   "held-out rewards; None = the policy's device when it is loaded "
                                                   "here, 'cpu' for a served policy")
-    collect: CollectConfig = Field(default_factory=_world_collect, description="feedback collection of every round; "
-                                                                               "sample.policy.path is the starting "
-                                                                               "policy (empty: the world's), "
-                                                                               "labeler and splitter stay fixed")
-    dpo: DPOConfig = Field(default_factory=_world_dpo, description="DPO of every round (save_steps is set from "
-                                                                   "`checkpoints`)")
+    collect: CollectConfig = Field(default_factory=CollectConfig, description="feedback collection of every round; "
+                                                                              "sample.policy.path is the starting "
+                                                                              "policy (empty: the world's, on world "
+                                                                              "prompts only), labeler and splitter "
+                                                                              "stay fixed")
+    dpo: DPOConfig = Field(default_factory=DPOConfig, description="DPO of every round (save_steps is set from "
+                                                                  "`checkpoints`)")
+    launcher: str = Field("", description="command that runs each round's DPO in processes of its own, followed by "
+                                          "`-m rlaifv.cli train ...`: e.g. 'accelerate launch --config_file "
+                                          "configs/accelerate/deepspeed_zero2.yaml --num_processes 8' for full "
+                                          "fine-tuning over 8 GPUs (the paper's). Empty: DPO runs in this process. "
+                                          "Sampling, the reference pass and selection stay here")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="the `test` evaluation of `test_metrics`")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="a served policy: how each round's new "
                                                                         "policy reaches its servers")
@@ -494,14 +567,16 @@ class BonConfig(StrictModel):
                                      description="model that draws the N samples; an empty local path = the policy")
     n: int = Field(16, ge=1, description="samples per prompt (paper Fig. 5 sweeps 1 ... 64; more is better and "
                                          "costs N x the decoding and scoring)")
-    reward: Literal["mean", "sum"] = Field("mean", description="'mean': divide by the response's tokens (does not "
-                                                               "favour short answers); 'sum': the summed form, which "
-                                                               "prefers short answers")
-    beta: float = Field(0.1, gt=0, description="the DPO beta the policy was trained with; scales every reward alike, "
-                                               "so it never changes the choice (paper: 0.1)")
-    temperature: float = Field(0.7, gt=0, description="sampling temperature of every sample")
+    reward: Literal["mean", "sum"] = Field(_paper("bon", "reward"),
+                                           description="'mean': divide by the response's tokens (does not favour "
+                                                       "short answers); 'sum': the summed form, which prefers short "
+                                                       "answers")
+    beta: float = Field(_paper("bon", "beta"), gt=0,
+                        description="the DPO beta the policy was trained with; scales every reward alike, so it never"
+                                    " changes the choice (paper: 0.1)")
+    temperature: float = Field(_paper("bon", "temperature"), gt=0, description="sampling temperature of every sample")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass; 1.0 = off")
-    max_new_tokens: int = Field(512, ge=1, description="cap on a sample's length")
+    max_new_tokens: int = Field(_paper("bon", "max_new_tokens"), ge=1, description="cap on a sample's length")
     prompts_per_batch: int = Field(8, ge=1, description="prompts sampled together and scored together; part of the "
                                                         "seed's meaning, as for `rlaifv sample`")
     seed: int = Field(0, description="seeds every sampling batch, so a rerun gives the same samples")
@@ -514,3 +589,62 @@ class BonConfig(StrictModel):
                                                            "the square of the row's length")
     packs_per_batch: int = Field(4, ge=1, description="packed rows per forward")
     shard_size: int = Field(1000, ge=1, description="rows per Parquet shard of every store under the output")
+
+
+# ---------------------------------------------------------------- what a config changes from the paper
+
+
+def paper_deviations(cfg: BaseModel) -> list[dict[str, Any]]:
+    """Every setting of a resolved config that differs from the paper's (`PAPER`), in field order, each as
+    {"field": its path in the YAML, "value": this config's, "paper": the paper's, "note": why it matters or why the
+    default differs ('' when there is nothing to add)}.
+
+    Takes a CollectConfig, DPOConfig, IterateConfig or BonConfig. Settings that do not act are left out: the LLM
+    splitter's sampling under the rule splitter, claims in holistic mode, LoRA's shape without LoRA. Engineering
+    fields (devices, batch sizes, shards, seeds) are not the paper's method and are never listed; neither is the
+    global batch, which depends on the number of processes (the paper: 8 pairs over 8 GPUs).
+    """
+    if isinstance(cfg, IterateConfig):
+        found = [_deviation(name, getattr(cfg, name), PAPER["rounds"][name], f"rounds.{name}")
+                 for name in ("rounds", "prompts_per_round", "fresh_prompts")]
+        if cfg.select_on not in ("chair", "amber"):
+            found.append(_deviation("select_on", cfg.select_on, "chair or amber", "rounds.select_on"))
+        found += [dict(d, field=f"collect.{d['field']}") for d in paper_deviations(cfg.collect)]
+        found += [dict(d, field=f"dpo.{d['field']}") for d in paper_deviations(cfg.dpo)]
+        return [d for d in found if d]
+    if isinstance(cfg, CollectConfig):
+        names: list[tuple[str, str]] = [("sample", n) for n in PAPER["sample"]] + [("judge", "mode")]
+        if cfg.judge.mode == "claims":
+            names += [("claims", "splitter"), ("claims", "max_words")]
+            if cfg.claims.splitter == "llm":
+                names += [("claims", "temperature"), ("claims", "max_new_tokens")]
+        names += [("pairs", n) for n in PAPER["pairs"]]
+        found = [_deviation(f"{section}.{name}", getattr(getattr(cfg, section), name), PAPER[section][name])
+                 for section, name in names]
+        return [d for d in found if d]
+    if isinstance(cfg, DPOConfig):
+        found = [_deviation(name, getattr(cfg, name), value, f"dpo.{name}") for name, value in PAPER["dpo"].items()
+                 if cfg.use_peft or not name.startswith("lora_")]
+        found.append(_deviation("learning_rate", cfg.learning_rate, LR_LORA if cfg.use_peft else LR_FULL,
+                                "dpo.learning_rate"))
+        return [d for d in found if d]
+    if isinstance(cfg, BonConfig):
+        found = [_deviation(name, getattr(cfg, name), value) for name, value in PAPER["bon"].items()]
+        return [d for d in found if d]
+    raise TypeError(f"no paper settings to compare a {type(cfg).__name__} with")
+
+
+def _deviation(field: str, value: Any, paper: Any, note_key: str | None = None) -> dict[str, Any]:
+    """{} when the value is the paper's (an SFT weight of None and of 0 both mean off)."""
+    if value == paper or (field.endswith("rpo_alpha") and not value and not paper):
+        return {}
+    return {"field": field, "value": value, "paper": paper, "note": PAPER_NOTES.get(note_key or field, "")}
+
+
+def format_deviation(deviation: dict[str, Any]) -> str:
+    """One deviation as a line of text: `field: value (the paper: value)`, then the note."""
+    def show(x: Any) -> str:
+        return json.dumps(x) if isinstance(x, bool) or x is None else str(x)
+
+    text = f"{deviation['field']}: {show(deviation['value'])} (the paper: {show(deviation['paper'])})"
+    return text + (f"; {deviation['note']}" if deviation.get("note") else "")

@@ -14,7 +14,17 @@ from typing import Any, Optional
 
 import typer
 
-from rlaifv.cli.common import JsonOpt, emit, fail, load_config, local_engine_options, quiet_libraries, run_long
+from rlaifv.cli.common import (
+    DryRunOpt,
+    JsonOpt,
+    dry_run_result,
+    emit,
+    fail,
+    load_config,
+    local_engine_options,
+    quiet_libraries,
+    run_long,
+)
 from rlaifv.config import BonConfig
 
 
@@ -45,6 +55,28 @@ def _human(summary: dict[str, Any]) -> str:
     lines.append(f"chosen sample index: {summary['chosen_index_counts']}")
     lines.append(f"best answers: {summary['best']}\nsummary: {summary['out']}/summary.json")
     return "\n".join(lines)
+
+
+def _plan(cfg: BonConfig, prompts: Optional[Path], out: Path) -> dict[str, Any]:
+    """The dry run: the three models' configs, and the samples and scoring it implies."""
+    import math
+
+    from rlaifv.cli.plan import check_engine, plan
+    from rlaifv.prompts import count_prompt_rows
+
+    models = check_engine("policy", cfg.policy) + check_engine("reference", cfg.reference)
+    if cfg.sampler.kind != "hf" or cfg.sampler.path:
+        models += check_engine("sampler", cfg.sampler)
+    if prompts is not None:
+        n = count_prompt_rows(prompts)
+    else:
+        from rlaifv.records import Prompt
+        from rlaifv.store import ShardedStore
+
+        n = len(ShardedStore(out / "prompts", Prompt))
+    work = {"prompts": n, "samples": n * cfg.n, "generated_tokens_at_most": n * cfg.n * cfg.max_new_tokens,
+            "scoring_rows_per_model": n * math.ceil(cfg.n / cfg.candidates_per_pack), "reward": cfg.reward}
+    return plan("bon", cfg, world=False, models=models, work=work, warnings=[])
 
 
 def register(app: typer.Typer) -> None:
@@ -86,10 +118,10 @@ def register(app: typer.Typer) -> None:
                                                    "candidates_per_pack, per-model devices, ...); the options here "
                                                    "override it"),
         as_json: bool = JsonOpt,
+        dry_run: bool = DryRunOpt,
     ) -> None:
         """Best-of-N with self-feedback: sample N answers per prompt, score each with the aligned policy's implicit
         reward against the reference, keep the best. Resumable."""
-        quiet_libraries()
         if reward is not None and reward not in ("mean", "sum"):
             raise typer.BadParameter(f"{reward!r} is not one of mean, sum", param_hint="--reward")
         cfg = _config(config, policy=policy, reference=reference, sampler=sampler, n=n, reward=reward, beta=beta,
@@ -98,6 +130,12 @@ def register(app: typer.Typer) -> None:
             if getattr(cfg, role).kind == "hf" and not getattr(cfg, role).path:
                 fail(f"--{role} is required (or {role}.path in --config, or a served {role}: "
                      f"{role}: {{kind: openai, urls: [...], model: NAME}})", 2)
+        if prompts is None and not (out / "prompts" / "shards").exists():
+            fail("--prompts is required the first time (no prompts stored in --out yet)", 2)
+        if dry_run:
+            dry_run_result(lambda: _plan(cfg, prompts, out), as_json)
+            return
+        quiet_libraries()
         from rlaifv.pipelines.best_of_n import best_of_n
 
         summary = run_long(best_of_n, out, cfg, prompts)

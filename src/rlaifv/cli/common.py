@@ -73,6 +73,52 @@ def load_config(model: type[M], path: Optional[Path], options: dict[tuple[str, .
         fail(f"{path or 'options'}: {exc}", 2)
 
 
+DryRunOpt = typer.Option(False, "--dry-run",
+                         help="check the whole config (YAML and options), read local model configs (no weights), "
+                              "print the resolved config, the settings that differ from the paper's and the work it "
+                              "implies, and exit without running anything")
+
+
+def prompts_are_world(prompts: Optional[Path], out: Optional[Path] = None) -> bool:
+    """Whether a command works on the synthetic world's prompts: the prompts file (`rlaifv world prompts` wrote it),
+    else the prompts already stored in `out` (their first one carries a world scene). The world's defaults and
+    models apply only then; anything else gets the paper's defaults and must name its models."""
+    from rlaifv.prompts import is_world_prompts
+
+    if prompts is not None:
+        return is_world_prompts(prompts)
+    if out is not None and (out / "prompts" / "shards").exists():
+        from rlaifv.records import Prompt
+        from rlaifv.store import ShardedStore
+
+        first = next(iter(ShardedStore(out / "prompts", Prompt).read()), None)
+        return first is not None and first.meta.get("world") is not None
+    return False
+
+
+def resolve_config(model: type[M], path: Optional[Path], options: dict[tuple[str, ...], Any] | None,
+                   world: bool) -> M:
+    """`load_config` over the right defaults: the world's (`rlaifv.world.config.world_defaults`) on world prompts,
+    the paper's (the configs' own) on anything else. The two are never mixed."""
+    from rlaifv.world.config import world_defaults
+
+    return load_config(model, path, options, start=world_defaults(model) if world else None)
+
+
+def dry_run_result(make: Callable[[], dict[str, Any]], as_json: bool) -> None:
+    """Print a dry run's plan (`cli.plan`), or end with the error it found (exit code 2, the field named)."""
+    from rlaifv.cli.plan import PlanError, human
+
+    try:
+        result = make()
+    except (PlanError, ValueError, OSError) as exc:
+        fail(str(exc), 2)
+    if as_json:
+        emit(result, True, "")
+    else:  # as it is: no markup, no wrapping, so the YAML in it can be copied
+        typer.echo(human(result), err=True)
+
+
 def local_engine_options(cfg: BaseModel, roles: Iterable[tuple[str, ...]],
                          **fields: Any) -> dict[tuple[str, ...], Any]:
     """Options that set `fields` (e.g. device, dtype) on those engines at `roles` of a loaded config that are

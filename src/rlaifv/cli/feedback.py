@@ -6,8 +6,11 @@
     rlaifv claims --out feedback/ ; rlaifv judge --out feedback/ ; rlaifv pairs --out feedback/
     rlaifv export --out feedback/ --format trl --to pairs.parquet
 
-Every command resumes: rerun it after a crash and it does only what is missing. Models left unset are the synthetic
-world's tiny models.
+Every command resumes: rerun it after a crash and it does only what is missing. On the world's prompts (a file
+`rlaifv world prompts` wrote) the defaults are the world's rounds' and models left unset are the world's tiny
+models; on any other prompts the defaults are the paper's and every model a stage loads must be named (--policy,
+--labeler, --splitter-model with --splitter llm): a missing one is an error before anything loads. `--dry-run`
+checks the config and prints what would run.
 """
 
 from __future__ import annotations
@@ -18,13 +21,16 @@ from typing import Any, Optional
 import typer
 
 from rlaifv.cli.common import (
+    DryRunOpt,
     JsonOpt,
+    dry_run_result,
     emit,
     exit_on_error,
     fail,
-    load_config,
     local_engine_options,
+    prompts_are_world,
     quiet_libraries,
+    resolve_config,
 )
 from rlaifv.config import CollectConfig
 
@@ -37,12 +43,16 @@ CollectConfigOpt = typer.Option(None, "--config", exists=True, dir_okay=False,
                                      "override it")
 NOpt = typer.Option(None, "--n", min=1, help="responses per prompt (default 10)")
 TempOpt = typer.Option(None, "--temperature", min=0.0, help="sampling temperature (default 0.7)")
-MaxTokOpt = typer.Option(None, "--max-new-tokens", min=1, help="cap on a response's length (default 512)")
-PolicyOpt = typer.Option(None, "--policy", help="policy model folder or hub id (default: the world's policy)")
-LabelerOpt = typer.Option(None, "--labeler", help="labeler VLM folder or hub id (default: the world's labeler)")
+MaxTokOpt = typer.Option(None, "--max-new-tokens", min=1, help="cap on a response's length (default 512, the "
+                                                                "paper's; 96 on world prompts)")
+PolicyOpt = typer.Option(None, "--policy", help="policy model folder or hub id (required, except on world prompts: "
+                                                "the world's policy)")
+LabelerOpt = typer.Option(None, "--labeler", help="labeler VLM folder or hub id (required, except on world "
+                                                  "prompts: the world's labeler)")
 SplitterOpt = typer.Option(None, "--splitter", help="rules | llm (default rules)")
 SplitterModelOpt = typer.Option(None, "--splitter-model", help="chat causal LM (folder or hub id) for --splitter llm "
-                                                               "(default: the world's splitter)")
+                                                               "(required, except on world prompts: the world's "
+                                                               "splitter)")
 ModeOpt = typer.Option(None, "--mode", help="claims (divide and conquer) | holistic (one question per response)")
 DeviceOpt = typer.Option(None, "--device", help="torch device for every model loaded here, e.g. cuda (default "
                                                  "cpu)")
@@ -50,8 +60,9 @@ SeedOpt = typer.Option(None, "--seed", help="sampling and pairing seed (default 
 WorldSeedOpt = typer.Option(0, "--world-seed", help="seed of the world whose models fill unset model paths")
 
 
-def _config(config: Optional[Path], **opts: Any) -> CollectConfig:
-    """CollectConfig from the YAML file, then the command-line options that were given."""
+def _config(config: Optional[Path], world: bool, **opts: Any) -> CollectConfig:
+    """CollectConfig from the YAML file, then the command-line options that were given, over the world's defaults
+    on world prompts and the paper's on any other."""
     options = {
         ("sample", "n"): opts.get("n"),
         ("sample", "temperature"): opts.get("temperature"),
@@ -64,36 +75,81 @@ def _config(config: Optional[Path], **opts: Any) -> CollectConfig:
         ("judge", "labeler", "path"): opts.get("labeler"),
         ("claims", "splitter_model", "path"): opts.get("splitter_model"),
     }
-    cfg = load_config(CollectConfig, config, options)
+    cfg = resolve_config(CollectConfig, config, options, world)
     if opts.get("device"):
         roles = (("sample", "policy"), ("judge", "labeler"), ("claims", "splitter_model"))
-        cfg = load_config(CollectConfig, config, options | local_engine_options(cfg, roles, device=opts["device"]))
+        cfg = resolve_config(CollectConfig, config, options | local_engine_options(cfg, roles, device=opts["device"]),
+                             world)
     return cfg
+
+
+def _command(stages: list[str], out: Path, prompts: Optional[Path], config: Optional[Path], world_seed: int,
+             as_json: bool, dry_run: bool, opts: dict[str, Any]) -> None:
+    """One feedback command: which prompts these are decides the defaults and whether unset models may be the
+    world's; then a dry run's plan, or the stages."""
+    from rlaifv.pipelines.collect import missing_models, no_world_models
+
+    if "prompts" in stages and prompts is None and not (out / "prompts" / "shards").exists():
+        fail("--prompts is required the first time (no prompts stored in --out yet)", 2)
+    world = prompts_are_world(prompts, out)
+    cfg = _config(config, world, **opts)
+    missing = [] if world else missing_models(cfg, stages)
+    if missing:  # before anything loads: the world's models never answer for a user's prompts
+        fail(no_world_models(missing, f"the prompts in {prompts}" if prompts else f"the prompts stored in {out}"), 2)
+    if dry_run:
+        dry_run_result(lambda: _plan(stages, prompts, out, cfg, world), as_json)
+        return
+    _run(stages, prompts, out, cfg, world_seed, as_json)
+
+
+def _plan(stages: list[str], prompts: Optional[Path], out: Path, cfg: CollectConfig, world: bool) -> dict[str, Any]:
+    from rlaifv.cli.plan import check_engine, collect_work, plan
+    from rlaifv.prompts import count_prompt_rows
+
+    roles = {"sample": ("sample.policy", cfg.sample.policy), "judge": ("judge.labeler", cfg.judge.labeler),
+             "claims": ("claims.splitter_model", cfg.claims.splitter_model)}
+    models = []
+    for stage, (field, engine) in roles.items():
+        if stage in stages and (stage != "claims" or (cfg.claims.splitter == "llm" and cfg.judge.mode == "claims")):
+            models += check_engine(field, engine, world)
+    warnings = []
+    if prompts is not None:
+        n_prompts = count_prompt_rows(prompts)
+    else:
+        from rlaifv.pipelines.collect import stores
+
+        n_prompts = len(stores(out)["prompts"])
+        warnings.append(f"no --prompts: the {n_prompts} prompts stored in {out}")
+    return plan("collect" if len(stages) > 1 else stages[0], cfg, world=world, models=models,
+                work=collect_work(cfg, n_prompts, world), warnings=warnings)
 
 
 def _run(stages: list[str], prompts: Optional[Path], out: Path, cfg: CollectConfig, world_seed: int,
          as_json: bool) -> None:
-    from rlaifv.pipelines.collect import run_stage, summarize
-    from rlaifv.store import write_json
+    from rlaifv.pipelines.collect import run_stage, summarize, write_summary
     from rlaifv.world.config import WorldConfig
 
     quiet_libraries()
-    if "prompts" in stages and prompts is None and not (out / "prompts" / "shards").exists():
-        fail("--prompts is required the first time (no prompts stored in --out yet)", 2)
     results = {}
     with exit_on_error():
         for stage in stages:
             if stage == "prompts" and prompts is None:
                 continue
             results[stage] = run_stage(stage, prompts, out, cfg, WorldConfig(seed=world_seed))
-    summary = summarize(out, results)
-    write_json(out / "summary.json", summary)
+    summary = summarize(out, results, cfg)
+    write_summary(out, summary)
     human = "\n".join(f"{name}: {info}" for name, info in summary["stages"].items())
     if summary.get("feedback_precision") is not None:
         human += (f"\nfeedback precision {summary['feedback_precision']:.3f} (counting every error: "
                   f"{summary['error_precision']:.3f}), true ties {summary['true_tie_rate']:.3f} over "
                   f"{summary['n_pairs']} pairs")
     emit(summary, as_json, human + f"\nsummary: {out / 'summary.json'}")
+
+
+def _options(given: dict[str, Any]) -> dict[str, Any]:
+    """A command's config options out of its arguments."""
+    return {k: v for k, v in given.items()
+            if k not in ("out", "prompts", "config", "world_seed", "as_json", "dry_run")}
 
 
 def register(app: typer.Typer) -> None:
@@ -106,12 +162,12 @@ def register(app: typer.Typer) -> None:
         policy: Optional[str] = PolicyOpt, labeler: Optional[str] = LabelerOpt, splitter: Optional[str] = SplitterOpt,
         splitter_model: Optional[str] = SplitterModelOpt, mode: Optional[str] = ModeOpt,
         device: Optional[str] = DeviceOpt, seed: Optional[int] = SeedOpt, world_seed: int = WorldSeedOpt,
-        as_json: bool = JsonOpt,
+        as_json: bool = JsonOpt, dry_run: bool = DryRunOpt,
     ) -> None:
         """Collect preference pairs: sample N responses per prompt, split them into claims, judge every claim
-        with the labeler, pair responses by score. Writes OUT/summary.json."""
-        cfg = _config(config, **{k: v for k, v in locals().items() if k not in ("out", "prompts", "config")})
-        _run(["prompts", "sample", "claims", "judge", "pairs"], prompts, out, cfg, world_seed, as_json)
+        with the labeler, pair responses by score. Writes OUT/summary.json and OUT/report.md."""
+        _command(["prompts", "sample", "claims", "judge", "pairs"], out, prompts, config, world_seed, as_json,
+                 dry_run, _options(locals()))
 
     @app.command()
     def sample(
@@ -121,8 +177,7 @@ def register(app: typer.Typer) -> None:
         world_seed: int = WorldSeedOpt, as_json: bool = JsonOpt,
     ) -> None:
         """Deconfounded sampling: N responses per prompt with one decoding setting (OUT/candidates)."""
-        cfg = _config(config, **{k: v for k, v in locals().items() if k not in ("out", "prompts", "config")})
-        _run(["prompts", "sample"], prompts, out, cfg, world_seed, as_json)
+        _command(["prompts", "sample"], out, prompts, config, world_seed, as_json, False, _options(locals()))
 
     @app.command()
     def claims(
@@ -131,8 +186,7 @@ def register(app: typer.Typer) -> None:
         world_seed: int = WorldSeedOpt, as_json: bool = JsonOpt,
     ) -> None:
         """Divide: split every response into statements and yes/no questions (OUT/claims)."""
-        cfg = _config(config, **{k: v for k, v in locals().items() if k not in ("out", "config")})
-        _run(["claims"], None, out, cfg, world_seed, as_json)
+        _command(["claims"], out, None, config, world_seed, as_json, False, _options(locals()))
 
     @app.command()
     def judge(
@@ -141,8 +195,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JsonOpt,
     ) -> None:
         """Conquer: the labeler's P(yes)/P(no) for every claim against the image (OUT/verdicts)."""
-        cfg = _config(config, **{k: v for k, v in locals().items() if k not in ("out", "config")})
-        _run(["judge"], None, out, cfg, world_seed, as_json)
+        _command(["judge"], out, None, config, world_seed, as_json, False, _options(locals()))
 
     @app.command()
     def pairs(
@@ -150,8 +203,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JsonOpt,
     ) -> None:
         """Score responses (-rejected claims) and build preference pairs (OUT/preferences)."""
-        cfg = _config(config, **{k: v for k, v in locals().items() if k not in ("out", "config")})
-        _run(["pairs"], None, out, cfg, 0, as_json)
+        _command(["pairs"], out, None, config, 0, as_json, False, _options(locals()))
 
     @app.command()
     def export(

@@ -4,7 +4,8 @@
     rlaifv train --pairs pairs.parquet --policy my-vlm/ --out runs/r1 --lora --bf16 --device cuda
     accelerate launch --config_file configs/accelerate/ddp.yaml -m rlaifv.cli train --pairs ... --out ...
 
-Rerun the same command after a crash and it resumes from the newest checkpoint.
+Rerun the same command after a crash and it resumes from the newest checkpoint. The defaults are the paper's
+(`rlaifv.config.PAPER`); `--dry-run` checks the config and the policy's config.json and prints the DPO steps.
 """
 
 from __future__ import annotations
@@ -14,7 +15,16 @@ from typing import Any, Optional
 
 import typer
 
-from rlaifv.cli.common import JsonOpt, emit, exit_on_error, fail, load_config, quiet_libraries
+from rlaifv.cli.common import (
+    DryRunOpt,
+    JsonOpt,
+    dry_run_result,
+    emit,
+    exit_on_error,
+    fail,
+    load_config,
+    quiet_libraries,
+)
 from rlaifv.config import DPOConfig
 
 
@@ -60,11 +70,17 @@ def register(app: typer.Typer) -> None:
         seed: Optional[int] = typer.Option(None, "--seed", help="seeds LoRA init and data order (default 0)"),
         reference_only: bool = typer.Option(False, "--reference-only",
                                             help="only compute the reference log-probs (and quarantine bad pairs)"),
+        train_split: Optional[Path] = typer.Option(None, "--train-split", exists=True, dir_okay=False, hidden=True,
+                                                   help="a split.json of `rlaifv iterate`: train only on its "
+                                                        "`train` pairs"),
+        reference_store: Optional[Path] = typer.Option(None, "--reference-store", file_okay=False, hidden=True,
+                                                       help="folder of the reference log-probs (default: beside "
+                                                            "the pairs)"),
         as_json: bool = JsonOpt,
+        dry_run: bool = DryRunOpt,
     ) -> None:
         """DPO of a VLM on preference pairs: reference log-probs computed once and stored beside the pairs, one
         packed sequence per pair, checkpoints every save_steps, resumable; writes OUT/model and OUT/summary.json."""
-        quiet_libraries()
         cfg = _config(config, out, needs_out=not reference_only, beta=beta, learning_rate=lr, num_train_epochs=epochs,
                       max_steps=max_steps,
                       per_device_train_batch_size=batch_size, gradient_accumulation_steps=grad_accum,
@@ -77,24 +93,71 @@ def register(app: typer.Typer) -> None:
             if not reference:
                 raise typer.BadParameter("--reference-url needs --reference: the model name the server serves")
             ref = OpenAIEngineConfig(urls=reference_url, model=reference, api_key_env=api_key_env)
+        if dry_run:
+            dry_run_result(lambda: _plan(cfg, pairs, policy, ref), as_json)
+            return
+        quiet_libraries()
         with exit_on_error("; `rlaifv train` needs accelerate (and peft for --lora): pip install 'rlaifv[train]'"):
+            source = _training_pairs(pairs, train_split)
             if reference_only:
                 from rlaifv.logps.reference import compute_reference_logps
 
-                result = compute_reference_logps(pairs, ref or policy, cfg, device=device)
+                result = compute_reference_logps(source, ref or policy, cfg, reference_store, device=device)
                 emit(result, as_json, f"reference log-probs: {result}")
                 return
             from accelerate import PartialState
 
             from rlaifv.train.dpo import train_dpo
 
-            summary = train_dpo(pairs, policy, out, cfg, ref)
+            summary = train_dpo(source, policy, out, cfg, ref, ref_store_dir=reference_store)
         if PartialState().is_main_process:
             final = summary.get("final") or {}
             emit(summary, as_json, f"trained {summary['steps']} steps on {summary['n_train']} pairs "
                                    f"(quarantined {summary['quarantined'] or 'none'}); final loss "
                                    f"{final.get('loss', float('nan')):.4f}, reward accuracy "
                                    f"{final.get('rewards/accuracies', float('nan')):.3f}\nmodel: {summary['model']}")
+
+
+def _training_pairs(pairs: Path, split: Optional[Path]) -> Any:
+    """The pairs source, or with a split file of `rlaifv iterate` only its training pairs, in source order (what the
+    round trains on in its own process)."""
+    if split is None:
+        return pairs
+    import json
+
+    from rlaifv.preferences import LoadedPairs, load_pairs
+
+    loaded = load_pairs(pairs)
+    keys = set(json.loads(split.read_text(encoding="utf-8"))["train"])
+    return LoadedPairs(loaded.source, [e for e in loaded.examples if e.key in keys], loaded.bad)
+
+
+def _plan(cfg: DPOConfig, pairs: Path, policy: str, reference: Any) -> dict[str, Any]:
+    """The dry run: the policy's (and a local reference's) config, the pair rows, the optimizer steps."""
+    import os
+
+    from rlaifv.cli.plan import check_engine, check_model, dpo_work, plan
+    from rlaifv.config import EngineConfig
+    from rlaifv.preferences import pair_store_root
+    from rlaifv.prompts import count_prompt_rows
+
+    models = check_model("--policy", policy)
+    if isinstance(reference, EngineConfig):
+        models += check_engine("--reference", reference)
+    elif reference:
+        models += check_model("--reference", reference)
+    root = pair_store_root(pairs)
+    if root is not None:
+        from rlaifv.records import Pair
+        from rlaifv.store import ShardedStore
+
+        rows = len(ShardedStore(root, Pair))
+    else:
+        rows = count_prompt_rows(pairs)
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # under `accelerate launch`, every process plans alike
+    work = dpo_work(cfg, rows, processes)
+    work["pairs_note"] = "rows of the source; bad rows are quarantined when training, so steps may be fewer"
+    return plan("train", cfg, world=False, models=models, work=work, warnings=[])
 
 
 def _config(path: Optional[Path], out: Optional[Path], needs_out: bool = True, **overrides: Any) -> DPOConfig:

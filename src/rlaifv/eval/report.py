@@ -9,6 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rlaifv.config import format_deviation
+
 ROUND_KEYS = ("chair_s", "chair_i", "cover", "attr_err", "mean_len")
 # of the pairs that trained a round, k >= 1 (eval.world_metrics.feedback_metrics)
 FEEDBACK_KEYS = ("n_pairs", "feedback_precision", "true_tie_rate", "error_precision")
@@ -230,6 +232,14 @@ def render_markdown(report: dict[str, Any], chart: str | None = None, bon_chart:
         for ex in report["examples"]:
             hall = ", ".join(ex["hallucinated"]) or "none"
             lines += [f"- truth: {ex['truth']}", f"  - response: {ex['response']}", f"  - absent objects named: {hall}"]
+    if "deviations" in report:
+        lines += ["", "## Settings that differ from the paper's", ""]
+        if report["deviations"]:
+            lines += ["The rounds ran with the world's settings, tuned for its tiny models on a CPU "
+                      "(`rlaifv.world.config.WORLD_ROUNDS`); these differ from the paper's:", ""]
+            lines += [f"- {format_deviation(d)}" for d in report["deviations"]]
+        else:
+            lines.append("None: every setting of the method is the paper's.")
     if report.get("timings"):
         lines += ["", "## Time", ""] + [f"- {k}: {v:.1f} s" for k, v in report["timings"].items()]
     return "\n".join(lines) + "\n"

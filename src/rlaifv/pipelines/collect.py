@@ -7,10 +7,13 @@ Each stage reads the previous stage's store and writes its own under the output 
     OUT/claims       statements and yes/no questions per response (feedback.claims; not in holistic mode)
     OUT/verdicts     the labeler's P_yes / P_no per claim          (feedback.judge)
     OUT/preferences  scores and pairs, rebuilt whole when inputs change (feedback.pairs)
-    OUT/summary.json per-stage counts, quarantine reasons and, for world prompts, feedback precision
+    OUT/summary.json per-stage counts, quarantine reasons, the settings that differ from the paper's and, for world
+                     prompts, feedback precision; OUT/report.md says the same for people
 
 Every stage resumes where it stopped, so rerunning the same command after a crash finishes the job. Models left
-empty in the config are the synthetic world's (bootstrapped or taken from the cache).
+empty in the config are the synthetic world's (bootstrapped or taken from the cache), and only for world prompts:
+for any other prompts an empty model is an error that names the option to set (`missing_models`), never the world's
+tiny model answering about a user's images.
 """
 
 from __future__ import annotations
@@ -21,11 +24,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from rlaifv.config import CollectConfig, EngineConfig
+from rlaifv.config import CollectConfig, EngineConfig, format_deviation, paper_deviations
 from rlaifv.preferences import PREFERENCES, pair_store
 from rlaifv.progress import log
 from rlaifv.records import Candidate, Claim, Pair, Prompt, Verdict
-from rlaifv.store import ShardedStore, write_json
+from rlaifv.store import ShardedStore, atomic_write, write_json
 from rlaifv.world.config import WorldConfig
 
 
@@ -55,30 +58,63 @@ def load_engine(cfg: EngineConfig, default_path: str | Path | None, role: str):
     return HFEngine(path, cfg.device, getattr(torch, cfg.dtype), cfg.trust_remote_code)
 
 
-def _world_model(role: str, world: WorldConfig | None, cfg: EngineConfig | None = None) -> Path | None:
+# each model role of collection: the stage that loads it, its command-line option and its config field
+MODEL_ROLES = {
+    "policy": ("sample", "--policy", "sample.policy.path"),
+    "labeler": ("judge", "--labeler", "judge.labeler.path"),
+    "splitter": ("claims", "--splitter-model", "claims.splitter_model.path"),
+}
+
+
+def missing_models(cfg: CollectConfig, stages: list[str] | tuple[str, ...]) -> list[str]:
+    """The roles ('policy', 'labeler', 'splitter') that `stages` would load and the config leaves empty: on prompts
+    other than the world's, each is an error (`no_world_models`)."""
+    engines = {"policy": cfg.sample.policy, "labeler": cfg.judge.labeler, "splitter": cfg.claims.splitter_model}
+    needed = {"policy": "sample" in stages, "labeler": "judge" in stages,
+              "splitter": "claims" in stages and cfg.judge.mode == "claims" and cfg.claims.splitter == "llm"}
+    return [role for role, engine in engines.items()
+            if needed[role] and engine.kind == "hf" and not engine.path]
+
+
+def no_world_models(roles: list[str], what: str, prefix: str = "") -> str:
+    """The error for empty models on prompts that are not the world's, naming each option and config field."""
+    options = ", ".join(MODEL_ROLES[r][1] for r in roles)
+    fields = ", ".join(prefix + MODEL_ROLES[r][2] for r in roles)
+    return (f"{what} are not world prompts, so the world's tiny models are not used for them: pass {options} "
+            f"(or set {fields} in the config)")
+
+
+def _world_model(role: str, world: WorldConfig | None, cfg: EngineConfig, prompts: ShardedStore[Prompt]) -> Path | None:
     """The world's model for a role ('policy', 'labeler', 'splitter') that the config leaves empty; bootstrapped
-    (or taken from the cache) only when a stage asks for it. None when `cfg` names a model or a server."""
-    if cfg is not None and (cfg.path or cfg.kind != "hf"):
+    (or taken from the cache) only when a stage asks for it, and only when every stored prompt is a world scene.
+    None when `cfg` names a model or a server."""
+    if cfg.path or cfg.kind != "hf":
         return None
+    from rlaifv.prompts import stored_prompts_are_world
+
+    if not stored_prompts_are_world(prompts):
+        raise ValueError(no_world_models([role], f"the prompts in {prompts.root}"))
     from rlaifv.world.bootstrap import bootstrap
 
     return getattr(bootstrap(world or WorldConfig()), role)
 
 
 def run_stage(stage: str, prompts_file: Path | None, out: Path, cfg: CollectConfig,
-              world: WorldConfig | None = None) -> dict:
-    """Run one stage ('prompts', 'sample', 'claims', 'judge' or 'pairs') on the output folder."""
+              world: WorldConfig | None = None, rows: list[int] | None = None) -> dict:
+    """Run one stage ('prompts', 'sample', 'claims', 'judge' or 'pairs') on the output folder. `rows`: the prompts
+    stage ingests only these rows of the file (a round's slice)."""
     from rlaifv.prompts import ingest_prompts, load_image
 
     s = stores(out, cfg.shard_size)
     if stage == "prompts":
         if prompts_file is None:
             raise ValueError("the prompts stage needs a prompts file")
-        return ingest_prompts(prompts_file, s["prompts"])
+        return ingest_prompts(prompts_file, s["prompts"], rows)
     if stage == "sample":
         from rlaifv.feedback.sample import run_sample
 
-        engine = load_engine(cfg.sample.policy, _world_model("policy", world, cfg.sample.policy), "sample.policy")
+        engine = load_engine(cfg.sample.policy, _world_model("policy", world, cfg.sample.policy, s["prompts"]),
+                             "sample.policy")
         return run_sample(s["prompts"], s["candidates"], cfg.sample, engine, load_image)
     if stage == "claims":
         if cfg.judge.mode == "holistic":
@@ -86,13 +122,14 @@ def run_stage(stage: str, prompts_file: Path | None, out: Path, cfg: CollectConf
         from rlaifv.feedback.claims import make_splitter, run_claims
 
         llm = cfg.claims.splitter == "llm"
-        default = _world_model("splitter", world, cfg.claims.splitter_model) if llm else None
+        default = _world_model("splitter", world, cfg.claims.splitter_model, s["prompts"]) if llm else None
         splitter = make_splitter(cfg.claims, str(default or ""))
         return run_claims(s["prompts"], s["candidates"], s["claims"], cfg.claims, splitter)
     if stage == "judge":
         from rlaifv.feedback.judge import holistic_claims, run_judge
 
-        engine = load_engine(cfg.judge.labeler, _world_model("labeler", world, cfg.judge.labeler), "judge.labeler")
+        engine = load_engine(cfg.judge.labeler, _world_model("labeler", world, cfg.judge.labeler, s["prompts"]),
+                             "judge.labeler")
         if cfg.judge.mode == "holistic":
             claims = holistic_claims(s["candidates"].read_all(), cfg.claims.question_suffix)
         else:
@@ -105,26 +142,31 @@ def run_stage(stage: str, prompts_file: Path | None, out: Path, cfg: CollectConf
     raise ValueError(f"unknown stage {stage!r}")
 
 
-def collect(prompts_file: Path, out: Path, cfg: CollectConfig, world: WorldConfig | None = None) -> dict:
-    """All stages in order, then OUT/summary.json; returns the summary."""
+def collect(prompts_file: Path, out: Path, cfg: CollectConfig, world: WorldConfig | None = None,
+            rows: list[int] | None = None) -> dict:
+    """All stages in order, then OUT/summary.json and OUT/report.md; returns the summary. `rows`: only these rows
+    of the prompts file (a round's slice)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "collect.yaml").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
     timings, results = {}, {}
     for stage in ("prompts", "sample", "claims", "judge", "pairs"):
         start = time.perf_counter()
-        results[stage] = run_stage(stage, prompts_file, out, cfg, world)
+        results[stage] = run_stage(stage, prompts_file, out, cfg, world, rows)
         timings[stage] = round(time.perf_counter() - start, 2)
         log(f"{stage}: {results[stage]} ({timings[stage]} s)")
-    summary = summarize(out, results)
+    summary = summarize(out, results, cfg)
     summary["seconds"] = timings
-    write_json(out / "summary.json", summary)
+    write_summary(out, summary)
     return summary
 
 
-def summarize(out: Path, results: dict | None = None) -> dict:
-    """Per-stage counts (stored, quarantined by reason) and, for world prompts, how right the pairs are."""
+def summarize(out: Path, results: dict | None = None, cfg: CollectConfig | None = None) -> dict:
+    """Per-stage counts (stored, quarantined by reason), the settings of `cfg` that differ from the paper's
+    (`deviations`) and, for world prompts, how right the pairs are."""
     s = stores(out)
     summary: dict = {"stages": {}}
+    if cfg is not None:
+        summary["deviations"] = paper_deviations(cfg)
     for name, store in s.items():
         reasons = Counter(_reason_class(q.reason) for q in store.read_quarantine())
         summary["stages"][name] = {"records": len(store), "quarantined": dict(reasons)}
@@ -143,6 +185,30 @@ def summarize(out: Path, results: dict | None = None) -> dict:
         summary["fast_paths"] = fast
     summary.update(world_feedback(s["prompts"], pairs_store))
     return summary
+
+
+def write_summary(out: Path, summary: dict) -> None:
+    """OUT/summary.json, and OUT/report.md saying the same for people."""
+    write_json(out / "summary.json", summary)
+    lines = [f"# Feedback collection: `{out}`", "", "| stage | records | quarantined |", "|---|---|---|"]
+    for name, info in summary["stages"].items():
+        quarantined = ", ".join(f"{k}: {v}" for k, v in (info.get("quarantined") or {}).items()) or "none"
+        lines.append(f"| {name} | {info.get('records', 0)} | {quarantined} |")
+    if summary.get("feedback_precision") is not None:
+        lines += ["", f"Feedback precision {summary['feedback_precision']:.3f} over {summary.get('n_pairs')} pairs "
+                      "(world prompts: the chosen answer has fewer false statements)."]
+    if "deviations" in summary:
+        lines += ["", *deviations_section(summary["deviations"])]
+    text = "\n".join(lines) + "\n"
+    atomic_write(out / "report.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def deviations_section(deviations: list[dict]) -> list[str]:
+    """Markdown lines: the settings of a run that differ from the paper's, or that none do."""
+    head = "## Settings that differ from the paper's"
+    if not deviations:
+        return [head, "", "None: every setting of the method is the paper's."]
+    return [head, "", *(f"- {format_deviation(d)}" for d in deviations)]
 
 
 def world_feedback(prompts: ShardedStore[Prompt], pairs: ShardedStore[Pair]) -> dict:

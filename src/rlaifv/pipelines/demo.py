@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from rlaifv.config import EvalConfig, IterateConfig, dump_yaml
+from rlaifv.config import EvalConfig, IterateConfig, dump_yaml, paper_deviations
 from rlaifv.eval.report import FEEDBACK_KEYS, ROUND_KEYS, write_report
 from rlaifv.eval.world import evaluate_labeler
 from rlaifv.pipelines.loop import STATE, iterate, round_dir
@@ -28,7 +28,7 @@ from rlaifv.progress import log
 from rlaifv.records import Generation
 from rlaifv.store import ShardedStore
 from rlaifv.world.bootstrap import bootstrap
-from rlaifv.world.config import WorldConfig
+from rlaifv.world.config import WorldConfig, world_rounds_config
 from rlaifv.world.language import describe, instruction_for, parse_mentions, true_mentions
 from rlaifv.world.scenes import sample_scenes
 
@@ -63,14 +63,15 @@ def run_demo(workdir: Path, seed: int = 0, world: WorldConfig | None = None, ecf
              rounds: int = DEMO_ROUNDS, icfg: IterateConfig | None = None, bon_samples: int = DEMO_BON_SAMPLES) -> dict:
     """Run the demo into `workdir` and return the report (also written as report.json and report.md).
 
-    `icfg` sets how a round collects, trains and selects (default: IterateConfig's world defaults); `rounds` and
-    `ecfg` (the `test` evaluation) override its fields of the same meaning. `bon_samples` answers per test scene feed
+    `icfg` sets how a round collects, trains and selects (default: the world's, `world_rounds_config()`); `rounds`
+    and `ecfg` (the `test` evaluation) override its fields of the same meaning. The report lists the settings that
+    differ from the paper's (`deviations`). `bon_samples` answers per test scene feed
     the best-of-N section (0: none; it needs a round that changed the policy: the policy that round started
     from is the reference).
     """
     wcfg = (world or WorldConfig()).model_copy(update={"seed": seed})
     ecfg = ecfg or EvalConfig()
-    icfg = IterateConfig.model_validate({**(icfg or IterateConfig()).model_dump(), "rounds": rounds,
+    icfg = IterateConfig.model_validate({**(icfg or world_rounds_config()).model_dump(), "rounds": rounds,
                                          "eval": ecfg.model_dump(), "test_metrics": True})
     workdir.mkdir(parents=True, exist_ok=True)
     tmp = workdir / f".config.yaml.tmp-{os.getpid()}"
@@ -112,6 +113,7 @@ def run_demo(workdir: Path, seed: int = 0, world: WorldConfig | None = None, ecf
         "models": {"policy": str(models.policy), "labeler": str(models.labeler),
                    "rounds": [r["policy"] for r in loop["rounds"][1:]]},
         "examples": _examples(wcfg, ecfg, round_dir(workdir, 0) / "eval" / "generations"),
+        "deviations": paper_deviations(icfg),
         "timings": timings,
     }
     json_path, md_path = write_report(workdir, report)

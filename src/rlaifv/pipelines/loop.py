@@ -3,14 +3,17 @@
 Round k (1-based) starts from policy P_k (round 1: the starting policy), which is also its reference, and ends by
 choosing P_{k+1} among its DPO checkpoints. Everything it reads and writes stays under OUT/round-k/:
 
-    prompts.parquet   the k-th slice of the world's `prompts` split (fresh scenes every round; a user's file is used
-                      whole every round instead)
+    prompts.parquet   the k-th slice of the world's `prompts` split (fresh scenes every round)
+    prompt_rows.json  a prompts file instead: the rows of the file this round collects on, its own disjoint seeded
+                      slice of `prompts_per_round` rows (`round_rows`), or every row with `fresh_prompts: false`
     config.yaml       the round's policy, reference, selection mode and collect config
     serve.log         output of serve.restart_command (a served policy, rounds >= 2)
     collect/          collect() with P_k: candidates, claims, verdicts, pairs, summary.json
     split.json        which pairs train and which are held out (whole prompts; select_on 'reward' only)
     reference/        P_k's log-probs of every pair (logps.reference) and quarantined pairs
     dpo/              train_dpo(): run.yaml, metrics.csv, checkpoints/checkpoint-N/model, summary.json
+    dpo.yaml          with a `launcher`: the round's DPO config, which `rlaifv train` reads in the launched processes
+    train.log         with a `launcher`: their output
     select/           each checkpoint's selection metrics (checkpoint-N.json) and selection.json
     eval/             the chosen checkpoint's greedy descriptions of the world's `test` scenes (test_metrics)
     round.json        the round's row: test metrics, pairs that trained it and their feedback precision, the choice
@@ -24,7 +27,12 @@ OUT/round-0/ holds the starting policy's `test` evaluation and its `val` evaluat
 keep). OUT/state.json lists every finished step with its result and is rewritten atomically after each step; a
 step runs only if it is not listed. The steps themselves resume (collect's stores, DPO's checkpoints, evaluation's
 generation store), so a run killed anywhere and rerun with the same command continues where it was killed and, each
-step being deterministic given its inputs and seeds, ends with the same result. OUT/summary.json has the rows.
+step being deterministic given its inputs and seeds, ends with the same result. OUT/summary.json has the rows and
+the run's settings that differ from the paper's (`deviations`); OUT/report.md says the same for people.
+
+What a run needs is checked before anything runs (`check_inputs`): on prompts that are not the world's, every model
+it would load must be named (the world's tiny models are never used for a user's data), and a prompts file must hold
+`rounds` x `prompts_per_round` rows when every round draws fresh ones.
 
 The loop composes the stages (collect, train, eval, infer.reward through selection); it computes nothing itself.
 """
@@ -42,13 +50,13 @@ from typing import Any
 
 import yaml
 
-from rlaifv.config import CollectConfig, DPOConfig, HFEngineConfig, IterateConfig
+from rlaifv.config import CollectConfig, DPOConfig, HFEngineConfig, IterateConfig, paper_deviations
 from rlaifv.eval.report import FEEDBACK_KEYS, ROUND_KEYS
 from rlaifv.progress import log
 from rlaifv.store import write_json
 from rlaifv.world.config import WorldConfig
 
-STATE, SUMMARY, CONFIG = "state.json", "summary.json", "iterate.yaml"
+STATE, SUMMARY, CONFIG, REPORT, ROWS = "state.json", "summary.json", "iterate.yaml", "report.md", "prompt_rows.json"
 STATE_VERSION = 1
 
 
@@ -66,6 +74,46 @@ def round_dir(out: Path, k: int) -> Path:
     return Path(out) / f"round-{k}"
 
 
+def resolved_select_on(cfg: IterateConfig, prompts_file: Path | None) -> str:
+    """How the rounds choose checkpoints: `select_on`, with 'auto' meaning 'world' on the world's scenes and 'reward'
+    on a prompts file."""
+    return cfg.select_on if cfg.select_on != "auto" else ("world" if prompts_file is None else "reward")
+
+
+def check_inputs(cfg: IterateConfig, prompts_file: Path | None) -> dict[str, Any]:
+    """What a run on `prompts_file` (None: the world's scenes) needs before it starts; ValueError naming the option
+    or field when it is missing. Returns {"world_prompts": bool, "prompt_rows": rows of the file or None}."""
+    if prompts_file is None:
+        return {"world_prompts": True, "prompt_rows": None}
+    from rlaifv.pipelines.collect import missing_models, no_world_models
+    from rlaifv.prompts import count_prompt_rows, is_world_prompts
+
+    world = is_world_prompts(prompts_file)
+    missing = [] if world else missing_models(cfg.collect, ("sample", "claims", "judge"))
+    if missing:
+        raise ValueError(no_world_models(missing, f"the prompts in {prompts_file}", prefix="collect."))
+    total = count_prompt_rows(prompts_file)
+    need = cfg.rounds * cfg.prompts_per_round
+    if cfg.fresh_prompts and need > total:
+        raise ValueError(f"{prompts_file} holds {total} prompts, and {cfg.rounds} rounds of {cfg.prompts_per_round} "
+                         f"fresh prompts (prompts_per_round, --prompts-per-round) need {need}: lower "
+                         "prompts_per_round or rounds, bring more prompts, or set fresh_prompts: false to use the "
+                         "whole file every round")
+    return {"world_prompts": world, "prompt_rows": total}
+
+
+def round_rows(total: int, per_round: int, k: int, seed: int) -> list[int]:
+    """Round k's rows (1-based k) of a prompts file of `total` rows, in file order: the k-th slice of `per_round`
+    rows of one seeded permutation of the file, so rounds never share a row and a rerun draws the same ones."""
+    order = list(range(total))
+    random.Random(f"prompt-rounds-{seed}").shuffle(order)
+    chosen = order[(k - 1) * per_round: k * per_round]
+    if len(chosen) < per_round:
+        raise ValueError(f"round {k} needs rows {(k - 1) * per_round} to {k * per_round} of a permutation of "
+                         f"{total}: the prompts file is too short")
+    return sorted(chosen)
+
+
 class Loop:
     """One iterate run: `run()` walks the steps in order, skipping those state.json lists as finished."""
 
@@ -73,10 +121,11 @@ class Loop:
                  dpo_callback: Callable[[int, dict[str, float]], None] | None = None) -> None:
         self.out, self.cfg, self.world, self.dpo_callback = out, cfg, world, dpo_callback
         self.prompts_file = Path(prompts_file).resolve() if prompts_file is not None else None
-        self.select_on = cfg.select_on if cfg.select_on != "auto" else ("world" if prompts_file is None else "reward")
+        self.select_on = resolved_select_on(cfg, prompts_file)
         self.test_metrics = cfg.test_metrics if cfg.test_metrics is not None else prompts_file is None
         policy = cfg.collect.sample.policy  # by default evaluation and reward scoring run where the policy samples
         self.device = cfg.device or (policy.device if isinstance(policy, HFEngineConfig) else "cpu")
+        self.inputs = check_inputs(cfg, self.prompts_file)
         if self.select_on in ("chair", "amber"):  # its files are checked now, not after a round of training
             from rlaifv.pipelines.selection import BenchmarkSelector
 
@@ -87,9 +136,11 @@ class Loop:
 
     def _run_record(self) -> dict[str, Any]:
         """What a rerun must match; `rounds` may change (more rounds continue a finished run), and so may `serve`
-        (how policies reach the servers changes no result: a broken restart command can be fixed and the run
-        continued)."""
-        return {"config": self.cfg.model_dump(mode="json", exclude={"rounds", "serve"}),
+        and `launcher` (how policies reach the servers and how training is launched: a broken command can be fixed
+        and the run continued). `fresh_prompts` only acts on a prompts file, so a run on the world's scenes leaves
+        it out, as runs made before it existed did."""
+        free = {"rounds", "serve", "launcher"} | ({"fresh_prompts"} if self.prompts_file is None else set())
+        return {"config": self.cfg.model_dump(mode="json", exclude=free),
                 "world": self.world.model_dump(mode="json"),
                 "prompts": str(self.prompts_file) if self.prompts_file else None}
 
@@ -133,10 +184,12 @@ class Loop:
 
     def summary(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         return {"out": str(self.out), "select_on": self.select_on, "policy": rows[-1]["policy"],
-                "rounds": rows, "state": str(self.out / STATE)}
+                "rounds": rows, "state": str(self.out / STATE), "deviations": paper_deviations(self.cfg)}
 
     def _write_summary(self, rows: list[dict[str, Any]]) -> None:
-        write_json(self.out / SUMMARY, self.summary(rows))
+        summary = self.summary(rows)
+        write_json(self.out / SUMMARY, summary)
+        write_rounds_report(self.out, summary)
 
     def _start_policy(self) -> str:
         if self.cfg.collect.sample.policy.path:
@@ -163,7 +216,7 @@ class Loop:
         prompts = self.step(f"round-{k}/prompts", lambda: self._prompts(k, r))
         if collect_cfg.sample.policy.kind == "openai":
             self.step(f"round-{k}/serve", lambda: self._serve(k, r, policy))
-        collected = self.step(f"round-{k}/collect", lambda: self._collect(prompts["file"], r, collect_cfg))
+        collected = self.step(f"round-{k}/collect", lambda: self._collect(prompts, r, collect_cfg))
         split = self.step(f"round-{k}/split", lambda: self._split(k, r))
         if split["n_train"] == 0:
             return self.step(f"round-{k}/finish", lambda: self._skipped_row(k, r, policy, "no pairs to train on"))
@@ -190,9 +243,14 @@ class Loop:
         return CollectConfig.model_validate(data)
 
     def _prompts(self, k: int, r: Path) -> dict[str, Any]:
-        """The round's prompts: scenes [(k-1) n, k n) of the world's `prompts` split, or the user's file."""
+        """The round's prompts: scenes [(k-1) n, k n) of the world's `prompts` split, or rows of the prompts file
+        (its k-th seeded slice, or all of them without `fresh_prompts`), listed in prompt_rows.json."""
         if self.prompts_file is not None:
-            return {"file": str(self.prompts_file)}
+            total = self.inputs["prompt_rows"]
+            rows = (round_rows(total, self.cfg.prompts_per_round, k, self.cfg.seed) if self.cfg.fresh_prompts
+                    else list(range(total)))
+            write_json(r / ROWS, {"file": str(self.prompts_file), "rows": rows})
+            return {"file": str(self.prompts_file), "rows": str(r / ROWS), "n_rows": len(rows)}
         import pyarrow.parquet as pq
 
         from rlaifv.prompts import write_world_prompts
@@ -227,10 +285,11 @@ class Loop:
         result["roots"] = wait_until_served(served, serve.ready_timeout_s)
         return result
 
-    def _collect(self, prompts_file: str, r: Path, cfg: CollectConfig) -> dict[str, Any]:
+    def _collect(self, prompts: dict[str, Any], r: Path, cfg: CollectConfig) -> dict[str, Any]:
         from rlaifv.pipelines.collect import collect
 
-        summary = collect(Path(prompts_file), r / "collect", cfg, self.world)
+        rows = json.loads(Path(prompts["rows"]).read_text(encoding="utf-8"))["rows"] if "rows" in prompts else None
+        summary = collect(Path(prompts["file"]), r / "collect", cfg, self.world, rows)
         return {k: summary.get(k) for k in ("feedback_precision", "true_tie_rate", "n_pairs", "seconds")}
 
     def _loaded(self, k: int):
@@ -289,14 +348,42 @@ class Loop:
                 "save_steps": max(1, math.ceil(steps / self.cfg.checkpoints))}
 
     def _train(self, k: int, r: Path, policy: str, dpo_cfg: DPOConfig) -> dict[str, Any]:
-        from rlaifv.train import train_dpo
+        if self.cfg.launcher:
+            summary = self._train_launched(r, policy, dpo_cfg)
+        else:
+            from rlaifv.train import train_dpo
 
-        train, _ = self._subsets(k)
-        summary = train_dpo(train, policy, r / "dpo", dpo_cfg, reference_path=policy, ref_store_dir=r / "reference",
-                            callback=self.dpo_callback)
+            train, _ = self._subsets(k)
+            summary = train_dpo(train, policy, r / "dpo", dpo_cfg, reference_path=policy,
+                                ref_store_dir=r / "reference", callback=self.dpo_callback)
         keep = ("checkpoints", "model", "metrics", "n_train", "quarantined", "steps", "final", "resumed_from_step",
                 "seconds")
         return {name: summary[name] for name in keep}
+
+    def _train_launched(self, r: Path, policy: str, dpo_cfg: DPOConfig) -> dict[str, Any]:
+        """The round's DPO in processes the launcher starts (`rlaifv train` on the round's training split and its
+        reference store): the same run train_dpo makes here, e.g. spread over GPUs with DeepSpeed."""
+        import shlex
+        import subprocess
+        import sys
+
+        _write_yaml(r / "dpo.yaml", dpo_cfg.model_dump(mode="json"))
+        launcher = shlex.split(self.cfg.launcher)
+        command = [*launcher, "-m", "rlaifv.cli", "train", "--pairs", str(r / "collect"), "--policy", policy,
+                   "--reference", policy, "--out", str(r / "dpo"), "--config", str(r / "dpo.yaml"),
+                   "--train-split", str(r / "split.json"), "--reference-store", str(r / "reference")]
+        log(f"training: {shlex.join(command)}")
+        if "torch" in sys.modules:  # what this process cached on the GPU goes back before the launched ones start
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        with open(r / "train.log", "ab") as out:
+            code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
+        if code != 0:
+            raise RuntimeError(f"the launched training exited with {code} (output in {r / 'train.log'}); fix it and "
+                               "rerun the same command: `launcher` is a field a rerun may change")
+        return json.loads((r / "dpo" / "summary.json").read_text(encoding="utf-8"))
 
     def _select(self, k: int, r: Path, dpo_cfg: DPOConfig, trained: dict[str, Any]) -> dict[str, Any]:
         """Measure every checkpoint (each measurement kept in select/checkpoint-N.json) and choose the best.
@@ -418,3 +505,24 @@ def _write_yaml(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(yaml.safe_dump(obj, sort_keys=False), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_rounds_report(out: Path, summary: dict[str, Any]) -> None:
+    """OUT/report.md: a row per round (what trained it, what it kept) and the settings that differ from the paper's."""
+    from rlaifv.pipelines.collect import deviations_section
+    from rlaifv.store import atomic_write
+
+    def num(x: Any) -> str:
+        return "—" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+
+    lines = [f"# Iterative rounds: `{out}`", "", f"Checkpoints selected by `{summary['select_on']}`.", "",
+             "| round | policy | pairs | feedback precision | kept | test CHAIRs | test Cover |",
+             "|---|---|---|---|---|---|---|"]
+    for row in summary["rounds"]:
+        kept = "start" if row["round"] == 0 else row.get("skipped") or f"step {row.get('step')}"
+        lines.append(f"| {row['round']} | `{row['policy']}` | {num(row.get('n_pairs'))} | "
+                     f"{num(row.get('feedback_precision'))} | {kept} | {num(row.get('chair_s'))} | "
+                     f"{num(row.get('cover'))} |")
+    lines += ["", *deviations_section(summary.get("deviations", []))]
+    text = "\n".join(lines) + "\n"
+    atomic_write(Path(out) / REPORT, lambda tmp: tmp.write_text(text, encoding="utf-8"))

@@ -3,15 +3,20 @@
 These live with the world, not in `rlaifv.config` (the stages' configs), because the world is a layer below the
 stages: its code reads them, and nothing here imports torch, so `rlaifv --help` and the config loaders stay light.
 `WorldConfig.preset("micro")` is the tiny world the tests share; "default" is what `rlaifv demo` runs.
+
+`WORLD_ROUNDS` is the one place the world's own settings for feedback rounds are declared: they apply where the
+prompts are the world's (`rlaifv iterate` without a prompts file, `rlaifv demo`, `rlaifv collect` on a file that
+`rlaifv world prompts` wrote), never to a user's data, which gets the paper's (`rlaifv.config.PAPER`).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import copy
+from typing import Any, Literal
 
 from pydantic import Field
 
-from rlaifv.config import StrictModel
+from rlaifv.config import CollectConfig, IterateConfig, StrictModel, read_config
 from rlaifv.world.language import CaptionNoise
 from rlaifv.world.scenes import ScenePrior
 
@@ -150,3 +155,48 @@ class WorldConfig(StrictModel):
                 splitter_steps=20,
             )
         raise ValueError(f"unknown preset {name!r}; expected 'default' or 'micro'")
+
+
+# ---------------------------------------------------------------- the world's rounds: its own defaults
+
+# Over the paper's defaults (IterateConfig's), for world prompts only. Each value was measured on the world
+# (benchmarks/RESULTS.md, "Defaults of the world's rounds: the numbers behind them"):
+# - a round sized for about a minute on 2 CPU cores: 768 fresh scenes, 10 samples of at most 96 tokens (the length
+#   the world's evaluation allows), DPO at lr 1e-5 for 2 epochs (the paper: 5e-7 for 4; 1e-4 moves the tiny models
+#   so fast that the first steps already cost Cover), 3 rounds (`rlaifv demo` runs 4);
+# - length balancing off: a world hallucination is always one added sentence, so the paper's filter drops exactly
+#   the cleanest pairs (the chosen answer is the rejected one without the invented object);
+# - keep_accepted: a pair whose chosen answer has fewer accepted claims wins by saying less that is true, which DPO
+#   would learn as stopping early;
+# - closest_length 1: one of each prompt's two pairs is the one whose answers are closest in length; drawn pairs
+#   alone teach the rounds to stop early and lose Cover, length-matched ones alone cut CHAIRs less;
+# - 20 checkpoints a round, so the selection has one before Cover drops (it can drop between two neighbours).
+WORLD_ROUNDS: dict[str, Any] = {
+    "rounds": 3,
+    "prompts_per_round": 768,
+    "checkpoints": 20,
+    "collect": {
+        "sample": {"n": 10, "max_new_tokens": 96},
+        "pairs": {"length_balance": False, "keep_accepted": True, "closest_length": 1},
+    },
+    "dpo": {"learning_rate": 1e-5, "num_train_epochs": 2, "per_device_train_batch_size": 8, "logging_steps": 5,
+            "report_to": "none"},
+}
+
+
+def world_defaults(model: type) -> dict[str, Any]:
+    """The world's settings as the `start` of `read_config` for a config of type `model`: WORLD_ROUNDS for an
+    IterateConfig, its `collect` section for a CollectConfig; {} (the paper's) for any other."""
+    if model is IterateConfig:
+        return copy.deepcopy(WORLD_ROUNDS)
+    if model is CollectConfig:
+        return copy.deepcopy(WORLD_ROUNDS["collect"])
+    return {}
+
+
+def world_rounds_config(**fields: Any) -> IterateConfig:
+    """The world's IterateConfig (WORLD_ROUNDS over the paper's defaults), with `fields` on top, section by section
+    (`collect={"sample": {"n": 4}}` keeps the world's pairing)."""
+    from rlaifv.config import merge_config_data
+
+    return read_config(IterateConfig, None, start=merge_config_data(world_defaults(IterateConfig), fields))

@@ -1,6 +1,7 @@
 """The `rlaifv` command line: one module per command group, each adding its commands to `app`.
 
     common.py    output, config loading with the options given, errors as exit codes (shared by every module)
+    plan.py      `--dry-run` of collect, train, iterate and bon: model configs read offline, the work implied
     world.py     `rlaifv demo` and `rlaifv world bootstrap | show | prompts`: the built-in synthetic world
     feedback.py  `rlaifv collect` and one command per feedback stage: sample, claims, judge, pairs, export
     train.py     `rlaifv train`: DPO of any HF VLM on preference pairs

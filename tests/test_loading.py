@@ -47,7 +47,13 @@ def test_a_model_folder_s_own_code_never_runs_unless_trusted(tmp_path):
     with pytest.raises(ValueError, match="trust_remote_code"):
         HFEngine(folder)
     assert not marker.exists()
-    with contextlib.suppress(Exception):  # asked for: the folder's code runs (what the refusals above prevent)
-        HFEngine(folder, trust_remote_code=True)
+    from transformers import LlavaConfig
+
+    registered = LlavaConfig._auto_class
+    try:
+        with contextlib.suppress(Exception):  # asked for: the folder's code runs (what the refusals above prevent)
+            HFEngine(folder, trust_remote_code=True)
+    finally:  # loading it registered transformers' own LlavaConfig as the folder's AutoConfig class: undone, or
+        LlavaConfig._auto_class = registered  # every later save_pretrained of a LLaVA looks for the planted file
     assert marker.exists()
     shutil.rmtree(folder)

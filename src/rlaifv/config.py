@@ -45,7 +45,7 @@ PAPER: dict[str, dict[str, Any]] = {
     "dpo": {"beta": 0.1, "loss_type": "sigmoid", "rpo_alpha": None, "average_log_prob": False, "weight_decay": 0.01,
             "lr_scheduler_type": "cosine", "warmup_ratio": 0.05, "num_train_epochs": 4.0,
             "freeze_vision_tower": True, "lora_r": 64, "lora_alpha": 16, "lora_dropout": 0.05},
-    # ~4k fresh instructions a round; the best checkpoint by a held-out hallucination benchmark
+    # ~4k fresh instructions a round; the best checkpoint by a held-out hallucination benchmark (chair or amber)
     "rounds": {"rounds": 4, "prompts_per_round": 4000, "fresh_prompts": True, "select_on": "chair"},
     # self-feedback best-of-N: the length-normalised implicit reward with the DPO beta
     "bon": {"beta": 0.1, "reward": "mean", "temperature": 0.7, "max_new_tokens": 512},
@@ -181,7 +181,7 @@ class SampleConfig(StrictModel):
     policy: AnyEngineConfig = Field(default_factory=HFEngineConfig, description="the policy that answers")
     n: int = Field(_paper("sample", "n"), ge=1, description="responses per prompt (the paper: 10)")
     temperature: float = Field(_paper("sample", "temperature"), gt=0,
-                              description="sampling temperature, the same for every sample (paper: 0.7)")
+                               description="sampling temperature, the same for every sample (paper: 0.7)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass; 1.0 = off")
     max_new_tokens: int = Field(_paper("sample", "max_new_tokens"), ge=1,
                                 description="cap on a response's length (paper: 512)")
@@ -608,7 +608,7 @@ def paper_deviations(cfg: BaseModel) -> list[dict[str, Any]]:
         found = [_deviation(name, getattr(cfg, name), PAPER["rounds"][name], f"rounds.{name}")
                  for name in ("rounds", "prompts_per_round", "fresh_prompts")]
         if cfg.select_on not in ("chair", "amber"):
-            found.append(_deviation("select_on", cfg.select_on, "chair or amber", "rounds.select_on"))
+            found.append(_deviation("select_on", cfg.select_on, PAPER["rounds"]["select_on"], "rounds.select_on"))
         found += [dict(d, field=f"collect.{d['field']}") for d in paper_deviations(cfg.collect)]
         found += [dict(d, field=f"dpo.{d['field']}") for d in paper_deviations(cfg.dpo)]
         return [d for d in found if d]

@@ -143,6 +143,7 @@ def _run(stages: list[str], prompts: Optional[Path], out: Path, cfg: CollectConf
         human += (f"\nfeedback precision {summary['feedback_precision']:.3f} (counting every error: "
                   f"{summary['error_precision']:.3f}), true ties {summary['true_tie_rate']:.3f} over "
                   f"{summary['n_pairs']} pairs")
+    human += f"\n{len(summary['deviations'])} settings differ from the paper's (listed in {out / 'report.md'})"
     emit(summary, as_json, human + f"\nsummary: {out / 'summary.json'}")
 
 

@@ -111,6 +111,8 @@ def _table(summary: dict[str, Any]) -> str:
                                                             if selection.get(k) is not None))
             parts.append(row.get("skipped") or f"step {row['step']}")
         lines.append(", ".join(parts))
+    lines.append(f"{len(summary.get('deviations', []))} settings differ from the paper's (listed in "
+                 f"{summary['out']}/report.md)")
     return "\n".join(lines) + f"\npolicy: {summary['policy']}\nsummary: {summary['out']}/summary.json"
 
 

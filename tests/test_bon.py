@@ -18,7 +18,7 @@ import rlaifv.store as store_module
 from rlaifv.config import BonConfig
 from rlaifv.engines.packing import pack_bounds
 from rlaifv.infer.bon import EMPTY, BonRow, Scorer, choose, rewards_of, run_bon
-from rlaifv.infer.reward import group_logps, separate_group_logps
+from rlaifv.logps.packed import group_logps, separate_group_logps
 from rlaifv.pipelines.best_of_n import best_of_n, bon_stores
 from rlaifv.prompts import ingest_prompts, load_image, write_world_prompts
 from rlaifv.records import Candidate

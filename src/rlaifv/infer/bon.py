@@ -13,7 +13,7 @@ and text; a prompt with no scorable candidate is quarantined with the reasons), 
 (`rlaifv.pipelines.best_of_n`, `rlaifv bon`).
 
 Scoring encodes each prompt's image and text once per model and packs its candidates behind it
-(infer.reward.group_logps, the trainer's shared-prefix computation with k responses). The candidates are tokenized
+(logps.packed.group_logps, the trainer's shared-prefix computation with k responses). The candidates are tokenized
 the way logps.encode tokenizes DPO pairs -- the response as the model reads it after the chat template's prompt,
 end-of-turn token included -- so the reward is the one the policy's DPO loss optimised. Identical candidates are
 scored once, so their rewards are equal and the tie goes to the lowest sample index, as every tie does. A policy or
@@ -39,8 +39,9 @@ from PIL import Image
 from rlaifv.config import BonConfig, EngineConfig
 from rlaifv.engines.family import family_of, vision_of
 from rlaifv.engines.loading import load_vlm
-from rlaifv.infer.reward import ResponseGroup, group_logps, implicit_reward
+from rlaifv.infer.reward import implicit_reward
 from rlaifv.logps.encode import PairEncoder, context_length
+from rlaifv.logps.packed import ResponseGroup, group_logps
 from rlaifv.preferences import PreferenceExample
 from rlaifv.progress import progress
 from rlaifv.records import BadInput, Candidate, Prompt, Record, ResponseScore
@@ -210,7 +211,7 @@ class Scorer:
     def response_logps(self, items: list[tuple[Prompt, Image.Image, list[str]]],
                        cfg: BonConfig) -> list[list[ResponseScore]]:
         """Per prompt, per answer: its summed log-prob, ids and "" -- or why it was set aside. Each prompt's image
-        and text are encoded once per packed row of its answers (infer.reward.group_logps)."""
+        and text are encoded once per packed row of its answers (logps.packed.group_logps)."""
         groups, plans = [], []
         for prompt, image, texts in items:
             group, reasons = self.encode(prompt, image, texts)

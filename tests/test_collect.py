@@ -229,6 +229,9 @@ def test_each_distinct_question_of_an_image_is_asked_once(finished, micro_world,
             asked.extend(qs for _, qs in groups)
             return engine.yes_no_shared(groups, questions_per_pack, packs_per_forward)
 
+        def fast_paths(self):
+            return engine.fast_paths()
+
     from rlaifv.records import Verdict
 
     out = ShardedStore(tmp_path / "verdicts", Verdict, 3)

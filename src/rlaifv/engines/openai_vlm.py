@@ -45,7 +45,7 @@ from typing import Any
 from PIL import Image
 
 from rlaifv.config import EngineConfig
-from rlaifv.engines.hf import NO_VARIANTS, YES_VARIANTS, Sampling
+from rlaifv.engines.base import NO_VARIANTS, YES_VARIANTS, Sampling
 from rlaifv.engines.openai_chat import ChatClient, ChatError, ChatRefused, ChatSettings, answer_text
 from rlaifv.records import BadInput, ResponseScore
 
@@ -213,6 +213,10 @@ class OpenAIEngine:
         workers = min(len(bodies), self.cfg.concurrency * len(self.clients))
         with ThreadPoolExecutor(max_workers=workers) as pool:
             return list(pool.map(self._post, bodies))
+
+    def fast_paths(self) -> dict[str, dict]:
+        """engines.base.VLM: none here -- the server computes as it computes."""
+        return {}
 
     def sample(self, images: list[Image.Image], questions: list[str], n: int, sampling: Sampling,
                seed: int | None = None) -> list[list[tuple[str, int]] | BadInput]:

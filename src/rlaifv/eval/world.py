@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from rlaifv.config import EvalConfig
-from rlaifv.engines.hf import HFEngine, Sampling
+from rlaifv.engines.base import Sampling
+from rlaifv.engines.hf import HFEngine
 from rlaifv.eval.world_metrics import description_metrics, labeler_metrics
 from rlaifv.progress import progress
 from rlaifv.records import Generation

@@ -13,27 +13,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Protocol
 
 from PIL import Image
 
 from rlaifv.config import SampleConfig
-from rlaifv.engines.fastpath import engine_report
-from rlaifv.engines.hf import Sampling
+from rlaifv.engines.base import VLM, Sampling
 from rlaifv.progress import progress
 from rlaifv.records import BadInput, Candidate, Prompt
 from rlaifv.store import ShardedStore
-
-
-class Sampler(Protocol):
-    """What the stage needs from an engine (engines.hf.HFEngine and engines.openai_vlm.OpenAIEngine provide it).
-    A prompt's entry is BadInput where the engine refused that prompt alone (a server's 4xx answer)."""
-
-    path: str
-
-    def sample(
-        self, images: list[Image.Image], questions: list[str], n: int, sampling: Sampling, seed: int | None = None
-    ) -> list[list[tuple[str, int]] | BadInput]: ...
 
 
 def batch_seed(seed: int, prompt_ids: list[str]) -> int:
@@ -54,7 +41,7 @@ def run_sample(
     prompts: ShardedStore[Prompt],
     out: ShardedStore[Candidate],
     cfg: SampleConfig,
-    engine: Sampler,
+    engine: VLM,
     load_image: Callable[[Prompt], Image.Image],
 ) -> dict:
     """Sample cfg.n candidates for every prompt not yet done; returns counts for the stage summary."""
@@ -95,7 +82,7 @@ def run_sample(
                     ])
                     done += 1
             bar.advance(len(batch), status=f"{done} prompts sampled")
-    return {"done": done, "skipped": skipped, "fast_paths": engine_report(engine)}
+    return {"done": done, "skipped": skipped, "fast_paths": engine.fast_paths()}
 
 
 def _is_done(writer, prompt_id: str, n: int) -> bool:

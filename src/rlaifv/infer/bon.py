@@ -38,6 +38,7 @@ from PIL import Image
 
 from rlaifv.config import BonConfig, EngineConfig
 from rlaifv.engines.family import family_of, vision_of
+from rlaifv.engines.fastpath import report
 from rlaifv.engines.loading import load_vlm
 from rlaifv.infer.reward import implicit_reward
 from rlaifv.logps.encode import PairEncoder, context_length
@@ -126,6 +127,8 @@ class ResponseScorer(Protocol):
     def response_logps(self, items: list[tuple[Prompt, Image.Image, list[str]]],
                        cfg: BonConfig) -> list[list[ResponseScore]]: ...
 
+    def fast_paths(self) -> dict[str, dict]: ...
+
 
 def load_scorer(cfg: EngineConfig, max_length: int | None = None) -> ResponseScorer:
     """The scorer a role's config names: a model loaded here, or a server (kind 'openai')."""
@@ -145,6 +148,9 @@ class ServedScorer:
         from rlaifv.engines.openai_vlm import OpenAIEngine
 
         return cls(cfg.name, OpenAIEngine(cfg), max_length)
+
+    def fast_paths(self) -> dict[str, dict]:
+        return self.engine.fast_paths()
 
     def response_logps(self, items: list[tuple[Prompt, Image.Image, list[str]]],
                        cfg: BonConfig) -> list[list[ResponseScore]]:
@@ -175,6 +181,9 @@ class Scorer:
         limits = [x for x in (max_length, context_length(model.config)) if x is not None]
         family_of(model)  # refuses a family whose answers cannot be scored as continuations
         return cls(name, model.eval(), processor, min(limits) if limits else None)
+
+    def fast_paths(self) -> dict[str, dict]:
+        return report(self.model)
 
     @property
     def pad_id(self) -> int:

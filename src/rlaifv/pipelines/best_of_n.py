@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from rlaifv.config import BonConfig, SampleConfig
-from rlaifv.engines.fastpath import engine_report
 from rlaifv.feedback.sample import run_sample
 from rlaifv.infer.bon import STAGE, BonRow, Scorer, export_best, load_scorer, run_bon, summarize
 from rlaifv.pipelines.collect import load_engine
@@ -103,7 +102,7 @@ def best_of_n(out: Path, cfg: BonConfig, prompts: Path | None = None) -> dict[st
         reference = load_scorer(cfg.reference, cfg.max_length)
         counts = run_bon(s["prompts"], s["candidates"], s["bon"], cfg, policy, reference, load_image,
                          sampler=scfg.policy.name)
-        counts["fast_paths"] = {role: engine_report(scorer) for role, scorer in
+        counts["fast_paths"] = {role: scorer.fast_paths() for role, scorer in
                                 (("policy", policy), ("reference", reference))}
     export_best(s["bon"], s["prompts"], out / "best.jsonl", out / "best.parquet")
     summary = summarize(out, s["bon"], s["prompts"]) | {"this_run": counts}

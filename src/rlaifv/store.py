@@ -18,9 +18,8 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -29,12 +28,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from rlaifv.files import TMP_GLOB, atomic_write, fsync_path, write_json, write_yaml
 from rlaifv.records import Quarantined, Record
+
+__all__ = ["ShardWriter", "ShardedStore", "atomic_write", "fsync_path", "write_json"]  # the writes, for callers
 
 R = TypeVar("R", bound=Record)
 
 _PART = re.compile(r"^part-(\d+)\.parquet$")
-_TMP_GLOB = ".*.tmp-*"  # matches the temp names made by atomic_write
 
 
 def _part_paths(folder: Path) -> list[Path]:
@@ -53,37 +54,6 @@ def _next_part(folder: Path) -> Path:
     last = _PART.match(parts[-1].name) if parts else None
     index = int(last.group(1)) + 1 if last else 0
     return folder / f"part-{index:05d}.parquet"
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file's or a folder's entry to disk (a folder after a rename makes the rename durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write via a temp file in the same folder, fsync, then rename into place.
-
-    The rename is atomic on one filesystem, so ``path`` is either absent or whole;
-    fsyncing the file and then the folder makes it durable across a power cut.
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        fsync_path(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_path(path.parent)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Readable JSON (sorted keys), written atomically."""
-    text = json.dumps(obj, indent=2, sort_keys=True, default=str)
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _to_json(record: Any) -> str:
@@ -199,7 +169,7 @@ class ShardedStore(Generic[R]):
         """
         for folder in (self.root, self.shards_dir, self.quarantine_dir):
             folder.mkdir(parents=True, exist_ok=True)
-            for stale in folder.glob(_TMP_GLOB):
+            for stale in folder.glob(TMP_GLOB):
                 stale.unlink()
         w = ShardWriter(self)
         try:
@@ -220,12 +190,7 @@ class ShardedStore(Generic[R]):
     def write_config(self, config: Mapping[str, Any]) -> Path:
         """Record what produced this store, as readable YAML (key order kept)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        text = yaml.safe_dump(
-            dict(config), sort_keys=False, allow_unicode=True, default_flow_style=False
-        )
-        atomic_write(
-            self.config_path, lambda tmp: tmp.write_text(text, encoding="utf-8")
-        )
+        write_yaml(self.config_path, dict(config))
         return self.config_path
 
     def read_config(self) -> dict[str, Any]:

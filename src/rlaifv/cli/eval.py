@@ -50,7 +50,7 @@ def _readable_errors() -> Iterator[None]:
 
 
 def _finish(result: dict[str, Any], out: Optional[Path], as_json: bool, human: str) -> None:
-    from rlaifv.store import write_json
+    from rlaifv.files import write_json
 
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

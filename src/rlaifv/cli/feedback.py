@@ -73,8 +73,8 @@ def _config(config: Optional[Path], **opts: Any) -> CollectConfig:
 
 def _run(stages: list[str], prompts: Optional[Path], out: Path, cfg: CollectConfig, world_seed: int,
          as_json: bool) -> None:
+    from rlaifv.files import write_json
     from rlaifv.pipelines.collect import run_stage, summarize
-    from rlaifv.store import write_json
     from rlaifv.world.config import WorldConfig
 
     quiet_libraries()

@@ -39,12 +39,13 @@ from PIL import Image
 from rlaifv.config import BonConfig, EngineConfig
 from rlaifv.engines.family import family_of, vision_of
 from rlaifv.engines.processors import load_processor
+from rlaifv.files import atomic_write, write_text
 from rlaifv.infer.reward import ResponseGroup, group_logps, implicit_reward
 from rlaifv.logps.encode import PairEncoder, context_length
 from rlaifv.preferences import PreferenceExample
 from rlaifv.progress import progress
 from rlaifv.records import BadInput, Candidate, Prompt, Record, ResponseScore
-from rlaifv.store import ShardedStore, atomic_write
+from rlaifv.store import ShardedStore
 
 STAGE = "bon"
 EMPTY = "empty response"
@@ -369,7 +370,7 @@ def export_best(bon: ShardedStore[BonRow], prompts: ShardedStore[Prompt] | None,
     keys = {f.name for f in BEST_SCHEMA}
     if jsonl is not None:
         text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True, default=str) + "\n" for r in rows)
-        atomic_write(Path(jsonl), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        write_text(Path(jsonl), text)
     if parquet is not None:
         flat = [{k: r[k] for k in keys - {"meta"}} | {"meta": json.dumps({k: v for k, v in r.items() if k not in keys},
                                                                           sort_keys=True, default=str)} for r in rows]

@@ -22,12 +22,13 @@ from typing import Any
 from rlaifv.config import BonConfig, SampleConfig
 from rlaifv.engines.fastpath import engine_report
 from rlaifv.feedback.sample import run_sample
+from rlaifv.files import write_json
 from rlaifv.infer.bon import STAGE, BonRow, Scorer, export_best, load_scorer, run_bon, summarize
 from rlaifv.pipelines.collect import load_engine
 from rlaifv.progress import log
 from rlaifv.prompts import ingest_prompts, load_image
 from rlaifv.records import Candidate, Prompt
-from rlaifv.store import ShardedStore, write_json
+from rlaifv.store import ShardedStore
 
 
 def bon_stores(out: Path, shard_size: int = 1000) -> dict[str, ShardedStore]:

@@ -22,10 +22,11 @@ from collections import Counter
 from pathlib import Path
 
 from rlaifv.config import CollectConfig, EngineConfig
+from rlaifv.files import write_json, write_text
 from rlaifv.preferences import PREFERENCES, pair_store
 from rlaifv.progress import log
 from rlaifv.records import Candidate, Claim, Pair, Prompt, Verdict
-from rlaifv.store import ShardedStore, write_json
+from rlaifv.store import ShardedStore
 from rlaifv.world.config import WorldConfig
 
 
@@ -108,7 +109,7 @@ def run_stage(stage: str, prompts_file: Path | None, out: Path, cfg: CollectConf
 def collect(prompts_file: Path, out: Path, cfg: CollectConfig, world: WorldConfig | None = None) -> dict:
     """All stages in order, then OUT/summary.json; returns the summary."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "collect.yaml").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    write_text(out / "collect.yaml", json.dumps(cfg.model_dump(mode="json"), indent=2))
     timings, results = {}, {}
     for stage in ("prompts", "sample", "claims", "judge", "pairs"):
         start = time.perf_counter()

@@ -33,19 +33,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from rlaifv.config import CollectConfig, DPOConfig, HFEngineConfig, IterateConfig
 from rlaifv.eval.report import FEEDBACK_KEYS, ROUND_KEYS
+from rlaifv.files import atomic_write, write_json, write_yaml
 from rlaifv.progress import log
-from rlaifv.store import write_json
 from rlaifv.world.config import WorldConfig
 
 STATE, SUMMARY, CONFIG = "state.json", "summary.json", "iterate.yaml"
@@ -101,7 +98,7 @@ class Loop:
         else:
             self.state = {"version": STATE_VERSION, "run": record, "steps": {}, "seconds": {}}
             write_json(path, self.state)
-        _write_yaml(self.out / CONFIG, self.cfg.model_dump(mode="json"))
+        write_yaml(self.out / CONFIG, self.cfg.model_dump(mode="json"))
 
     def step(self, name: str, fn: Callable[[], Any]) -> Any:
         """fn()'s result, computed once: a finished step's result is read back from state.json. `seconds` records how
@@ -154,7 +151,7 @@ class Loop:
             return done
         r.mkdir(parents=True, exist_ok=True)
         collect_cfg = self._collect_config(k, policy)
-        _write_yaml(r / "config.yaml", {"round": k, "policy": policy, "reference": policy,
+        write_yaml(r / "config.yaml", {"round": k, "policy": policy, "reference": policy,
                                         "select_on": self.select_on, "collect": collect_cfg.model_dump(mode="json")})
         prompts = self.step(f"round-{k}/prompts", lambda: self._prompts(k, r))
         if collect_cfg.sample.policy.kind == "openai":
@@ -195,9 +192,8 @@ class Loop:
 
         n = self.cfg.prompts_per_round
         every = write_world_prompts(self.world.seed, "prompts", k * n, r / ".prompts-all.parquet", self.world.prior)
-        path, tmp = r / "prompts.parquet", r / f".prompts.parquet.tmp-{os.getpid()}"
-        pq.write_table(pq.read_table(every).slice((k - 1) * n, n), tmp)
-        os.replace(tmp, path)
+        path = r / "prompts.parquet"
+        atomic_write(path, lambda tmp: pq.write_table(pq.read_table(every).slice((k - 1) * n, n), tmp))
         every.unlink()
         return {"file": str(path), "scenes": [(k - 1) * n, k * n]}
 
@@ -407,8 +403,3 @@ class Loop:
         return row
 
 
-def _write_yaml(path: Path, obj: Any) -> None:
-    """YAML through a temp file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(obj, sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)

@@ -38,6 +38,7 @@ import yaml
 from rlaifv.config import DPOConfig, EngineConfig
 from rlaifv.engines.fastpath import report
 from rlaifv.engines.transfer import OneBehind, to_host_later
+from rlaifv.files import atomic_write, publish_dir, write_json, write_yaml
 from rlaifv.logps.encode import EncodedPair, PairEncoder, ahead
 from rlaifv.logps.packed import ResponseLogps, response_logps
 from rlaifv.logps.reference import (
@@ -50,7 +51,6 @@ from rlaifv.logps.reference import (
 )
 from rlaifv.preferences import LoadedPairs, load_pairs
 from rlaifv.progress import log, progress
-from rlaifv.store import fsync_path, write_json
 from rlaifv.train.lora import lean_lora
 
 CHECKPOINTS, MODEL, ADAPTER = "checkpoints", "model", "adapter"
@@ -300,7 +300,7 @@ class DPOTrainer:
             if saved is not None and saved != self.run_record:
                 raise ValueError(f"{self.out} holds a run with other pairs, models or config ({self.out / RUN}); "
                                  "use a new output folder")
-            _write_yaml(self.out / RUN, self.run_record)
+            write_yaml(self.out / RUN, self.run_record)
         self.acc.wait_for_everyone()
         if trackers:
             hparams = {k: v for k, v in self.run_record["config"].items() if isinstance(v, int | float | str | bool)}
@@ -407,8 +407,7 @@ class DPOTrainer:
         self._export_model(tmp)
         if self.main:
             write_json(tmp / TRAINER_STATE, {"step": step, "window": self.window, "total_steps": self.total_steps})
-            os.replace(tmp, final)
-            fsync_path(root)
+            publish_dir(tmp, final)
             if self.cfg.save_total_limit is not None:
                 for old in self.checkpoints()[: -self.cfg.save_total_limit]:
                     shutil.rmtree(old)
@@ -532,12 +531,14 @@ class DPOTrainer:
         """Drop the rows a killed run logged after its last checkpoint; the resumed run writes them again."""
         path = self.out / METRICS
         rows = read_metrics(path) if path.is_file() else []
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, self._columns())
-            writer.writeheader()
-            writer.writerows(r for r in rows if r["step"] <= step)
-        os.replace(tmp, path)
+
+        def write(tmp: Path) -> None:
+            with tmp.open("w", newline="", encoding="utf-8") as f:
+                writer = csv.DictWriter(f, self._columns())
+                writer.writeheader()
+                writer.writerows(r for r in rows if r["step"] <= step)
+
+        atomic_write(path, write)
 
     def _log_row(self, step: int) -> None:
         row = {"step": step, "epoch": round(step / self.schedule.steps_per_epoch, 4),
@@ -586,8 +587,7 @@ def _publish(source: Path, dest: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp, copy_function=_link_or_copy)
     shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
-    fsync_path(dest.parent)
+    publish_dir(tmp, dest)
 
 
 def _where(path: str | Path | EngineConfig) -> str:
@@ -608,13 +608,6 @@ def _link_or_copy(src: str, dst: str) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
-
-
-def _write_yaml(path: Path, obj: dict[str, Any]) -> None:
-    """YAML, written through a temp file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(obj, sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ from PIL import Image
 
 from rlaifv.files import atomic_write, write_bytes, write_text
 from rlaifv.progress import progress
-from rlaifv.records import BadInput, Prompt
+from rlaifv.records import BadInput, Prompt, reason_kind
 from rlaifv.store import ShardedStore, ShardWriter
 from rlaifv.world.language import instruction_for
 from rlaifv.world.scenes import Scene, ScenePrior, sample_scenes, scene_from_dict, scene_to_dict
@@ -237,11 +237,6 @@ def _jsonable(value: Any) -> Any:
 
 
 # -- ingest ----------------------------------------------------------------------------------------------------------
-
-
-def reason_kind(reason: str) -> str:
-    """The part of a quarantine reason before its detail: what summaries count by."""
-    return reason.split(": ", 1)[0]
 
 
 @dataclass

@@ -13,7 +13,8 @@ import hashlib
 import json
 import types
 import typing
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, NamedTuple, Self
 
@@ -277,6 +278,23 @@ class ResponseScore(NamedTuple):
     logp: float | None  # sum of log p(token) over the answer's tokens; None when set aside
     ids: tuple[int, ...]  # the answer's token ids as the model reads them, end-of-turn included
     reason: str  # "" when scored, else why the answer was set aside (empty, too long, refused by the server)
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a quarantine reason: what every summary counts reasons by.
+
+    Reasons are written "<kind>: <detail>" or "<kind> (<detail>)" ("image file not found: /x.png", "labeler returned
+    non-finite probabilities (nan, nan)"), so the kind is the text before the first ": " or " (", at most 80
+    characters: reasons that differ only in a path, a count or a quoted response fall together, and a URL's
+    "http://" stays whole.
+    """
+    kind = reason.split(": ", 1)[0].split(" (", 1)[0].strip()
+    return (kind or reason.strip())[:80]
+
+
+def reason_counts(reasons: Iterable[str]) -> dict[str, int]:
+    """How many reasons of each kind (`reason_kind`), most frequent first."""
+    return dict(Counter(reason_kind(r) for r in reasons).most_common())
 
 
 class BadInput(ValueError):

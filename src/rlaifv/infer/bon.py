@@ -44,7 +44,7 @@ from rlaifv.infer.reward import ResponseGroup, group_logps, implicit_reward
 from rlaifv.logps.encode import PairEncoder, context_length
 from rlaifv.preferences import PreferenceExample
 from rlaifv.progress import progress
-from rlaifv.records import BadInput, Candidate, Prompt, Record, ResponseScore
+from rlaifv.records import BadInput, Candidate, Prompt, Record, ResponseScore, reason_counts
 from rlaifv.store import ShardedStore
 
 STAGE = "bon"
@@ -384,7 +384,7 @@ def summarize(out: Path, bon: ShardedStore[BonRow], prompts: ShardedStore[Prompt
     reason, mean chosen and mean candidate reward and length, and how often each sample index won."""
     rows = bon.read_all()
     quarantined = bon.read_quarantine()
-    set_aside = Counter(r.split(":")[0] for row in rows for r in row.reasons if r)
+    set_aside = reason_counts(r for row in rows for r in row.reasons if r)
     scored = [x for row in rows for x in row.rewards if x is not None]
     chosen_tokens = [row.n_tokens[row.chosen_idx] for row in rows]
     all_tokens = [t for row in rows for t, reason in zip(row.n_tokens, row.reasons) if not reason]
@@ -395,8 +395,8 @@ def summarize(out: Path, bon: ShardedStore[BonRow], prompts: ShardedStore[Prompt
     return {
         "out": str(out), "best": str(Path(out) / "best.jsonl"), "prompts": len(prompts), "scored": len(rows),
         "quarantined": len(quarantined),
-        "quarantine_reasons": dict(Counter(q.reason.split(":")[0] for q in quarantined)),
-        "candidates_set_aside": dict(set_aside),
+        "quarantine_reasons": reason_counts(q.reason for q in quarantined),
+        "candidates_set_aside": set_aside,
         "reward": rows[0].reward_kind if rows else None,
         "mean_chosen_reward": mean([row.chosen_reward for row in rows]), "mean_candidate_reward": mean(scored),
         "mean_chosen_tokens": mean(chosen_tokens), "mean_candidate_tokens": mean(all_tokens),

@@ -38,8 +38,8 @@ from rlaifv.logps.encode import EncodedPair, PairEncoder, ahead, context_length
 from rlaifv.logps.packed import ResponseLogps, response_logps
 from rlaifv.preferences import LoadedPairs, PreferenceExample, load_pairs, pair_store_root
 from rlaifv.progress import progress
-from rlaifv.prompts import load_image, reason_kind
-from rlaifv.records import BadInput, Record
+from rlaifv.prompts import load_image
+from rlaifv.records import BadInput, Record, reason_counts
 from rlaifv.store import ShardedStore
 
 STAGE = "reference"
@@ -268,10 +268,7 @@ class ReferenceTable:
 
     def reasons(self) -> dict[str, int]:
         """Quarantined pairs counted by kind of reason ("too long", "image file not found", ...)."""
-        counts: dict[str, int] = {}
-        for reason in self.quarantined.values():
-            counts[reason_kind(reason)] = counts.get(reason_kind(reason), 0) + 1
-        return counts
+        return reason_counts(self.quarantined.values())
 
     def batch(self, keys: list[str], device: torch.device) -> ResponseLogps:
         rows = [self.logps[k] for k in keys]

@@ -18,14 +18,13 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections import Counter
 from pathlib import Path
 
 from rlaifv.config import CollectConfig, EngineConfig
 from rlaifv.files import write_json, write_text
 from rlaifv.preferences import PREFERENCES, pair_store
 from rlaifv.progress import log
-from rlaifv.records import Candidate, Claim, Pair, Prompt, Verdict
+from rlaifv.records import Candidate, Claim, Pair, Prompt, Verdict, reason_counts
 from rlaifv.store import ShardedStore
 from rlaifv.world.config import WorldConfig
 
@@ -127,8 +126,8 @@ def summarize(out: Path, results: dict | None = None) -> dict:
     s = stores(out)
     summary: dict = {"stages": {}}
     for name, store in s.items():
-        reasons = Counter(_reason_class(q.reason) for q in store.read_quarantine())
-        summary["stages"][name] = {"records": len(store), "quarantined": dict(reasons)}
+        reasons = reason_counts(q.reason for q in store.read_quarantine())
+        summary["stages"][name] = {"records": len(store), "quarantined": reasons}
     pairs_store = pair_store(out)
     summary["stages"]["pairs"] = {"records": len(pairs_store)}
     if results and isinstance(results.get("pairs"), dict):
@@ -157,10 +156,5 @@ def world_feedback(prompts: ShardedStore[Prompt], pairs: ShardedStore[Pair]) -> 
         return {}
     rows = [(scenes[p.prompt_id], p.chosen, p.rejected) for p in pairs.read() if scenes.get(p.prompt_id)]
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in feedback_metrics(rows).items()}
-
-
-def _reason_class(reason: str) -> str:
-    """Group reasons that differ only in details (counts, paths) under their first clause."""
-    return reason.split(":")[0].split(" (")[0][:80]
 
 

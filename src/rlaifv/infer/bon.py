@@ -6,7 +6,7 @@ short answers, so the default divides by the answer's tokens T:
 
     r(y) = (beta / T) * sum_t [log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)]      ('mean'; 'sum' drops the 1/T)
 
-This module scores sampled candidates and keeps the best (`run_bon`, one `BonRow` per prompt: all N texts, both
+This module scores sampled candidates and keeps the best (`run_bon`, one `records.BonRow` per prompt: all N texts, both
 models' log-prob sums, token counts, rewards, the reason each unscorable candidate was set aside, the chosen index
 and text; a prompt with no scorable candidate is quarantined with the reasons), and writes the chosen answers
 (`export_best`) and the counts (`summarize`). Ingesting prompts and sampling the candidates is the pipeline's
@@ -27,9 +27,9 @@ import json
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, Self
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -44,51 +44,11 @@ from rlaifv.infer.reward import ResponseGroup, group_logps, implicit_reward
 from rlaifv.logps.encode import PairEncoder, context_length
 from rlaifv.preferences import PreferenceExample
 from rlaifv.progress import progress
-from rlaifv.records import BadInput, Candidate, Prompt, Record, ResponseScore, reason_counts
+from rlaifv.records import BadInput, BonRow, Candidate, Prompt, ResponseScore, reason_counts
 from rlaifv.store import ShardedStore
 
 STAGE = "bon"
 EMPTY = "empty response"
-
-
-@dataclass(frozen=True, slots=True)
-class BonRow(Record):
-    """The N candidates of one prompt, their scores and the chosen one. Lists are in sample order; a candidate that
-    could not be scored has None log-probs and reward and a non-empty reason."""
-
-    KEY_FIELDS: ClassVar[tuple[str, ...]] = ("prompt_id",)
-
-    prompt_id: str  # the Prompt answered
-    question: str  # its question (copied so the export needs no join)
-    image: str  # its image path ("" when the prompt holds the bytes)
-    texts: list[str]  # the N sampled answers
-    policy_logps: list[float | None]  # sum over each answer's tokens of log pi
-    ref_logps: list[float | None]  # the same under pi_ref
-    n_tokens: list[int]  # tokens scored per answer (end-of-turn included); 0 where it has none
-    rewards: list[float | None]  # r per answer (`reward_kind`)
-    reasons: list[str]  # "" = scored; else why the answer was set aside (never chosen)
-    chosen_idx: int  # the argmax of rewards, lowest index on ties
-    chosen_text: str  # texts[chosen_idx]
-    chosen_reward: float  # rewards[chosen_idx]
-    reward_kind: str  # 'mean' (divided by n_tokens) or 'sum'
-    beta: float  # scale of every reward
-    sampler: str  # model that drew the answers
-
-    # Lists have no entry in records.py's column map, so this record spells out its Parquet schema.
-    @classmethod
-    def arrow_schema(cls) -> pa.Schema:
-        f64, text = pa.float64(), pa.string()
-        types = {"texts": pa.list_(text), "policy_logps": pa.list_(f64), "ref_logps": pa.list_(f64),
-                 "n_tokens": pa.list_(pa.int64()), "rewards": pa.list_(f64), "reasons": pa.list_(text),
-                 "chosen_idx": pa.int64(), "chosen_reward": f64, "beta": f64}
-        return pa.schema([pa.field(f.name, types.get(f.name, text), nullable=False) for f in fields(cls)])
-
-    def to_row(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_row(cls, row: Any) -> Self:
-        return cls(**{f.name: row[f.name] for f in fields(cls)})
 
 
 # -- rewards and the choice ----------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import time
 from contextlib import closing, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
@@ -39,24 +39,11 @@ from rlaifv.logps.packed import ResponseLogps, response_logps
 from rlaifv.preferences import LoadedPairs, PreferenceExample, load_pairs, pair_store_root
 from rlaifv.progress import progress
 from rlaifv.prompts import load_image
-from rlaifv.records import BadInput, Record, reason_counts
+from rlaifv.records import BadInput, RefLogps, reason_counts
 from rlaifv.store import ShardedStore
 
 STAGE = "reference"
 SHARD_SIZE = 256
-
-
-@dataclass(frozen=True, slots=True)
-class RefLogps(Record):
-    """The reference model's summed response log-probs of one pair (keyed like the pair)."""
-
-    KEY_FIELDS: ClassVar[tuple[str, ...]] = ("pair_key",)
-
-    pair_key: str  # PreferenceExample.key / Pair.key
-    chosen_logp: float  # sum of log p_ref over the chosen response's tokens
-    rejected_logp: float  # the same for the rejected response
-    chosen_tokens: int  # chosen response length in tokens (the policy must tokenize it the same way)
-    rejected_tokens: int  # rejected response length in tokens
 
 
 def weights_dtype(cfg: DPOConfig) -> torch.dtype:

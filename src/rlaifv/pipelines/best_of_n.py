@@ -23,11 +23,11 @@ from rlaifv.config import BonConfig, SampleConfig
 from rlaifv.engines.fastpath import engine_report
 from rlaifv.feedback.sample import run_sample
 from rlaifv.files import write_json
-from rlaifv.infer.bon import STAGE, BonRow, Scorer, export_best, load_scorer, run_bon, summarize
+from rlaifv.infer.bon import STAGE, Scorer, export_best, load_scorer, run_bon, summarize
 from rlaifv.pipelines.collect import load_engine
 from rlaifv.progress import log
 from rlaifv.prompts import ingest_prompts, load_image
-from rlaifv.records import Candidate, Prompt
+from rlaifv.records import BonRow, Candidate, Prompt
 from rlaifv.store import ShardedStore
 
 

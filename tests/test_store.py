@@ -354,3 +354,62 @@ def test_write_config_round_trips_as_readable_yaml(tmp_path: Path) -> None:
     store.write_config({"stage": "v2"})  # rewrites in place, no temp left behind
     assert store.read_config() == {"stage": "v2"}
     assert [p.name for p in store.root.iterdir()] == ["config.yaml"]
+
+
+def test_a_store_is_bound_to_the_config_that_fills_it(tmp_path: Path) -> None:
+    from rlaifv.config import CollectConfig, OpenAIEngineConfig, SampleConfig
+    from rlaifv.store import ConfigChanged
+
+    store = ShardedStore(tmp_path / "candidates", Candidate)
+    served = OpenAIEngineConfig(urls=["http://a:8000/v1"], model="m")
+    first = SampleConfig(policy=served, temperature=0.7)
+    store.bind_config(first)
+    write(store, EXAMPLES[Candidate])
+    recorded = store.config_path.read_bytes()
+    assert store.read_config() == first.model_dump(mode="json")
+
+    store.bind_config(first)  # the same config resumes; an unchanged record is not rewritten
+    assert store.config_path.read_bytes() == recorded
+
+    changed = first.model_copy(update={"temperature": 1.0, "policy": served.model_copy(update={"model": "m2"})})
+    with pytest.raises(ConfigChanged) as refused:
+        store.bind_config(changed)
+    message = str(refused.value)
+    assert "temperature: 0.7 -> 1.0" in message and 'policy.model: "m" -> "m2"' in message  # dotted, old -> new
+    assert "new output folder" in message and "--force-config" in message  # start fresh, or continue on purpose
+    assert [path for path, _, _ in refused.value.changes] == ["policy.model", "temperature"]
+    assert store.config_path.read_bytes() == recorded and len(store) == 3  # refused: nothing touched
+    with pytest.raises(ConfigChanged):
+        store.check_config(changed)
+
+    # a field that cannot change the records (a server's timeout) may differ, and the new value is recorded
+    patient = first.model_copy(update={"policy": served.model_copy(update={"timeout_s": 900.0})})
+    store.bind_config(patient)
+    assert store.read_config()["policy"]["timeout_s"] == 900.0
+
+    # --force-config: the new config replaces the recorded one, the records stay
+    ShardedStore(store.root, Candidate, force_config=True).bind_config(changed)
+    assert store.read_config()["temperature"] == 1.0 and len(store) == 3
+
+    # free fields are declared per config class, nested ones under their field's path
+    assert "shard_size" in CollectConfig.FREE_ON_RESUME
+    from rlaifv.store import free_paths
+
+    assert free_paths(CollectConfig(sample=first)) == {
+        "shard_size", "sample.policy.api_key_env", "sample.policy.concurrency", "sample.policy.timeout_s",
+        "sample.policy.max_retries"}
+
+
+def test_config_changes_walks_nested_fields_and_sees_absent_ones() -> None:
+    from rlaifv.store import ConfigChanged, config_changes
+
+    old = {"a": 1, "b": {"c": [1, 2], "d": "x"}, "gone": 0}
+    new = {"a": 1, "b": {"c": (1, 3), "d": "x"}, "added": True}
+    changes = config_changes(old, new)
+    assert [path for path, _, _ in changes] == ["b.c", "added", "gone"]
+    assert changes[0][1:] == ([1, 2], [1, 3])  # a tuple compares as the list it is stored as
+    message = str(ConfigChanged(Path("out"), changes))
+    assert "added: (absent) -> true" in message and "gone: 0 -> (absent)" in message
+    assert config_changes(old, new, free={"b.c", "added", "gone"}) == []
+    assert config_changes({"a": {"x": 1}}, {"a": {"x": 2}}, free={"a"}) == []  # a free section skips its fields
+

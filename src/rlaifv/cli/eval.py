@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import typer
 
-from rlaifv.cli.common import JsonOpt, emit, load_config, quiet_libraries
+from rlaifv.cli.common import ForceConfigOpt, JsonOpt, emit, load_config, quiet_libraries
 
 OutFileOpt = typer.Option(None, "--out", dir_okay=False, help="also write the result as JSON to this file (the "
                                                              "input of `rlaifv eval report`)")
@@ -91,7 +91,8 @@ def eval_world(
 
     wcfg = WorldConfig(seed=seed)
     ecfg = EvalConfig(split=split, n_scenes=n)  # type: ignore[arg-type]
-    result: dict[str, Any] = {"policy": evaluate_policy(policy, wcfg, ecfg, out)}
+    with _readable_errors():  # e.g. an --out made with another policy or setting
+        result: dict[str, Any] = {"policy": evaluate_policy(policy, wcfg, ecfg, out)}
     if labeler is not None:
         result["labeler"] = evaluate_labeler(labeler, wcfg, ecfg)
     emit(result, as_json, json.dumps(result, indent=2))
@@ -247,9 +248,11 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, "--device", help="torch device, e.g. cuda (default cpu)"),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (default float32)"),
         as_json: bool = JsonOpt,
+        force_config: bool = ForceConfigOpt,
     ) -> None:
         """Answer a benchmark's prompts with a policy (beam search, 3 beams by default), resumable, into the
-        responses file that `rlaifv eval chair|amber|mmhal` reads."""
+        responses file that `rlaifv eval chair|amber|mmhal` reads. The settings are kept beside it (OUT.config.yaml);
+        a rerun with other settings is refused (see --force-config)."""
         from rlaifv.eval.bench_generate import BenchGenerateConfig, benchmark_items, generate
 
         quiet_libraries()
@@ -259,7 +262,7 @@ def register(app: typer.Typer) -> None:
         with _readable_errors():
             items = benchmark_items(benchmark, data, images, amber_split)  # type: ignore[arg-type]
             key = "index" if benchmark == "mmhal" else "id"
-            result = generate(items, out, key, cfg)
+            result = generate(items, out, key, cfg, force_config=force_config)
         emit(result, as_json, f"{result['items']} prompts: {result['generated']} answered now, "
                                f"{result['resumed']} already in {out}")
 

@@ -56,7 +56,7 @@ def run_claims(
     splitter: Splitter,
 ) -> dict:
     """Split every candidate not yet done; one candidate's claims are written as one unit."""
-    out.write_config(cfg.model_dump(mode="json"))
+    out.bind_config(cfg)  # a rerun with another config is refused, not mixed into the stored records
     questions = {p.prompt_id: p.question for p in prompts.read()}
     todo = candidates.read_all()
     done = skipped = 0

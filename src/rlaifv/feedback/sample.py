@@ -58,7 +58,7 @@ def run_sample(
     load_image: Callable[[Prompt], Image.Image],
 ) -> dict:
     """Sample cfg.n candidates for every prompt not yet done; returns counts for the stage summary."""
-    out.write_config(cfg.model_dump(mode="json"))
+    out.bind_config(cfg)  # a rerun with another config is refused, not mixed into the stored records
     todo = list(prompts.read())
     sampling = sampling_of(cfg)
     setting = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens}

@@ -116,7 +116,8 @@ def compute_reference_logps(
     """
     loaded = pairs if isinstance(pairs, LoadedPairs) else load_pairs(Path(pairs))
     store = reference_store(loaded.source, reference, cfg, store_dir)
-    store.write_config({"source": str(loaded.source), **fingerprint(reference, cfg)})
+    # a store named explicitly (`store_dir`) may hold another reference's numbers: refused, never mixed
+    store.bind_config({"source": str(loaded.source), **fingerprint(reference, cfg)}, deliberate=None)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() and not cfg.use_cpu else "cpu"))
     counts = {"done": 0, "skipped": 0, "quarantined": 0}
     with store.writer() as writer:

@@ -29,13 +29,26 @@ from rlaifv.store import ShardedStore
 from rlaifv.world.config import WorldConfig
 
 
-def stores(out: Path, shard_size: int = 1000) -> dict[str, ShardedStore]:
+def stores(out: Path, shard_size: int = 1000, force_config: bool = False) -> dict[str, ShardedStore]:
+    """The stores under a collect folder; `force_config` lets a stage continue one made with another config."""
     return {
         "prompts": ShardedStore(out / "prompts", Prompt, shard_size),
-        "candidates": ShardedStore(out / "candidates", Candidate, shard_size),
-        "claims": ShardedStore(out / "claims", Claim, shard_size),
-        "verdicts": ShardedStore(out / "verdicts", Verdict, shard_size),
+        "candidates": ShardedStore(out / "candidates", Candidate, shard_size, force_config=force_config),
+        "claims": ShardedStore(out / "claims", Claim, shard_size, force_config=force_config),
+        "verdicts": ShardedStore(out / "verdicts", Verdict, shard_size, force_config=force_config),
     }
+
+
+STAGE_STORES = {"sample": "candidates", "claims": "claims", "judge": "verdicts"}  # the stages bound to a config
+
+
+def check_configs(out: Path, cfg: CollectConfig, stages: list[str], force_config: bool = False) -> None:
+    """Refuse, before anything runs or loads, a rerun whose stages' stores were made with another config
+    (store.ConfigChanged names what differs); each stage binds its config again when it opens its store."""
+    s = stores(out, cfg.shard_size, force_config)
+    for stage in stages:
+        if stage in STAGE_STORES and not (stage == "claims" and cfg.judge.mode == "holistic"):
+            s[STAGE_STORES[stage]].check_config(getattr(cfg, stage))
 
 
 def load_engine(cfg: EngineConfig, default_path: str | Path | None, role: str):
@@ -66,11 +79,13 @@ def _world_model(role: str, world: WorldConfig | None, cfg: EngineConfig | None 
 
 
 def run_stage(stage: str, prompts_file: Path | None, out: Path, cfg: CollectConfig,
-              world: WorldConfig | None = None) -> dict:
-    """Run one stage ('prompts', 'sample', 'claims', 'judge' or 'pairs') on the output folder."""
+              world: WorldConfig | None = None, force_config: bool = False) -> dict:
+    """Run one stage ('prompts', 'sample', 'claims', 'judge' or 'pairs') on the output folder. A stage whose store
+    was made with another config is refused before its model loads, unless `force_config`."""
     from rlaifv.prompts import ingest_prompts, load_image
 
-    s = stores(out, cfg.shard_size)
+    check_configs(out, cfg, [stage], force_config)
+    s = stores(out, cfg.shard_size, force_config)
     if stage == "prompts":
         if prompts_file is None:
             raise ValueError("the prompts stage needs a prompts file")
@@ -105,14 +120,18 @@ def run_stage(stage: str, prompts_file: Path | None, out: Path, cfg: CollectConf
     raise ValueError(f"unknown stage {stage!r}")
 
 
-def collect(prompts_file: Path, out: Path, cfg: CollectConfig, world: WorldConfig | None = None) -> dict:
-    """All stages in order, then OUT/summary.json; returns the summary."""
+def collect(prompts_file: Path, out: Path, cfg: CollectConfig, world: WorldConfig | None = None,
+            force_config: bool = False) -> dict:
+    """All stages in order, then OUT/summary.json; returns the summary. A folder whose stages were made with
+    another config is refused before anything runs (see `run_stage`)."""
+    stages = ["prompts", "sample", "claims", "judge", "pairs"]
+    check_configs(out, cfg, stages, force_config)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "collect.yaml", json.dumps(cfg.model_dump(mode="json"), indent=2))
     timings, results = {}, {}
-    for stage in ("prompts", "sample", "claims", "judge", "pairs"):
+    for stage in stages:
         start = time.perf_counter()
-        results[stage] = run_stage(stage, prompts_file, out, cfg, world)
+        results[stage] = run_stage(stage, prompts_file, out, cfg, world, force_config)
         timings[stage] = round(time.perf_counter() - start, 2)
         log(f"{stage}: {results[stage]} ({timings[stage]} s)")
     summary = summarize(out, results)

@@ -43,6 +43,7 @@ from rlaifv.config import CollectConfig, DPOConfig, HFEngineConfig, IterateConfi
 from rlaifv.eval.report import FEEDBACK_KEYS, ROUND_KEYS
 from rlaifv.files import atomic_write, write_json, write_yaml
 from rlaifv.progress import log
+from rlaifv.store import check_config, config_changes, free_paths
 from rlaifv.world.config import WorldConfig
 
 STATE, SUMMARY, CONFIG = "state.json", "summary.json", "iterate.yaml"
@@ -78,23 +79,27 @@ class Loop:
 
     # -- state -----------------------------------------------------------------------------------------------------
 
-    def _run_record(self) -> dict[str, Any]:
-        """What a rerun must match; `rounds` may change (more rounds continue a finished run), and so may `serve`
-        (how policies reach the servers changes no result: a broken restart command can be fixed and the run
-        continued)."""
-        return {"config": self.cfg.model_dump(mode="json", exclude={"rounds", "serve"}),
-                "world": self.world.model_dump(mode="json"),
-                "prompts": str(self.prompts_file) if self.prompts_file else None}
+    def _run_record(self) -> tuple[dict[str, Any], set[str]]:
+        """What a rerun must match, and the fields it may change: IterateConfig's FREE_ON_RESUME (`rounds`: more
+        rounds continue a finished run; `serve`: how policies reach the servers changes no result, so a broken
+        restart command can be fixed and the run continued) and those of the configs inside it."""
+        record = {"config": self.cfg.model_dump(mode="json"), "world": self.world.model_dump(mode="json"),
+                  "prompts": str(self.prompts_file) if self.prompts_file else None}
+        return record, {f"config.{path}" for path in free_paths(self.cfg)}
 
     def _open_state(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / STATE
-        record = json.loads(json.dumps(self._run_record()))
+        record, free = self._run_record()
         if path.is_file():
             self.state = json.loads(path.read_text(encoding="utf-8"))
-            if self.state.get("version") != STATE_VERSION or self.state.get("run") != record:
-                raise ValueError(f"{self.out} holds an iterate run with another config, world or prompts file "
-                                 f"({path}); use a new output folder (only `rounds` may change)")
+            if self.state.get("version") != STATE_VERSION:
+                raise ValueError(f"{self.out} holds an iterate run of another version ({path}); use a new output "
+                                 "folder")
+            run = check_config(self.out, self.state.get("run", {}), record, free, deliberate=None)
+            if config_changes(self.state.get("run", {}), run):  # a free field changed: record the new values
+                self.state["run"] = run
+                write_json(path, self.state)
         else:
             self.state = {"version": STATE_VERSION, "run": record, "steps": {}, "seconds": {}}
             write_json(path, self.state)

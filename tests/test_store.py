@@ -413,3 +413,51 @@ def test_config_changes_walks_nested_fields_and_sees_absent_ones() -> None:
     assert config_changes(old, new, free={"b.c", "added", "gone"}) == []
     assert config_changes({"a": {"x": 1}}, {"a": {"x": 2}}, free={"a"}) == []  # a free section skips its fields
 
+
+def test_run_in_batches_skips_done_units_and_recomputes_a_partial_batch_whole(tmp_path: Path) -> None:
+    from rlaifv.records import BadInput
+    from rlaifv.store import SetAside, run_in_batches
+
+    units = [f"u{i}" for i in range(7)]  # batches of 3: u0-u2, u3-u5, u6
+    seen: list[list[str]] = []
+
+    def prepare(u: str) -> str:
+        if u == "u4":
+            raise BadInput("image file not found: u4.png")
+        return u.upper()
+
+    def compute(batch: list[str], ready: list[str], inputs: list[str]) -> list:
+        seen.append(list(ready))
+        if crash and "u3" in ready:
+            raise RuntimeError("killed")
+        return [BadInput("400: too long") if u == "u5" else f"{x}!{len(batch)}" for u, x in zip(ready, inputs)]
+
+    def to_records(u: str, answer: str) -> list[Generation] | SetAside:
+        return SetAside("empty response", {"u": u}) if u == "u6" else [Generation(u, answer, 0)]
+
+    def run(store: ShardedStore) -> dict[str, int]:
+        with store.writer() as w:
+            return run_in_batches(w, units, 3, pending=lambda u: u not in w, prepare=prepare, compute=compute,
+                                  to_records=to_records, quarantine_as=lambda u: (u, {"unit": u}),
+                                  refused="server refused: ")
+
+    crash = False
+    whole = ShardedStore(tmp_path / "whole", Generation, shard_size=1)
+    assert run(whole) == {"done": 4, "skipped": 0, "quarantined": 3}
+    assert [g.text for g in whole.read()] == ["U0!3", "U1!3", "U2!3", "U3!3"]
+    assert {q.record_key: q.reason for q in whole.read_quarantine()} == {
+        "u4": "image file not found: u4.png", "u5": "server refused: 400: too long", "u6": "empty response"}
+    assert json.loads(whole.read_quarantine()[-1].record) == {"u": "u6"}  # a SetAside keeps its own row
+
+    crash, seen[:] = True, []
+    resumed = ShardedStore(tmp_path / "resumed", Generation, shard_size=1)
+    with pytest.raises(RuntimeError, match="killed"):
+        run(resumed)
+    crash = False
+    resumed.root.joinpath("shards", "part-00002.parquet").unlink()  # as if u2 was lost with the writer's buffer
+    seen[:] = []
+    assert run(resumed) == {"done": 2, "skipped": 3, "quarantined": 2}  # u4 was quarantined before the kill
+    assert seen == [["u0", "u1", "u2"], ["u3", "u5"], ["u6"]]  # u0, u1 done, recomputed with u2: the same batch
+    assert sorted(g.text for g in resumed.read()) == sorted(g.text for g in whole.read())
+    seen[:] = []
+    assert run(resumed)["skipped"] == 7 and seen == []  # nothing left: no batch is computed

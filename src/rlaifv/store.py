@@ -28,10 +28,10 @@ import base64
 import dataclasses
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -39,17 +39,20 @@ import yaml
 from pydantic import BaseModel
 
 from rlaifv.files import TMP_GLOB, atomic_write, fsync_path, write_json, write_yaml
-from rlaifv.progress import log
-from rlaifv.records import Quarantined, Record
+from rlaifv.progress import Bar, log
+from rlaifv.records import BadInput, Quarantined, Record
 
 __all__ = [
-    "ConfigChanged", "ShardWriter", "ShardedStore", "atomic_write", "bind_config", "check_config", "config_changes",
-    "free_paths", "fsync_path", "write_json",
+    "ConfigChanged", "SetAside", "ShardWriter", "ShardedStore", "atomic_write", "bind_config", "check_config",
+    "config_changes", "free_paths", "fsync_path", "run_in_batches", "write_json",
 ]
 
 FORCE_HINT = "rerun with --force-config"  # how a command continues a store made with another config on purpose
 
 R = TypeVar("R", bound=Record)
+T = TypeVar("T")  # a stage's unit of work (a prompt, a candidate)
+P = TypeVar("P")  # what a unit needs computed (its image, ...)
+A = TypeVar("A")  # the computed answer for a unit
 
 _PART = re.compile(r"^part-(\d+)\.parquet$")
 
@@ -405,3 +408,79 @@ class ShardWriter(Generic[R]):
             raise ValueError(f"duplicate key {key!r} in {self.store!r}")
         self._seen.add(key)
 
+
+# -- the loop the batch stages share ----------------------------------------------------------------------------
+
+
+class SetAside(NamedTuple):
+    """What `run_in_batches`'s `to_records` returns for a unit it cannot turn into records: quarantined with
+    `reason`, keeping `row` as the offending input (None: the unit's own row, from `quarantine_as`)."""
+
+    reason: str
+    row: Any = None
+
+
+def run_in_batches(
+    writer: ShardWriter[R],
+    units: Sequence[T],
+    batch_size: int,
+    *,
+    pending: Callable[[T], bool],
+    compute: Callable[[list[T], list[T], list[P]], list[A | BadInput]],
+    to_records: Callable[[T, A], list[R] | SetAside],
+    quarantine_as: Callable[[T], tuple[str, Any]],
+    prepare: Callable[[T], P] | None = None,
+    refused: str = "",
+    bar: Bar | None = None,
+    status: Callable[[dict[str, int]], str] | None = None,
+) -> dict[str, int]:
+    """The loop of a stage that computes records in batches and resumes: what sampling, claim splitting and
+    best-of-N scoring share. Returns counts of units: `done` (written now), `skipped` (done before: stored or
+    quarantined), `quarantined` (set aside now).
+
+    `units` go in fixed batches of `batch_size`, in order. A batch whose units are all done (not `pending`) is
+    skipped whole. Otherwise every unit is prepared (`prepare`, e.g. its image loaded; a BadInput quarantines a
+    pending unit and leaves the unit out), and the prepared units are computed together: `compute(batch, ready,
+    inputs)` returns one answer per ready unit. Done units are computed too, so a batch recomputed after a crash
+    is the batch an uninterrupted run computed (same padding, same seed, same floats); only pending units are
+    written. A pending unit's answer is a BadInput (quarantined with `refused` before its message), or becomes one
+    unit of records (`to_records`, written together: a crash keeps all of them or none), or a SetAside. Quarantined
+    units are keyed and kept as `quarantine_as(unit)` = (key, row). The bar advances by the batch's units.
+    """
+    counts = {"done": 0, "skipped": 0, "quarantined": 0}
+
+    def set_aside(unit: T, reason: str, row: Any = None) -> None:
+        key, own = quarantine_as(unit)
+        writer.quarantine(key, reason, own if row is None else row)
+        counts["quarantined"] += 1
+
+    for lo in range(0, len(units), batch_size):
+        batch = list(units[lo : lo + batch_size])
+        wanted = [pending(unit) for unit in batch]
+        counts["skipped"] += wanted.count(False)
+        if any(wanted):
+            ready: list[tuple[T, bool]] = []
+            inputs: list[P] = []
+            for unit, want in zip(batch, wanted):
+                try:
+                    inputs.append(prepare(unit) if prepare is not None else unit)  # type: ignore[arg-type]
+                    ready.append((unit, want))
+                except BadInput as exc:
+                    if want:
+                        set_aside(unit, str(exc))
+            answers = compute(batch, [u for u, _ in ready], inputs) if any(w for _, w in ready) else []
+            for (unit, want), answer in zip(ready, answers):
+                if not want:
+                    continue
+                if isinstance(answer, BadInput):
+                    set_aside(unit, f"{refused}{answer}")
+                    continue
+                records = to_records(unit, answer)
+                if isinstance(records, SetAside):
+                    set_aside(unit, records.reason, records.row)
+                else:
+                    writer.add_unit(records)
+                    counts["done"] += 1
+        if bar is not None:
+            bar.advance(len(batch), status=status(counts) if status is not None and any(wanted) else None)
+    return counts

@@ -45,7 +45,7 @@ from rlaifv.logps.encode import PairEncoder, context_length
 from rlaifv.preferences import PreferenceExample
 from rlaifv.progress import progress
 from rlaifv.records import BadInput, BonRow, Candidate, Prompt, ResponseScore, reason_counts
-from rlaifv.store import ShardedStore
+from rlaifv.store import SetAside, ShardedStore, run_in_batches
 
 STAGE = "bon"
 EMPTY = "empty response"
@@ -265,43 +265,25 @@ def run_bon(prompts: ShardedStore[Prompt], candidates: ShardedStore[Candidate], 
         by_prompt[c.prompt_id].append(c)
     not_sampled = {q.record_key: q.reason for q in candidates.read_quarantine()}
     todo = list(prompts.read())
-    counts = {"done": 0, "skipped": 0, "quarantined": 0}
+
+    def prepare(p: Prompt) -> PromptCandidates:
+        if p.prompt_id in not_sampled:
+            raise BadInput(f"sampling: {not_sampled[p.prompt_id]}")
+        found = sorted(by_prompt.get(p.prompt_id, []), key=lambda c: c.sample_idx)
+        if not found:
+            raise ValueError(f"prompt {p.prompt_id} has no candidates in {candidates.root}; run the sampling stage "
+                             "first")
+        return PromptCandidates(p, found, load_image(p))
+
+    def to_records(p: Prompt, result: BonRow | tuple[str, dict[str, Any]]) -> list[BonRow] | SetAside:
+        return [result] if isinstance(result, BonRow) else SetAside(*result)
+
     with out.writer() as writer, progress("best-of-N scoring", len(todo)) as bar, torch.no_grad():
-        for lo in range(0, len(todo), cfg.prompts_per_batch):
-            batch = todo[lo : lo + cfg.prompts_per_batch]
-            missing = {p.prompt_id for p in batch if p.prompt_id not in writer}
-            counts["skipped"] += len(batch) - len(missing)
-            items = []
-            for p in batch:
-                quarantine = p.prompt_id in missing
-                if p.prompt_id in not_sampled:
-                    if quarantine:
-                        writer.quarantine(p.prompt_id, f"sampling: {not_sampled[p.prompt_id]}",
-                                          p.to_row() | {"image_bytes": None})
-                        counts["quarantined"] += 1
-                    continue
-                found = sorted(by_prompt.get(p.prompt_id, []), key=lambda c: c.sample_idx)
-                if not found:
-                    raise ValueError(f"prompt {p.prompt_id} has no candidates in {candidates.root}; run the "
-                                     "sampling stage first")
-                try:
-                    items.append(PromptCandidates(p, found, load_image(p)))
-                except BadInput as exc:
-                    if quarantine:
-                        writer.quarantine(p.prompt_id, str(exc), p.to_row() | {"image_bytes": None})
-                        counts["quarantined"] += 1
-            if items and any(it.prompt.prompt_id in missing for it in items):
-                for item, result in zip(items, score_prompts(items, policy, reference, cfg, sampler)):
-                    if item.prompt.prompt_id not in missing:
-                        continue
-                    if isinstance(result, BonRow):
-                        writer.add(result)
-                        counts["done"] += 1
-                    else:
-                        writer.quarantine(item.prompt.prompt_id, *result)
-                        counts["quarantined"] += 1
-            bar.advance(len(batch), status=f"{counts['done']} prompts scored")
-    return counts
+        return run_in_batches(
+            writer, todo, cfg.prompts_per_batch, pending=lambda p: p.prompt_id not in writer, prepare=prepare,
+            compute=lambda batch, ready, items: score_prompts(items, policy, reference, cfg, sampler),
+            to_records=to_records, quarantine_as=lambda p: (p.prompt_id, p.to_row() | {"image_bytes": None}),
+            bar=bar, status=lambda counts: f"{counts['done']} prompts scored")
 
 
 # -- outputs -------------------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Layout of one store (one stage's output)::
 
-    root/config.yaml                      # what produced it (write_config)
+    root/config.yaml                      # the config that fills it (bind_config)
     root/shards/part-00000.parquet ...    # records, shard_size per file
     root/quarantine/part-00000.parquet    # bad input, with a reason
 
@@ -334,8 +334,9 @@ class ShardedStore(Generic[R]):
             check_config(self.root, old, config, free)
 
     def write_config(self, config: Mapping[str, Any]) -> Path:
-        """Record what produced this store, as readable YAML (key order kept), whatever was recorded before (a
-        stage binds its config instead: :meth:`bind_config`)."""
+        """Record what produced this store, as readable YAML (key order kept), whatever was recorded before. For
+        stores whose config is an echo, not a contract: prompt ingest (a store may take several sources) and the
+        pairs (rebuilt whole when their config changes); a stage binds its config instead (:meth:`bind_config`)."""
         self.root.mkdir(parents=True, exist_ok=True)
         write_yaml(self.config_path, dict(config))
         return self.config_path

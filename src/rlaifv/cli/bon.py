@@ -14,7 +14,16 @@ from typing import Any, Optional
 
 import typer
 
-from rlaifv.cli.common import JsonOpt, emit, fail, load_config, local_engine_options, quiet_libraries, run_long
+from rlaifv.cli.common import (
+    ForceConfigOpt,
+    JsonOpt,
+    emit,
+    fail,
+    load_config,
+    local_engine_options,
+    quiet_libraries,
+    run_long,
+)
 from rlaifv.config import BonConfig
 
 
@@ -86,9 +95,11 @@ def register(app: typer.Typer) -> None:
                                                    "candidates_per_pack, per-model devices, ...); the options here "
                                                    "override it"),
         as_json: bool = JsonOpt,
+        force_config: bool = ForceConfigOpt,
     ) -> None:
         """Best-of-N with self-feedback: sample N answers per prompt, score each with the aligned policy's implicit
-        reward against the reference, keep the best. Resumable."""
+        reward against the reference, keep the best. Resumable; a rerun with other settings is refused (see
+        --force-config)."""
         quiet_libraries()
         if reward is not None and reward not in ("mean", "sum"):
             raise typer.BadParameter(f"{reward!r} is not one of mean, sum", param_hint="--reward")
@@ -100,5 +111,5 @@ def register(app: typer.Typer) -> None:
                      f"{role}: {{kind: openai, urls: [...], model: NAME}})", 2)
         from rlaifv.pipelines.best_of_n import best_of_n
 
-        summary = run_long(best_of_n, out, cfg, prompts)
+        summary = run_long(best_of_n, out, cfg, prompts, force_config)
         emit(summary, as_json, _human(summary))

@@ -18,6 +18,7 @@ from typing import Any, Optional
 import typer
 
 from rlaifv.cli.common import (
+    ForceConfigOpt,
     JsonOpt,
     emit,
     exit_on_error,
@@ -72,9 +73,9 @@ def _config(config: Optional[Path], **opts: Any) -> CollectConfig:
 
 
 def _run(stages: list[str], prompts: Optional[Path], out: Path, cfg: CollectConfig, world_seed: int,
-         as_json: bool) -> None:
-    from rlaifv.pipelines.collect import run_stage, summarize
-    from rlaifv.store import write_json
+         as_json: bool, force_config: bool = False) -> None:
+    from rlaifv.files import write_json
+    from rlaifv.pipelines.collect import check_configs, run_stage, summarize
     from rlaifv.world.config import WorldConfig
 
     quiet_libraries()
@@ -82,10 +83,11 @@ def _run(stages: list[str], prompts: Optional[Path], out: Path, cfg: CollectConf
         fail("--prompts is required the first time (no prompts stored in --out yet)", 2)
     results = {}
     with exit_on_error():
+        check_configs(out, cfg, stages, force_config)  # a changed setting is refused before anything runs
         for stage in stages:
             if stage == "prompts" and prompts is None:
                 continue
-            results[stage] = run_stage(stage, prompts, out, cfg, WorldConfig(seed=world_seed))
+            results[stage] = run_stage(stage, prompts, out, cfg, WorldConfig(seed=world_seed), force_config)
     summary = summarize(out, results)
     write_json(out / "summary.json", summary)
     human = "\n".join(f"{name}: {info}" for name, info in summary["stages"].items())
@@ -106,43 +108,47 @@ def register(app: typer.Typer) -> None:
         policy: Optional[str] = PolicyOpt, labeler: Optional[str] = LabelerOpt, splitter: Optional[str] = SplitterOpt,
         splitter_model: Optional[str] = SplitterModelOpt, mode: Optional[str] = ModeOpt,
         device: Optional[str] = DeviceOpt, seed: Optional[int] = SeedOpt, world_seed: int = WorldSeedOpt,
-        as_json: bool = JsonOpt,
+        as_json: bool = JsonOpt, force_config: bool = ForceConfigOpt,
     ) -> None:
         """Collect preference pairs: sample N responses per prompt, split them into claims, judge every claim
-        with the labeler, pair responses by score. Writes OUT/summary.json."""
+        with the labeler, pair responses by score. Writes OUT/summary.json. A rerun resumes; one with other
+        settings than a stage was run with is refused (see --force-config)."""
         cfg = _config(config, **{k: v for k, v in locals().items() if k not in ("out", "prompts", "config")})
-        _run(["prompts", "sample", "claims", "judge", "pairs"], prompts, out, cfg, world_seed, as_json)
+        _run(["prompts", "sample", "claims", "judge", "pairs"], prompts, out, cfg, world_seed, as_json, force_config)
 
     @app.command()
     def sample(
         out: Path = OutOpt, prompts: Optional[Path] = PromptsOpt, config: Optional[Path] = CollectConfigOpt,
         n: Optional[int] = NOpt, temperature: Optional[float] = TempOpt, max_new_tokens: Optional[int] = MaxTokOpt,
         policy: Optional[str] = PolicyOpt, device: Optional[str] = DeviceOpt, seed: Optional[int] = SeedOpt,
-        world_seed: int = WorldSeedOpt, as_json: bool = JsonOpt,
+        world_seed: int = WorldSeedOpt, as_json: bool = JsonOpt, force_config: bool = ForceConfigOpt,
     ) -> None:
-        """Deconfounded sampling: N responses per prompt with one decoding setting (OUT/candidates)."""
+        """Deconfounded sampling: N responses per prompt with one decoding setting (OUT/candidates). A rerun
+        resumes; one with another setting (temperature, N, policy, ...) is refused (see --force-config)."""
         cfg = _config(config, **{k: v for k, v in locals().items() if k not in ("out", "prompts", "config")})
-        _run(["prompts", "sample"], prompts, out, cfg, world_seed, as_json)
+        _run(["prompts", "sample"], prompts, out, cfg, world_seed, as_json, force_config)
 
     @app.command()
     def claims(
         out: Path = OutOpt, config: Optional[Path] = CollectConfigOpt, splitter: Optional[str] = SplitterOpt,
         splitter_model: Optional[str] = SplitterModelOpt, device: Optional[str] = DeviceOpt,
-        world_seed: int = WorldSeedOpt, as_json: bool = JsonOpt,
+        world_seed: int = WorldSeedOpt, as_json: bool = JsonOpt, force_config: bool = ForceConfigOpt,
     ) -> None:
-        """Divide: split every response into statements and yes/no questions (OUT/claims)."""
+        """Divide: split every response into statements and yes/no questions (OUT/claims). A rerun resumes; one
+        with another splitter setting is refused (see --force-config)."""
         cfg = _config(config, **{k: v for k, v in locals().items() if k not in ("out", "config")})
-        _run(["claims"], None, out, cfg, world_seed, as_json)
+        _run(["claims"], None, out, cfg, world_seed, as_json, force_config)
 
     @app.command()
     def judge(
         out: Path = OutOpt, config: Optional[Path] = CollectConfigOpt, labeler: Optional[str] = LabelerOpt,
         mode: Optional[str] = ModeOpt, device: Optional[str] = DeviceOpt, world_seed: int = WorldSeedOpt,
-        as_json: bool = JsonOpt,
+        as_json: bool = JsonOpt, force_config: bool = ForceConfigOpt,
     ) -> None:
-        """Conquer: the labeler's P(yes)/P(no) for every claim against the image (OUT/verdicts)."""
+        """Conquer: the labeler's P(yes)/P(no) for every claim against the image (OUT/verdicts). A rerun resumes;
+        one with another labeler or judge setting is refused (see --force-config)."""
         cfg = _config(config, **{k: v for k, v in locals().items() if k not in ("out", "config")})
-        _run(["judge"], None, out, cfg, world_seed, as_json)
+        _run(["judge"], None, out, cfg, world_seed, as_json, force_config)
 
     @app.command()
     def pairs(

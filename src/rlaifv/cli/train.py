@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import typer
 
-from rlaifv.cli.common import JsonOpt, emit, exit_on_error, fail, load_config, quiet_libraries
+from rlaifv.cli.common import ForceConfigOpt, JsonOpt, emit, exit_on_error, fail, load_config, quiet_libraries
 from rlaifv.config import DPOConfig
 
 
@@ -61,9 +61,11 @@ def register(app: typer.Typer) -> None:
         reference_only: bool = typer.Option(False, "--reference-only",
                                             help="only compute the reference log-probs (and quarantine bad pairs)"),
         as_json: bool = JsonOpt,
+        force_config: bool = ForceConfigOpt,
     ) -> None:
         """DPO of a VLM on preference pairs: reference log-probs computed once and stored beside the pairs, one
-        packed sequence per pair, checkpoints every save_steps, resumable; writes OUT/model and OUT/summary.json."""
+        packed sequence per pair, checkpoints every save_steps, resumable; writes OUT/model and OUT/summary.json.
+        A rerun into OUT with other pairs, models or settings is refused (see --force-config)."""
         quiet_libraries()
         cfg = _config(config, out, needs_out=not reference_only, beta=beta, learning_rate=lr, num_train_epochs=epochs,
                       max_steps=max_steps,
@@ -88,7 +90,7 @@ def register(app: typer.Typer) -> None:
 
             from rlaifv.train.dpo import train_dpo
 
-            summary = train_dpo(pairs, policy, out, cfg, ref)
+            summary = train_dpo(pairs, policy, out, cfg, ref, force_config=force_config)
         if PartialState().is_main_process:
             final = summary.get("final") or {}
             emit(summary, as_json, f"trained {summary['steps']} steps on {summary['n_train']} pairs "

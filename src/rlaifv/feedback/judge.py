@@ -64,7 +64,7 @@ def run_judge(
     load_image: Callable[[Prompt], Image.Image],
 ) -> dict:
     """Verdicts for every claim not yet judged; one prompt's verdicts are written as one unit."""
-    out.write_config(cfg.model_dump(mode="json"))
+    out.bind_config(cfg)  # a rerun with another config is refused, not mixed into the stored records
     by_prompt: dict[str, list[Claim]] = defaultdict(list)
     for c in claims:
         by_prompt[c.prompt_id].append(c)

@@ -56,7 +56,7 @@ def main() -> None:
 
     from rlaifv.engines.packing import pack_bounds
     from rlaifv.infer.bon import Scorer
-    from rlaifv.infer.reward import group_logps, separate_group_logps
+    from rlaifv.logps.packed import group_logps, separate_group_logps
     from rlaifv.records import Prompt
     from rlaifv.world.render import render
     from rlaifv.world.scenes import sample_scenes

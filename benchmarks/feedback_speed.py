@@ -224,7 +224,7 @@ def bench_claims(n_prompts: int, n: int, batch: int, workdir: str, repeats: int)
 
 
 def bench_sample(engine, images, n: int, max_new_tokens: int, device: str) -> None:
-    from rlaifv.engines.hf import Sampling
+    from rlaifv.engines.base import Sampling
 
     question = "Describe this image in detail."
     setting = Sampling(max_new_tokens=max_new_tokens, do_sample=True, temperature=0.7)

@@ -18,7 +18,7 @@ import rlaifv.store as store_module
 from rlaifv.config import BonConfig
 from rlaifv.engines.packing import pack_bounds
 from rlaifv.infer.bon import EMPTY, BonRow, Scorer, choose, rewards_of, run_bon
-from rlaifv.infer.reward import group_logps, separate_group_logps
+from rlaifv.logps.packed import group_logps, separate_group_logps
 from rlaifv.pipelines.best_of_n import best_of_n, bon_stores
 from rlaifv.prompts import ingest_prompts, load_image, write_world_prompts
 from rlaifv.records import Candidate
@@ -248,7 +248,7 @@ def test_a_crashed_run_resumes_to_the_uninterrupted_result(aligned, micro_world,
     assert (tmp_path / "run" / "best.jsonl").read_text() == (tmp_path / "whole" / "best.jsonl").read_text()
     assert {k: v for k, v in resumed.items() if k not in ("out", "best", "this_run")} == \
         {k: v for k, v in whole.items() if k not in ("out", "best", "this_run")}
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match="another config(.|\n)*beta: 0.1 -> 0.2"):
         best_of_n(tmp_path / "run", config(aligned, micro_world.policy, shard_size=1, beta=0.2))
 
 
@@ -278,7 +278,13 @@ def test_the_command_writes_best_answers_and_one_json_object(aligned, micro_worl
     bad = runner.invoke(app, [*args[:-1], "--reward", "max"])
     assert bad.exit_code == 2 and "mean, sum" in bad.output
     changed = runner.invoke(app, [*args[:-1], "--beta", "0.5"])
-    assert changed.exit_code == 1 and "other settings" in changed.output
+    assert changed.exit_code == 1 and "another config" in changed.output and "beta: 0.1 -> 0.5" in changed.output
+    (tmp_path / "c.yaml").write_text("shard_size: 7\n")
+    resized = runner.invoke(app, [*args[:-1], "--config", str(tmp_path / "c.yaml")])
+    assert resized.exit_code == 0, resized.output  # the shard size changes no record: it may differ on a rerun
+    forced = runner.invoke(app, [*args[:-1], "--beta", "0.5", "--force-config"])
+    assert forced.exit_code == 0, forced.output
+    assert bon_stores(out)["bon"].read_config()["beta"] == 0.5
 
 
 def _row(prompt_id: str, texts: list[str], pol: list, ref: list, tokens: list[int]) -> BonRow:

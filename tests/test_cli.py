@@ -101,6 +101,11 @@ def test_eval_world_resumes_from_its_store(micro_world, micro_cache, tmp_path):
     assert again.returncode == 0, again.stderr
     assert json.loads(first.stdout) == json.loads(again.stdout)
     assert sorted(p.stat().st_mtime_ns for p in store.shard_paths()) == shards
+    other = _run([*args[:-1], "--split", "val"], env=env)  # other scenes into the same store: refused
+    assert other.returncode == 2 and "eval.split: \"test\" -> \"val\"" in other.stderr, other.stderr
+    more = _run([*args[:4], "--n", "14", *args[6:]], env=env)  # more scenes extend the store
+    assert more.returncode == 0, more.stderr
+    assert len(store) == 14 and store.read_config()["eval"]["n_scenes"] == 14
 
 
 def test_bad_config_is_a_readable_error(tmp_path):

@@ -175,9 +175,10 @@ def test_holistic_mode_judges_whole_responses(finished, micro_world, tmp_path):
 def test_cli_collect_json_prints_one_object(finished, micro_world, tmp_path):
     out = tmp_path / "cli"
     shutil.copytree(finished, out)
+    config = tmp_path / "collect.yaml"  # the settings `finished` was collected with: the rerun resumes it
+    config.write_text(json.dumps(config_for(micro_world).model_dump(mode="json")))
     proc = subprocess.run(
-        [sys.executable, "-m", "rlaifv.cli", "collect", "--out", str(out), "--policy", str(micro_world.policy),
-         "--labeler", str(micro_world.labeler), "--n", "4", "--json"],
+        [sys.executable, "-m", "rlaifv.cli", "collect", "--out", str(out), "--config", str(config), "--json"],
         capture_output=True, text=True, timeout=300, env=os.environ.copy(),
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -229,6 +230,9 @@ def test_each_distinct_question_of_an_image_is_asked_once(finished, micro_world,
             asked.extend(qs for _, qs in groups)
             return engine.yes_no_shared(groups, questions_per_pack, packs_per_forward)
 
+        def fast_paths(self):
+            return engine.fast_paths()
+
     from rlaifv.records import Verdict
 
     out = ShardedStore(tmp_path / "verdicts", Verdict, 3)
@@ -244,3 +248,33 @@ def test_each_distinct_question_of_an_image_is_asked_once(finished, micro_world,
     for c, (p_yes, p_no) in zip(claims, alone):
         assert verdicts[c.key].p_yes == pytest.approx(p_yes, abs=1e-4)
         assert verdicts[c.key].p_no == pytest.approx(p_no, abs=1e-4)
+
+
+def test_a_rerun_with_another_temperature_is_refused_and_leaves_the_store_alone(micro_world, world_prompts,
+                                                                                 tmp_path):
+    from typer.testing import CliRunner
+
+    from rlaifv.cli import app
+
+    out = tmp_path / "run"
+    args = ["sample", "--prompts", str(world_prompts), "--out", str(out), "--policy", str(micro_world.policy),
+            "--n", "2", "--max-new-tokens", "8", "--temperature", "1.0"]
+    runner = CliRunner()
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    store = stores(out)["candidates"]
+    before = {p.name: p.read_bytes() for p in [store.config_path, *store.shard_paths()]}
+    assert len(store) == N_PROMPTS * 2
+
+    refused = runner.invoke(app, [*args[:-1], "0.5"])
+    assert refused.exit_code == 1
+    assert "temperature: 1.0 -> 0.5" in refused.output  # the field, its old and its new value
+    assert "--force-config" in refused.output and "new output folder" in refused.output  # continue, or start fresh
+    assert {p.name: p.read_bytes() for p in [store.config_path, *store.shard_paths()]} == before  # untouched
+    assert not store.quarantine_paths()
+
+    again = runner.invoke(app, args)  # the same settings resume (nothing left to do)
+    assert again.exit_code == 0, again.output
+    forced = runner.invoke(app, [*args[:-1], "0.5", "--force-config"])  # continued on purpose: recorded
+    assert forced.exit_code == 0, forced.output
+    assert store.read_config()["temperature"] == 0.5 and len(store) == N_PROMPTS * 2

@@ -126,7 +126,7 @@ def test_a_finished_run_is_not_redone_and_another_config_is_refused(baseline, wo
     stamp = (out / "summary.json").stat().st_mtime_ns
     assert train_dpo(world_pairs, micro_world.policy, out, DPOConfig(**BASE)) == baseline
     assert (out / "summary.json").stat().st_mtime_ns == stamp
-    with pytest.raises(ValueError, match="holds a run with other pairs, models or config"):
+    with pytest.raises(ValueError, match="another config(.|\n)*config.beta: 0.1 -> 0.5"):
         train_dpo(world_pairs, micro_world.policy, out, DPOConfig(**{**BASE, "beta": 0.5}))
 
 

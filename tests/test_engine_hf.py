@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from rlaifv.engines.base import Sampling
 from rlaifv.engines.decode import _next_tokens
-from rlaifv.engines.hf import HFEngine, Sampling, single_token_ids
+from rlaifv.engines.hf import HFEngine, single_token_ids
 from rlaifv.engines.images import ImageBank, concat_vision, takes_image_features
 from rlaifv.world.language import DESCRIBE_INSTRUCTIONS
 from rlaifv.world.render import render

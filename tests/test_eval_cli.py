@@ -234,6 +234,9 @@ def test_generate_is_resumable_and_feeds_chair(micro_world, micro_cache, tmp_pat
     assert [json.loads(line)["id"] for line in lines] == [0, 1, 2]
     again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
     assert json.loads(again.stdout)["generated"] == 0 and out.read_text().splitlines() == lines
+    changed = subprocess.run([*args[:-1], "--num-beams", "1"], capture_output=True, text=True, env=env, timeout=600)
+    assert changed.returncode == 2 and "num_beams: 3 -> 1" in changed.stderr  # another setting: refused
+    assert out.read_text().splitlines() == lines and (tmp_path / "answers.jsonl.config.yaml").is_file()
     gt = _jsonl(tmp_path / "g.jsonl", [{"image_id": i, "instances": [], "captions": []} for i in range(3)])
     scored = _invoke("chair", "--responses", str(out), "--ground-truth", str(gt), "--json")
     assert scored.exit_code == 0 and json.loads(scored.stdout)["n_responses"] == 3

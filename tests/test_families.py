@@ -17,11 +17,11 @@ import torch
 from families import FAMILIES, build_family, family_images
 
 from rlaifv.config import DPOConfig
+from rlaifv.engines.base import Sampling
 from rlaifv.engines.fastpath import report
-from rlaifv.engines.hf import HFEngine, Sampling
-from rlaifv.infer.reward import ResponseGroup, group_logps
+from rlaifv.engines.hf import HFEngine
 from rlaifv.logps.encode import PairEncoder
-from rlaifv.logps.packed import response_logps
+from rlaifv.logps.packed import ResponseGroup, group_logps, response_logps
 from rlaifv.preferences import PreferenceExample
 from rlaifv.records import Prompt
 from rlaifv.train.dpo import read_metrics, train_dpo

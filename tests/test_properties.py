@@ -40,7 +40,9 @@ MODEL_TEXT = st.one_of(
                               "Answer yes or no.", "**Statements:**", "---", "\x00", "é", "猫"]),
              max_size=40).map(" ".join),
 )
-PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: the same examples every run, so CI is deterministic; a new property failure is a real finding
+PROPS = settings(max_examples=150, deadline=None, derandomize=True, database=None,
+                 suppress_health_check=[HealthCheck.too_slow])
 CLEAN_ITEM = st.text(alphabet=string.ascii_letters + string.digits + " ,.'", min_size=1, max_size=60).map(
     str.strip).filter(lambda s: any(c.isalnum() for c in s) and not s.endswith(":") and s[0].isalpha())
 
@@ -76,6 +78,11 @@ def test_question_output_pairs_by_position_or_is_bad_input(stated, text, finishe
 def test_stripping_the_yes_no_suffix_is_idempotent(text):
     once = strip_suffix(text)
     assert strip_suffix(once) == once
+
+
+def test_a_repeated_yes_no_suffix_is_stripped_whole():  # found by the property above
+    assert strip_suffix("Is there a dog? Answer yes or no. Answer yes or no.") == "Is there a dog?"
+    assert strip_suffix("Answer yes or noAnswer yes or no") == ""
 
 
 @PROPS
@@ -126,7 +133,8 @@ ROWS = st.dictionaries(st.sampled_from(["id", "image", "question", "images", "pr
                        max_size=5)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.one_of(ROWS.map(json.dumps), st.text(max_size=30).filter(lambda s: "\n" not in s and "\r" not in s)),
                 max_size=8))
 def test_every_prompt_file_line_is_a_prompt_or_a_reason(tmp_path_factory, lines):
@@ -145,7 +153,7 @@ def test_every_prompt_file_line_is_a_prompt_or_a_reason(tmp_path_factory, lines)
 
 
 @pytest.mark.parametrize("model", [CollectConfig, SampleConfig, ClaimsConfig, JudgeConfig, DPOConfig])
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
 @given(key=st.text(alphabet=string.ascii_lowercase + "_", min_size=3, max_size=20), value=JSON_VALUES)
 def test_a_config_with_an_unknown_key_is_refused_by_name(model, key, value):
     if key in model.model_fields:

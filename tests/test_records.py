@@ -9,12 +9,14 @@ import pyarrow as pa
 import pytest
 
 from rlaifv.records import (
+    BonRow,
     Candidate,
     Claim,
     Generation,
     Pair,
     Prompt,
     Quarantined,
+    RefLogps,
     Scored,
     Verdict,
 )
@@ -75,6 +77,9 @@ def test_key_of_row_matches_key() -> None:
         make_pair(),
         Quarantined("claims", "p1/0", "no claims", '{"text": ""}'),
         Generation("p1", "greedy", 3),
+        RefLogps("p1/abc", -12.5, -20.0, 7, 9),
+        BonRow("p1", "q?", "", ["a", "", "c"], [-3.0, None, -4.0], [-3.5, None, -4.0], [2, 0, 3], [0.25, None, 0.0],
+               ["", "empty response", ""], 0, "a", 0.25, "mean", 0.1, "s"),
     ],
     ids=lambda r: type(r).__name__,
 )
@@ -139,3 +144,27 @@ def test_arrow_schema_types_and_nullability() -> None:
     assert pair.field("ref_chosen_logp").nullable
     assert pair.field("round").type == pa.int64()
     assert Verdict.arrow_schema().field("accepted").type == pa.bool_()
+
+
+def test_list_fields_are_arrow_lists_with_the_item_nullability_of_their_annotation() -> None:
+    schema = BonRow.arrow_schema()
+    assert schema.field("texts").type == pa.list_(pa.string())
+    assert schema.field("n_tokens").type == pa.list_(pa.int64())
+    assert schema.field("rewards").type == pa.list_(pa.float64())
+    assert not schema.field("rewards").nullable  # the list itself is required; its items may be None
+    row = BonRow("p1", "q?", "", ("a",), (None,), (None,), (0,), (None,), ("empty response",), 0, "a", 0.0, "sum",
+                 0.1, "s").to_row()
+    assert row["texts"] == ["a"] and row["rewards"] == [None]  # tuples are stored as lists
+    with pytest.raises(ValueError, match="texts holds None"):
+        BonRow("p1", "q?", "", [None], [None], [None], [0], [None], [""], 0, "a", 0.0, "sum", 0.1, "s").to_row()
+
+
+def test_best_of_n_rows_keep_the_parquet_schema_they_were_stored_with() -> None:
+    # The schema BonRow spelled out by hand before records had list columns: shards written with it must still read.
+    f64, text = pa.float64(), pa.string()
+    lists = {"texts": pa.list_(text), "policy_logps": pa.list_(f64), "ref_logps": pa.list_(f64),
+             "n_tokens": pa.list_(pa.int64()), "rewards": pa.list_(f64), "reasons": pa.list_(text),
+             "chosen_idx": pa.int64(), "chosen_reward": f64, "beta": f64}
+    before = pa.schema([pa.field(f.name, lists.get(f.name, text), nullable=False)
+                        for f in dataclasses.fields(BonRow)])
+    assert BonRow.arrow_schema() == before

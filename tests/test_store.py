@@ -354,3 +354,110 @@ def test_write_config_round_trips_as_readable_yaml(tmp_path: Path) -> None:
     store.write_config({"stage": "v2"})  # rewrites in place, no temp left behind
     assert store.read_config() == {"stage": "v2"}
     assert [p.name for p in store.root.iterdir()] == ["config.yaml"]
+
+
+def test_a_store_is_bound_to_the_config_that_fills_it(tmp_path: Path) -> None:
+    from rlaifv.config import CollectConfig, OpenAIEngineConfig, SampleConfig
+    from rlaifv.store import ConfigChanged
+
+    store = ShardedStore(tmp_path / "candidates", Candidate)
+    served = OpenAIEngineConfig(urls=["http://a:8000/v1"], model="m")
+    first = SampleConfig(policy=served, temperature=0.7)
+    store.bind_config(first)
+    write(store, EXAMPLES[Candidate])
+    recorded = store.config_path.read_bytes()
+    assert store.read_config() == first.model_dump(mode="json")
+
+    store.bind_config(first)  # the same config resumes; an unchanged record is not rewritten
+    assert store.config_path.read_bytes() == recorded
+
+    changed = first.model_copy(update={"temperature": 1.0, "policy": served.model_copy(update={"model": "m2"})})
+    with pytest.raises(ConfigChanged) as refused:
+        store.bind_config(changed)
+    message = str(refused.value)
+    assert "temperature: 0.7 -> 1.0" in message and 'policy.model: "m" -> "m2"' in message  # dotted, old -> new
+    assert "new output folder" in message and "--force-config" in message  # start fresh, or continue on purpose
+    assert [path for path, _, _ in refused.value.changes] == ["policy.model", "temperature"]
+    assert store.config_path.read_bytes() == recorded and len(store) == 3  # refused: nothing touched
+    with pytest.raises(ConfigChanged):
+        store.check_config(changed)
+
+    # a field that cannot change the records (a server's timeout) may differ, and the new value is recorded
+    patient = first.model_copy(update={"policy": served.model_copy(update={"timeout_s": 900.0})})
+    store.bind_config(patient)
+    assert store.read_config()["policy"]["timeout_s"] == 900.0
+
+    # --force-config: the new config replaces the recorded one, the records stay
+    ShardedStore(store.root, Candidate, force_config=True).bind_config(changed)
+    assert store.read_config()["temperature"] == 1.0 and len(store) == 3
+
+    # free fields are declared per config class, nested ones under their field's path
+    assert "shard_size" in CollectConfig.FREE_ON_RESUME
+    from rlaifv.store import free_paths
+
+    assert free_paths(CollectConfig(sample=first)) == {
+        "shard_size", "sample.policy.api_key_env", "sample.policy.concurrency", "sample.policy.timeout_s",
+        "sample.policy.max_retries"}
+
+
+def test_config_changes_walks_nested_fields_and_sees_absent_ones() -> None:
+    from rlaifv.store import ConfigChanged, config_changes
+
+    old = {"a": 1, "b": {"c": [1, 2], "d": "x"}, "gone": 0}
+    new = {"a": 1, "b": {"c": (1, 3), "d": "x"}, "added": True}
+    changes = config_changes(old, new)
+    assert [path for path, _, _ in changes] == ["b.c", "added", "gone"]
+    assert changes[0][1:] == ([1, 2], [1, 3])  # a tuple compares as the list it is stored as
+    message = str(ConfigChanged(Path("out"), changes))
+    assert "added: (absent) -> true" in message and "gone: 0 -> (absent)" in message
+    assert config_changes(old, new, free={"b.c", "added", "gone"}) == []
+    assert config_changes({"a": {"x": 1}}, {"a": {"x": 2}}, free={"a"}) == []  # a free section skips its fields
+
+
+def test_run_in_batches_skips_done_units_and_recomputes_a_partial_batch_whole(tmp_path: Path) -> None:
+    from rlaifv.records import BadInput
+    from rlaifv.store import SetAside, run_in_batches
+
+    units = [f"u{i}" for i in range(7)]  # batches of 3: u0-u2, u3-u5, u6
+    seen: list[list[str]] = []
+
+    def prepare(u: str) -> str:
+        if u == "u4":
+            raise BadInput("image file not found: u4.png")
+        return u.upper()
+
+    def compute(batch: list[str], ready: list[str], inputs: list[str]) -> list:
+        seen.append(list(ready))
+        if crash and "u3" in ready:
+            raise RuntimeError("killed")
+        return [BadInput("400: too long") if u == "u5" else f"{x}!{len(batch)}" for u, x in zip(ready, inputs)]
+
+    def to_records(u: str, answer: str) -> list[Generation] | SetAside:
+        return SetAside("empty response", {"u": u}) if u == "u6" else [Generation(u, answer, 0)]
+
+    def run(store: ShardedStore) -> dict[str, int]:
+        with store.writer() as w:
+            return run_in_batches(w, units, 3, pending=lambda u: u not in w, prepare=prepare, compute=compute,
+                                  to_records=to_records, quarantine_as=lambda u: (u, {"unit": u}),
+                                  refused="server refused: ")
+
+    crash = False
+    whole = ShardedStore(tmp_path / "whole", Generation, shard_size=1)
+    assert run(whole) == {"done": 4, "skipped": 0, "quarantined": 3}
+    assert [g.text for g in whole.read()] == ["U0!3", "U1!3", "U2!3", "U3!3"]
+    assert {q.record_key: q.reason for q in whole.read_quarantine()} == {
+        "u4": "image file not found: u4.png", "u5": "server refused: 400: too long", "u6": "empty response"}
+    assert json.loads(whole.read_quarantine()[-1].record) == {"u": "u6"}  # a SetAside keeps its own row
+
+    crash, seen[:] = True, []
+    resumed = ShardedStore(tmp_path / "resumed", Generation, shard_size=1)
+    with pytest.raises(RuntimeError, match="killed"):
+        run(resumed)
+    crash = False
+    resumed.root.joinpath("shards", "part-00002.parquet").unlink()  # as if u2 was lost with the writer's buffer
+    seen[:] = []
+    assert run(resumed) == {"done": 2, "skipped": 3, "quarantined": 2}  # u4 was quarantined before the kill
+    assert seen == [["u0", "u1", "u2"], ["u3", "u5"], ["u6"]]  # u0, u1 done, recomputed with u2: the same batch
+    assert sorted(g.text for g in resumed.read()) == sorted(g.text for g in whole.read())
+    seen[:] = []
+    assert run(resumed)["skipped"] == 7 and seen == []  # nothing left: no batch is computed

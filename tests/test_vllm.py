@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from rlaifv.config import CollectConfig, HFEngineConfig, IterateConfig, JudgeConfig, OpenAIEngineConfig
-from rlaifv.engines.hf import HFEngine, Sampling
+from rlaifv.engines.base import Sampling
+from rlaifv.engines.hf import HFEngine
 from rlaifv.engines.openai_chat import ChatClient, ChatSettings
 from rlaifv.engines.openai_vlm import OpenAIEngine, image_url, prompt_seed, user_message
 from rlaifv.engines.vllm_local import (

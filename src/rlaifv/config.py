@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
@@ -27,6 +27,10 @@ class StrictModel(BaseModel):
     """Unknown keys are errors: a typo in a YAML file must not be silently ignored."""
 
     model_config = ConfigDict(extra="forbid")
+    # Fields a rerun into an existing output folder may change: only those that cannot change what is stored
+    # (rlaifv.store.bind_config refuses a change to any other). Each class declares its own; a nested config
+    # declares its own fields.
+    FREE_ON_RESUME: ClassVar[frozenset[str]] = frozenset()
 
 
 # ---------------------------------------------------------------- the paper's settings: the defaults for your data
@@ -132,6 +136,8 @@ class HFEngineConfig(EngineConfig):
 
 class OpenAIEngineConfig(EngineConfig):
     """A model on OpenAI-compatible servers: requests spread over `urls`, all serving `model`."""
+
+    FREE_ON_RESUME: ClassVar[frozenset[str]] = frozenset({"api_key_env", "concurrency", "timeout_s", "max_retries"})
 
     kind: Literal["openai"] = Field("openai", description="'openai': send requests to `urls`")
     urls: list[str] = Field(default_factory=list, description="server base URLs (http://host:8000/v1); requests "
@@ -265,6 +271,8 @@ class PairsConfig(StrictModel):
 class CollectConfig(StrictModel):
     """`rlaifv collect`: sample -> claims -> judge -> pairs, each stage in its own folder under the output."""
 
+    FREE_ON_RESUME: ClassVar[frozenset[str]] = frozenset({"shard_size"})
+
     sample: SampleConfig = Field(default_factory=SampleConfig, description="deconfounded sampling")
     claims: ClaimsConfig = Field(default_factory=ClaimsConfig, description="divide")
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="conquer")
@@ -336,6 +344,8 @@ class DPOConfig(StrictModel):
     """DPO of a VLM on preference pairs (REFERENCE 5). Field names follow TRL's `DPOConfig` where the meaning is the
     same; the defaults are the paper's recipe where it has one (beta 0.1, cosine schedule, warmup 0.05, weight decay
     0.01, global batch 8, 4 epochs, LoRA r 64 / alpha 16 / dropout 0.05, frozen vision tower)."""
+
+    FREE_ON_RESUME: ClassVar[frozenset[str]] = frozenset({"output_dir", "report_to"})  # where, and which trackers
 
     output_dir: str = Field("", description="folder for checkpoints, metrics and the final model; `rlaifv train "
                                             "--out` and the `out_dir` argument of `train_dpo` override it")
@@ -468,6 +478,9 @@ class IterateConfig(StrictModel):
     - 1`, orders DPO's data with `dpo.seed + k - 1` and draws its held-out pairs with `seed + k - 1`, so rounds differ
     and a rerun repeats them exactly."""
 
+    FREE_ON_RESUME: ClassVar[frozenset[str]] = frozenset({"rounds", "serve", "launcher"})  # more rounds; how policies
+    # are served and how DPO is launched
+
     rounds: int = Field(_paper("rounds", "rounds"), ge=0,
                         description="rounds to run; raising it on a finished run continues with more rounds (with "
                                     "`serve` and `launcher`, the only fields a rerun may change)")
@@ -557,6 +570,8 @@ class BonConfig(StrictModel):
     policy unless `sampler.path` is set), each scored with the policy's implicit reward against the reference,
     r = beta / T * sum_t [log pi(y_t | ...) - log pi_ref(y_t | ...)] ('mean', T = response tokens) or without the 1/T
     ('sum'); the argmax is kept, with every candidate's numbers beside it."""
+
+    FREE_ON_RESUME: ClassVar[frozenset[str]] = frozenset({"shard_size"})
 
     policy: AnyEngineConfig = Field(default_factory=HFEngineConfig,
                                     description="the aligned policy whose reward ranks the samples (required)")

@@ -28,9 +28,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from rlaifv.files import atomic_write, write_bytes, write_text
 from rlaifv.progress import progress
-from rlaifv.records import BadInput, Prompt
-from rlaifv.store import ShardedStore, ShardWriter, atomic_write
+from rlaifv.records import BadInput, Prompt, reason_kind
+from rlaifv.store import ShardedStore, ShardWriter
 from rlaifv.world.language import instruction_for
 from rlaifv.world.scenes import Scene, ScenePrior, sample_scenes, scene_from_dict, scene_to_dict
 
@@ -237,11 +238,6 @@ def _jsonable(value: Any) -> Any:
 
 
 # -- ingest ----------------------------------------------------------------------------------------------------------
-
-
-def reason_kind(reason: str) -> str:
-    """The part of a quarantine reason before its detail: what summaries count by."""
-    return reason.split(": ", 1)[0]
 
 
 @dataclass
@@ -455,7 +451,7 @@ def write_world_prompts(seed: int, split: str, n: int, out: Path, prior: ScenePr
             png = _png_bytes(render(scene))
             if out.suffix == ".jsonl":
                 images.mkdir(exist_ok=True)
-                atomic_write(images / f"{scene.scene_id}.png", lambda tmp, png=png: tmp.write_bytes(png))
+                write_bytes(images / f"{scene.scene_id}.png", png)
                 image: str | bytes = f"{images.name}/{scene.scene_id}.png"
             else:
                 image = png
@@ -464,7 +460,7 @@ def write_world_prompts(seed: int, split: str, n: int, out: Path, prior: ScenePr
             bar.advance(1)
     if out.suffix == ".jsonl":
         text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-        atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        write_text(out, text)
     else:
         table = pa.Table.from_pylist(rows)
         atomic_write(out, lambda tmp: pq.write_table(table, tmp))

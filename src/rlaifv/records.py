@@ -13,7 +13,8 @@ import hashlib
 import json
 import types
 import typing
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, NamedTuple, Self
 
@@ -36,6 +37,16 @@ class Column(NamedTuple):
     arrow_type: pa.DataType
     nullable: bool  # the field is annotated ``X | None``
     is_json: bool  # a dict field, stored as JSON text (heterogeneous dicts fit)
+    is_list: bool = False  # a ``list[X]`` field: an Arrow list of X (X a scalar type, optionally ``| None``)
+    items_nullable: bool = False  # a list field's items may be None (``list[X | None]``)
+
+
+def _optional(hint: Any) -> tuple[Any, bool]:
+    """(X, True) for ``X | None``, else (hint, False)."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        (inner,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return inner, True
+    return hint, False
 
 
 @functools.cache
@@ -44,18 +55,21 @@ def columns(cls: type[Record]) -> tuple[Column, ...]:
 
     Deriving the Parquet schema from the annotations (instead of inferring it from
     each batch of rows) keeps every shard's schema identical, even when a shard
-    happens to hold only ``None`` in a nullable float or bytes column.
+    happens to hold only ``None`` in a nullable float or bytes column, or only
+    empty lists in a list column.
     """
     hints = typing.get_type_hints(cls)
     specs = []
     for f in fields(cls):  # type: ignore[arg-type]
-        hint = hints[f.name]
-        args = typing.get_args(hint)
-        nullable = typing.get_origin(hint) in (typing.Union, types.UnionType)
-        if nullable:
-            (hint,) = [a for a in args if a is not type(None)]
-        base = typing.get_origin(hint) or hint  # dict[str, Any] -> dict
-        specs.append(Column(f.name, _ARROW_TYPES[base], nullable, base is dict))
+        hint, nullable = _optional(hints[f.name])
+        base = typing.get_origin(hint) or hint  # dict[str, Any] -> dict, list[int] -> list
+        if base is list:
+            item, items_nullable = _optional(typing.get_args(hint)[0])
+            if item not in _ARROW_TYPES or item is dict:
+                raise TypeError(f"{cls.__name__}.{f.name}: list items must be str, int, float, bool or bytes")
+            specs.append(Column(f.name, pa.list_(_ARROW_TYPES[item]), nullable, False, True, items_nullable))
+        else:
+            specs.append(Column(f.name, _ARROW_TYPES[base], nullable, base is dict))
     return tuple(specs)
 
 
@@ -83,14 +97,19 @@ class Record:
     def to_row(self) -> dict[str, Any]:
         """A flat dict of Parquet-ready values (dict fields become JSON text).
 
-        Raises ``ValueError`` on ``None`` in a field not annotated ``| None``:
-        Arrow would store it as a null without complaint.
+        Raises ``ValueError`` on ``None`` in a field not annotated ``| None``, or
+        in a list item not annotated ``X | None``: Arrow would store it as a null
+        without complaint.
         """
         row = {}
         for col in columns(type(self)):
             value = getattr(self, col.name)
             if value is None and not col.nullable:
                 raise ValueError(f"{type(self).__name__}.{col.name} is None")
+            if col.is_list and value is not None:
+                value = list(value)
+                if not col.items_nullable and any(item is None for item in value):
+                    raise ValueError(f"{type(self).__name__}.{col.name} holds None")
             row[col.name] = _dump_json(value) if col.is_json else value
         return row
 
@@ -271,12 +290,67 @@ class Generation(Record):
     n_tokens: int  # generated tokens
 
 
+@dataclass(frozen=True, slots=True)
+class RefLogps(Record):
+    """The reference model's summed response log-probs of one pair (keyed like the pair): what DPO's loss compares
+    the policy with (logps.reference)."""
+
+    KEY_FIELDS: ClassVar[tuple[str, ...]] = ("pair_key",)
+
+    pair_key: str  # PreferenceExample.key / Pair.key
+    chosen_logp: float  # sum of log p_ref over the chosen response's tokens
+    rejected_logp: float  # the same for the rejected response
+    chosen_tokens: int  # chosen response length in tokens (the policy must tokenize it the same way)
+    rejected_tokens: int  # rejected response length in tokens
+
+
+@dataclass(frozen=True, slots=True)
+class BonRow(Record):
+    """Best-of-N for one prompt (infer.bon): its N candidates, their scores and the chosen one. Lists are in sample
+    order; a candidate that could not be scored has None log-probs and reward and a non-empty reason."""
+
+    KEY_FIELDS: ClassVar[tuple[str, ...]] = ("prompt_id",)
+
+    prompt_id: str  # the Prompt answered
+    question: str  # its question (copied so the export needs no join)
+    image: str  # its image path ("" when the prompt holds the bytes)
+    texts: list[str]  # the N sampled answers
+    policy_logps: list[float | None]  # sum over each answer's tokens of log pi
+    ref_logps: list[float | None]  # the same under pi_ref
+    n_tokens: list[int]  # tokens scored per answer (end-of-turn included); 0 where it has none
+    rewards: list[float | None]  # r per answer (`reward_kind`)
+    reasons: list[str]  # "" = scored; else why the answer was set aside (never chosen)
+    chosen_idx: int  # the argmax of rewards, lowest index on ties
+    chosen_text: str  # texts[chosen_idx]
+    chosen_reward: float  # rewards[chosen_idx]
+    reward_kind: str  # 'mean' (divided by n_tokens) or 'sum'
+    beta: float  # scale of every reward
+    sampler: str  # model that drew the answers
+
+
 class ResponseScore(NamedTuple):
     """One answer as a model scored it (best-of-N, reference log-probs), locally or on a server."""
 
     logp: float | None  # sum of log p(token) over the answer's tokens; None when set aside
     ids: tuple[int, ...]  # the answer's token ids as the model reads them, end-of-turn included
     reason: str  # "" when scored, else why the answer was set aside (empty, too long, refused by the server)
+
+
+def reason_kind(reason: str) -> str:
+    """The kind of a quarantine reason: what every summary counts reasons by.
+
+    Reasons are written "<kind>: <detail>" or "<kind> (<detail>)" ("image file not found: /x.png", "labeler returned
+    non-finite probabilities (nan, nan)"), so the kind is the text before the first ": " or " (", at most 80
+    characters: reasons that differ only in a path, a count or a quoted response fall together, and a URL's
+    "http://" stays whole.
+    """
+    kind = reason.split(": ", 1)[0].split(" (", 1)[0].strip()
+    return (kind or reason.strip())[:80]
+
+
+def reason_counts(reasons: Iterable[str]) -> dict[str, int]:
+    """How many reasons of each kind (`reason_kind`), most frequent first."""
+    return dict(Counter(reason_kind(r) for r in reasons).most_common())
 
 
 class BadInput(ValueError):

@@ -2,7 +2,7 @@
 
 Layout of one store (one stage's output)::
 
-    root/config.yaml                      # what produced it (write_config)
+    root/config.yaml                      # the config that fills it (bind_config)
     root/shards/part-00000.parquet ...    # records, shard_size per file
     root/quarantine/part-00000.parquet    # bad input, with a reason
 
@@ -11,6 +11,15 @@ over its final name, so a reader (or a resumed run) sees whole shards or none.
 A SIGKILL loses at most the writer's unflushed buffer; the rerun recomputes
 exactly that, because ``done_keys()`` lists every record already on disk.
 One writer per store at a time.
+
+A stage binds its config to its store when it opens it (``bind_config``): the
+first run records it, and a rerun with a config that could change the records
+is refused with the fields that differ, instead of silently adding a second
+run's records to the first one's. Fields that cannot change the records (a shard
+size, a server's timeout, ...) are declared per config class in
+``FREE_ON_RESUME`` and may differ. The same check guards the other folders a rerun
+resumes (the iterate loop's state, a DPO run, benchmark answers): `bind_config`
+for a YAML file, `check_config` for a record kept elsewhere.
 """
 
 from __future__ import annotations
@@ -18,23 +27,34 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
+from pydantic import BaseModel
 
-from rlaifv.records import Quarantined, Record
+from rlaifv.files import TMP_GLOB, atomic_write, fsync_path, write_json, write_yaml
+from rlaifv.progress import Bar, log
+from rlaifv.records import BadInput, Quarantined, Record
+
+__all__ = [
+    "ConfigChanged", "SetAside", "ShardWriter", "ShardedStore", "atomic_write", "bind_config", "check_config",
+    "config_changes", "free_paths", "fsync_path", "run_in_batches", "write_json",
+]
+
+FORCE_HINT = "rerun with --force-config"  # how a command continues a store made with another config on purpose
 
 R = TypeVar("R", bound=Record)
+T = TypeVar("T")  # a stage's unit of work (a prompt, a candidate)
+P = TypeVar("P")  # what a unit needs computed (its image, ...)
+A = TypeVar("A")  # the computed answer for a unit
 
 _PART = re.compile(r"^part-(\d+)\.parquet$")
-_TMP_GLOB = ".*.tmp-*"  # matches the temp names made by atomic_write
 
 
 def _part_paths(folder: Path) -> list[Path]:
@@ -55,37 +75,6 @@ def _next_part(folder: Path) -> Path:
     return folder / f"part-{index:05d}.parquet"
 
 
-def fsync_path(path: Path) -> None:
-    """Flush a file's or a folder's entry to disk (a folder after a rename makes the rename durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write via a temp file in the same folder, fsync, then rename into place.
-
-    The rename is atomic on one filesystem, so ``path`` is either absent or whole;
-    fsyncing the file and then the folder makes it durable across a power cut.
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        fsync_path(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fsync_path(path.parent)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Readable JSON (sorted keys), written atomically."""
-    text = json.dumps(obj, indent=2, sort_keys=True, default=str)
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
 def _to_json(record: Any) -> str:
     """JSON of an offending input, whatever it is: quarantining must never fail."""
     if isinstance(record, Record):
@@ -99,10 +88,119 @@ def _to_json(record: Any) -> str:
     return json.dumps(record, sort_keys=True, ensure_ascii=False, default=fallback)
 
 
+# -- the config a store (or a resumable folder) was made with -----------------------------------------------------
+
+_ABSENT = object()
+
+
+def free_paths(config: BaseModel, prefix: str = "") -> set[str]:
+    """Dotted paths of the fields of `config` that may differ on a rerun: each config class declares its own in
+    ``FREE_ON_RESUME`` (rlaifv.config), and a nested config contributes its own under its field's name."""
+    paths = {prefix + name for name in getattr(config, "FREE_ON_RESUME", ())}
+    for name in type(config).model_fields:
+        value = getattr(config, name)
+        if isinstance(value, BaseModel) and prefix + name not in paths:
+            paths |= free_paths(value, f"{prefix}{name}.")
+    return paths
+
+
+def _plain(value: Any) -> Any:
+    """JSON-shaped data (tuples as lists, keys as text), so a config compares equal to its stored copy."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def config_changes(old: Mapping[str, Any], new: Mapping[str, Any],
+                   free: Iterable[str] = ()) -> list[tuple[str, Any, Any]]:
+    """(dotted path, old value, new value) of every field that differs, nested mappings walked field by field, in
+    the new config's order; a path in `free` (or under one) is skipped. A field only one side has is compared with
+    an absent value."""
+    skip, changes = set(free), []
+
+    def walk(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str) -> None:
+        for key in [*b, *(k for k in a if k not in b)]:
+            path = f"{prefix}{key}"
+            if path in skip:
+                continue
+            x, y = a.get(key, _ABSENT), b.get(key, _ABSENT)
+            if isinstance(x, Mapping) and isinstance(y, Mapping):
+                walk(x, y, path + ".")
+            elif x != y:
+                changes.append((path, x, y))
+
+    walk(_plain(old), _plain(new), "")
+    return changes
+
+
+def _show(value: Any) -> str:
+    text = "(absent)" if value is _ABSENT else json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+class ConfigChanged(ValueError):
+    """A rerun into a folder made with another config: resuming would mix the records of two runs in one store.
+
+    The message lists what differs (dotted paths, old -> new), how to start fresh and, where a command offers it,
+    how to continue deliberately.
+    """
+
+    def __init__(self, where: Path, changes: list[tuple[str, Any, Any]], free: Iterable[str] = (),
+                 fresh: str | None = None, deliberate: str | None = FORCE_HINT) -> None:
+        self.where, self.changes = Path(where), changes
+        lines = [f"{where} was made with another config, and resuming it with this one would mix two runs' "
+                 f"results in one folder. What differs (old -> new):"]
+        lines += [f"  {path}: {_show(old)} -> {_show(new)}" for path, old, new in changes]
+        free = sorted(free)
+        if free:
+            lines.append(f"(a rerun may change only: {', '.join(free)})")
+        lines.append(f"To start fresh: {fresh or f'use a new output folder, or delete {where}'}."
+                     + (f" To continue it with the new config on purpose: {deliberate}." if deliberate else ""))
+        super().__init__("\n".join(lines))
+
+
+def _as_data(config: BaseModel | Mapping[str, Any], free: Iterable[str]) -> tuple[dict[str, Any], set[str]]:
+    if isinstance(config, BaseModel):
+        return config.model_dump(mode="json"), set(free) | free_paths(config)
+    return dict(config), set(free)
+
+
+def check_config(where: Path, old: Mapping[str, Any] | None, new: BaseModel | Mapping[str, Any],
+                 free: Iterable[str] = (), *, force: bool = False, fresh: str | None = None,
+                 deliberate: str | None = FORCE_HINT) -> dict[str, Any]:
+    """The record to keep for a rerun of what `old` recorded (None: a first run) with `new`: `new` as data.
+
+    Raises ConfigChanged when a field outside `free` (and the config classes' FREE_ON_RESUME) differs, unless
+    `force`, which logs what differs and goes on with the new config.
+    """
+    data, free = _as_data(new, free)
+    changes = config_changes(old, data, free) if old is not None else []
+    if changes and not force:
+        raise ConfigChanged(where, changes, free, fresh, deliberate)
+    if changes:
+        shown = ", ".join(f"{path} {_show(a)} -> {_show(b)}" for path, a, b in changes)
+        log(f"[yellow]{where}: continuing with another config ({shown}); its records now mix both")
+    return data
+
+
+def bind_config(path: Path, config: BaseModel | Mapping[str, Any], free: Iterable[str] = (), *,
+                force: bool = False, where: Path | None = None, fresh: str | None = None,
+                deliberate: str | None = FORCE_HINT) -> dict[str, Any]:
+    """Bind the folder of the YAML file `path` to `config`: record it on a first run; on a rerun, refuse a config
+    that differs outside the free fields (`check_config`), and record the new one when anything (a free field, or
+    everything with `force`) changed. An unchanged file is not rewritten. Returns the config as data."""
+    path = Path(path)
+    old = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else None
+    data = check_config(where or path.parent, old, config, free, force=force, fresh=fresh, deliberate=deliberate)
+    if old is None or _plain(old) != _plain(data):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_yaml(path, data)
+    return data
+
+
 class ShardedStore(Generic[R]):
     """Records of one type in numbered Parquet shards under ``root``.
 
-    ``stage`` names the store in its quarantine rows (default: ``root.name``).
+    ``stage`` names the store in its quarantine rows (default: ``root.name``). ``force_config`` lets
+    :meth:`bind_config` continue a store made with another config (a command's ``--force-config``).
     """
 
     def __init__(
@@ -111,6 +209,7 @@ class ShardedStore(Generic[R]):
         record_type: type[R],
         shard_size: int = 1000,
         stage: str | None = None,
+        force_config: bool = False,
     ) -> None:
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
@@ -121,6 +220,7 @@ class ShardedStore(Generic[R]):
         self.shards_dir = self.root / "shards"
         self.quarantine_dir = self.root / "quarantine"
         self.config_path = self.root / "config.yaml"
+        self.force_config = force_config
 
     def __repr__(self) -> str:
         return f"ShardedStore({str(self.root)!r}, {self.record_type.__name__})"
@@ -199,7 +299,7 @@ class ShardedStore(Generic[R]):
         """
         for folder in (self.root, self.shards_dir, self.quarantine_dir):
             folder.mkdir(parents=True, exist_ok=True)
-            for stale in folder.glob(_TMP_GLOB):
+            for stale in folder.glob(TMP_GLOB):
                 stale.unlink()
         w = ShardWriter(self)
         try:
@@ -217,15 +317,28 @@ class ShardedStore(Generic[R]):
 
     # -- config ----------------------------------------------------------------
 
+    def bind_config(self, config: BaseModel | Mapping[str, Any], free: Iterable[str] = (),
+                    deliberate: str | None = FORCE_HINT) -> dict[str, Any]:
+        """Bind this store to the config that fills it, before a stage writes to it: recorded in config.yaml on the
+        first run; a rerun with a config that could change the records raises ConfigChanged naming the fields that
+        differ, so two runs never mix in one store (unless the store was opened with ``force_config``). `free`
+        adds paths that may differ to those the config classes declare."""
+        return bind_config(self.config_path, config, free, force=self.force_config, where=self.root,
+                           deliberate=deliberate)
+
+    def check_config(self, config: BaseModel | Mapping[str, Any], free: Iterable[str] = ()) -> None:
+        """Raise ConfigChanged as :meth:`bind_config` would, without writing anything: a pipeline checks before it
+        loads a model that the stage would then refuse."""
+        if not self.force_config:
+            old = self.read_config() if self.config_path.is_file() else None
+            check_config(self.root, old, config, free)
+
     def write_config(self, config: Mapping[str, Any]) -> Path:
-        """Record what produced this store, as readable YAML (key order kept)."""
+        """Record what produced this store, as readable YAML (key order kept), whatever was recorded before. For
+        stores whose config is an echo, not a contract: prompt ingest (a store may take several sources) and the
+        pairs (rebuilt whole when their config changes); a stage binds its config instead (:meth:`bind_config`)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        text = yaml.safe_dump(
-            dict(config), sort_keys=False, allow_unicode=True, default_flow_style=False
-        )
-        atomic_write(
-            self.config_path, lambda tmp: tmp.write_text(text, encoding="utf-8")
-        )
+        write_yaml(self.config_path, dict(config))
         return self.config_path
 
     def read_config(self) -> dict[str, Any]:
@@ -295,3 +408,80 @@ class ShardWriter(Generic[R]):
         if key in self._seen:
             raise ValueError(f"duplicate key {key!r} in {self.store!r}")
         self._seen.add(key)
+
+
+# -- the loop the batch stages share ----------------------------------------------------------------------------
+
+
+class SetAside(NamedTuple):
+    """What `run_in_batches`'s `to_records` returns for a unit it cannot turn into records: quarantined with
+    `reason`, keeping `row` as the offending input (None: the unit's own row, from `quarantine_as`)."""
+
+    reason: str
+    row: Any = None
+
+
+def run_in_batches(
+    writer: ShardWriter[R],
+    units: Sequence[T],
+    batch_size: int,
+    *,
+    pending: Callable[[T], bool],
+    compute: Callable[[list[T], list[T], list[P]], list[A | BadInput]],
+    to_records: Callable[[T, A], list[R] | SetAside],
+    quarantine_as: Callable[[T], tuple[str, Any]],
+    prepare: Callable[[T], P] | None = None,
+    refused: str = "",
+    bar: Bar | None = None,
+    status: Callable[[dict[str, int]], str] | None = None,
+) -> dict[str, int]:
+    """The loop of a stage that computes records in batches and resumes: what sampling, claim splitting and
+    best-of-N scoring share. Returns counts of units: `done` (written now), `skipped` (done before: stored or
+    quarantined), `quarantined` (set aside now).
+
+    `units` go in fixed batches of `batch_size`, in order. A batch whose units are all done (not `pending`) is
+    skipped whole. Otherwise every unit is prepared (`prepare`, e.g. its image loaded; a BadInput quarantines a
+    pending unit and leaves the unit out), and the prepared units are computed together: `compute(batch, ready,
+    inputs)` returns one answer per ready unit. Done units are computed too, so a batch recomputed after a crash
+    is the batch an uninterrupted run computed (same padding, same seed, same floats); only pending units are
+    written. A pending unit's answer is a BadInput (quarantined with `refused` before its message), or becomes one
+    unit of records (`to_records`, written together: a crash keeps all of them or none), or a SetAside. Quarantined
+    units are keyed and kept as `quarantine_as(unit)` = (key, row). The bar advances by the batch's units.
+    """
+    counts = {"done": 0, "skipped": 0, "quarantined": 0}
+
+    def set_aside(unit: T, reason: str, row: Any = None) -> None:
+        key, own = quarantine_as(unit)
+        writer.quarantine(key, reason, own if row is None else row)
+        counts["quarantined"] += 1
+
+    for lo in range(0, len(units), batch_size):
+        batch = list(units[lo : lo + batch_size])
+        wanted = [pending(unit) for unit in batch]
+        counts["skipped"] += wanted.count(False)
+        if any(wanted):
+            ready: list[tuple[T, bool]] = []
+            inputs: list[P] = []
+            for unit, want in zip(batch, wanted):
+                try:
+                    inputs.append(prepare(unit) if prepare is not None else unit)  # type: ignore[arg-type]
+                    ready.append((unit, want))
+                except BadInput as exc:
+                    if want:
+                        set_aside(unit, str(exc))
+            answers = compute(batch, [u for u, _ in ready], inputs) if any(w for _, w in ready) else []
+            for (unit, want), answer in zip(ready, answers):
+                if not want:
+                    continue
+                if isinstance(answer, BadInput):
+                    set_aside(unit, f"{refused}{answer}")
+                    continue
+                records = to_records(unit, answer)
+                if isinstance(records, SetAside):
+                    set_aside(unit, records.reason, records.row)
+                else:
+                    writer.add_unit(records)
+                    counts["done"] += 1
+        if bar is not None:
+            bar.advance(len(batch), status=status(counts) if status is not None and any(wanted) else None)
+    return counts

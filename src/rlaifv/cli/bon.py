@@ -16,6 +16,7 @@ import typer
 
 from rlaifv.cli.common import (
     DryRunOpt,
+    ForceConfigOpt,
     JsonOpt,
     dry_run_result,
     emit,
@@ -119,9 +120,11 @@ def register(app: typer.Typer) -> None:
                                                    "override it"),
         as_json: bool = JsonOpt,
         dry_run: bool = DryRunOpt,
+        force_config: bool = ForceConfigOpt,
     ) -> None:
         """Best-of-N with self-feedback: sample N answers per prompt, score each with the aligned policy's implicit
-        reward against the reference, keep the best. Resumable."""
+        reward against the reference, keep the best. Resumable; a rerun with other settings is refused (see
+        --force-config)."""
         if reward is not None and reward not in ("mean", "sum"):
             raise typer.BadParameter(f"{reward!r} is not one of mean, sum", param_hint="--reward")
         cfg = _config(config, policy=policy, reference=reference, sampler=sampler, n=n, reward=reward, beta=beta,
@@ -138,5 +141,5 @@ def register(app: typer.Typer) -> None:
         quiet_libraries()
         from rlaifv.pipelines.best_of_n import best_of_n
 
-        summary = run_long(best_of_n, out, cfg, prompts)
+        summary = run_long(best_of_n, out, cfg, prompts, force_config)
         emit(summary, as_json, _human(summary))

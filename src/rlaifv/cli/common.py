@@ -18,6 +18,7 @@ from typing import Any, NoReturn, Optional, TypeVar
 
 import typer
 from pydantic import BaseModel
+from rich.markup import escape
 
 from rlaifv.config import HFEngineConfig
 from rlaifv.progress import log
@@ -26,6 +27,11 @@ from rlaifv.world.config import WorldConfig
 M = TypeVar("M", bound=BaseModel)
 
 JsonOpt = typer.Option(False, "--json", help="print one JSON object on stdout")
+ForceConfigOpt = typer.Option(False, "--force-config",
+                              help="continue an output made with another config anyway: the new config replaces "
+                                   "the recorded one and the output then mixes both runs' results. Without it such a "
+                                   "rerun is refused, listing what differs; to start fresh, use a new output "
+                                   "instead")
 
 
 def emit(obj: Any, as_json: bool, human: str) -> None:
@@ -38,7 +44,7 @@ def emit(obj: Any, as_json: bool, human: str) -> None:
 
 def fail(message: str, code: int) -> NoReturn:
     """End the command with a one-line error instead of a traceback."""
-    log(f"[red]error:[/red] {message}")
+    log(f"[red]error:[/red] {escape(message)}")  # a message may hold brackets (lists, paths) that are not markup
     raise typer.Exit(code)
 
 

@@ -22,7 +22,7 @@ from typing import Any, Optional
 import typer
 
 from rlaifv.cli import eval_closed, eval_human, eval_refomb
-from rlaifv.cli.common import JsonOpt, emit, load_config, quiet_libraries
+from rlaifv.cli.common import ForceConfigOpt, JsonOpt, emit, load_config, quiet_libraries
 from rlaifv.cli.eval_common import (
     ApiKeyEnvOpt,
     ConcurrencyOpt,
@@ -54,7 +54,8 @@ def eval_world(
 
     wcfg = WorldConfig(seed=seed)
     ecfg = EvalConfig(split=split, n_scenes=n)  # type: ignore[arg-type]
-    result: dict[str, Any] = {"policy": evaluate_policy(policy, wcfg, ecfg, out)}
+    with readable_errors():  # e.g. an --out made with another policy or setting
+        result: dict[str, Any] = {"policy": evaluate_policy(policy, wcfg, ecfg, out)}
     if labeler is not None:
         result["labeler"] = evaluate_labeler(labeler, wcfg, ecfg)
     emit(result, as_json, json.dumps(result, indent=2))
@@ -220,9 +221,11 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, "--device", help="torch device, e.g. cuda (default cpu)"),
         dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (default float32)"),
         as_json: bool = JsonOpt,
+        force_config: bool = ForceConfigOpt,
     ) -> None:
         """Answer a benchmark's prompts with a policy (beam search, 3 beams by default), resumable, into the
-        responses file that `rlaifv eval chair|amber|mmhal|refomb|mmstar|pope` reads."""
+        responses file that `rlaifv eval chair|amber|mmhal|refomb|mmstar|pope` reads. The settings are kept beside it
+        (OUT.config.yaml); a rerun with other settings is refused (see --force-config)."""
         from rlaifv.eval.bench_generate import KEY_FIELD, BenchGenerateConfig, benchmark_items, generate
 
         quiet_libraries()
@@ -231,7 +234,7 @@ def register(app: typer.Typer) -> None:
             ("policy", "path"): policy, ("policy", "device"): device, ("policy", "dtype"): dtype})
         with readable_errors():
             items = benchmark_items(benchmark, data, images, amber_split, pope_split)  # type: ignore[arg-type]
-            result = generate(items, out, KEY_FIELD[benchmark], cfg)
+            result = generate(items, out, KEY_FIELD[benchmark], cfg, force_config=force_config)
         emit(result, as_json, f"{result['items']} prompts: {result['generated']} answered now, "
                                f"{result['resumed']} already in {out}")
 

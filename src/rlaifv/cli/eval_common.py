@@ -40,7 +40,7 @@ def readable_errors() -> Iterator[None]:
 
 
 def finish(result: dict[str, Any], out: Optional[Path], as_json: bool, human: str) -> None:
-    from rlaifv.store import write_json
+    from rlaifv.files import write_json
 
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

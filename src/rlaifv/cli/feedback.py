@@ -22,6 +22,7 @@ import typer
 
 from rlaifv.cli.common import (
     DryRunOpt,
+    ForceConfigOpt,
     JsonOpt,
     dry_run_result,
     emit,
@@ -84,7 +85,7 @@ def _config(config: Optional[Path], world: bool, **opts: Any) -> CollectConfig:
 
 
 def _command(stages: list[str], out: Path, prompts: Optional[Path], config: Optional[Path], world_seed: int,
-             as_json: bool, dry_run: bool, opts: dict[str, Any]) -> None:
+             as_json: bool, dry_run: bool, opts: dict[str, Any], force_config: bool = False) -> None:
     """One feedback command: which prompts these are decides the defaults and whether unset models may be the
     world's; then a dry run's plan, or the stages."""
     from rlaifv.pipelines.collect import missing_models, no_world_models
@@ -97,14 +98,18 @@ def _command(stages: list[str], out: Path, prompts: Optional[Path], config: Opti
     if missing:  # before anything loads: the world's models never answer for a user's prompts
         fail(no_world_models(missing, f"the prompts in {prompts}" if prompts else f"the prompts stored in {out}"), 2)
     if dry_run:
-        dry_run_result(lambda: _plan(stages, prompts, out, cfg, world), as_json)
+        dry_run_result(lambda: _plan(stages, prompts, out, cfg, world, force_config), as_json)
         return
-    _run(stages, prompts, out, cfg, world_seed, as_json)
+    _run(stages, prompts, out, cfg, world_seed, as_json, force_config)
 
 
-def _plan(stages: list[str], prompts: Optional[Path], out: Path, cfg: CollectConfig, world: bool) -> dict[str, Any]:
+def _plan(stages: list[str], prompts: Optional[Path], out: Path, cfg: CollectConfig, world: bool,
+          force_config: bool) -> dict[str, Any]:
     from rlaifv.cli.plan import check_engine, collect_work, plan
+    from rlaifv.pipelines.collect import check_configs
     from rlaifv.prompts import count_prompt_rows
+
+    check_configs(out, cfg, stages, force_config)  # a rerun the stages would refuse is refused here too
 
     roles = {"sample": ("sample.policy", cfg.sample.policy), "judge": ("judge.labeler", cfg.judge.labeler),
              "claims": ("claims.splitter_model", cfg.claims.splitter_model)}
@@ -125,17 +130,18 @@ def _plan(stages: list[str], prompts: Optional[Path], out: Path, cfg: CollectCon
 
 
 def _run(stages: list[str], prompts: Optional[Path], out: Path, cfg: CollectConfig, world_seed: int,
-         as_json: bool) -> None:
-    from rlaifv.pipelines.collect import run_stage, summarize, write_summary
+         as_json: bool, force_config: bool = False) -> None:
+    from rlaifv.pipelines.collect import check_configs, run_stage, summarize, write_summary
     from rlaifv.world.config import WorldConfig
 
     quiet_libraries()
     results = {}
     with exit_on_error():
+        check_configs(out, cfg, stages, force_config)  # a changed setting is refused before anything runs
         for stage in stages:
             if stage == "prompts" and prompts is None:
                 continue
-            results[stage] = run_stage(stage, prompts, out, cfg, WorldConfig(seed=world_seed))
+            results[stage] = run_stage(stage, prompts, out, cfg, WorldConfig(seed=world_seed), force_config)
     summary = summarize(out, results, cfg)
     write_summary(out, summary)
     human = "\n".join(f"{name}: {info}" for name, info in summary["stages"].items())
@@ -150,7 +156,7 @@ def _run(stages: list[str], prompts: Optional[Path], out: Path, cfg: CollectConf
 def _options(given: dict[str, Any]) -> dict[str, Any]:
     """A command's config options out of its arguments."""
     return {k: v for k, v in given.items()
-            if k not in ("out", "prompts", "config", "world_seed", "as_json", "dry_run")}
+            if k not in ("out", "prompts", "config", "world_seed", "as_json", "dry_run", "force_config")}
 
 
 def register(app: typer.Typer) -> None:
@@ -163,40 +169,45 @@ def register(app: typer.Typer) -> None:
         policy: Optional[str] = PolicyOpt, labeler: Optional[str] = LabelerOpt, splitter: Optional[str] = SplitterOpt,
         splitter_model: Optional[str] = SplitterModelOpt, mode: Optional[str] = ModeOpt,
         device: Optional[str] = DeviceOpt, seed: Optional[int] = SeedOpt, world_seed: int = WorldSeedOpt,
-        as_json: bool = JsonOpt, dry_run: bool = DryRunOpt,
+        as_json: bool = JsonOpt, dry_run: bool = DryRunOpt, force_config: bool = ForceConfigOpt,
     ) -> None:
         """Collect preference pairs: sample N responses per prompt, split them into claims, judge every claim
-        with the labeler, pair responses by score. Writes OUT/summary.json and OUT/report.md."""
+        with the labeler, pair responses by score. Writes OUT/summary.json and OUT/report.md. A rerun resumes; one
+        with other settings than a stage was run with is refused (see --force-config)."""
         _command(["prompts", "sample", "claims", "judge", "pairs"], out, prompts, config, world_seed, as_json,
-                 dry_run, _options(locals()))
+                 dry_run, _options(locals()), force_config)
 
     @app.command()
     def sample(
         out: Path = OutOpt, prompts: Optional[Path] = PromptsOpt, config: Optional[Path] = CollectConfigOpt,
         n: Optional[int] = NOpt, temperature: Optional[float] = TempOpt, max_new_tokens: Optional[int] = MaxTokOpt,
         policy: Optional[str] = PolicyOpt, device: Optional[str] = DeviceOpt, seed: Optional[int] = SeedOpt,
-        world_seed: int = WorldSeedOpt, as_json: bool = JsonOpt,
+        world_seed: int = WorldSeedOpt, as_json: bool = JsonOpt, force_config: bool = ForceConfigOpt,
     ) -> None:
-        """Deconfounded sampling: N responses per prompt with one decoding setting (OUT/candidates)."""
-        _command(["prompts", "sample"], out, prompts, config, world_seed, as_json, False, _options(locals()))
+        """Deconfounded sampling: N responses per prompt with one decoding setting (OUT/candidates). A rerun
+        resumes; one with another setting (temperature, N, policy, ...) is refused (see --force-config)."""
+        _command(["prompts", "sample"], out, prompts, config, world_seed, as_json, False, _options(locals()),
+                 force_config)
 
     @app.command()
     def claims(
         out: Path = OutOpt, config: Optional[Path] = CollectConfigOpt, splitter: Optional[str] = SplitterOpt,
         splitter_model: Optional[str] = SplitterModelOpt, device: Optional[str] = DeviceOpt,
-        world_seed: int = WorldSeedOpt, as_json: bool = JsonOpt,
+        world_seed: int = WorldSeedOpt, as_json: bool = JsonOpt, force_config: bool = ForceConfigOpt,
     ) -> None:
-        """Divide: split every response into statements and yes/no questions (OUT/claims)."""
-        _command(["claims"], out, None, config, world_seed, as_json, False, _options(locals()))
+        """Divide: split every response into statements and yes/no questions (OUT/claims). A rerun resumes; one
+        with another splitter setting is refused (see --force-config)."""
+        _command(["claims"], out, None, config, world_seed, as_json, False, _options(locals()), force_config)
 
     @app.command()
     def judge(
         out: Path = OutOpt, config: Optional[Path] = CollectConfigOpt, labeler: Optional[str] = LabelerOpt,
         mode: Optional[str] = ModeOpt, device: Optional[str] = DeviceOpt, world_seed: int = WorldSeedOpt,
-        as_json: bool = JsonOpt,
+        as_json: bool = JsonOpt, force_config: bool = ForceConfigOpt,
     ) -> None:
-        """Conquer: the labeler's P(yes)/P(no) for every claim against the image (OUT/verdicts)."""
-        _command(["judge"], out, None, config, world_seed, as_json, False, _options(locals()))
+        """Conquer: the labeler's P(yes)/P(no) for every claim against the image (OUT/verdicts). A rerun resumes;
+        one with another labeler or judge setting is refused (see --force-config)."""
+        _command(["judge"], out, None, config, world_seed, as_json, False, _options(locals()), force_config)
 
     @app.command()
     def pairs(

@@ -17,6 +17,7 @@ import typer
 
 from rlaifv.cli.common import (
     DryRunOpt,
+    ForceConfigOpt,
     JsonOpt,
     dry_run_result,
     emit,
@@ -78,9 +79,11 @@ def register(app: typer.Typer) -> None:
                                                             "the pairs)"),
         as_json: bool = JsonOpt,
         dry_run: bool = DryRunOpt,
+        force_config: bool = ForceConfigOpt,
     ) -> None:
         """DPO of a VLM on preference pairs: reference log-probs computed once and stored beside the pairs, one
-        packed sequence per pair, checkpoints every save_steps, resumable; writes OUT/model and OUT/summary.json."""
+        packed sequence per pair, checkpoints every save_steps, resumable; writes OUT/model and OUT/summary.json.
+        A rerun into OUT with other pairs, models or settings is refused (see --force-config)."""
         cfg = _config(config, out, needs_out=not reference_only, beta=beta, learning_rate=lr, num_train_epochs=epochs,
                       max_steps=max_steps,
                       per_device_train_batch_size=batch_size, gradient_accumulation_steps=grad_accum,
@@ -109,7 +112,8 @@ def register(app: typer.Typer) -> None:
 
             from rlaifv.train.dpo import train_dpo
 
-            summary = train_dpo(source, policy, out, cfg, ref, ref_store_dir=reference_store)
+            summary = train_dpo(source, policy, out, cfg, ref, ref_store_dir=reference_store,
+                                force_config=force_config)
         if PartialState().is_main_process:
             final = summary.get("final") or {}
             emit(summary, as_json, f"trained {summary['steps']} steps on {summary['n_train']} pairs "

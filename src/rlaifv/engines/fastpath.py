@@ -96,8 +96,3 @@ def report(model: torch.nn.Module) -> dict[str, dict]:
     """Every fast-path verdict taken on `model` so far, for a stage summary."""
     return {path: asdict(v) for path, v in _VERDICTS.get(model, {}).items()}
 
-
-def engine_report(engine: object) -> dict[str, dict]:
-    """`report` of an engine's local model; {} for a server engine, whose server computes what it computes."""
-    model = getattr(engine, "model", None)
-    return report(model) if isinstance(model, torch.nn.Module) else {}

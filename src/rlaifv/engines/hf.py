@@ -6,33 +6,20 @@ HF VLM the processor's chat template supports. `trust_remote_code` stays off unl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from rlaifv.engines.base import NO_VARIANTS, YES_VARIANTS, Sampling
 from rlaifv.engines.decode import decode_from_cache
 from rlaifv.engines.family import Vision, family_of, packed_inputs, vision_of
-from rlaifv.engines.fastpath import trusted
+from rlaifv.engines.fastpath import report, trusted
 from rlaifv.engines.images import ImageBank
 from rlaifv.engines.loading import load_vlm
 from rlaifv.engines.packing import common_prefix_length, pack, pack_bounds
 
-# Spellings of the verdict tokens; the ones that are a single token in the tokenizer are summed (REFERENCE 3).
-YES_VARIANTS = ("yes", "Yes", " yes", " Yes", "YES", " YES")
-NO_VARIANTS = ("no", "No", " no", " No", "NO", " NO")
 QUESTION_SLOT = "\ue000question\ue001"  # private-use characters no prompt contains: where a question goes
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """One decoding setting, shared by every sample of a prompt."""
-
-    max_new_tokens: int = 96
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
 
 
 def single_token_ids(tokenizer, variants: tuple[str, ...]) -> list[int]:
@@ -165,6 +152,10 @@ class HFEngine:
     def _answer(self, ids: list[int]) -> tuple[str, int]:
         """(text, token count) of an answer's ids, the stop token already cut off."""
         return self.tokenizer.decode(ids, skip_special_tokens=True).strip(), len(ids)
+
+    def fast_paths(self) -> dict[str, dict]:
+        """engines.base.VLM: the fast-path verdicts taken on this engine's model."""
+        return report(self.model)
 
     @torch.no_grad()
     def generate(self, images: list[Image.Image], questions: list[str], sampling: Sampling) -> list[tuple[str, int]]:

@@ -38,6 +38,7 @@ class HFChat:
             raise ValueError("batch_size and max_new_tokens must be >= 1 and temperature >= 0")
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.batch_size, self.seed = batch_size, seed
+        self.path = str(model_path)
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "left"
@@ -61,8 +62,14 @@ class HFChat:
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
     def generate(self, prompts: list[str]) -> list[tuple[str, bool]]:
-        """(text, finished) per prompt, in the caller's order; finished = the model ended its answer before
-        `max_new_tokens`."""
+        """`chat` with the decoding settings this model was loaded with."""
+        return self.chat(prompts, self.max_new_tokens, self.temperature, self.top_p, self.seed)
+
+    def chat(self, prompts: list[str], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
+             seed: int | None = None) -> list[tuple[str, bool]]:
+        """engines.base.TextLLM: (text, finished) per prompt, in the caller's order; finished = the model ended its
+        answer before `max_tokens`. Prompts run shortest first, `batch_size` at a time; sampling is seeded once per
+        call."""
         import torch
 
         if not prompts:
@@ -71,24 +78,23 @@ class HFChat:
         lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
         order = sorted(range(len(texts)), key=lengths.__getitem__)
         out: list[tuple[str, bool]] = [("", False)] * len(texts)
-        if self.temperature > 0:
-            torch.manual_seed(self.seed)
+        if temperature > 0:
+            torch.manual_seed(self.seed if seed is None else seed)
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {
+            "do_sample": False}
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
-            for i, result in zip(rows, self._generate_batch([texts[i] for i in rows])):
+            for i, result in zip(rows, self._generate_batch([texts[i] for i in rows], max_tokens, sampling)):
                 out[i] = result
         return out
 
-    def _generate_batch(self, texts: list[str]) -> list[tuple[str, bool]]:
+    def _generate_batch(self, texts: list[str], max_tokens: int, sampling: dict) -> list[tuple[str, bool]]:
         import torch
 
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
-        sampling = {"do_sample": False}
-        if self.temperature > 0:
-            sampling = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
         with torch.no_grad():
             seqs = self.model.generate(
-                **enc, max_new_tokens=self.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id, **sampling
+                **enc, max_new_tokens=max_tokens, pad_token_id=self.tokenizer.pad_token_id, **sampling
             )  # (B, T_prompt + T_new)
         new = seqs[:, enc["input_ids"].shape[1] :]  # (B, T_new)
         finished = [any(t in self.eos_ids for t in row) for row in new.tolist()]

@@ -1,15 +1,17 @@
 """A small client for OpenAI-compatible chat-completion servers (OpenAI, vLLM, SGLang, llama.cpp, ...).
 
 Used where a benchmark needs a text-only judge or extractor LLM (MMHal-Bench ratings, Object HalBench object
-extraction). Standard library only. Timeouts, connection errors, 429 and 5xx answers are retried with exponential
-backoff, because long evaluations meet them routinely and a retry costs nothing; any other 4xx is the caller's
-mistake (bad model name, bad key, bad URL) and fails at once with the server's message, since retrying cannot fix it.
+extraction). Standard library only. Timeouts, connection errors, answers cut off mid-body, 429 and 5xx answers are
+retried with exponential backoff, because long evaluations meet them routinely and a retry costs nothing; any other
+4xx is the caller's mistake (bad model name, bad key, bad URL) and fails at once with the server's message, since
+retrying cannot fix it.
 The API key is read from an environment variable whose *name* is configurable, and is sent only in the
 Authorization header: it never appears in an error message or a log line.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import time
@@ -108,8 +110,10 @@ class ChatClient:
                 if 400 <= exc.code < 500 and exc.code not in (408, 429):
                     raise ChatRefused(f"{endpoint} refused the request: HTTP {exc.code}: {detail}", exc.code) from None
                 last = f"HTTP {exc.code}: {detail}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-                last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
+            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as exc:
+                last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"  # no answer, or one cut mid-body
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # a body cut short or garbled on the way
+                last = f"unreadable answer: {exc}"
         raise ChatError(f"{endpoint}: no answer after {s.max_retries + 1} tries; last error: {last}")
 
     def map(self, prompts: Sequence[tuple[Any, str]], system: str | None = None) -> Iterator[tuple[Any, str]]:

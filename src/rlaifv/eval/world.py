@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from rlaifv.config import EvalConfig
-from rlaifv.engines.hf import HFEngine, Sampling
+from rlaifv.engines.base import Sampling
+from rlaifv.engines.hf import HFEngine
 from rlaifv.eval.world_metrics import description_metrics, labeler_metrics
 from rlaifv.progress import progress
 from rlaifv.records import Generation
@@ -50,7 +51,11 @@ def evaluate_policy(
     store = None
     if out is not None:
         store = ShardedStore(Path(out) / "generations", Generation)
-        store.write_config({"policy": str(policy), "world": wcfg.model_dump(mode="json"), "eval": ecfg.model_dump()})
+        # another policy, world or evaluation setting in the same folder is refused, never mixed into the metrics;
+        # more scenes extend it (a split's first n scenes are the first n of any longer run), and the labeler's
+        # questions are not stored
+        store.bind_config({"policy": str(policy), "world": wcfg.model_dump(mode="json"), "eval": ecfg.model_dump()},
+                          free={"eval.n_scenes", "eval.labeler_questions_per_scene"}, deliberate=None)
     texts = describe_scenes(HFEngine(policy, device=device), scenes, ecfg, store)
     return description_metrics(scenes, texts)
 

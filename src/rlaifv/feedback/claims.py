@@ -14,7 +14,7 @@ from typing import Protocol
 from rlaifv.config import ClaimsConfig
 from rlaifv.progress import progress
 from rlaifv.records import BadInput, Candidate, Claim, Prompt
-from rlaifv.store import ShardedStore
+from rlaifv.store import ShardedStore, run_in_batches
 
 SPLIT_BATCH = 32  # responses per splitter call: big enough to batch an LLM splitter, small enough to resume often
 
@@ -56,33 +56,22 @@ def run_claims(
     splitter: Splitter,
 ) -> dict:
     """Split every candidate not yet done; one candidate's claims are written as one unit."""
-    out.write_config(cfg.model_dump(mode="json"))
+    out.bind_config(cfg)  # a rerun with another config is refused, not mixed into the stored records
     questions = {p.prompt_id: p.question for p in prompts.read()}
     todo = candidates.read_all()
-    done = skipped = 0
+
+    def claims(c: Candidate, result: list[tuple[str, str]]) -> list[Claim]:
+        return [Claim(c.prompt_id, c.sample_idx, i, statement, with_suffix(question, cfg.question_suffix))
+                for i, (statement, question) in enumerate(result)]
+
     with out.writer() as writer, progress("splitting claims", len(todo)) as bar:
-        for lo in range(0, len(todo), SPLIT_BATCH):
-            # A batch is a fixed unit: recomputed whole after a crash (only missing candidates are written), so an
-            # LLM splitter sees the same batch, padding included, as in an uninterrupted run.
-            batch = todo[lo : lo + SPLIT_BATCH]
-            if all(_is_done(writer, c) for c in batch):
-                skipped += len(batch)
-                bar.advance(len(batch))
-                continue
-            results = splitter.split([(questions[c.prompt_id], c.text) for c in batch])
-            for c, result in zip(batch, results):
-                if _is_done(writer, c):
-                    skipped += 1
-                elif isinstance(result, BadInput):
-                    writer.quarantine(c.key, str(result), c)
-                else:
-                    writer.add_unit([
-                        Claim(c.prompt_id, c.sample_idx, i, statement, with_suffix(question, cfg.question_suffix))
-                        for i, (statement, question) in enumerate(result)
-                    ])
-                    done += 1
-            bar.advance(len(batch), status=f"{done} responses split")
-    return {"done": done, "skipped": skipped}
+        # A batch is a fixed unit: recomputed whole after a crash (only missing candidates are written), so an LLM
+        # splitter sees the same batch, padding included, as in an uninterrupted run.
+        return run_in_batches(
+            writer, todo, SPLIT_BATCH, pending=lambda c: not _is_done(writer, c),
+            compute=lambda batch, ready, _: splitter.split([(questions[c.prompt_id], c.text) for c in ready]),
+            to_records=claims, quarantine_as=lambda c: (c.key, c),
+            bar=bar, status=lambda counts: f"{counts['done']} responses split")
 
 
 def _is_done(writer, c: Candidate) -> bool:

@@ -19,12 +19,12 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from PIL import Image
 
 from rlaifv.config import JudgeConfig
-from rlaifv.engines.fastpath import engine_report
+from rlaifv.engines.base import VLM
 from rlaifv.progress import progress
 from rlaifv.records import BadInput, Candidate, Claim, Prompt, Verdict
 from rlaifv.store import ShardedStore
@@ -33,17 +33,6 @@ A = TypeVar("A")  # an engine's answer to one question
 
 # The holistic question: the whole response in one yes/no.
 HOLISTIC_QUESTION = 'Here is a description of the image: "{response}" Is everything in this description correct?'
-
-
-class YesNoJudge(Protocol):
-    """What the stage needs from an engine (engines.hf.HFEngine and engines.openai_vlm.OpenAIEngine provide it):
-    (P_yes, P_no) per question, or BadInput where the engine refused that question alone (a server's 4xx)."""
-
-    def yes_no(self, images: list[Image.Image], questions: list[str]) -> list[tuple[float, float] | BadInput]: ...
-
-    def yes_no_shared(
-        self, groups: list[tuple[Image.Image, list[str]]], questions_per_pack: int = 64, packs_per_forward: int = 8
-    ) -> list[list[tuple[float, float] | BadInput]]: ...
 
 
 def holistic_claims(candidates: list[Candidate], suffix: str) -> list[Claim]:
@@ -71,11 +60,11 @@ def run_judge(
     claims: list[Claim],
     out: ShardedStore[Verdict],
     cfg: JudgeConfig,
-    engine: YesNoJudge,
+    engine: VLM,
     load_image: Callable[[Prompt], Image.Image],
 ) -> dict:
     """Verdicts for every claim not yet judged; one prompt's verdicts are written as one unit."""
-    out.write_config(cfg.model_dump(mode="json"))
+    out.bind_config(cfg)  # a rerun with another config is refused, not mixed into the stored records
     by_prompt: dict[str, list[Claim]] = defaultdict(list)
     for c in claims:
         by_prompt[c.prompt_id].append(c)
@@ -125,4 +114,4 @@ def run_judge(
                 done += len(verdicts)
             bar.advance(n_here, status=f"{done} verdicts from {asked} questions")
     # `asked`: distinct questions sent to the labeler by this run (claims repeated across samples are asked once)
-    return {"done": done, "skipped": skipped, "asked": asked, "fast_paths": engine_report(engine)}
+    return {"done": done, "skipped": skipped, "asked": asked, "fast_paths": engine.fast_paths()}

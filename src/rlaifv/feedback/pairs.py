@@ -29,8 +29,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rlaifv.config import PairsConfig
+from rlaifv.files import atomic_write, publish_dir, write_json
 from rlaifv.records import Candidate, Pair, Prompt, Scored, Verdict
-from rlaifv.store import ShardedStore, fsync_path, write_json
+from rlaifv.store import ShardedStore
 
 # r in {0, 0.02, ..., 0.98}, as exact fractions i / 50 so that comparisons at the boundary are exact.
 BALANCE_STEPS = 50
@@ -349,8 +350,7 @@ def _swap_in(tmp: Path, out: Path) -> None:
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     if out.exists():
         os.replace(out, old)
-    os.replace(tmp, out)
-    fsync_path(out.parent)
+    publish_dir(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -463,14 +463,13 @@ def _export(
     for pair in pairs.read():
         by_prompt[pair.prompt_id].append(pair)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+
+    def stream(tmp: Path) -> None:
         with pq.ParquetWriter(tmp, schema) as writer:
             for rows in _batched(_export_rows(by_prompt, prompts, row_of), EXPORT_BATCH_ROWS):
                 writer.write_table(pa.Table.from_pylist(rows, schema=schema))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(path, stream)
     return path
 
 

@@ -13,27 +13,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Protocol
 
 from PIL import Image
 
 from rlaifv.config import SampleConfig
-from rlaifv.engines.fastpath import engine_report
-from rlaifv.engines.hf import Sampling
+from rlaifv.engines.base import VLM, Sampling
 from rlaifv.progress import progress
 from rlaifv.records import BadInput, Candidate, Prompt
-from rlaifv.store import ShardedStore
-
-
-class Sampler(Protocol):
-    """What the stage needs from an engine (engines.hf.HFEngine and engines.openai_vlm.OpenAIEngine provide it).
-    A prompt's entry is BadInput where the engine refused that prompt alone (a server's 4xx answer)."""
-
-    path: str
-
-    def sample(
-        self, images: list[Image.Image], questions: list[str], n: int, sampling: Sampling, seed: int | None = None
-    ) -> list[list[tuple[str, int]] | BadInput]: ...
+from rlaifv.store import ShardedStore, run_in_batches
 
 
 def batch_seed(seed: int, prompt_ids: list[str]) -> int:
@@ -54,48 +41,33 @@ def run_sample(
     prompts: ShardedStore[Prompt],
     out: ShardedStore[Candidate],
     cfg: SampleConfig,
-    engine: Sampler,
+    engine: VLM,
     load_image: Callable[[Prompt], Image.Image],
 ) -> dict:
     """Sample cfg.n candidates for every prompt not yet done; returns counts for the stage summary."""
-    out.write_config(cfg.model_dump(mode="json"))
+    out.bind_config(cfg)  # a rerun with another config is refused, not mixed into the stored records
     todo = list(prompts.read())
     sampling = sampling_of(cfg)
     setting = {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens}
-    done = skipped = 0
+
+    def draw(batch: list[Prompt], ready: list[Prompt], images: list[Image.Image]) -> list:
+        # the seed comes from the whole batch, so a prompt's samples do not depend on which others were done
+        seed = batch_seed(cfg.seed, [p.prompt_id for p in batch])
+        return [(seed, s) if not isinstance(s, BadInput) else s
+                for s in engine.sample(images, [p.question for p in ready], cfg.n, sampling, seed=seed)]
+
+    def candidates(p: Prompt, answer: tuple[int, list[tuple[str, int]]]) -> list[Candidate]:
+        seed, samples = answer
+        return [Candidate(p.prompt_id, i, text, n_tokens, engine.path, setting, seed)
+                for i, (text, n_tokens) in enumerate(samples)]
+
     with out.writer() as writer, progress("sampling", len(todo)) as bar:
-        for lo in range(0, len(todo), cfg.prompts_per_batch):
-            batch = todo[lo : lo + cfg.prompts_per_batch]
-            missing = [p for p in batch if not _is_done(writer, p.prompt_id, cfg.n)]
-            skipped += len(batch) - len(missing)
-            if not missing:
-                bar.advance(len(batch))
-                continue
-            seed = batch_seed(cfg.seed, [p.prompt_id for p in batch])
-            ready, images = [], []
-            for p in batch:
-                try:
-                    images.append(load_image(p))
-                    ready.append(p)
-                except BadInput as exc:
-                    if p in missing:
-                        writer.quarantine(p.prompt_id, str(exc), p.to_row() | {"image_bytes": None})
-            if ready:
-                results = engine.sample(images, [p.question for p in ready], cfg.n, sampling, seed=seed)
-                for p, samples in zip(ready, results):
-                    if p not in missing:
-                        continue
-                    if isinstance(samples, BadInput):
-                        writer.quarantine(p.prompt_id, f"sampling refused: {samples}",
-                                          p.to_row() | {"image_bytes": None})
-                        continue
-                    writer.add_unit([
-                        Candidate(p.prompt_id, i, text, n_tokens, engine.path, setting, seed)
-                        for i, (text, n_tokens) in enumerate(samples)
-                    ])
-                    done += 1
-            bar.advance(len(batch), status=f"{done} prompts sampled")
-    return {"done": done, "skipped": skipped, "fast_paths": engine_report(engine)}
+        counts = run_in_batches(
+            writer, todo, cfg.prompts_per_batch, pending=lambda p: not _is_done(writer, p.prompt_id, cfg.n),
+            prepare=load_image, compute=draw, to_records=candidates, refused="sampling refused: ",
+            quarantine_as=lambda p: (p.prompt_id, p.to_row() | {"image_bytes": None}),
+            bar=bar, status=lambda c: f"{c['done']} prompts sampled")
+    return {**counts, "fast_paths": engine.fast_paths()}
 
 
 def _is_done(writer, prompt_id: str, n: int) -> bool:

@@ -6,14 +6,14 @@ short answers, so the default divides by the answer's tokens T:
 
     r(y) = (beta / T) * sum_t [log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)]      ('mean'; 'sum' drops the 1/T)
 
-This module scores sampled candidates and keeps the best (`run_bon`, one `BonRow` per prompt: all N texts, both
+This module scores sampled candidates and keeps the best (`run_bon`, one `records.BonRow` per prompt: all N texts, both
 models' log-prob sums, token counts, rewards, the reason each unscorable candidate was set aside, the chosen index
 and text; a prompt with no scorable candidate is quarantined with the reasons), and writes the chosen answers
 (`export_best`) and the counts (`summarize`). Ingesting prompts and sampling the candidates is the pipeline's
 (`rlaifv.pipelines.best_of_n`, `rlaifv bon`).
 
 Scoring encodes each prompt's image and text once per model and packs its candidates behind it
-(infer.reward.group_logps, the trainer's shared-prefix computation with k responses). The candidates are tokenized
+(logps.packed.group_logps, the trainer's shared-prefix computation with k responses). The candidates are tokenized
 the way logps.encode tokenizes DPO pairs -- the response as the model reads it after the chat template's prompt,
 end-of-turn token included -- so the reward is the one the policy's DPO loss optimised. Identical candidates are
 scored once, so their rewards are equal and the tie goes to the lowest sample index, as every tie does. A policy or
@@ -27,9 +27,9 @@ import json
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, Self
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -38,56 +38,19 @@ from PIL import Image
 
 from rlaifv.config import BonConfig, EngineConfig
 from rlaifv.engines.family import family_of, vision_of
+from rlaifv.engines.fastpath import report
 from rlaifv.engines.loading import load_vlm
-from rlaifv.infer.reward import ResponseGroup, group_logps, implicit_reward
+from rlaifv.files import atomic_write, write_text
+from rlaifv.infer.reward import implicit_reward
 from rlaifv.logps.encode import PairEncoder, context_length
+from rlaifv.logps.packed import ResponseGroup, group_logps
 from rlaifv.preferences import PreferenceExample
 from rlaifv.progress import progress
-from rlaifv.records import BadInput, Candidate, Prompt, Record, ResponseScore
-from rlaifv.store import ShardedStore, atomic_write
+from rlaifv.records import BadInput, BonRow, Candidate, Prompt, ResponseScore, reason_counts
+from rlaifv.store import SetAside, ShardedStore, run_in_batches
 
 STAGE = "bon"
 EMPTY = "empty response"
-
-
-@dataclass(frozen=True, slots=True)
-class BonRow(Record):
-    """The N candidates of one prompt, their scores and the chosen one. Lists are in sample order; a candidate that
-    could not be scored has None log-probs and reward and a non-empty reason."""
-
-    KEY_FIELDS: ClassVar[tuple[str, ...]] = ("prompt_id",)
-
-    prompt_id: str  # the Prompt answered
-    question: str  # its question (copied so the export needs no join)
-    image: str  # its image path ("" when the prompt holds the bytes)
-    texts: list[str]  # the N sampled answers
-    policy_logps: list[float | None]  # sum over each answer's tokens of log pi
-    ref_logps: list[float | None]  # the same under pi_ref
-    n_tokens: list[int]  # tokens scored per answer (end-of-turn included); 0 where it has none
-    rewards: list[float | None]  # r per answer (`reward_kind`)
-    reasons: list[str]  # "" = scored; else why the answer was set aside (never chosen)
-    chosen_idx: int  # the argmax of rewards, lowest index on ties
-    chosen_text: str  # texts[chosen_idx]
-    chosen_reward: float  # rewards[chosen_idx]
-    reward_kind: str  # 'mean' (divided by n_tokens) or 'sum'
-    beta: float  # scale of every reward
-    sampler: str  # model that drew the answers
-
-    # Lists have no entry in records.py's column map, so this record spells out its Parquet schema.
-    @classmethod
-    def arrow_schema(cls) -> pa.Schema:
-        f64, text = pa.float64(), pa.string()
-        types = {"texts": pa.list_(text), "policy_logps": pa.list_(f64), "ref_logps": pa.list_(f64),
-                 "n_tokens": pa.list_(pa.int64()), "rewards": pa.list_(f64), "reasons": pa.list_(text),
-                 "chosen_idx": pa.int64(), "chosen_reward": f64, "beta": f64}
-        return pa.schema([pa.field(f.name, types.get(f.name, text), nullable=False) for f in fields(cls)])
-
-    def to_row(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    @classmethod
-    def from_row(cls, row: Any) -> Self:
-        return cls(**{f.name: row[f.name] for f in fields(cls)})
 
 
 # -- rewards and the choice ----------------------------------------------------------------------------------------
@@ -125,6 +88,8 @@ class ResponseScorer(Protocol):
     def response_logps(self, items: list[tuple[Prompt, Image.Image, list[str]]],
                        cfg: BonConfig) -> list[list[ResponseScore]]: ...
 
+    def fast_paths(self) -> dict[str, dict]: ...
+
 
 def load_scorer(cfg: EngineConfig, max_length: int | None = None) -> ResponseScorer:
     """The scorer a role's config names: a model loaded here, or a server (kind 'openai')."""
@@ -144,6 +109,9 @@ class ServedScorer:
         from rlaifv.engines.openai_vlm import OpenAIEngine
 
         return cls(cfg.name, OpenAIEngine(cfg), max_length)
+
+    def fast_paths(self) -> dict[str, dict]:
+        return self.engine.fast_paths()
 
     def response_logps(self, items: list[tuple[Prompt, Image.Image, list[str]]],
                        cfg: BonConfig) -> list[list[ResponseScore]]:
@@ -174,6 +142,9 @@ class Scorer:
         limits = [x for x in (max_length, context_length(model.config)) if x is not None]
         family_of(model)  # refuses a family whose answers cannot be scored as continuations
         return cls(name, model.eval(), processor, min(limits) if limits else None)
+
+    def fast_paths(self) -> dict[str, dict]:
+        return report(self.model)
 
     @property
     def pad_id(self) -> int:
@@ -210,7 +181,7 @@ class Scorer:
     def response_logps(self, items: list[tuple[Prompt, Image.Image, list[str]]],
                        cfg: BonConfig) -> list[list[ResponseScore]]:
         """Per prompt, per answer: its summed log-prob, ids and "" -- or why it was set aside. Each prompt's image
-        and text are encoded once per packed row of its answers (infer.reward.group_logps)."""
+        and text are encoded once per packed row of its answers (logps.packed.group_logps)."""
         groups, plans = [], []
         for prompt, image, texts in items:
             group, reasons = self.encode(prompt, image, texts)
@@ -301,43 +272,25 @@ def run_bon(prompts: ShardedStore[Prompt], candidates: ShardedStore[Candidate], 
         by_prompt[c.prompt_id].append(c)
     not_sampled = {q.record_key: q.reason for q in candidates.read_quarantine()}
     todo = list(prompts.read())
-    counts = {"done": 0, "skipped": 0, "quarantined": 0}
+
+    def prepare(p: Prompt) -> PromptCandidates:
+        if p.prompt_id in not_sampled:
+            raise BadInput(f"sampling: {not_sampled[p.prompt_id]}")
+        found = sorted(by_prompt.get(p.prompt_id, []), key=lambda c: c.sample_idx)
+        if not found:
+            raise ValueError(f"prompt {p.prompt_id} has no candidates in {candidates.root}; run the sampling stage "
+                             "first")
+        return PromptCandidates(p, found, load_image(p))
+
+    def to_records(p: Prompt, result: BonRow | tuple[str, dict[str, Any]]) -> list[BonRow] | SetAside:
+        return [result] if isinstance(result, BonRow) else SetAside(*result)
+
     with out.writer() as writer, progress("best-of-N scoring", len(todo)) as bar, torch.no_grad():
-        for lo in range(0, len(todo), cfg.prompts_per_batch):
-            batch = todo[lo : lo + cfg.prompts_per_batch]
-            missing = {p.prompt_id for p in batch if p.prompt_id not in writer}
-            counts["skipped"] += len(batch) - len(missing)
-            items = []
-            for p in batch:
-                quarantine = p.prompt_id in missing
-                if p.prompt_id in not_sampled:
-                    if quarantine:
-                        writer.quarantine(p.prompt_id, f"sampling: {not_sampled[p.prompt_id]}",
-                                          p.to_row() | {"image_bytes": None})
-                        counts["quarantined"] += 1
-                    continue
-                found = sorted(by_prompt.get(p.prompt_id, []), key=lambda c: c.sample_idx)
-                if not found:
-                    raise ValueError(f"prompt {p.prompt_id} has no candidates in {candidates.root}; run the "
-                                     "sampling stage first")
-                try:
-                    items.append(PromptCandidates(p, found, load_image(p)))
-                except BadInput as exc:
-                    if quarantine:
-                        writer.quarantine(p.prompt_id, str(exc), p.to_row() | {"image_bytes": None})
-                        counts["quarantined"] += 1
-            if items and any(it.prompt.prompt_id in missing for it in items):
-                for item, result in zip(items, score_prompts(items, policy, reference, cfg, sampler)):
-                    if item.prompt.prompt_id not in missing:
-                        continue
-                    if isinstance(result, BonRow):
-                        writer.add(result)
-                        counts["done"] += 1
-                    else:
-                        writer.quarantine(item.prompt.prompt_id, *result)
-                        counts["quarantined"] += 1
-            bar.advance(len(batch), status=f"{counts['done']} prompts scored")
-    return counts
+        return run_in_batches(
+            writer, todo, cfg.prompts_per_batch, pending=lambda p: p.prompt_id not in writer, prepare=prepare,
+            compute=lambda batch, ready, items: score_prompts(items, policy, reference, cfg, sampler),
+            to_records=to_records, quarantine_as=lambda p: (p.prompt_id, p.to_row() | {"image_bytes": None}),
+            bar=bar, status=lambda counts: f"{counts['done']} prompts scored")
 
 
 # -- outputs -------------------------------------------------------------------------------------------------------
@@ -366,7 +319,7 @@ def export_best(bon: ShardedStore[BonRow], prompts: ShardedStore[Prompt] | None,
     keys = {f.name for f in BEST_SCHEMA}
     if jsonl is not None:
         text = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True, default=str) + "\n" for r in rows)
-        atomic_write(Path(jsonl), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        write_text(Path(jsonl), text)
     if parquet is not None:
         flat = [{k: r[k] for k in keys - {"meta"}} | {"meta": json.dumps({k: v for k, v in r.items() if k not in keys},
                                                                           sort_keys=True, default=str)} for r in rows]
@@ -380,7 +333,7 @@ def summarize(out: Path, bon: ShardedStore[BonRow], prompts: ShardedStore[Prompt
     reason, mean chosen and mean candidate reward and length, and how often each sample index won."""
     rows = bon.read_all()
     quarantined = bon.read_quarantine()
-    set_aside = Counter(r.split(":")[0] for row in rows for r in row.reasons if r)
+    set_aside = reason_counts(r for row in rows for r in row.reasons if r)
     scored = [x for row in rows for x in row.rewards if x is not None]
     chosen_tokens = [row.n_tokens[row.chosen_idx] for row in rows]
     all_tokens = [t for row in rows for t, reason in zip(row.n_tokens, row.reasons) if not reason]
@@ -391,8 +344,8 @@ def summarize(out: Path, bon: ShardedStore[BonRow], prompts: ShardedStore[Prompt
     return {
         "out": str(out), "best": str(Path(out) / "best.jsonl"), "prompts": len(prompts), "scored": len(rows),
         "quarantined": len(quarantined),
-        "quarantine_reasons": dict(Counter(q.reason.split(":")[0] for q in quarantined)),
-        "candidates_set_aside": dict(set_aside),
+        "quarantine_reasons": reason_counts(q.reason for q in quarantined),
+        "candidates_set_aside": set_aside,
         "reward": rows[0].reward_kind if rows else None,
         "mean_chosen_reward": mean([row.chosen_reward for row in rows]), "mean_candidate_reward": mean(scored),
         "mean_chosen_tokens": mean(chosen_tokens), "mean_candidate_tokens": mean(all_tokens),

@@ -1,14 +1,12 @@
-"""Summed log-probs of the chosen and rejected responses of each pair, from one forward per pair.
+"""Summed log-probs of responses behind one prompt -- DPO's chosen and rejected, best-of-N's k answers -- the one
+local computation of response log-probs (a served model's are engines.openai_vlm.OpenAIEngine.response_logps).
 
-DPO needs log p(chosen | image, prompt) and log p(rejected | image, prompt). Two sequences per pair encode the
-image and the prompt twice; here one packed row (engines.packing) holds prompt + chosen + rejected, with a block
-attention mask and positions restarting after the prompt, so the image goes through the vision tower once and the
-prompt through the language model once. Unlike reusing a KV cache, this is an ordinary forward, so it also works
-under gradient checkpointing (which drops a passed-in cache).
-
-Token t of a response is predicted by the logits one position earlier -- except each response's first token, which
-both responses read from the prompt's last position (the rejected response does not follow the chosen one).
-`separate_logps` computes the same numbers the plain way, two sequences per pair; tests pin their agreement.
+Scoring each response as its own sequence encodes the image and the prompt once per response; here one packed row
+(engines.packing) holds the prompt and every response after it, with a block attention mask and positions restarting
+after the prompt, so the image goes through the vision tower once and the prompt through the language model once
+(`packed_sums`). Unlike reusing a KV cache, this is an ordinary forward, so it also works under gradient
+checkpointing (which drops a passed-in cache). `plain_sums` computes the same numbers the plain way; tests pin their
+agreement on every VLM family, and engines.fastpath checks it again on each run's first items.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ import torch
 
 from rlaifv.engines.family import packed_inputs, plain_inputs
 from rlaifv.engines.fastpath import trusted
-from rlaifv.engines.packing import pack
+from rlaifv.engines.packing import pack, pack_bounds
 from rlaifv.engines.transfer import to_device
 from rlaifv.logps.encode import EncodedPair
 
@@ -97,56 +95,90 @@ def mask_dtype(param: torch.Tensor, device: torch.device) -> torch.dtype:
     return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else param.dtype
 
 
-def packed_logps(model: torch.nn.Module, pairs: list[EncodedPair], pad_id: int) -> ResponseLogps:
-    """Response log-probs of a batch of pairs, one packed row per pair: prefix = prompt, suffixes = chosen, rejected.
+@dataclass
+class ResponseGroup:
+    """One prompt and k responses to it, as token ids ready to pack (logps.encode's conventions: the prompt with its
+    image tokens expanded, each response's ids ending with the end-of-turn token)."""
+
+    prefix_ids: list[int]  # image + prompt
+    responses: list[list[int]]  # k non-empty responses
+    vision: dict[str, torch.Tensor]  # what the processor says of the image, e.g. pixel_values (1, C, H, W)
+
+
+def packed_sums(model: torch.nn.Module, groups: list[ResponseGroup], pad_id: int) -> torch.Tensor:
+    """Summed log-probs of every response of every group, (R,) in group order, one packed row per group: prefix,
+    then its responses, each seeing the prefix and itself only (engines.family.packed_inputs). Gradients flow.
 
     Only the positions that predict response tokens go through the LM head (`logits_to_keep`): the image and prompt
-    positions are most of the row and their logits are never needed.
+    positions are most of the row and their logits are never needed. Token t of a response is predicted by the
+    logits one position earlier -- except each response's first token, which every response reads from the
+    prefix's last position.
     """
     first = next(model.parameters())  # works through DDP / peft wrappers, which hide `.device` and `.dtype`
     device = first.device
-    packs = [pack(p.prompt_ids, [p.chosen_ids, p.rejected_ids]) for p in pairs]
+    packs = [pack(g.prefix_ids, g.responses) for g in groups]
     rows, positions, targets, owner = [], [], [], []  # one entry per response token of the batch
+    response = 0  # responses numbered over the batch, row by row
     for b, p in enumerate(packs):
-        last_prompt = p.starts[0] - 1  # predicts the first token of both responses
-        for k, (start, end) in enumerate(zip(p.starts, p.ends)):
+        last_prompt = p.starts[0] - 1  # predicts the first token of every response
+        for start, end in zip(p.starts, p.ends):
             n = end - start + 1
             rows += [b] * n
             positions += [last_prompt, *range(start, end)]
             targets += p.input_ids[start : end + 1]
-            owner += [2 * b + k] * n  # 2b = chosen of pair b, 2b + 1 = its rejected
+            owner += [response] * n
+            response += 1
     keep = sorted(set(positions))
     column = {pos: i for i, pos in enumerate(keep)}
-    # ids (B, T), positions (B, T) or (3, B, T), the family's masks, the pairs' images
-    batch = packed_inputs(model, packs, [p.vision for p in pairs], pad_id, mask_dtype(first, device), device)
+    # ids (B, T), positions (B, T) or (3, B, T), the family's masks, each row's image
+    batch = packed_inputs(model, packs, [g.vision for g in groups], pad_id, mask_dtype(first, device), device)
     # every index on the device before the forward is queued: none of the copies waits for it
     keep_t, owner_t = to_device(torch.tensor(keep), device), to_device(torch.tensor(owner), device)  # (K,), (N,)
     rows_t, targets_t = to_device(torch.tensor(rows), device), to_device(torch.tensor(targets), device)  # (N,)
     cols_t = to_device(torch.tensor([column[pos] for pos in positions]), device)  # (N,)
-    lengths = _lengths(pairs, device)
     logits = model(**batch, logits_to_keep=keep_t, use_cache=False).logits  # (B, K, V)
     logps = token_logps(logits, rows_t, cols_t, targets_t)  # (N,)
-    sums = torch.zeros(2 * len(pairs), device=device).index_add(0, owner_t, logps)  # (2B,)
-    return ResponseLogps(sums[0::2], sums[1::2], *lengths)
+    return torch.zeros(response, device=device).index_add(0, owner_t, logps)  # (R,)
+
+
+def plain_sums(model: torch.nn.Module, groups: list[ResponseGroup], pad_id: int,
+               batch_size: int | None = None) -> torch.Tensor:
+    """The same numbers the plain way, (R,) in group order: prefix + response as its own right-padded sequence,
+    `batch_size` sequences per forward (all at once when None), the image encoded again for every response and
+    the model deriving its own positions and masks (engines.family.plain_inputs). What `packed_sums` is tested
+    against, and the exact path where a model's packed rows do not match it."""
+    device = next(model.parameters()).device
+    flat = [(g, r) for g, group in enumerate(groups) for r in range(len(group.responses))]
+    size = batch_size or len(flat)
+    sums = []
+    for lo in range(0, len(flat), size):
+        chunk = flat[lo : lo + size]
+        seqs = [groups[g].prefix_ids + groups[g].responses[r] for g, r in chunk]
+        batch = plain_inputs(model, seqs, [groups[g].vision for g, _ in chunk], pad_id, device)
+        logits = model(**batch, use_cache=False).logits  # (b, T, V)
+        for i, (g, _) in enumerate(chunk):
+            n_prefix, end = len(groups[g].prefix_ids), len(seqs[i])
+            target = batch["input_ids"][i, n_prefix:end]  # (L,)
+            sums.append(_token_logps(logits[i, n_prefix - 1 : end - 1], target).sum())  # logits (L, V)
+    return torch.stack(sums) if sums else torch.zeros(0, device=device)  # (R,)
+
+
+def _as_groups(pairs: list[EncodedPair]) -> list[ResponseGroup]:
+    return [ResponseGroup(p.prompt_ids, [p.chosen_ids, p.rejected_ids], p.vision) for p in pairs]
+
+
+def packed_logps(model: torch.nn.Module, pairs: list[EncodedPair], pad_id: int) -> ResponseLogps:
+    """Response log-probs of a batch of pairs, one packed row per pair: prefix = prompt, suffixes = chosen, rejected
+    (`packed_sums`): the image through the vision tower once, the prompt through the language model once."""
+    sums = packed_sums(model, _as_groups(pairs), pad_id)  # (2B,): chosen, rejected of pair 0, then pair 1, ...
+    return ResponseLogps(sums[0::2], sums[1::2], *_lengths(pairs, sums.device))
 
 
 def separate_logps(model: torch.nn.Module, pairs: list[EncodedPair], pad_id: int) -> ResponseLogps:
-    """The same numbers the plain way: prompt + chosen and prompt + rejected as two right-padded sequences.
-
-    Twice the image and prompt compute of `packed_logps`; kept as the reference its results are tested against.
-    """
-    device = next(model.parameters()).device
-    seqs = [p.prompt_ids + r for p in pairs for r in (p.chosen_ids, p.rejected_ids)]  # 2B rows
-    batch = plain_inputs(model, seqs, [p.vision for p in pairs for _ in range(2)], pad_id, device)
-    ids = batch["input_ids"]  # (2B, T), right-padded
-    logits = model(**batch, use_cache=False).logits  # (2B, T, V)
-    sums = []
-    for i, s in enumerate(seqs):
-        n_prompt = len(pairs[i // 2].prompt_ids)
-        target = ids[i, n_prompt : len(s)]  # (L,)
-        sums.append(_token_logps(logits[i, n_prompt - 1 : len(s) - 1], target).sum())  # logits (L, V)
-    flat = torch.stack(sums)  # (2B,)
-    return ResponseLogps(flat[0::2], flat[1::2], *_lengths(pairs, device))
+    """The same numbers the plain way: prompt + chosen and prompt + rejected as two right-padded sequences
+    (`plain_sums`), twice the image and prompt compute of `packed_logps`."""
+    sums = plain_sums(model, _as_groups(pairs), pad_id)  # (2B,)
+    return ResponseLogps(sums[0::2], sums[1::2], *_lengths(pairs, sums.device))
 
 
 def response_logps(model: torch.nn.Module, pairs: list[EncodedPair], pad_id: int) -> ResponseLogps:
@@ -161,6 +193,52 @@ def response_logps(model: torch.nn.Module, pairs: list[EncodedPair], pad_id: int
                lambda: per_token(separate_logps(model, probe, pad_id)), mask_dtype(first, first.device)):
         return packed_logps(model, pairs, pad_id)
     return separate_logps(model, pairs, pad_id)
+
+
+def group_logps(model: torch.nn.Module, groups: list[ResponseGroup], pad_id: int, responses_per_pack: int = 16,
+                packs_per_batch: int = 4) -> list[torch.Tensor]:
+    """Summed log-probs of every response of every group (best-of-N's k answers per prompt), (k,) per group.
+
+    A group's responses go behind its prefix in packed rows (`packed_sums`), `packs_per_batch` rows per forward. A
+    row holds at most `responses_per_pack` responses and, as for the judge's questions, at most max(4 x prefix, 128)
+    response tokens (engines.packing.pack_bounds): behind a LLaVA image (~600 tokens) that is all of 16 answers of
+    ~150 tokens, one prefix per prompt; behind a short prefix a few answers per row, because there attention over
+    one long row costs more than encoding the short prefix again (benchmarks/bon_speed.py). Equal to
+    `separate_group_logps`, which serves instead on a model where the first groups' scores differ between the two
+    (engines.fastpath).
+    """
+    probe = [ResponseGroup(g.prefix_ids, g.responses[:3], g.vision) for g in groups[:2] if g.responses]
+    lengths = torch.tensor([len(r) for g in probe for r in g.responses])  # compare per-token log-probs
+    first = next(model.parameters())
+    if probe and not trusted(
+        model, "bon.packed",
+        lambda: torch.cat(_grouped_packed(model, probe, pad_id, responses_per_pack, packs_per_batch)) / lengths,
+        lambda: plain_sums(model, probe, pad_id).cpu() / lengths, mask_dtype(first, first.device),
+    ):
+        return separate_group_logps(model, groups, pad_id)
+    return _grouped_packed(model, groups, pad_id, responses_per_pack, packs_per_batch)
+
+
+def _grouped_packed(model: torch.nn.Module, groups: list[ResponseGroup], pad_id: int, responses_per_pack: int,
+                    packs_per_batch: int) -> list[torch.Tensor]:
+    units = [(g, lo, hi) for g, group in enumerate(groups)
+             for lo, hi in pack_bounds([len(r) for r in group.responses], len(group.prefix_ids), responses_per_pack)]
+    out = [torch.zeros(len(group.responses)) for group in groups]
+    for lo in range(0, len(units), packs_per_batch):
+        batch = units[lo : lo + packs_per_batch]
+        rows = [ResponseGroup(groups[g].prefix_ids, groups[g].responses[a:b], groups[g].vision) for g, a, b in batch]
+        sums = packed_sums(model, rows, pad_id).float().cpu()  # (R,)
+        for (g, a, b), s in zip(batch, sums.split([b - a for _, a, b in batch])):
+            out[g][a:b] = s
+    return out
+
+
+def separate_group_logps(model: torch.nn.Module, groups: list[ResponseGroup], pad_id: int,
+                         batch_size: int = 16) -> list[torch.Tensor]:
+    """`group_logps` the plain way (`plain_sums`, `batch_size` sequences per forward): the reference it is tested
+    against, and the baseline of benchmarks/bon_speed.py."""
+    sums = plain_sums(model, groups, pad_id, batch_size).float().cpu()  # (R,)
+    return list(sums.split([len(g.responses) for g in groups]))
 
 
 def _lengths(pairs: list[EncodedPair], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

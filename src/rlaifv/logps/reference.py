@@ -26,7 +26,7 @@ import time
 from contextlib import closing, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
@@ -38,25 +38,12 @@ from rlaifv.logps.encode import EncodedPair, PairEncoder, ahead, context_length
 from rlaifv.logps.packed import ResponseLogps, response_logps
 from rlaifv.preferences import LoadedPairs, PreferenceExample, load_pairs, pair_store_root
 from rlaifv.progress import progress
-from rlaifv.prompts import load_image, reason_kind
-from rlaifv.records import BadInput, Record
+from rlaifv.prompts import load_image
+from rlaifv.records import BadInput, RefLogps, reason_counts
 from rlaifv.store import ShardedStore
 
 STAGE = "reference"
 SHARD_SIZE = 256
-
-
-@dataclass(frozen=True, slots=True)
-class RefLogps(Record):
-    """The reference model's summed response log-probs of one pair (keyed like the pair)."""
-
-    KEY_FIELDS: ClassVar[tuple[str, ...]] = ("pair_key",)
-
-    pair_key: str  # PreferenceExample.key / Pair.key
-    chosen_logp: float  # sum of log p_ref over the chosen response's tokens
-    rejected_logp: float  # the same for the rejected response
-    chosen_tokens: int  # chosen response length in tokens (the policy must tokenize it the same way)
-    rejected_tokens: int  # rejected response length in tokens
 
 
 def weights_dtype(cfg: DPOConfig) -> torch.dtype:
@@ -124,7 +111,8 @@ def compute_reference_logps(
     """
     loaded = pairs if isinstance(pairs, LoadedPairs) else load_pairs(Path(pairs))
     store = reference_store(loaded.source, reference, cfg, store_dir)
-    store.write_config({"source": str(loaded.source), **fingerprint(reference, cfg)})
+    # a store named explicitly (`store_dir`) may hold another reference's numbers: refused, never mixed
+    store.bind_config({"source": str(loaded.source), **fingerprint(reference, cfg)}, deliberate=None)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() and not cfg.use_cpu else "cpu"))
     counts = {"done": 0, "skipped": 0, "quarantined": 0}
     with store.writer() as writer:
@@ -263,10 +251,7 @@ class ReferenceTable:
 
     def reasons(self) -> dict[str, int]:
         """Quarantined pairs counted by kind of reason ("too long", "image file not found", ...)."""
-        counts: dict[str, int] = {}
-        for reason in self.quarantined.values():
-            counts[reason_kind(reason)] = counts.get(reason_kind(reason), 0) + 1
-        return counts
+        return reason_counts(self.quarantined.values())
 
     def batch(self, keys: list[str], device: torch.device) -> ResponseLogps:
         rows = [self.logps[k] for k in keys]

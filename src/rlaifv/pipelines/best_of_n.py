@@ -10,7 +10,8 @@ Stages, each resumable, under one output folder:
     OUT/best.parquet the same rows (meta as JSON text)
     OUT/summary.json counts, mean rewards, how often each sample index was chosen
 
-A rerun into a folder made with other settings is refused, since it would mix two runs' answers.
+A rerun into a folder made with another config is refused (store.bind_config on OUT/bon), since it would mix two
+runs' answers; `force_config` continues it deliberately.
 """
 
 from __future__ import annotations
@@ -20,23 +21,23 @@ from pathlib import Path
 from typing import Any
 
 from rlaifv.config import BonConfig, SampleConfig
-from rlaifv.engines.fastpath import engine_report
 from rlaifv.feedback.sample import run_sample
-from rlaifv.infer.bon import STAGE, BonRow, Scorer, export_best, load_scorer, run_bon, summarize
+from rlaifv.files import write_json
+from rlaifv.infer.bon import STAGE, Scorer, export_best, load_scorer, run_bon, summarize
 from rlaifv.pipelines.collect import load_engine
 from rlaifv.progress import log
 from rlaifv.prompts import ingest_prompts, load_image
-from rlaifv.records import Candidate, Prompt
-from rlaifv.store import ShardedStore, write_json
+from rlaifv.records import BonRow, Candidate, Prompt
+from rlaifv.store import ShardedStore
 
 
-def bon_stores(out: Path, shard_size: int = 1000) -> dict[str, ShardedStore]:
+def bon_stores(out: Path, shard_size: int = 1000, force_config: bool = False) -> dict[str, ShardedStore]:
     """The stores under a best-of-N output folder."""
     out = Path(out)
     return {
         "prompts": ShardedStore(out / "prompts", Prompt, shard_size),
-        "candidates": ShardedStore(out / "candidates", Candidate, shard_size),
-        "bon": ShardedStore(out / "bon", BonRow, shard_size, stage=STAGE),
+        "candidates": ShardedStore(out / "candidates", Candidate, shard_size, force_config=force_config),
+        "bon": ShardedStore(out / "bon", BonRow, shard_size, stage=STAGE, force_config=force_config),
     }
 
 
@@ -48,44 +49,25 @@ def sample_config(cfg: BonConfig) -> SampleConfig:
                         prompts_per_batch=cfg.prompts_per_batch, seed=cfg.seed)
 
 
-def _settings(cfg: BonConfig) -> dict[str, Any]:
-    """What the stored results depend on: the config without devices and shard size."""
-    data = cfg.model_dump(mode="json")
-    for role in ("policy", "reference", "sampler"):
-        data[role].pop("device", None)  # a served model has none
-    data.pop("shard_size")
-    return data
-
-
-def _check_resume(store: ShardedStore[BonRow], cfg: BonConfig) -> None:
-    """A rerun into a folder made with other settings would mix two runs' answers: refuse it."""
-    if not store.config_path.exists():
-        return
-    before, now = store.read_config(), _settings(cfg)
-    changed = sorted(k for k in now.keys() | before.keys() if before.get(k) != now.get(k))
-    if changed:
-        raise ValueError(f"{store.root.parent} was made with other settings ({', '.join(changed)} differ); rerun with "
-                         f"the same settings to resume, or use a new --out")
-
-
 def _unfinished(prompts: ShardedStore[Prompt], done: set[str], first_key: Callable[[str], str]) -> int:
     return sum(1 for p in prompts.read() if p.prompt_id not in done and first_key(p.prompt_id) not in done)
 
 
-def best_of_n(out: Path, cfg: BonConfig, prompts: Path | None = None) -> dict[str, Any]:
+def best_of_n(out: Path, cfg: BonConfig, prompts: Path | None = None, force_config: bool = False) -> dict[str, Any]:
     """Ingest the prompts (once), sample N answers per prompt, score them, keep the best; resumable at every stage.
-    Writes OUT/best.jsonl, OUT/best.parquet and OUT/summary.json; returns the summary."""
+    Writes OUT/best.jsonl, OUT/best.parquet and OUT/summary.json; returns the summary. A folder made with another
+    config is refused unless `force_config`."""
     for role in ("policy", "reference"):
         if getattr(cfg, role).kind == "hf" and not getattr(cfg, role).path:
             raise ValueError(f"best-of-N needs a {role} model: set --{role} (or {role}.path in the config)")
     out = Path(out)
-    s = bon_stores(out, cfg.shard_size)
-    _check_resume(s["bon"], cfg)
+    s = bon_stores(out, cfg.shard_size, force_config)
+    s["bon"].check_config(cfg)  # before anything is written; the sampling stage's config follows from this one
     if prompts is not None:
         ingest_prompts(Path(prompts), s["prompts"])
     elif not s["prompts"].shard_paths():
         raise ValueError(f"no prompts stored in {out} yet: pass --prompts the first time")
-    s["bon"].write_config(_settings(cfg))
+    s["bon"].bind_config(cfg)
     scfg = sample_config(cfg)
     engine = None
     if _unfinished(s["prompts"], s["candidates"].done_keys(), lambda pid: f"{pid}/0"):
@@ -103,7 +85,7 @@ def best_of_n(out: Path, cfg: BonConfig, prompts: Path | None = None) -> dict[st
         reference = load_scorer(cfg.reference, cfg.max_length)
         counts = run_bon(s["prompts"], s["candidates"], s["bon"], cfg, policy, reference, load_image,
                          sampler=scfg.policy.name)
-        counts["fast_paths"] = {role: engine_report(scorer) for role, scorer in
+        counts["fast_paths"] = {role: scorer.fast_paths() for role, scorer in
                                 (("policy", policy), ("reference", reference))}
     export_best(s["bon"], s["prompts"], out / "best.jsonl", out / "best.parquet")
     summary = summarize(out, s["bon"], s["prompts"]) | {"this_run": counts}

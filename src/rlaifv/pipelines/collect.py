@@ -21,24 +21,37 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections import Counter
 from pathlib import Path
 
 from rlaifv.config import CollectConfig, EngineConfig, format_deviation, paper_deviations
+from rlaifv.files import write_json, write_text
 from rlaifv.preferences import PREFERENCES, pair_store
 from rlaifv.progress import log
-from rlaifv.records import Candidate, Claim, Pair, Prompt, Verdict
-from rlaifv.store import ShardedStore, atomic_write, write_json
+from rlaifv.records import Candidate, Claim, Pair, Prompt, Verdict, reason_counts
+from rlaifv.store import ShardedStore
 from rlaifv.world.config import WorldConfig
 
 
-def stores(out: Path, shard_size: int = 1000) -> dict[str, ShardedStore]:
+def stores(out: Path, shard_size: int = 1000, force_config: bool = False) -> dict[str, ShardedStore]:
+    """The stores under a collect folder; `force_config` lets a stage continue one made with another config."""
     return {
         "prompts": ShardedStore(out / "prompts", Prompt, shard_size),
-        "candidates": ShardedStore(out / "candidates", Candidate, shard_size),
-        "claims": ShardedStore(out / "claims", Claim, shard_size),
-        "verdicts": ShardedStore(out / "verdicts", Verdict, shard_size),
+        "candidates": ShardedStore(out / "candidates", Candidate, shard_size, force_config=force_config),
+        "claims": ShardedStore(out / "claims", Claim, shard_size, force_config=force_config),
+        "verdicts": ShardedStore(out / "verdicts", Verdict, shard_size, force_config=force_config),
     }
+
+
+STAGE_STORES = {"sample": "candidates", "claims": "claims", "judge": "verdicts"}  # the stages bound to a config
+
+
+def check_configs(out: Path, cfg: CollectConfig, stages: list[str], force_config: bool = False) -> None:
+    """Refuse, before anything runs or loads, a rerun whose stages' stores were made with another config
+    (store.ConfigChanged names what differs); each stage binds its config again when it opens its store."""
+    s = stores(out, cfg.shard_size, force_config)
+    for stage in stages:
+        if stage in STAGE_STORES and not (stage == "claims" and cfg.judge.mode == "holistic"):
+            s[STAGE_STORES[stage]].check_config(getattr(cfg, stage))
 
 
 def load_engine(cfg: EngineConfig, default_path: str | Path | None, role: str):
@@ -100,12 +113,14 @@ def _world_model(role: str, world: WorldConfig | None, cfg: EngineConfig, prompt
 
 
 def run_stage(stage: str, prompts_file: Path | None, out: Path, cfg: CollectConfig,
-              world: WorldConfig | None = None, rows: list[int] | None = None) -> dict:
-    """Run one stage ('prompts', 'sample', 'claims', 'judge' or 'pairs') on the output folder. `rows`: the prompts
+              world: WorldConfig | None = None, force_config: bool = False, rows: list[int] | None = None) -> dict:
+    """Run one stage ('prompts', 'sample', 'claims', 'judge' or 'pairs') on the output folder. A stage whose store
+    was made with another config is refused before its model loads, unless `force_config`. `rows`: the prompts
     stage ingests only these rows of the file (a round's slice)."""
     from rlaifv.prompts import ingest_prompts, load_image
 
-    s = stores(out, cfg.shard_size)
+    check_configs(out, cfg, [stage], force_config)
+    s = stores(out, cfg.shard_size, force_config)
     if stage == "prompts":
         if prompts_file is None:
             raise ValueError("the prompts stage needs a prompts file")
@@ -143,15 +158,18 @@ def run_stage(stage: str, prompts_file: Path | None, out: Path, cfg: CollectConf
 
 
 def collect(prompts_file: Path, out: Path, cfg: CollectConfig, world: WorldConfig | None = None,
-            rows: list[int] | None = None) -> dict:
-    """All stages in order, then OUT/summary.json and OUT/report.md; returns the summary. `rows`: only these rows
-    of the prompts file (a round's slice)."""
+            force_config: bool = False, rows: list[int] | None = None) -> dict:
+    """All stages in order, then OUT/summary.json and OUT/report.md; returns the summary. A folder whose stages
+    were made with another config is refused before anything runs (see `run_stage`). `rows`: only these rows of the
+    prompts file (a round's slice)."""
+    stages = ["prompts", "sample", "claims", "judge", "pairs"]
+    check_configs(out, cfg, stages, force_config)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "collect.yaml").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    write_text(out / "collect.yaml", json.dumps(cfg.model_dump(mode="json"), indent=2))
     timings, results = {}, {}
-    for stage in ("prompts", "sample", "claims", "judge", "pairs"):
+    for stage in stages:
         start = time.perf_counter()
-        results[stage] = run_stage(stage, prompts_file, out, cfg, world, rows)
+        results[stage] = run_stage(stage, prompts_file, out, cfg, world, force_config, rows)
         timings[stage] = round(time.perf_counter() - start, 2)
         log(f"{stage}: {results[stage]} ({timings[stage]} s)")
     summary = summarize(out, results, cfg)
@@ -168,8 +186,8 @@ def summarize(out: Path, results: dict | None = None, cfg: CollectConfig | None 
     if cfg is not None:
         summary["deviations"] = paper_deviations(cfg)
     for name, store in s.items():
-        reasons = Counter(_reason_class(q.reason) for q in store.read_quarantine())
-        summary["stages"][name] = {"records": len(store), "quarantined": dict(reasons)}
+        reasons = reason_counts(q.reason for q in store.read_quarantine())
+        summary["stages"][name] = {"records": len(store), "quarantined": reasons}
     pairs_store = pair_store(out)
     summary["stages"]["pairs"] = {"records": len(pairs_store)}
     if results and isinstance(results.get("pairs"), dict):
@@ -199,8 +217,7 @@ def write_summary(out: Path, summary: dict) -> None:
                       "(world prompts: the chosen answer has fewer false statements)."]
     if "deviations" in summary:
         lines += ["", *deviations_section(summary["deviations"])]
-    text = "\n".join(lines) + "\n"
-    atomic_write(out / "report.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_text(out / "report.md", "\n".join(lines) + "\n")
 
 
 def deviations_section(deviations: list[dict]) -> list[str]:
@@ -222,10 +239,5 @@ def world_feedback(prompts: ShardedStore[Prompt], pairs: ShardedStore[Pair]) -> 
         return {}
     rows = [(scenes[p.prompt_id], p.chosen, p.rejected) for p in pairs.read() if scenes.get(p.prompt_id)]
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in feedback_metrics(rows).items()}
-
-
-def _reason_class(reason: str) -> str:
-    """Group reasons that differ only in details (counts, paths) under their first clause."""
-    return reason.split(":")[0].split(" (")[0][:80]
 
 

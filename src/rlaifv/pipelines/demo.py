@@ -12,7 +12,6 @@ command after a crash.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import numpy as np
 from rlaifv.config import EvalConfig, IterateConfig, dump_yaml, paper_deviations
 from rlaifv.eval.report import FEEDBACK_KEYS, ROUND_KEYS, write_report
 from rlaifv.eval.world import evaluate_labeler
+from rlaifv.files import write_text
 from rlaifv.pipelines.loop import STATE, iterate, round_dir
 from rlaifv.pipelines.world_bon import BON_TEMPERATURE, world_bon
 from rlaifv.progress import log
@@ -74,9 +74,7 @@ def run_demo(workdir: Path, seed: int = 0, world: WorldConfig | None = None, ecf
     icfg = IterateConfig.model_validate({**(icfg or world_rounds_config()).model_dump(), "rounds": rounds,
                                          "eval": ecfg.model_dump(), "test_metrics": True})
     workdir.mkdir(parents=True, exist_ok=True)
-    tmp = workdir / f".config.yaml.tmp-{os.getpid()}"
-    tmp.write_text(f"# world\n{dump_yaml(wcfg)}# rounds\n{dump_yaml(icfg)}")
-    os.replace(tmp, workdir / "config.yaml")
+    write_text(workdir / "config.yaml", f"# world\n{dump_yaml(wcfg)}# rounds\n{dump_yaml(icfg)}")
     timings: dict[str, float] = {}
 
     models = bootstrap(wcfg)

@@ -41,19 +41,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from rlaifv.config import CollectConfig, DPOConfig, HFEngineConfig, IterateConfig, paper_deviations
 from rlaifv.eval.report import FEEDBACK_KEYS, ROUND_KEYS
+from rlaifv.files import atomic_write, write_json, write_text, write_yaml
 from rlaifv.progress import log
-from rlaifv.store import write_json
+from rlaifv.store import check_config, config_changes, free_paths
 from rlaifv.world.config import WorldConfig
 
 STATE, SUMMARY, CONFIG, REPORT, ROWS = "state.json", "summary.json", "iterate.yaml", "report.md", "prompt_rows.json"
@@ -134,29 +132,36 @@ class Loop:
 
     # -- state -----------------------------------------------------------------------------------------------------
 
-    def _run_record(self) -> dict[str, Any]:
-        """What a rerun must match; `rounds` may change (more rounds continue a finished run), and so may `serve`
-        and `launcher` (how policies reach the servers and how training is launched: a broken command can be fixed
-        and the run continued). `fresh_prompts` only acts on a prompts file, so a run on the world's scenes leaves
-        it out, as runs made before it existed did."""
-        free = {"rounds", "serve", "launcher"} | ({"fresh_prompts"} if self.prompts_file is None else set())
-        return {"config": self.cfg.model_dump(mode="json", exclude=free),
-                "world": self.world.model_dump(mode="json"),
-                "prompts": str(self.prompts_file) if self.prompts_file else None}
+    def _run_record(self) -> tuple[dict[str, Any], set[str]]:
+        """What a rerun must match, and the fields it may change: IterateConfig's FREE_ON_RESUME (`rounds`: more
+        rounds continue a finished run; `serve` and `launcher`: how policies reach the servers and how DPO is
+        launched change no result, so a broken command can be fixed and the run continued) and those of the configs
+        inside it. `fresh_prompts` only acts on a prompts file: a run on the world's scenes may differ in it, as runs
+        made before it existed do."""
+        record = {"config": self.cfg.model_dump(mode="json"), "world": self.world.model_dump(mode="json"),
+                  "prompts": str(self.prompts_file) if self.prompts_file else None}
+        free = {f"config.{path}" for path in free_paths(self.cfg)}
+        if self.prompts_file is None:
+            free.add("config.fresh_prompts")
+        return record, free
 
     def _open_state(self) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / STATE
-        record = json.loads(json.dumps(self._run_record()))
+        record, free = self._run_record()
         if path.is_file():
             self.state = json.loads(path.read_text(encoding="utf-8"))
-            if self.state.get("version") != STATE_VERSION or self.state.get("run") != record:
-                raise ValueError(f"{self.out} holds an iterate run with another config, world or prompts file "
-                                 f"({path}); use a new output folder (only `rounds` may change)")
+            if self.state.get("version") != STATE_VERSION:
+                raise ValueError(f"{self.out} holds an iterate run of another version ({path}); use a new output "
+                                 "folder")
+            run = check_config(self.out, self.state.get("run", {}), record, free, deliberate=None)
+            if config_changes(self.state.get("run", {}), run):  # a free field changed: record the new values
+                self.state["run"] = run
+                write_json(path, self.state)
         else:
             self.state = {"version": STATE_VERSION, "run": record, "steps": {}, "seconds": {}}
             write_json(path, self.state)
-        _write_yaml(self.out / CONFIG, self.cfg.model_dump(mode="json"))
+        write_yaml(self.out / CONFIG, self.cfg.model_dump(mode="json"))
 
     def step(self, name: str, fn: Callable[[], Any]) -> Any:
         """fn()'s result, computed once: a finished step's result is read back from state.json. `seconds` records how
@@ -211,7 +216,7 @@ class Loop:
             return done
         r.mkdir(parents=True, exist_ok=True)
         collect_cfg = self._collect_config(k, policy)
-        _write_yaml(r / "config.yaml", {"round": k, "policy": policy, "reference": policy,
+        write_yaml(r / "config.yaml", {"round": k, "policy": policy, "reference": policy,
                                         "select_on": self.select_on, "collect": collect_cfg.model_dump(mode="json")})
         prompts = self.step(f"round-{k}/prompts", lambda: self._prompts(k, r))
         if collect_cfg.sample.policy.kind == "openai":
@@ -257,9 +262,8 @@ class Loop:
 
         n = self.cfg.prompts_per_round
         every = write_world_prompts(self.world.seed, "prompts", k * n, r / ".prompts-all.parquet", self.world.prior)
-        path, tmp = r / "prompts.parquet", r / f".prompts.parquet.tmp-{os.getpid()}"
-        pq.write_table(pq.read_table(every).slice((k - 1) * n, n), tmp)
-        os.replace(tmp, path)
+        path = r / "prompts.parquet"
+        atomic_write(path, lambda tmp: pq.write_table(pq.read_table(every).slice((k - 1) * n, n), tmp))
         every.unlink()
         return {"file": str(path), "scenes": [(k - 1) * n, k * n]}
 
@@ -289,7 +293,7 @@ class Loop:
         from rlaifv.pipelines.collect import collect
 
         rows = json.loads(Path(prompts["rows"]).read_text(encoding="utf-8"))["rows"] if "rows" in prompts else None
-        summary = collect(Path(prompts["file"]), r / "collect", cfg, self.world, rows)
+        summary = collect(Path(prompts["file"]), r / "collect", cfg, self.world, rows=rows)
         return {k: summary.get(k) for k in ("feedback_precision", "true_tie_rate", "n_pairs", "seconds")}
 
     def _loaded(self, k: int):
@@ -367,7 +371,7 @@ class Loop:
         import subprocess
         import sys
 
-        _write_yaml(r / "dpo.yaml", dpo_cfg.model_dump(mode="json"))
+        write_yaml(r / "dpo.yaml", dpo_cfg.model_dump(mode="json"))
         launcher = shlex.split(self.cfg.launcher)
         command = [*launcher, "-m", "rlaifv.cli", "train", "--pairs", str(r / "collect"), "--policy", policy,
                    "--reference", policy, "--out", str(r / "dpo"), "--config", str(r / "dpo.yaml"),
@@ -500,17 +504,9 @@ class Loop:
         return row
 
 
-def _write_yaml(path: Path, obj: Any) -> None:
-    """YAML through a temp file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(obj, sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_rounds_report(out: Path, summary: dict[str, Any]) -> None:
     """OUT/report.md: a row per round (what trained it, what it kept) and the settings that differ from the paper's."""
     from rlaifv.pipelines.collect import deviations_section
-    from rlaifv.store import atomic_write
 
     def num(x: Any) -> str:
         return "—" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
@@ -524,5 +520,4 @@ def write_rounds_report(out: Path, summary: dict[str, Any]) -> None:
                      f"{num(row.get('feedback_precision'))} | {kept} | {num(row.get('chair_s'))} | "
                      f"{num(row.get('cover'))} |")
     lines += ["", *deviations_section(summary.get("deviations", []))]
-    text = "\n".join(lines) + "\n"
-    atomic_write(Path(out) / REPORT, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_text(Path(out) / REPORT, "\n".join(lines) + "\n")

@@ -19,9 +19,10 @@ from typing import Any
 
 from rlaifv.config import BonConfig, EvalConfig, HFEngineConfig
 from rlaifv.eval.world_metrics import description_metrics
-from rlaifv.infer.bon import BonRow, choose, rewards_of
+from rlaifv.infer.bon import choose, rewards_of
 from rlaifv.pipelines.best_of_n import best_of_n, bon_stores
 from rlaifv.prompts import scene_of, write_world_prompts
+from rlaifv.records import BonRow
 from rlaifv.world.config import WorldConfig
 
 BON_NS = (1, 2, 4, 8, 16)  # the N of each row; the first N of the n_max samples

@@ -93,8 +93,12 @@ def response_sentences(response: str) -> list[str]:
 
 
 def strip_suffix(question: str) -> str:
-    """Drop an "Answer yes or no." the model may add: the caller appends the configured suffix itself."""
-    return _SUFFIX_RE.sub("", question).strip()
+    """Drop every "Answer yes or no." the model may add at the end (it may repeat it): the caller appends the
+    configured suffix itself, once."""
+    question = question.strip()
+    while (stripped := _SUFFIX_RE.sub("", question).strip()) != question:
+        question = stripped
+    return question
 
 
 def read_statements(text: str, finished: bool, max_new_tokens: int) -> list[str]:

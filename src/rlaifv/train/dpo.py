@@ -39,6 +39,7 @@ from rlaifv.config import DPOConfig, EngineConfig
 from rlaifv.engines.fastpath import report
 from rlaifv.engines.loading import load_weights
 from rlaifv.engines.transfer import OneBehind, to_host_later
+from rlaifv.files import atomic_write, publish_dir, write_json
 from rlaifv.logps.encode import EncodedPair, PairEncoder, ahead
 from rlaifv.logps.packed import ResponseLogps, response_logps
 from rlaifv.logps.reference import (
@@ -51,7 +52,7 @@ from rlaifv.logps.reference import (
 )
 from rlaifv.preferences import LoadedPairs, load_pairs
 from rlaifv.progress import log, progress
-from rlaifv.store import fsync_path, write_json
+from rlaifv.store import bind_config, config_changes, free_paths
 from rlaifv.train.lora import lean_lora
 
 CHECKPOINTS, MODEL, ADAPTER = "checkpoints", "model", "adapter"
@@ -246,15 +247,16 @@ class DPOTrainer:
 
     def __init__(self, pairs: Path | LoadedPairs, policy: str | Path, out_dir: Path, cfg: DPOConfig,
                  reference: str | Path | EngineConfig | None = None, ref_store_dir: Path | None = None,
-                 callback: Callback | None = None) -> None:
+                 callback: Callback | None = None, force_config: bool = False) -> None:
         self.loaded = pairs if isinstance(pairs, LoadedPairs) else load_pairs(Path(pairs))
         self.policy = str(policy)
         self.reference = reference if isinstance(reference, EngineConfig) else str(reference or policy)
         self.out, self.cfg = Path(out_dir), cfg
-        self.ref_store_dir, self.callback = ref_store_dir, callback
+        self.ref_store_dir, self.callback, self.force_config = ref_store_dir, callback, force_config
+        # what a rerun into out_dir must match (OUT/run.yaml); DPOConfig.FREE_ON_RESUME may differ
         self.run_record = {"pairs": _where(self.loaded.source), "policy": _where(self.policy),
-                           "reference": _where(self.reference),
-                           "config": cfg.model_dump(mode="json", exclude={"output_dir"})}
+                           "reference": _where(self.reference), "config": cfg.model_dump(mode="json")}
+        self.free = {f"config.{path}" for path in free_paths(cfg)}
 
     def run(self) -> dict[str, Any]:
         finished = self._finished()
@@ -274,7 +276,9 @@ class DPOTrainer:
     # -- setup -----------------------------------------------------------------------------------------------------
 
     def _finished(self) -> dict[str, Any] | None:
-        if (self.out / SUMMARY).is_file() and self._saved_record() == self.run_record:
+        saved = self._saved_record()
+        if (self.out / SUMMARY).is_file() and saved is not None and not config_changes(saved, self.run_record,
+                                                                                        self.free):
             return json.loads((self.out / SUMMARY).read_text(encoding="utf-8"))
         return None
 
@@ -297,11 +301,7 @@ class DPOTrainer:
         self.main = self.acc.is_main_process
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            saved = self._saved_record()
-            if saved is not None and saved != self.run_record:
-                raise ValueError(f"{self.out} holds a run with other pairs, models or config ({self.out / RUN}); "
-                                 "use a new output folder")
-            _write_yaml(self.out / RUN, self.run_record)
+            bind_config(self.out / RUN, self.run_record, self.free, force=self.force_config, where=self.out)
         self.acc.wait_for_everyone()
         if trackers:
             hparams = {k: v for k, v in self.run_record["config"].items() if isinstance(v, int | float | str | bool)}
@@ -408,8 +408,7 @@ class DPOTrainer:
         self._export_model(tmp)
         if self.main:
             write_json(tmp / TRAINER_STATE, {"step": step, "window": self.window, "total_steps": self.total_steps})
-            os.replace(tmp, final)
-            fsync_path(root)
+            publish_dir(tmp, final)
             if self.cfg.save_total_limit is not None:
                 for old in self.checkpoints()[: -self.cfg.save_total_limit]:
                     shutil.rmtree(old)
@@ -533,12 +532,14 @@ class DPOTrainer:
         """Drop the rows a killed run logged after its last checkpoint; the resumed run writes them again."""
         path = self.out / METRICS
         rows = read_metrics(path) if path.is_file() else []
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, self._columns())
-            writer.writeheader()
-            writer.writerows(r for r in rows if r["step"] <= step)
-        os.replace(tmp, path)
+
+        def write(tmp: Path) -> None:
+            with tmp.open("w", newline="", encoding="utf-8") as f:
+                writer = csv.DictWriter(f, self._columns())
+                writer.writeheader()
+                writer.writerows(r for r in rows if r["step"] <= step)
+
+        atomic_write(path, write)
 
     def _log_row(self, step: int) -> None:
         row = {"step": step, "epoch": round(step / self.schedule.steps_per_epoch, 4),
@@ -587,8 +588,7 @@ def _publish(source: Path, dest: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp, copy_function=_link_or_copy)
     shutil.rmtree(dest, ignore_errors=True)
-    os.replace(tmp, dest)
-    fsync_path(dest.parent)
+    publish_dir(tmp, dest)
 
 
 def _where(path: str | Path | EngineConfig) -> str:
@@ -609,13 +609,6 @@ def _link_or_copy(src: str, dst: str) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
-
-
-def _write_yaml(path: Path, obj: dict[str, Any]) -> None:
-    """YAML, written through a temp file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(obj, sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -640,11 +633,13 @@ def train_dpo(
     reference_path: str | Path | EngineConfig | None = None,
     ref_store_dir: Path | None = None,
     callback: Callback | None = None,
+    force_config: bool = False,
 ) -> dict[str, Any]:
     """Train `policy_path` with DPO on `pairs` into `out_dir` (default cfg.output_dir); returns the run's summary.
 
     The reference defaults to the policy; an `openai` EngineConfig computes its log-probs on a server. Rerunning
-    with the same arguments resumes an interrupted run, or returns the saved summary of a finished one.
+    with the same arguments resumes an interrupted run, or returns the saved summary of a finished one; other pairs,
+    models or config (beyond DPOConfig.FREE_ON_RESUME) are refused, unless `force_config` continues the run with them.
     `callback(step, metrics)` runs on the main process for every optimizer step, in order, before that step's
     checkpoint is saved (metrics are the step's means over the global batch). Between checkpoints it runs once the
     next step has been queued (on a CPU: computed), so the device is not kept waiting for it; when that next step
@@ -653,4 +648,4 @@ def train_dpo(
     if not (out_dir or cfg.output_dir):
         raise ValueError("no output folder: pass out_dir or set output_dir in the config")
     out = Path(out_dir or cfg.output_dir)
-    return DPOTrainer(pairs, policy_path, out, cfg, reference_path, ref_store_dir, callback).run()
+    return DPOTrainer(pairs, policy_path, out, cfg, reference_path, ref_store_dir, callback, force_config).run()

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from rlaifv import __version__
+from rlaifv.files import publish_dir
 from rlaifv.progress import log, progress
 from rlaifv.world.config import PolicyTrainConfig, TinyVLMConfig, VisionAlignConfig, WorldConfig
 from rlaifv.world.labeler import SUBJECT_CLASSES, facts_loss, held_facts, labeler_rows, read_outs, train_labeler
@@ -434,7 +435,7 @@ def bootstrap(cfg: WorldConfig, force: bool = False) -> WorldModels:
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     if root.exists():  # an unusable or forced-over build
         shutil.rmtree(root)
-    os.replace(tmp, root)
+    publish_dir(tmp, root)
     for stale in base.glob(f".tmp-{key}-*"):  # leftovers of killed builds; a live concurrent build keeps its own
         if not _pid_alive(int(stale.name.rsplit("-", 1)[1])):
             shutil.rmtree(stale, ignore_errors=True)

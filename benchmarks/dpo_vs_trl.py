@@ -310,7 +310,7 @@ def run_trl(args, model_dir: Path, data: Path, work: Path, rss_start: float) -> 
     if args.lora:
         from peft import LoraConfig
 
-        from rlaifv.train.dpo import lora_targets
+        from rlaifv.train.policy_model import lora_targets
 
         peft_config = LoraConfig(r=64, lora_alpha=16, lora_dropout=args.lora_dropout,
                                  target_modules=lora_targets(model, True))

@@ -26,7 +26,8 @@ from rlaifv.preferences import LoadedPairs, load_pairs
 from rlaifv.prompts import ingest_prompts, load_image, scene_of, write_world_prompts
 from rlaifv.records import Pair, Prompt
 from rlaifv.store import ShardedStore
-from rlaifv.train.dpo import dpo_objective, enable_checkpointing, sigmoid_dpo_loss
+from rlaifv.train.loss import dpo_objective, sigmoid_dpo_loss
+from rlaifv.train.policy_model import enable_checkpointing
 from rlaifv.world.language import describe, noisy_caption, true_mentions
 
 LONG = " ".join(["A small red ball is at the top."] * 40)  # ~320 tokens: past the micro models' 256 positions

@@ -23,7 +23,8 @@ from rlaifv.logps.encode import PairEncoder
 from rlaifv.logps.packed import packed_logps
 from rlaifv.preferences import load_pairs
 from rlaifv.prompts import load_image
-from rlaifv.train.dpo import read_metrics, train_dpo, vision_tower
+from rlaifv.train.dpo import read_metrics, train_dpo
+from rlaifv.train.policy_model import vision_tower
 
 # Batch 1 x accumulation 4, a checkpoint every 3 steps, a metrics row per step; lr high enough that 6 steps move the
 # tiny model visibly, no warmup so the first step already updates.

@@ -161,7 +161,7 @@ def collect_work(cfg: CollectConfig, prompts: int, world: bool) -> dict[str, Any
 
 
 def dpo_work(cfg: DPOConfig, pairs: int, processes: int = 1) -> dict[str, Any]:
-    """Optimizer steps and checkpoints of DPO on `pairs` pairs (train.dpo.Schedule's arithmetic)."""
+    """Optimizer steps and checkpoints of DPO on `pairs` pairs (train.schedule.Schedule's arithmetic)."""
     batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * processes
     per_epoch = math.ceil(pairs / batch) if pairs else 0
     steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * per_epoch)

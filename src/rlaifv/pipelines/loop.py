@@ -340,7 +340,7 @@ class Loop:
     def _reference(self, k: int, r: Path, policy: str, dpo_cfg: DPOConfig) -> dict[str, Any]:
         """P_k's log-probs of every pair, held-out ones included; fixes the round's checkpoint interval."""
         from rlaifv.logps.reference import compute_reference_logps
-        from rlaifv.train.dpo import Schedule
+        from rlaifv.train.schedule import Schedule
 
         result = compute_reference_logps(self._loaded(k), policy, dpo_cfg, r / "reference")
         table = self._reference_table(k)

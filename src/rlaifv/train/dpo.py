@@ -27,21 +27,18 @@ import shutil
 import time
 from collections.abc import Callable
 from contextlib import closing, nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import yaml
 
 from rlaifv.config import DPOConfig, EngineConfig
 from rlaifv.engines.fastpath import report
-from rlaifv.engines.loading import load_weights
 from rlaifv.engines.transfer import OneBehind, to_host_later
 from rlaifv.files import atomic_write, publish_dir, write_json
 from rlaifv.logps.encode import EncodedPair, PairEncoder, ahead
-from rlaifv.logps.packed import ResponseLogps, response_logps
+from rlaifv.logps.packed import response_logps
 from rlaifv.logps.reference import (
     compute_reference_logps,
     encode_batch,
@@ -53,190 +50,15 @@ from rlaifv.logps.reference import (
 from rlaifv.preferences import LoadedPairs, load_pairs
 from rlaifv.progress import log, progress
 from rlaifv.store import bind_config, config_changes, free_paths
-from rlaifv.train.lora import lean_lora
+from rlaifv.train.loss import METRIC_NAMES, dpo_objective
+from rlaifv.train.policy_model import merged_lora_model, optimizer_of, prepare_policy
+from rlaifv.train.schedule import Schedule
 
 CHECKPOINTS, MODEL, ADAPTER = "checkpoints", "model", "adapter"
 METRICS, SUMMARY, RUN = "metrics.csv", "summary.json", "run.yaml"
 TRAINER_STATE = "trainer_state.json"
-METRIC_NAMES = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
-                "logps/chosen", "logps/rejected")
-VISION_TOWER_NAMES = ("vision_tower", "visual", "vision_model", "vision_encoder")
 
 Callback = Callable[[int, dict[str, float]], None]
-
-
-# -- the loss ------------------------------------------------------------------------------------------------------
-
-
-def sigmoid_dpo_loss(
-    policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
-    beta: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """DPO (Rafailov et al. 2023, eq. 7): -log sigmoid(beta * [(log pi(y_w) - log pi(y_l)) - (log ref(y_w) - log
-    ref(y_l))]) per pair, with the implicit rewards beta * (log pi(y) - log ref(y)) of both responses.
-
-    All inputs (B,); returns losses (B,), chosen rewards (B,), rejected rewards (B,) (rewards detached).
-    """
-    logits = (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected)  # (B,)
-    losses = -F.logsigmoid(beta * logits)  # (B,)
-    chosen_rewards = beta * (policy_chosen - ref_chosen).detach()  # (B,)
-    rejected_rewards = beta * (policy_rejected - ref_rejected).detach()  # (B,)
-    return losses, chosen_rewards, rejected_rewards
-
-
-def dpo_objective(policy: ResponseLogps, ref: ResponseLogps, cfg: DPOConfig) -> tuple[torch.Tensor, dict]:
-    """Per-pair loss (B,) under the config's options, and per-pair metrics (each (B,), detached).
-
-    `average_log_prob` divides policy and reference sums by the response lengths; `rpo_alpha` adds that weight times
-    the chosen response's mean per-token NLL (per pair, so any split of a batch gives the same mean loss).
-    """
-    scale = (policy.chosen_tokens, policy.rejected_tokens) if cfg.average_log_prob else (1, 1)
-    losses, chosen_r, rejected_r = sigmoid_dpo_loss(
-        policy.chosen / scale[0], policy.rejected / scale[1], ref.chosen / scale[0], ref.rejected / scale[1], cfg.beta
-    )
-    metrics = {
-        "rewards/chosen": chosen_r,
-        "rewards/rejected": rejected_r,
-        "rewards/margins": chosen_r - rejected_r,
-        "rewards/accuracies": (chosen_r > rejected_r).float(),
-        "logps/chosen": policy.chosen.detach(),
-        "logps/rejected": policy.rejected.detach(),
-    }
-    if cfg.rpo_alpha:
-        nll = -policy.chosen / policy.chosen_tokens  # (B,)
-        losses = losses + cfg.rpo_alpha * nll
-        metrics["nll_loss"] = nll.detach()
-    metrics["loss"] = losses.detach()
-    return losses, metrics
-
-
-# -- which pairs each step sees ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """The pairs of every optimizer step, for every process and accumulation step.
-
-    Epoch e visits the pairs in a permutation seeded by (seed, e); step i of the epoch takes the next global batch
-    of it, and the last step of an epoch is filled up from the epoch's start (every micro-batch has the same size, so
-    a mean over micro-batches is the mean over the global batch). A step's pairs depend on the global batch size
-    only, never on how it is split, which is what makes different process counts and accumulation comparable.
-    """
-
-    n_pairs: int
-    per_device: int
-    accumulation: int
-    processes: int
-    seed: int
-
-    @property
-    def global_batch(self) -> int:
-        return self.per_device * self.accumulation * self.processes
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(self.n_pairs / self.global_batch)
-
-    def total_steps(self, cfg: DPOConfig) -> int:
-        return cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * self.steps_per_epoch)
-
-    def global_indices(self, step: int) -> list[int]:
-        epoch, i = divmod(step, self.steps_per_epoch)
-        order = torch.randperm(self.n_pairs, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
-        wrapped = order * math.ceil(self.global_batch / self.n_pairs + 1)
-        lo = i * self.global_batch
-        return wrapped[lo : lo + self.global_batch]
-
-    def micro_batches(self, step: int, rank: int) -> list[list[int]]:
-        """This process's micro-batches of one step, in accumulation order."""
-        indices = self.global_indices(step)
-        return [indices[(j * self.processes + rank) * self.per_device :][: self.per_device]
-                for j in range(self.accumulation)]
-
-
-# -- the model -----------------------------------------------------------------------------------------------------
-
-
-def vision_tower(model: torch.nn.Module) -> torch.nn.Module | None:
-    """The image encoder: the submodule built from `config.vision_config`, else one with a usual name."""
-    vision_config = getattr(model.config, "vision_config", None)
-    for _, module in model.named_modules():
-        if module is not model and vision_config is not None and getattr(module, "config", None) is vision_config:
-            return module
-    for name, module in model.named_modules():
-        if name.rsplit(".", 1)[-1] in VISION_TOWER_NAMES:
-            return module
-    return None
-
-
-def lora_targets(model: torch.nn.Module, skip_vision: bool) -> list[str]:
-    """Every linear layer outside the output head (and outside the vision tower when it is frozen)."""
-    head = model.get_output_embeddings()
-    tower = vision_tower(model) if skip_vision else None
-    skipped = {id(m) for m in tower.modules()} if tower is not None else set()
-    return [name for name, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear) and m is not head and id(m) not in skipped]
-
-
-def enable_checkpointing(model: torch.nn.Module) -> None:
-    """Activation (gradient) checkpointing, non-reentrant: works with frozen inputs and LoRA without extra hooks."""
-    kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name; the old one warns
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-
-def prepare_policy(model: torch.nn.Module, cfg: DPOConfig) -> torch.nn.Module:
-    """Dropout off, vision tower frozen, gradient checkpointing and LoRA as configured; returns the model to train."""
-    model.config.use_cache = False
-    if cfg.disable_dropout:
-        for module in model.modules():
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
-    tower = vision_tower(model)
-    if cfg.freeze_vision_tower:
-        if tower is None:
-            raise ValueError(f"{type(model).__name__}: no vision tower found to freeze; set freeze_vision_tower: "
-                             "false")
-        tower.requires_grad_(False)
-    if cfg.gradient_checkpointing:
-        enable_checkpointing(model)
-    if cfg.use_peft:
-        from peft import LoraConfig, get_peft_model
-
-        targets = cfg.lora_target_modules or lora_targets(model, cfg.freeze_vision_tower)
-        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=targets, bias="none")
-        model = get_peft_model(model, lora)
-        lean_lora(model)  # no per-adapter copies of the layer inputs kept for the backward pass
-    model.train()
-    if cfg.freeze_vision_tower and tower is not None:
-        tower.eval()
-    return model
-
-
-def optimizer_of(model: torch.nn.Module, cfg: DPOConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW on the trainable parameters; weight decay on matrices only (not biases and norms), as transformers.
-
-    On a GPU its fused kernel (transformers' default there too): one launch per step instead of several per tensor.
-    """
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.learning_rate,
-                             fused=True if device.type == "cuda" else None)
-
-
-def merged_lora_model(policy: str | Path, peft_config: Any, lora_state: dict[str, torch.Tensor]):
-    """The policy with trained LoRA weights merged in, built on the CPU from the policy's files (fp32)."""
-    from peft import get_peft_model, set_peft_model_state_dict
-    from transformers import AutoModelForImageTextToText
-
-    base = load_weights(AutoModelForImageTextToText, policy, torch.float32)
-    model = get_peft_model(base, peft_config)
-    set_peft_model_state_dict(model, lora_state)
-    return model.merge_and_unload()
 
 
 # -- the run -------------------------------------------------------------------------------------------------------

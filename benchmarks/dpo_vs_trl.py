@@ -78,7 +78,7 @@ def save_pairs(n: int, image_size: int, response_words: int, out: Path) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from rlaifv.feedback.pairs import TRL_SCHEMA
+    from rlaifv.feedback.export import TRL_SCHEMA
     from rlaifv.world.language import describe, noisy_caption, true_mentions
     from rlaifv.world.render import render
     from rlaifv.world.scenes import sample_scenes

@@ -18,7 +18,7 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from rlaifv.config import DPOConfig
-from rlaifv.feedback.pairs import TRL_SCHEMA, export_rlaifv_dataset, export_trl
+from rlaifv.feedback.export import TRL_SCHEMA, export_rlaifv_dataset, export_trl
 from rlaifv.logps.encode import PairEncoder, context_length
 from rlaifv.logps.packed import ResponseLogps, packed_logps, separate_logps
 from rlaifv.logps.reference import RefLogps, compute_reference_logps, read_reference, reference_store

@@ -13,14 +13,8 @@ import pytest
 from PIL import Image
 
 from rlaifv.config import PairsConfig
-from rlaifv.feedback.pairs import (
-    build_pairs,
-    export_rlaifv_dataset,
-    export_trl,
-    length_balance,
-    pairs_for_prompt,
-    score_candidates,
-)
+from rlaifv.feedback.export import export_rlaifv_dataset, export_trl
+from rlaifv.feedback.pairs import build_pairs, length_balance, pairs_for_prompt, score_candidates
 from rlaifv.records import Candidate, Pair, Prompt, Scored, Verdict
 from rlaifv.store import ShardedStore
 

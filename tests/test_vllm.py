@@ -406,7 +406,7 @@ def test_reference_logps_on_the_server_equal_the_local_pass(server, micro_world,
     from test_dpo_logps import LONG, make_world_pairs
 
     from rlaifv.config import DPOConfig
-    from rlaifv.feedback.pairs import export_trl
+    from rlaifv.feedback.export import export_trl
     from rlaifv.logps.reference import compute_reference_logps, reference_store
     from rlaifv.preferences import load_pairs
     from rlaifv.records import Pair

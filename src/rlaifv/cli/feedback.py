@@ -226,7 +226,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = JsonOpt,
     ) -> None:
         """Export the pairs as Parquet that `datasets.load_dataset("parquet", ...)` reads unchanged."""
-        from rlaifv.feedback.pairs import export_rlaifv_dataset, export_trl
+        from rlaifv.feedback.export import export_rlaifv_dataset, export_trl
         from rlaifv.pipelines.collect import stores
         from rlaifv.preferences import pair_store
 

@@ -105,7 +105,8 @@ def test_reference_and_dpo_logps_equal_the_plain_forward(engine):
     encoder = PairEncoder(engine.processor, None)
     examples = _examples()
     pairs = [encoder(e, image) for e, image in zip(examples, images)]
-    got = response_logps(engine.model, pairs, engine.tokenizer.pad_token_id)
+    with torch.no_grad():
+        got = response_logps(engine.model, pairs, engine.tokenizer.pad_token_id)
     for i, (example, pair, image) in enumerate(zip(examples, pairs, images)):
         _, chosen_text, rejected_text = encoder.texts(example)
         want_c = _plain_logp(engine, pair.prompt_ids, chosen_text, image, pair.chosen_ids)

@@ -128,13 +128,8 @@ class Family:
         """(positions (3, P), offset) of one image+prompt prefix from the model's own rope index; text that follows
         the prefix at sequence index j >= P sits at position j + offset on every axis."""
         ids = torch.tensor([prefix])  # (1, P)
-        kwargs: dict[str, Any] = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        if "mm_token_type_ids" in self.rope_args:
-            kwargs["mm_token_type_ids"] = self.token_types(ids)
-        kwargs |= {k: v.cpu() for k, v in vision.items() if k in self.rope_args and k != "input_ids"}
-        positions, _ = self._rope_owner.get_rope_index(**kwargs)  # (3, 1, P)
-        positions = positions[:, 0].cpu()  # (3, P)
-        return positions, int(positions.max()) + 1 - len(prefix)
+        positions = self.prompt_positions(ids, torch.ones_like(ids), {k: v.cpu() for k, v in vision.items()})[:, 0]
+        return positions.cpu(), int(positions.max()) + 1 - len(prefix)
 
     def positions(self, rows: list[list[int]], local: torch.Tensor, prefix_lengths: list[int],
                   visions: list[Vision]) -> torch.Tensor:

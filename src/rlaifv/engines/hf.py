@@ -174,7 +174,7 @@ class HFEngine:
         model whose shared prefill does not match its plain forward (engines.fastpath), `generate` samples instead.
         """
         enc = self._inputs(images, questions)
-        shared = n > 1 and trusted(self.model, "sample.shared_prefill", lambda: self._first_step(enc)[0],
+        shared = n > 1 and trusted(self.model, "sample.shared_prefill", lambda: self._first_step(enc),
                                    lambda: self._plain_next(enc))
         if seed is not None:
             torch.manual_seed(seed)
@@ -213,12 +213,12 @@ class HFEngine:
         )
         return prefill.past_key_values, positions
 
-    def _first_step(self, enc: dict[str, torch.Tensor]) -> tuple[torch.Tensor, object]:
-        """Next-token probabilities (B, V) after the prompts, computed the shared-prefill way, and the cache."""
+    def _first_step(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Next-token probabilities (B, V) after the prompts, computed the shared-prefill way."""
         cache, positions = self._prefill(enc)
         logits = self.model(input_ids=enc["input_ids"][:, -1:], attention_mask=enc["attention_mask"],
                             position_ids=positions[..., -1:], cache=cache, use_cache=True).logits[:, -1]  # (B, V)
-        return torch.softmax(logits.float(), -1), cache
+        return torch.softmax(logits.float(), -1)
 
     def _plain_next(self, enc: dict[str, torch.Tensor]) -> torch.Tensor:
         """Next-token probabilities (B, V) after the prompts from one plain forward."""

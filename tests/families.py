@@ -342,69 +342,47 @@ def _qwen_text(tok, **extra) -> dict:
                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **extra)
 
 
-def _qwen2_vl(seed: int):
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+def _qwen(seed: int, names: tuple[str, str, str], vision_config: dict, **text_extra):
+    """A tiny Qwen-VL of the family whose (config, model, processor) class names are `names`: the three share the
+    tokenizer, template, image processor and ids, and differ in their vision towers and rope settings."""
+    import transformers
 
     from rlaifv.engines.processors import processor_without_video
 
+    config_cls, model_cls, processor_cls = (getattr(transformers, n) for n in names)
     tok = _build_tokenizer(_QWEN_TOK, _QWEN_TEMPLATE)
-    proc = processor_without_video(Qwen2VLProcessor)(image_processor=_qwen_image_processor(), tokenizer=tok,
-                                                      chat_template=_QWEN_TEMPLATE)
+    proc = processor_without_video(processor_cls)(image_processor=_qwen_image_processor(), tokenizer=tok,
+                                                  chat_template=_QWEN_TEMPLATE)
     torch.manual_seed(seed)
-    cfg = Qwen2VLConfig(
-        vision_config=dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=8,
-                           spatial_merge_size=2, temporal_patch_size=2),
-        text_config=_qwen_text(tok, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                                     "mrope_section": [4, 6, 6]}),
-        **_qwen_ids(tok),
-        tie_word_embeddings=False,
-    )
-    return tok, proc, Qwen2VLForConditionalGeneration(cfg)
+    cfg = config_cls(vision_config=vision_config, text_config=_qwen_text(tok, **text_extra), **_qwen_ids(tok),
+                     tie_word_embeddings=False)
+    return tok, proc, model_cls(cfg)
+
+
+_MROPE = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 6, 6]}
+
+
+def _qwen2_vl(seed: int):
+    return _qwen(seed, ("Qwen2VLConfig", "Qwen2VLForConditionalGeneration", "Qwen2VLProcessor"),
+                 dict(depth=2, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=8,
+                      spatial_merge_size=2, temporal_patch_size=2), rope_parameters=_MROPE)
 
 
 def _qwen2_5_vl(seed: int):
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
-
-    from rlaifv.engines.processors import processor_without_video
-
-    tok = _build_tokenizer(_QWEN_TOK, _QWEN_TEMPLATE)
-    proc = processor_without_video(Qwen2_5_VLProcessor)(image_processor=_qwen_image_processor(), tokenizer=tok,
-                                                         chat_template=_QWEN_TEMPLATE)
-    torch.manual_seed(seed)
-    cfg = Qwen2_5_VLConfig(
-        # window 32 px = 2x2 merged tokens: the 64x32 and 40x72 images span several windows; block 1 is full attention
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                           patch_size=8, spatial_merge_size=2, temporal_patch_size=2, window_size=32,
-                           fullatt_block_indexes=[1]),
-        text_config=_qwen_text(tok, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                                     "mrope_section": [4, 6, 6]}),
-        **_qwen_ids(tok),
-        tie_word_embeddings=False,
-    )
-    return tok, proc, Qwen2_5_VLForConditionalGeneration(cfg)
+    # window 32 px = 2x2 merged tokens: the 64x32 and 40x72 images span several windows; block 1 is full attention
+    return _qwen(seed, ("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLProcessor"),
+                 dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=8,
+                      spatial_merge_size=2, temporal_patch_size=2, window_size=32, fullatt_block_indexes=[1]),
+                 rope_parameters=_MROPE)
 
 
 def _qwen3_vl(seed: int):
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
-
-    from rlaifv.engines.processors import processor_without_video
-
-    tok = _build_tokenizer(_QWEN_TOK, _QWEN_TEMPLATE)
-    proc = processor_without_video(Qwen3VLProcessor)(image_processor=_qwen_image_processor(), tokenizer=tok,
-                                                      chat_template=_QWEN_TEMPLATE)
-    torch.manual_seed(seed)
-    cfg = Qwen3VLConfig(
-        # deepstack: vision layer 0's merged features are added to the LM's first layer at the image positions
-        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                           patch_size=8, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
-                           deepstack_visual_indexes=[0]),
-        text_config=_qwen_text(tok, head_dim=32, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                                                  "mrope_section": [6, 5, 5],
-                                                                  "mrope_interleaved": True}),
-        **_qwen_ids(tok),
-        tie_word_embeddings=False,
-    )
-    return tok, proc, Qwen3VLForConditionalGeneration(cfg)
+    # deepstack: vision layer 0's merged features are added to the LM's first layer at the image positions
+    return _qwen(seed, ("Qwen3VLConfig", "Qwen3VLForConditionalGeneration", "Qwen3VLProcessor"),
+                 dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=8,
+                      spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                      deepstack_visual_indexes=[0]),
+                 head_dim=32, rope_parameters={**_MROPE, "mrope_section": [6, 5, 5], "mrope_interleaved": True})
 
 
 def _idefics3(seed: int):

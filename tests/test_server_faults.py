@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,8 +28,6 @@ YES, NO = 11, 12  # the token ids the fake server's /tokenize gives "yes"/"Yes"/
 
 def verdict_answer(p_yes: float, ids: bool = True, drop: tuple[int, ...] = ()) -> dict:
     """A chat-completions answer whose first token's logprobs hold P(yes) and 1 - P(yes)."""
-    import math
-
     top = [{"token": f"token_id:{YES}" if ids else "Yes", "logprob": math.log(p_yes)},
            {"token": f"token_id:{NO}" if ids else "No", "logprob": math.log(1 - p_yes)}]
     top = [t for t in top if not any(t["token"] == f"token_id:{d}" for d in drop)]

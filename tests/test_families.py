@@ -147,3 +147,20 @@ def test_a_dpo_step_with_two_pairs_per_batch_trains(engine, tmp_path):
     assert metrics[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)  # policy == reference before the first step
     assert all(math.isfinite(r["loss"]) for r in metrics) and metrics[-1]["loss"] != metrics[0]["loss"]
     assert Path(summary["model"]).exists()
+
+
+def test_a_family_whose_fast_path_is_wrong_gets_the_exact_path_and_says_so(tmp_path, capsys):
+    # a Qwen2-VL engine whose family facts lack M-RoPE stands for a family this project does not know: its packed
+    # rows get plain 1-D positions, which the check must catch before a single number is used
+    from rlaifv.engines.family import family_of
+
+    engine = HFEngine(build_family("qwen2_vl", tmp_path))
+    family_of(engine.model)._rope_owner = None
+    image = family_images()[1]
+    [row] = engine.yes_no_shared([(image, list(QUESTIONS))])
+    verdict = engine.fast_paths()["judge.packed"]
+    assert not verdict["fast"] and "differs from the plain forward" in verdict["reason"]
+    assert "using the exact (unpacked) path" in " ".join(capsys.readouterr().err.split())  # the log, on stderr
+    for question, (p_yes, _) in zip(QUESTIONS, row):  # the exact path's numbers
+        probs = _plain(engine, engine.prompt_text(question), image)[1][-1].softmax(-1)
+        assert p_yes == pytest.approx(float(probs[engine.yes_ids].sum()), abs=1e-5)

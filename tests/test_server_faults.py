@@ -39,13 +39,15 @@ class FaultyServer:
     """`behave(n, path, body)` -> ("ok", payload) | ("status", code) | ("hang", seconds) | ("cut", payload), for
     the n-th request (1-based) to a path other than /tokenize, which always answers."""
 
-    def __init__(self, behave):
+    def __init__(self, behave, tokenize: bool = True):
         self.behave, self.lock, self.requests = behave, threading.Lock(), []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path.endswith("/tokenize") and not tokenize:  # a server without vLLM's /tokenize
+                    return self._send(404, {"error": {"message": "not found"}})
                 if self.path.endswith("/tokenize"):
                     token = body["prompt"].strip().lower()
                     return self._send(200, {"tokens": [YES] if token == "yes" else [NO] if token == "no" else
@@ -141,13 +143,11 @@ def test_logprobs_without_the_asked_tokens_quarantine_that_question_alone():
         assert isinstance(got[1], BadInput) and "lack the yes/no token ids" in str(got[1]) and str(NO) in str(got[1])
 
 
-def test_top_logprobs_with_neither_yes_nor_no_are_no_verdict(monkeypatch):
+def test_top_logprobs_with_neither_yes_nor_no_are_no_verdict():
     answer = verdict_answer(0.5, ids=False)
     answer["choices"][0]["logprobs"]["content"][0]["top_logprobs"] = [{"token": "Maybe", "logprob": -0.1}]
-    with FaultyServer(lambda *_: ("ok", answer)) as server:
-        eng = engine(server)
-        monkeypatch.setattr(eng, "label_ids", lambda: None)  # a server without /tokenize: verdicts by token text
-        [got] = eng.yes_no([IMAGE], ["Is it red?"])
+    with FaultyServer(lambda *_: ("ok", answer), tokenize=False) as server:  # verdicts read by token text
+        [got] = engine(server).yes_no([IMAGE], ["Is it red?"])
         assert isinstance(got, BadInput) and "neither yes nor no" in str(got)
 
 

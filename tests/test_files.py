@@ -71,3 +71,50 @@ def _is_os_or_path_call(node: ast.Call) -> bool:
     if func.attr == "replace":  # os.replace(a, b); str.replace has a string receiver
         return isinstance(func.value, ast.Name) and func.value.id == "os"
     return len(node.args) == 1  # path.rename(target)
+
+
+CRASH = """
+import sys
+from pathlib import Path
+from rlaifv.files import write_text
+folder = Path(sys.argv[1])
+for name in ("a.txt", "b.txt", "c.txt"):
+    write_text(folder / name, name)
+"""
+
+
+def test_an_armed_crash_point_kills_there_and_the_sweep_removes_what_it_left(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from rlaifv.files import KILL_AT_ENV, TRACE_ENV, sweep_temps
+
+    trace = tmp_path / "trace.txt"
+    env = {**os.environ, KILL_AT_ENV: "write.temp:2", TRACE_ENV: str(trace)}
+    proc = subprocess.Popen([sys.executable, "-c", CRASH, str(tmp_path)], env=env, stderr=subprocess.PIPE, text=True)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL, err
+    # a.txt was written whole; b.txt's new version exists only under its temp name, which names the dead writer
+    assert (tmp_path / "a.txt").read_text() == "a.txt" and not (tmp_path / "b.txt").exists()
+    assert [p.name for p in tmp_path.glob(TMP_GLOB)] == [f".b.txt.tmp-{proc.pid}"]
+    assert trace.read_text().splitlines() == ["write.temp\ta.txt", "write.renamed\ta.txt", "write.temp\tb.txt"]
+
+    live = tmp_path / "sub" / f".d.txt.tmp-{os.getpid()}"  # a temp of a writer still running is kept
+    live.parent.mkdir()
+    live.write_text("mine")
+    assert sweep_temps(tmp_path) == [tmp_path / f".b.txt.tmp-{proc.pid}"]
+    assert list(tmp_path.rglob(TMP_GLOB)) == [live]
+
+
+def test_a_malformed_crash_point_setting_is_refused(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from rlaifv.files import KILL_AT_ENV
+
+    env = {**os.environ, KILL_AT_ENV: "write.temp"}
+    proc = subprocess.run([sys.executable, "-c", CRASH, str(tmp_path)], env=env, capture_output=True, text=True)
+    assert proc.returncode == 1 and "expected NAME:N" in proc.stderr

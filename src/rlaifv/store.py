@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel
 
-from rlaifv.files import TMP_GLOB, atomic_write, fsync_path, write_json, write_yaml
+from rlaifv.files import TMP_GLOB, atomic_write, crash_point, fsync_path, write_json, write_yaml
 from rlaifv.progress import Bar, log
 from rlaifv.records import BadInput, Quarantined, Record
 
@@ -384,6 +384,7 @@ class ShardWriter(Generic[R]):
         self._rows.extend(rows)
         if len(self._rows) >= self.store.shard_size:
             self.flush()
+        crash_point(f"record.{self.store.stage}")  # the unit is buffered or written
 
     def quarantine(self, key: str, reason: str, record: Any) -> None:
         """Set aside bad input under ``key`` with a reason; it then counts as done."""

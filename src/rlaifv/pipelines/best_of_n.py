@@ -22,7 +22,7 @@ from typing import Any
 
 from rlaifv.config import BonConfig, SampleConfig
 from rlaifv.feedback.sample import run_sample
-from rlaifv.files import write_json
+from rlaifv.files import sweep_temps, write_json
 from rlaifv.infer.bon import STAGE, Scorer, export_best, load_scorer, run_bon, summarize
 from rlaifv.pipelines.collect import load_engine
 from rlaifv.progress import log
@@ -61,6 +61,7 @@ def best_of_n(out: Path, cfg: BonConfig, prompts: Path | None = None, force_conf
         if getattr(cfg, role).kind == "hf" and not getattr(cfg, role).path:
             raise ValueError(f"best-of-N needs a {role} model: set --{role} (or {role}.path in the config)")
     out = Path(out)
+    sweep_temps(out)  # what a killed run left half-written
     s = bon_stores(out, cfg.shard_size, force_config)
     s["bon"].check_config(cfg)  # before anything is written; the sampling stage's config follows from this one
     if prompts is not None:

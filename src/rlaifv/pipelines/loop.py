@@ -49,7 +49,7 @@ from typing import Any
 
 from rlaifv.config import CollectConfig, DPOConfig, HFEngineConfig, IterateConfig, paper_deviations
 from rlaifv.eval.report import FEEDBACK_KEYS, ROUND_KEYS
-from rlaifv.files import atomic_write, write_json, write_text, write_yaml
+from rlaifv.files import atomic_write, sweep_temps, write_json, write_text, write_yaml
 from rlaifv.progress import log
 from rlaifv.store import check_config, config_changes, free_paths
 from rlaifv.world.config import WorldConfig
@@ -178,6 +178,7 @@ class Loop:
     # -- the run ---------------------------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
+        sweep_temps(self.out)  # what a killed run left half-written
         self._open_state()
         start = self.step("start", lambda: {"policy": self._start_policy()})
         rows = [self.step("round-0/finish", lambda: self._base_row(start["policy"]))]

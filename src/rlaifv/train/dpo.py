@@ -36,7 +36,7 @@ import yaml
 from rlaifv.config import DPOConfig, EngineConfig
 from rlaifv.engines.fastpath import report
 from rlaifv.engines.transfer import OneBehind, to_host_later
-from rlaifv.files import atomic_write, publish_dir, write_json
+from rlaifv.files import atomic_write, crash_point, publish_dir, write_json
 from rlaifv.logps.encode import EncodedPair, PairEncoder, ahead
 from rlaifv.logps.packed import response_logps
 from rlaifv.logps.reference import (
@@ -229,6 +229,7 @@ class DPOTrainer:
         self.acc.save_state(str(tmp / "state"))
         self._export_model(tmp)
         if self.main:
+            crash_point("checkpoint.written", final.name)  # state and model written, not yet published
             write_json(tmp / TRAINER_STATE, {"step": step, "window": self.window, "total_steps": self.total_steps})
             publish_dir(tmp, final)
             if self.cfg.save_total_limit is not None:
@@ -287,6 +288,7 @@ class DPOTrainer:
                 bar.advance(1, status=f"loss {metrics['loss']:.4f}")
             if self.callback is not None:
                 self.callback(done, metrics)
+            crash_point("dpo.step", str(done))
 
     def _encode_step(self, step: int) -> list[list[EncodedPair]]:
         """This process's micro-batches of one step, encoded."""

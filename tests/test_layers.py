@@ -10,7 +10,7 @@ From the top (docs/architecture.md says why each sits where it does):
     world        the embedded default: scenes, language, its tiny models and their bootstrap, its configs
     engines      model compute: local HF models, OpenAI-compatible servers
     text         the splitter's text rules and formats (no model)
-    foundation   config | records | progress | files | rlaifv   siblings: none imports another
+    foundation   config | records | progress | files | lock | rlaifv   siblings: none imports another
 
 Within one unit (a package such as `rlaifv.world`, or a module such as `rlaifv.store`) imports are free, except that
 no module imports the `__init__` of a package it belongs to: the package imports its modules, not the other way
@@ -39,7 +39,8 @@ LAYERS: list[tuple[str, tuple[str, ...], bool]] = [
     ("world", ("rlaifv.world",), False),
     ("engines", ("rlaifv.engines",), False),
     ("text", ("rlaifv.text",), False),
-    ("foundation", ("rlaifv.config", "rlaifv.records", "rlaifv.progress", "rlaifv.files", "rlaifv"), True),
+    ("foundation", ("rlaifv.config", "rlaifv.records", "rlaifv.progress", "rlaifv.files", "rlaifv.lock", "rlaifv"),
+     True),
 ]
 RANK = {unit: (layer, position, siblings)
         for layer, (_, units, siblings) in enumerate(LAYERS) for position, unit in enumerate(units)}

@@ -278,3 +278,28 @@ def test_a_rerun_with_another_temperature_is_refused_and_leaves_the_store_alone(
     forced = runner.invoke(app, [*args[:-1], "0.5", "--force-config"])  # continued on purpose: recorded
     assert forced.exit_code == 0, forced.output
     assert store.read_config()["temperature"] == 0.5 and len(store) == N_PROMPTS * 2
+
+
+def test_a_corrupt_candidates_shard_is_named_then_recomputed_by_the_rerun(finished, micro_world, world_prompts,
+                                                                           tmp_path):
+    """After a finished run, one candidates shard loses a byte in place: every reader names it and refuses it, and
+    rerunning collect resamples exactly its records, so every stage ends as the uninterrupted run's."""
+    from rlaifv.files import CorruptFile
+
+    out = tmp_path / "run"
+    shutil.copytree(finished, out)
+    victim = stores(out)["candidates"].shard_paths()[1]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(CorruptFile, match=str(victim)):
+        stores(out)["candidates"].read_all()
+    with pytest.raises(CorruptFile, match=str(victim)):  # a downstream stage reading it
+        run_stage("pairs", None, out, config_for(micro_world))
+
+    summary = collect(world_prompts, out, config_for(micro_world))
+    assert summary["stages"]["candidates"]["records"] == N_PROMPTS * 4
+    for name in ("candidates", "claims", "verdicts", "pairs"):
+        assert rows(out, name) == rows(finished, name), name
+    assert (out / "candidates" / "corrupt" / f"shards__{victim.name}").is_file()
+    assert not victim.exists() or victim.read_bytes() != bytes(data)  # its name may be reused; never its bytes

@@ -173,3 +173,32 @@ def test_every_config_field_is_documented():
     for name, field in DPOConfig.model_fields.items():
         assert field.description, f"{name} has no description"
         assert f"`{name}`" in docs, f"docs/training.md does not mention {name}"
+
+
+def test_a_corrupt_checkpoint_is_set_aside_and_recomputed(baseline, world_pairs, micro_world, tmp_path):
+    """A finished run whose last checkpoint lost a byte: loading it is refused naming the file; asking for the run
+    again moves it aside, resumes from the checkpoint before it and ends on the uninterrupted run's curve and
+    weights, with a sound checkpoint in its place."""
+    import shutil
+
+    from rlaifv.files import CorruptFile, verify_published, verify_tree
+
+    out = tmp_path / "run"
+    shutil.copytree(baseline["out_dir"], out)
+    weights = out / "checkpoints" / "checkpoint-6" / "model" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CorruptFile, match=str(weights)):
+        verify_published(weights.parent)  # what every model load does first (engines.loading)
+
+    again = train_dpo(world_pairs, micro_world.policy, out, DPOConfig(**BASE))
+    assert again["resumed_from_step"] == 3
+    assert (out / "checkpoints" / "corrupt" / "checkpoint-6").is_dir()
+    verify_tree(out / "checkpoints" / "checkpoint-6")
+    verify_published(out / "model")
+    want = read_metrics(baseline["metrics"])
+    _assert_same_curve(read_metrics(again["metrics"]), want, atol=1e-6)
+    got, expected = _weights(again["model"]), _weights(baseline["model"])
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-6, rtol=0)

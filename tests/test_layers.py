@@ -6,7 +6,7 @@ From the top (docs/architecture.md says why each sits where it does):
     pipelines    compositions of stages: collect, best_of_n, loop, selection, world_bon, demo
     stages       feedback | train | infer | eval        siblings: no stage imports another
     logps        what train and infer share: pair encoding, packed log-probs, the reference pass
-    data I/O     preferences > prompts > store          pairs in, prompts in, the sharded store
+    data I/O     preferences > prompts > store > lock   pairs in, prompts in, the sharded store, one writer per folder
     world        the embedded default: scenes, language, its tiny models and their bootstrap, its configs
     engines      model compute: local HF models, OpenAI-compatible servers
     text         the splitter's text rules and formats (no model)
@@ -35,7 +35,7 @@ LAYERS: list[tuple[str, tuple[str, ...], bool]] = [
     ("pipelines", ("rlaifv.pipelines",), False),
     ("stages", ("rlaifv.feedback", "rlaifv.train", "rlaifv.infer", "rlaifv.eval"), True),
     ("logps", ("rlaifv.logps",), False),
-    ("data I/O", ("rlaifv.preferences", "rlaifv.prompts", "rlaifv.store"), False),
+    ("data I/O", ("rlaifv.preferences", "rlaifv.prompts", "rlaifv.store", "rlaifv.lock"), False),
     ("world", ("rlaifv.world",), False),
     ("engines", ("rlaifv.engines",), False),
     ("text", ("rlaifv.text",), False),

@@ -116,6 +116,28 @@ def test_a_round_keeps_its_starting_policy_unless_a_checkpoint_beats_it(baseline
     assert row["policy"] == (start if row["step"] == 0 else str(trained))
 
 
+def test_a_corrupt_checkpoint_found_by_a_later_round_redoes_the_round_that_wrote_it(baseline, micro_world,
+                                                                                    micro_config, tmp_path, capsys):
+    """Round 1 finished; its chosen checkpoint then loses a byte. Round 2, loading it as its policy, finds it corrupt:
+    the run goes back to round 1's training, which recomputes the checkpoint, and ends as the uninterrupted run."""
+    out = tmp_path / "run"
+    first = iterate(out, config_for(micro_world, rounds=1), world=micro_config)
+    chosen = Path(first["policy"])
+    assert chosen.is_relative_to(out / "round-1" / "dpo")  # a trained checkpoint, not the starting policy
+    weights = chosen / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+
+    run = iterate(out, config_for(micro_world), world=micro_config)  # continued with its second round
+    assert _without_paths(run["rounds"], out)[1:] == _without_paths(baseline["rounds"], Path(baseline["out"]))[1:]
+    assert (out / "round-1" / "dpo" / "checkpoints" / "corrupt" / chosen.parent.name).is_dir()
+    log = capsys.readouterr().err.replace("\n", "")
+    assert str(weights) in log and "redoing round-1/train" in log
+    trained = _state(out)["steps"]["round-1/train"]
+    assert trained["resumed_from_step"] < int(chosen.parent.name.split("-")[1])  # recomputed, not reused
+
+
 KILLED_RUN = """
 import os, signal, sys
 from pathlib import Path

@@ -18,6 +18,7 @@ rerun ends where an uninterrupted run ends.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -171,3 +172,144 @@ def publish_dir(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
     crash_point("publish.renamed", Path(final).name)
     fsync_path(Path(final).parent)
+
+
+# -- integrity: checksums, manifests, corrupt files -----------------------------------------------------------------
+#
+# A rename makes a write atomic, not the bytes durable forever: a disk error, a copy cut short or a hand edit can
+# still leave a torn or altered file behind a finished name. Every file the package publishes as part of a unit (a
+# store's shards, a checkpoint's files) is therefore listed with its sha256 and size in the unit's manifest, and
+# checked against it before it is used.
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "rlaifv.manifest/1"  # a manifest.json without it is someone else's file, never read as ours
+RERUN = "rerun the same command: the stage that wrote it recomputes it"
+_CHUNK = 8 << 20  # bytes hashed per read: multi-GB checkpoints never sit in memory whole
+_SEEN: dict[tuple[Any, ...], Any] = {}  # (what, file identity) -> result, so a process checks one version once
+
+
+class CorruptFile(OSError):
+    """A file whose bytes are not what was published (other checksum, truncated, unreadable, missing).
+
+    It is never used. An OSError, so a command ends with one line and exit code 1; `path` names the file and
+    `expected`/`actual` the checksums where known, so a caller that knows which step wrote it can redo that step.
+    """
+
+    def __init__(self, path: Path, why: str, expected: str | None = None, actual: str | None = None,
+                 hint: str = RERUN) -> None:
+        self.path, self.why, self.expected, self.actual = Path(path), why, expected, actual
+        super().__init__(f"{path} is corrupt ({why}); it is not used: {hint}")
+
+
+def once_per_version(path: Path, what: str, compute: Callable[[Path], Any]) -> Any:
+    """compute(path), remembered for this version of the file: same inode, size and mtime. A hard link of a checked
+    file (a published copy of a checkpoint) is the same inode, so it is not checked twice; any rewrite of the file
+    changes its mtime and is checked again."""
+    st = Path(path).stat()
+    key = (what, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _SEEN:
+        _SEEN[key] = compute(Path(path))
+    return _SEEN[key]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_of(path: Path) -> str:
+    """The file's sha256, read in chunks, computed once per version of the file in this process."""
+    return once_per_version(path, "sha256", _sha256)
+
+
+def file_entry(path: Path) -> dict[str, Any]:
+    """What a manifest records of one file: its sha256 and its size in bytes."""
+    return {"sha256": sha256_of(path), "bytes": Path(path).stat().st_size}
+
+
+def check_entry(path: Path, entry: dict[str, Any]) -> CorruptFile | None:
+    """None when `path` matches its manifest `entry`, else the CorruptFile saying how it differs."""
+    path = Path(path)
+    if not path.is_file():
+        return CorruptFile(path, "listed in its manifest but missing", entry.get("sha256"))
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+        return CorruptFile(path, f"{size} bytes, its manifest records {entry['bytes']}: truncated or altered",
+                           entry["sha256"])
+    actual = sha256_of(path)
+    if actual != entry["sha256"]:
+        return CorruptFile(path, f"sha256 {actual[:16]}..., its manifest records {entry['sha256'][:16]}...",
+                           entry["sha256"], actual)
+    return None
+
+
+def read_manifest(folder: Path) -> dict[str, dict[str, Any]] | None:
+    """The entries (path relative to `folder` -> entry) of folder's manifest; None when it has none, or one that
+    is unreadable or not ours (the files are then checked as if never listed)."""
+    path = Path(folder) / MANIFEST
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or not isinstance(data.get("files"), dict):
+        return None
+    return data["files"]
+
+
+def write_manifest(folder: Path, entries: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Write folder's manifest, atomically: `entries` as given, or every file under `folder` hashed now (temp
+    files and the manifest itself left out). Returns the entries."""
+    folder = Path(folder)
+    if entries is None:
+        entries = {}
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and path.name != MANIFEST and not path.match(TMP_GLOB):
+                entries[path.relative_to(folder).as_posix()] = file_entry(path)
+    write_json(folder / MANIFEST, {"format": MANIFEST_FORMAT, "files": entries})
+    return entries
+
+
+def verify_tree(folder: Path, under: str = "") -> None:
+    """Raise CorruptFile for the first file of folder's manifest (those under the relative path `under`, if given)
+    that is missing or differs; a folder without a manifest (written by an older version) passes unchecked."""
+    entries = read_manifest(folder)
+    prefix = under.strip("/") + "/" if under else ""
+    for rel, entry in (entries or {}).items():
+        if rel.startswith(prefix):
+            problem = check_entry(Path(folder) / rel, entry)
+            if problem is not None:
+                raise problem
+
+
+def verify_published(path: str | Path) -> None:
+    """Check a model folder before it is loaded: against its own manifest, or its parent's (a checkpoint's
+    `model/`, listed in the checkpoint's manifest). Hub ids and folders without a manifest pass unchecked."""
+    path = Path(path)
+    if not path.is_dir():
+        return
+    if read_manifest(path) is not None:
+        verify_tree(path)
+    elif read_manifest(path.parent) is not None:
+        verify_tree(path.parent, path.name)
+
+
+def move_aside(path: Path, root: Path, why: str) -> Path:
+    """Move a corrupt file or folder under `root`/corrupt/ (its path under `root` flattened into the name), with a
+    note of why beside it: out of the way of readers and of the rerun that recomputes it, kept for a look."""
+    path, root = Path(path), Path(root)
+    aside = root / "corrupt"
+    aside.mkdir(parents=True, exist_ok=True)
+    rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+    dest = aside / rel.replace("/", "__")
+    n = 1
+    while dest.exists():
+        dest = aside / f"{rel.replace('/', '__')}.{n}"
+        n += 1
+    os.replace(path, dest)
+    fsync_path(aside)
+    fsync_path(path.parent)
+    write_text(dest.with_name(dest.name + ".why.txt"), f"{path}: {why}\n")
+    return dest

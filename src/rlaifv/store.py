@@ -5,12 +5,26 @@ Layout of one store (one stage's output)::
     root/config.yaml                      # the config that fills it (bind_config)
     root/shards/part-00000.parquet ...    # records, shard_size per file
     root/quarantine/part-00000.parquet    # bad input, with a reason
+    root/manifest.json                    # sha256, bytes and rows of every shard above
+    root/corrupt/                         # shards found corrupt, moved aside with a note of why
+    root/.rlaifv.lock                     # held by the one process writing (rlaifv.lock)
 
 Each shard is written to a temp file in the same folder, fsynced, then renamed
 over its final name, so a reader (or a resumed run) sees whole shards or none.
 A SIGKILL loses at most the writer's unflushed buffer; the rerun recomputes
 exactly that, because ``done_keys()`` lists every record already on disk.
-One writer per store at a time.
+One writer per store at a time: ``writer()`` holds the folder, and a second
+process opening one is refused (``rlaifv.lock.FolderInUse``).
+
+Every shard is checked against the manifest before its records are used (once
+per version of the file in a process), because a rename protects against a
+crash, not against a disk or a copy that alters bytes later. A shard not in the
+manifest (a crash between its rename and the manifest's update, or a store of an
+older version without one) is read whole and adopted when it parses with the
+record's columns. A corrupt shard is never read: a reader raises
+``rlaifv.files.CorruptFile`` naming it, and the stage that wrote the store,
+when it opens its writer on a rerun, moves the shard to ``corrupt/``, logs it,
+and recomputes its records (they are no longer in ``done_keys()``).
 
 A stage binds its config to its store when it opens it (``bind_config``): the
 first run records it, and a rerun with a config that could change the records
@@ -38,13 +52,28 @@ import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel
 
-from rlaifv.files import TMP_GLOB, atomic_write, crash_point, fsync_path, write_json, write_yaml
+from rlaifv.files import (
+    MANIFEST,
+    CorruptFile,
+    atomic_write,
+    check_entry,
+    crash_point,
+    file_entry,
+    fsync_path,
+    move_aside,
+    once_per_version,
+    read_manifest,
+    write_json,
+    write_manifest,
+    write_yaml,
+)
+from rlaifv.lock import hold
 from rlaifv.progress import Bar, log
 from rlaifv.records import BadInput, Quarantined, Record
 
 __all__ = [
-    "ConfigChanged", "SetAside", "ShardWriter", "ShardedStore", "atomic_write", "bind_config", "check_config",
-    "config_changes", "free_paths", "fsync_path", "run_in_batches", "write_json",
+    "ConfigChanged", "CorruptFile", "SetAside", "ShardWriter", "ShardedStore", "atomic_write", "bind_config",
+    "check_config", "config_changes", "free_paths", "fsync_path", "run_in_batches", "write_json",
 ]
 
 FORCE_HINT = "rerun with --force-config"  # how a command continues a store made with another config on purpose
@@ -73,6 +102,19 @@ def _next_part(folder: Path) -> Path:
     last = _PART.match(parts[-1].name) if parts else None
     index = int(last.group(1)) + 1 if last else 0
     return folder / f"part-{index:05d}.parquet"
+
+
+def _validate(path: Path, schema: pa.Schema) -> dict[str, Any] | str:
+    """The manifest entry of a shard the manifest lacks when it reads whole with the columns of `schema`, else
+    why it cannot be used."""
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        return f"not a readable Parquet file: {exc}"
+    missing = [name for name in schema.names if name not in table.schema.names]
+    if missing:
+        return f"lacks the columns {missing} of its records"
+    return {**file_entry(path), "rows": table.num_rows}
 
 
 def _to_json(record: Any) -> str:
@@ -242,13 +284,14 @@ class ShardedStore(Generic[R]):
         """
         key_fields = list(self.record_type.KEY_FIELDS)
         keys: set[str] = set()
-        for path in self.shard_paths():
+        shards, quarantine = self._checked()
+        for path in shards:
             cols = pq.ParquetFile(path).read(columns=key_fields).to_pydict()
             for values in zip(*(cols[name] for name in key_fields), strict=True):
                 keys.add(
                     self.record_type.key_of(dict(zip(key_fields, values, strict=True)))
                 )
-        for path in self.quarantine_paths():
+        for path in quarantine:
             keys.update(
                 pq.ParquetFile(path)
                 .read(columns=["record_key"])["record_key"]
@@ -258,7 +301,7 @@ class ShardedStore(Generic[R]):
 
     def read(self) -> Iterator[R]:
         """Records in shard order, one batch in memory at a time."""
-        for path in self.shard_paths():
+        for path in self._checked()[0]:
             for batch in pq.ParquetFile(path).iter_batches():
                 for row in batch.to_pylist():
                     yield self.record_type.from_row(row)
@@ -271,22 +314,86 @@ class ShardedStore(Generic[R]):
         """Quarantined inputs with their reasons."""
         return [
             Quarantined.from_row(row)
-            for path in self.quarantine_paths()
+            for path in self._checked()[1]
             for row in pq.read_table(path).to_pylist()
         ]
 
     def __len__(self) -> int:
         """Number of stored records, from Parquet footers (no data read)."""
         return sum(
-            pq.ParquetFile(path).metadata.num_rows for path in self.shard_paths()
+            pq.ParquetFile(path).metadata.num_rows for path in self._checked()[0]
         )
 
     def to_table(self) -> pa.Table:
         """All shards as one Arrow table (empty, with the schema, when none)."""
-        tables = [pq.ParquetFile(path).read() for path in self.shard_paths()]
+        tables = [pq.ParquetFile(path).read() for path in self._checked()[0]]
         if not tables:
             return self.record_type.arrow_schema().empty_table()
         return pa.concat_tables(tables)
+
+    # -- integrity -------------------------------------------------------------
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
+    def _audit(self) -> tuple[dict[str, dict[str, Any]], list[CorruptFile], bool]:
+        """(manifest entries of every good shard, the corrupt ones, whether the manifest on disk is out of date).
+
+        A listed shard must match its checksum; an unlisted one (a crash after its rename, or a store without a
+        manifest) must parse whole with the record's columns, and is then adopted. A listed shard that is gone is
+        reported too: its records were lost, not skipped.
+        """
+        listed = read_manifest(self.root)
+        stale = listed is None
+        listed = listed or {}
+        present = {p.relative_to(self.root).as_posix(): p for p in (*self.shard_paths(), *self.quarantine_paths())}
+        good: dict[str, dict[str, Any]] = {}
+        bad: list[CorruptFile] = []
+        for rel, entry in listed.items():
+            problem = check_entry(self.root / rel, entry)
+            if problem is None:
+                good[rel] = entry
+            else:
+                bad.append(problem)
+        for rel, path in present.items():
+            if rel in listed:
+                continue
+            stale = True
+            record = Quarantined if path.parent == self.quarantine_dir else self.record_type
+            schema = record.arrow_schema()
+            adopted = once_per_version(path, f"adopt:{','.join(schema.names)}", lambda p, s=schema: _validate(p, s))
+            if isinstance(adopted, str):
+                bad.append(CorruptFile(path, adopted))
+            else:
+                good[rel] = adopted
+        return good, bad, stale or bool(bad)
+
+    def _checked(self) -> tuple[list[Path], list[Path]]:
+        """(record shards, quarantine shards), each matching the manifest; CorruptFile for the first that does not."""
+        good, bad, _ = self._audit()
+        if bad:
+            raise bad[0]
+        return (
+            [p for p in self.shard_paths() if p.relative_to(self.root).as_posix() in good],
+            [p for p in self.quarantine_paths() if p.relative_to(self.root).as_posix() in good],
+        )
+
+    def verify(self) -> None:
+        """Raise CorruptFile if any shard differs from its manifest (or, unlisted, does not parse)."""
+        self._checked()
+
+    def _repair(self) -> dict[str, dict[str, Any]]:
+        """Before writing: move corrupt shards aside (logged), record adopted ones; the manifest's entries."""
+        good, bad, stale = self._audit()
+        for problem in bad:
+            where = "it was listed but is gone"
+            if problem.path.exists():
+                where = f"moved to {move_aside(problem.path, self.root, problem.why)}"
+            log(f"[yellow]{problem.path} is corrupt ({problem.why}): {where}; its records will be recomputed")
+        if stale:
+            write_manifest(self.root, good)
+        return good
 
     # -- writing ---------------------------------------------------------------
 
@@ -295,24 +402,29 @@ class ShardedStore(Generic[R]):
         """A writer that appends new shards; buffered records are flushed on exit.
 
         Also on an exception: records already added are complete, so keeping them
-        saves recomputing them. Temp files left by a killed run are removed first.
+        saves recomputing them. The folder is held for the writer's life (a second
+        process is refused). Temp files left by a killed run are removed first, and
+        corrupt shards are moved aside so their records count as not done.
         """
-        for folder in (self.root, self.shards_dir, self.quarantine_dir):
-            folder.mkdir(parents=True, exist_ok=True)
-            for stale in folder.glob(TMP_GLOB):
-                stale.unlink()
-        w = ShardWriter(self)
-        try:
-            yield w
-        finally:
-            w.flush()
+        with hold(self.root):  # which also removes temp files of killed writers
+            for folder in (self.shards_dir, self.quarantine_dir):
+                folder.mkdir(parents=True, exist_ok=True)
+            w = ShardWriter(self, self._repair())
+            try:
+                yield w
+            finally:
+                w.flush()
 
     def _write_part(
-        self, folder: Path, rows: list[dict[str, Any]], schema: pa.Schema
+        self, folder: Path, rows: list[dict[str, Any]], schema: pa.Schema, entries: dict[str, dict[str, Any]]
     ) -> Path:
+        """One shard, published by rename, then listed in the manifest (`entries`, updated in place). A crash
+        between the two leaves a whole shard the manifest lacks, which the next writer adopts."""
         table = pa.Table.from_pylist(rows, schema=schema)
         path = _next_part(folder)
         atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+        entries[path.relative_to(self.root).as_posix()] = {**file_entry(path), "rows": table.num_rows}
+        write_manifest(self.root, entries)
         return path
 
     # -- config ----------------------------------------------------------------
@@ -353,8 +465,9 @@ class ShardWriter(Generic[R]):
     quarantined, or added earlier) raises ``ValueError``: duplicates are a bug.
     """
 
-    def __init__(self, store: ShardedStore[R]) -> None:
+    def __init__(self, store: ShardedStore[R], entries: dict[str, dict[str, Any]]) -> None:
         self.store = store
+        self._entries = entries  # the store's manifest, kept up to date as shards are written
         self._seen = store.done_keys()
         self._rows: list[dict[str, Any]] = []  # rows, so a bad record fails in add()
         self._quarantined: list[dict[str, Any]] = []
@@ -398,11 +511,11 @@ class ShardWriter(Generic[R]):
         """Write buffered records and quarantined inputs as new shards, if any."""
         if self._rows:
             schema = self.store.record_type.arrow_schema()
-            self.store._write_part(self.store.shards_dir, self._rows, schema)
+            self.store._write_part(self.store.shards_dir, self._rows, schema, self._entries)
             self._rows = []
         if self._quarantined:
             schema = Quarantined.arrow_schema()
-            self.store._write_part(self.store.quarantine_dir, self._quarantined, schema)
+            self.store._write_part(self.store.quarantine_dir, self._quarantined, schema, self._entries)
             self._quarantined = []
 
     def _claim(self, key: str) -> None:

@@ -25,6 +25,7 @@ from rlaifv.cli.common import (
     local_engine_options,
     quiet_libraries,
     run_long,
+    writing,
 )
 from rlaifv.config import BonConfig
 
@@ -141,5 +142,6 @@ def register(app: typer.Typer) -> None:
         quiet_libraries()
         from rlaifv.pipelines.best_of_n import best_of_n
 
-        summary = run_long(best_of_n, out, cfg, prompts, force_config)
+        with writing(out):
+            summary = run_long(best_of_n, out, cfg, prompts, force_config)
         emit(summary, as_json, _human(summary))

@@ -1,8 +1,8 @@
 """What every command shares: output, loading a config with the options given, and errors as exit codes.
 
-Exit codes: 0 done; 1 bad input or files met while running (a message, no traceback); 2 a bad command line or
-config, or a missing optional package. With `--json`, a command prints exactly one JSON object on stdout; everything
-else (progress bars, logs, errors) goes to stderr.
+Exit codes: 0 done; 1 bad input or files met while running, or an output another process is writing (a message,
+no traceback); 2 a bad command line or config, or a missing optional package. With `--json`, a command prints
+exactly one JSON object on stdout; everything else (progress bars, logs, errors) goes to stderr.
 
 Nothing here imports torch, so `rlaifv --help` starts fast; commands import what they run inside their functions.
 """
@@ -58,6 +58,28 @@ def exit_on_error(import_hint: str = "") -> Iterator[None]:
         fail(f"{exc}{import_hint}", 2)
     except (ValueError, OSError) as exc:
         fail(str(exc), 1)
+
+
+@contextmanager
+def writing(out: Optional[Path], file: bool = False) -> Iterator[None]:
+    """Hold a command's output folder (or, with `file`, its output file) while it writes, so a second command on
+    the same output is refused at once (rlaifv.lock) instead of mixing two runs' files: exit code 1 naming the
+    process that holds it. The library calls beneath hold it too; in one process that is the same hold. None: the
+    command keeps nothing."""
+    if out is None:
+        yield
+        return
+    from rlaifv.lock import FolderInUse, hold
+
+    held = hold(out, file=file)
+    try:
+        held.__enter__()
+    except FolderInUse as exc:
+        fail(str(exc), 1)
+    try:
+        yield
+    finally:
+        held.__exit__(None, None, None)
 
 
 def run_long(fn: Callable[..., Any], *args: Any) -> Any:

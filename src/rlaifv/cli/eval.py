@@ -22,7 +22,7 @@ from typing import Any, Optional
 import typer
 
 from rlaifv.cli import eval_closed, eval_human, eval_refomb
-from rlaifv.cli.common import ForceConfigOpt, JsonOpt, emit, load_config, quiet_libraries
+from rlaifv.cli.common import ForceConfigOpt, JsonOpt, emit, load_config, quiet_libraries, writing
 from rlaifv.cli.eval_common import (
     ApiKeyEnvOpt,
     ConcurrencyOpt,
@@ -54,7 +54,7 @@ def eval_world(
 
     wcfg = WorldConfig(seed=seed)
     ecfg = EvalConfig(split=split, n_scenes=n)  # type: ignore[arg-type]
-    with readable_errors():  # e.g. an --out made with another policy or setting
+    with writing(out), readable_errors():  # e.g. an --out made with another policy or setting
         result: dict[str, Any] = {"policy": evaluate_policy(policy, wcfg, ecfg, out)}
     if labeler is not None:
         result["labeler"] = evaluate_labeler(labeler, wcfg, ecfg)
@@ -232,7 +232,7 @@ def register(app: typer.Typer) -> None:
         cfg = load_config(BenchGenerateConfig, config, {
             ("num_beams",): num_beams, ("max_new_tokens",): max_new_tokens, ("batch_size",): batch_size,
             ("policy", "path"): policy, ("policy", "device"): device, ("policy", "dtype"): dtype})
-        with readable_errors():
+        with writing(out, file=True), readable_errors():
             items = benchmark_items(benchmark, data, images, amber_split, pope_split)  # type: ignore[arg-type]
             result = generate(items, out, KEY_FIELD[benchmark], cfg, force_config=force_config)
         emit(result, as_json, f"{result['items']} prompts: {result['generated']} answered now, "
@@ -252,7 +252,7 @@ def register(app: typer.Typer) -> None:
         numbers where the benchmark is the same."""
         from rlaifv.eval.compare import write_report
 
-        with readable_errors():
+        with writing(out), readable_errors():
             summary = write_report(runs, out, paper=paper, charts=charts)
         human = f"wrote {summary['report']}" + "".join(f"\nwrote {c}" for c in summary["charts"])
         emit(summary, as_json, human)

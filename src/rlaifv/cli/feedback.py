@@ -32,6 +32,7 @@ from rlaifv.cli.common import (
     prompts_are_world,
     quiet_libraries,
     resolve_config,
+    writing,
 )
 from rlaifv.config import CollectConfig
 
@@ -136,14 +137,14 @@ def _run(stages: list[str], prompts: Optional[Path], out: Path, cfg: CollectConf
 
     quiet_libraries()
     results = {}
-    with exit_on_error():
+    with writing(out), exit_on_error():  # the stages and the summary: one process at a time in OUT
         check_configs(out, cfg, stages, force_config)  # a changed setting is refused before anything runs
         for stage in stages:
             if stage == "prompts" and prompts is None:
                 continue
             results[stage] = run_stage(stage, prompts, out, cfg, WorldConfig(seed=world_seed), force_config)
-    summary = summarize(out, results, cfg)
-    write_summary(out, summary)
+        summary = summarize(out, results, cfg)
+        write_summary(out, summary)
     human = "\n".join(f"{name}: {info}" for name, info in summary["stages"].items())
     if summary.get("feedback_precision") is not None:
         human += (f"\nfeedback precision {summary['feedback_precision']:.3f} (counting every error: "

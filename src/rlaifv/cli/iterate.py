@@ -35,6 +35,7 @@ from rlaifv.cli.common import (
     resolve_config,
     run_long,
     world_config,
+    writing,
 )
 from rlaifv.config import IterateConfig
 
@@ -196,5 +197,6 @@ def register(app: typer.Typer) -> None:
         world = world_config(preset, None, world_seed)
         from rlaifv.pipelines.loop import iterate as run_rounds
 
-        summary = run_long(run_rounds, out, cfg, prompts, world)
+        with writing(out):
+            summary = run_long(run_rounds, out, cfg, prompts, world)
         emit(summary, as_json, _table(summary))

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from rlaifv.cli.common import JsonOpt, emit, exit_on_error, quiet_libraries, world_config
+from rlaifv.cli.common import JsonOpt, emit, exit_on_error, quiet_libraries, world_config, writing
 
 world_app = typer.Typer(help="The synthetic visual world: scenes with exact ground truth and tiny VLMs.",
                         no_args_is_help=True)
@@ -47,7 +47,7 @@ def demo(
     given = {"rounds": rounds, "bon_samples": bon_samples}
     extra = {k: v for k, v in given.items() if v is not None}
     wcfg = world_config(preset, config, seed)
-    with exit_on_error():
+    with writing(workdir), exit_on_error():
         report = run_demo(workdir, seed, wcfg, EvalConfig(n_scenes=n_test), **extra)
     lines = [f"base policy: CHAIRs {r['chair_s']:.3f}, CHAIRi {r['chair_i']:.3f}, Cover {r['cover']:.3f}"
              if r["round"] == 0 else

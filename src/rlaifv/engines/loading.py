@@ -4,6 +4,9 @@
   unpickled; a safetensors file holds tensors and nothing else. A model that has only pickled weights is refused
   with how to convert it once, unless the caller allows pickles explicitly.
 - **`trust_remote_code` stays off** unless the user sets it: a model folder's own Python files run only then.
+- **A published folder is checked first.** A checkpoint or final model this package wrote carries a manifest of its
+  files' checksums (`rlaifv.files.verify_published`); a corrupt one raises `CorruptFile` instead of loading altered
+  weights.
 - **The processor** comes through engines.processors, which also loads the Qwen-VL and InternVL processors where
   torchvision is missing.
 """
@@ -13,6 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rlaifv.files import verify_published
+
 
 class PickledWeights(OSError):
     """The model has no safetensors weights, and loading pickled ones was not allowed."""
@@ -20,7 +25,9 @@ class PickledWeights(OSError):
 
 def load_weights(auto_class: Any, path: str | Path, dtype: Any = None, trust_remote_code: bool = False,
                  allow_pickle: bool = False) -> Any:
-    """`auto_class.from_pretrained(path)` reading safetensors only (pickles only with `allow_pickle`)."""
+    """`auto_class.from_pretrained(path)` reading safetensors only (pickles only with `allow_pickle`), after
+    checking a published folder against its manifest."""
+    verify_published(path)
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if dtype is not None:
         kwargs["dtype"] = dtype
@@ -42,6 +49,7 @@ def load_vlm(path: str | Path, dtype: Any = None, device: Any = "cpu", trust_rem
 
     from rlaifv.engines.processors import load_processor
 
+    verify_published(path)  # before the processor too: its files are listed in the manifest as well
     processor = load_processor(path, trust_remote_code=trust_remote_code)
     model = load_weights(AutoModelForImageTextToText, path, dtype, trust_remote_code)
     return model.to(device).eval(), processor

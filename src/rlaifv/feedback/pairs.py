@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from rlaifv.config import PairsConfig
-from rlaifv.files import publish_dir, write_json
+from rlaifv.files import CorruptFile, publish_dir, write_json
+from rlaifv.progress import log
 from rlaifv.records import Candidate, Pair, Prompt, Scored, Verdict
 from rlaifv.store import ShardedStore
 
@@ -327,6 +328,12 @@ def _finished_summary(out: Path, config: dict[str, Any], inputs: dict[str, Any])
     if not (pair_store.config_path.is_file() and summary_path.is_file() and inputs_path.is_file()):
         return None
     if pair_store.read_config() != config or json.loads(inputs_path.read_text(encoding="utf-8")) != inputs:
+        return None
+    try:  # a result whose shards are corrupt is rebuilt, never handed on
+        pair_store.verify()
+        ShardedStore(out / "scores", Scored).verify()
+    except CorruptFile as exc:
+        log(f"[yellow]{exc.path} is corrupt ({exc.why}): rebuilding {out}")
         return None
     return json.loads(summary_path.read_text(encoding="utf-8"))
 

@@ -22,8 +22,9 @@ from typing import Any
 
 from rlaifv.config import BonConfig, SampleConfig
 from rlaifv.feedback.sample import run_sample
-from rlaifv.files import sweep_temps, write_json
+from rlaifv.files import write_json
 from rlaifv.infer.bon import STAGE, Scorer, export_best, load_scorer, run_bon, summarize
+from rlaifv.lock import hold
 from rlaifv.pipelines.collect import load_engine
 from rlaifv.progress import log
 from rlaifv.prompts import ingest_prompts, load_image
@@ -61,7 +62,11 @@ def best_of_n(out: Path, cfg: BonConfig, prompts: Path | None = None, force_conf
         if getattr(cfg, role).kind == "hf" and not getattr(cfg, role).path:
             raise ValueError(f"best-of-N needs a {role} model: set --{role} (or {role}.path in the config)")
     out = Path(out)
-    sweep_temps(out)  # what a killed run left half-written
+    with hold(out):  # one writer; what a killed run left half-written is removed
+        return _best_of_n(out, cfg, prompts, force_config)
+
+
+def _best_of_n(out: Path, cfg: BonConfig, prompts: Path | None, force_config: bool) -> dict[str, Any]:
     s = bon_stores(out, cfg.shard_size, force_config)
     s["bon"].check_config(cfg)  # before anything is written; the sampling stage's config follows from this one
     if prompts is not None:

@@ -10,7 +10,9 @@ Each stage reads the previous stage's store and writes its own under the output 
     OUT/summary.json per-stage counts, quarantine reasons, the settings that differ from the paper's and, for world
                      prompts, feedback precision; OUT/report.md says the same for people
 
-Every stage resumes where it stopped, so rerunning the same command after a crash finishes the job. Models left
+Every stage resumes where it stopped, so rerunning the same command after a crash finishes the job; a shard found
+corrupt is recomputed by the rerun of the stage that wrote it (`rlaifv.store`). One process at a time writes the
+folder (rlaifv.lock): a second one is refused. Models left
 empty in the config are the synthetic world's (bootstrapped or taken from the cache), and only for world prompts:
 for any other prompts an empty model is an error that names the option to set (`missing_models`), never the world's
 tiny model answering about a user's images.
@@ -25,6 +27,7 @@ from pathlib import Path
 
 from rlaifv.config import CollectConfig, EngineConfig, format_deviation, paper_deviations
 from rlaifv.files import write_json, write_text
+from rlaifv.lock import hold
 from rlaifv.preferences import PREFERENCES, pair_store
 from rlaifv.progress import log
 from rlaifv.records import Candidate, Claim, Pair, Prompt, Verdict, reason_counts
@@ -117,6 +120,12 @@ def run_stage(stage: str, prompts_file: Path | None, out: Path, cfg: CollectConf
     """Run one stage ('prompts', 'sample', 'claims', 'judge' or 'pairs') on the output folder. A stage whose store
     was made with another config is refused before its model loads, unless `force_config`. `rows`: the prompts
     stage ingests only these rows of the file (a round's slice)."""
+    with hold(out):
+        return _run_stage(stage, prompts_file, out, cfg, world, force_config, rows)
+
+
+def _run_stage(stage: str, prompts_file: Path | None, out: Path, cfg: CollectConfig, world: WorldConfig | None,
+               force_config: bool, rows: list[int] | None) -> dict:
     from rlaifv.prompts import ingest_prompts, load_image
 
     check_configs(out, cfg, [stage], force_config)
@@ -164,7 +173,12 @@ def collect(prompts_file: Path, out: Path, cfg: CollectConfig, world: WorldConfi
     prompts file (a round's slice)."""
     stages = ["prompts", "sample", "claims", "judge", "pairs"]
     check_configs(out, cfg, stages, force_config)
-    out.mkdir(parents=True, exist_ok=True)
+    with hold(out):
+        return _collect(stages, prompts_file, out, cfg, world, force_config, rows)
+
+
+def _collect(stages: list[str], prompts_file: Path, out: Path, cfg: CollectConfig, world: WorldConfig | None,
+             force_config: bool, rows: list[int] | None) -> dict:
     write_text(out / "collect.yaml", json.dumps(cfg.model_dump(mode="json"), indent=2))
     timings, results = {}, {}
     for stage in stages:

@@ -27,7 +27,11 @@ OUT/round-0/ holds the starting policy's `test` evaluation and its `val` evaluat
 keep). OUT/state.json lists every finished step with its result and is rewritten atomically after each step; a
 step runs only if it is not listed. The steps themselves resume (collect's stores, DPO's checkpoints, evaluation's
 generation store), so a run killed anywhere and rerun with the same command continues where it was killed and, each
-step being deterministic given its inputs and seeds, ends with the same result. OUT/summary.json has the rows and
+step being deterministic given its inputs and seeds, ends with the same result. A finished step's output found
+corrupt later (`rlaifv.files.CorruptFile`, raised by a store or a checkpoint check) sends the run back to the step
+that wrote it (`STEP_OF`): that step and every step finished after it are dropped from state.json and run again,
+once per corrupt file, and their stores and checkpoints recompute what was lost. The run holds OUT (rlaifv.lock): a
+second process on the same folder is refused. OUT/summary.json has the rows and
 the run's settings that differ from the paper's (`deviations`); OUT/report.md says the same for people.
 
 What a run needs is checked before anything runs (`check_inputs`): on prompts that are not the world's, every model
@@ -49,13 +53,19 @@ from typing import Any
 
 from rlaifv.config import CollectConfig, DPOConfig, HFEngineConfig, IterateConfig, paper_deviations
 from rlaifv.eval.report import FEEDBACK_KEYS, ROUND_KEYS
-from rlaifv.files import atomic_write, sweep_temps, write_json, write_text, write_yaml
+from rlaifv.files import CorruptFile, atomic_write, write_json, write_text, write_yaml
+from rlaifv.lock import hold
 from rlaifv.progress import log
 from rlaifv.store import check_config, config_changes, free_paths
 from rlaifv.world.config import WorldConfig
 
 STATE, SUMMARY, CONFIG, REPORT, ROWS = "state.json", "summary.json", "iterate.yaml", "report.md", "prompt_rows.json"
 STATE_VERSION = 1
+# what each entry of OUT/round-k/ belongs to: the step (round-k/<step>) that writes it
+STEP_OF = {"prompts.parquet": "prompts", ROWS: "prompts", "serve.log": "serve", "collect": "collect",
+           "split.json": "split", "reference": "reference", "dpo": "train", "dpo.yaml": "train", "train.log": "train",
+           "select": "select", "eval": "finish", "round.json": "finish"}
+ROUND_STEPS = ("prompts", "serve", "collect", "split", "reference", "train", "select", "finish")  # in running order
 
 
 def iterate(out: Path, cfg: IterateConfig, prompts_file: Path | None = None, world: WorldConfig | None = None,
@@ -66,6 +76,14 @@ def iterate(out: Path, cfg: IterateConfig, prompts_file: Path | None = None, wor
     `cfg.collect` are the world's. `dpo_callback(step, metrics)` runs after every DPO step of every round.
     """
     return Loop(Path(out), cfg, prompts_file, world or WorldConfig(), dpo_callback).run()
+
+
+def _step_rank(name: str) -> tuple[int, int]:
+    """Where a step runs in a run: `start`, then round by round in ROUND_STEPS order (state.json keeps no order)."""
+    if "/" not in name:
+        return (-1, 0)
+    k, step = name.split("/", 1)
+    return (int(k.removeprefix("round-")), ROUND_STEPS.index(step))
 
 
 def round_dir(out: Path, k: int) -> Path:
@@ -178,8 +196,42 @@ class Loop:
     # -- the run ---------------------------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        sweep_temps(self.out)  # what a killed run left half-written
-        self._open_state()
+        with hold(self.out):
+            self._open_state()
+            redone: set[Path] = set()
+            while True:
+                try:
+                    return self._run()
+                except CorruptFile as exc:
+                    name = self._step_of(exc.path)
+                    if name is None or exc.path in redone:
+                        raise
+                    redone.add(exc.path)
+                    self._redo(name, exc)
+
+    def _step_of(self, path: Path) -> str | None:
+        """The step whose output holds `path` (None: not under OUT/round-k/, e.g. a model the user named)."""
+        try:
+            parts = Path(path).resolve().relative_to(self.out.resolve()).parts
+        except ValueError:
+            return None
+        if len(parts) >= 2 and parts[0].startswith("round-") and parts[1] in STEP_OF:
+            return f"{parts[0]}/{STEP_OF[parts[1]]}"
+        return None
+
+    def _redo(self, name: str, exc: CorruptFile) -> None:
+        """Drop step `name` and every step finished after it from state.json, so they run again: later steps may
+        have read what it wrote, and a round is only skipped whole once its last step is listed."""
+        dropped = [step for step in self.state["steps"] if _step_rank(step) >= _step_rank(name)]
+        for step in dropped:
+            del self.state["steps"][step]
+            self.state["seconds"].pop(step, None)
+        write_json(self.out / STATE, self.state)
+        self._pairs.clear()  # read again from what the redone steps write
+        later = sorted((step for step in dropped if step != name), key=_step_rank)
+        log(f"[yellow]{exc}\nredoing {name}" + (f" and the steps after it ({', '.join(later)})" if later else ""))
+
+    def _run(self) -> dict[str, Any]:
         start = self.step("start", lambda: {"policy": self._start_policy()})
         rows = [self.step("round-0/finish", lambda: self._base_row(start["policy"]))]
         self._write_summary(rows)

@@ -9,9 +9,14 @@ A run, top to bottom (`DPOTrainer.run`):
    accumulation steps, so 1 process x batch 8, 2 processes x batch 4 and batch 1 x accumulation 8 see the same pairs
    and follow the same loss curve; a batch's log-probs come from one packed row per pair (logps.packed);
 4. every `save_steps`: a checkpoint (accelerate state + a model transformers loads), written under a temporary name
-   and renamed when complete; a rerun of the same command resumes from the newest one, and its losses, metrics
-   and final model equal an uninterrupted run's;
-5. the end: the model (LoRA merged) with its processor in OUT/model, `summary.json`.
+   with a manifest of its files' sha256 (`manifest.json`) and renamed when complete; a rerun of the same command
+   resumes from the newest one, and its losses, metrics and final model equal an uninterrupted run's;
+5. the end: the model (LoRA merged) with its processor in OUT/model (with its own manifest), `summary.json`.
+
+Checkpoints are checked against their manifests (once per process) before they are resumed from or published, and
+when a finished run is asked for again. A corrupt one is moved to OUT/checkpoints/corrupt/ with a log line, the
+checkpoints after it are dropped, and the run continues from the one before it (or from the start), so it
+recomputes them exactly. The main process holds OUT (rlaifv.lock): a second run into it is refused.
 
 Metrics go to OUT/metrics.csv always, and to TensorBoard through accelerate's tracker when it is installed.
 """
@@ -36,7 +41,18 @@ import yaml
 from rlaifv.config import DPOConfig, EngineConfig
 from rlaifv.engines.fastpath import report
 from rlaifv.engines.transfer import OneBehind, to_host_later
-from rlaifv.files import atomic_write, crash_point, publish_dir, write_json
+from rlaifv.files import (
+    CorruptFile,
+    atomic_write,
+    crash_point,
+    move_aside,
+    publish_dir,
+    read_manifest,
+    verify_tree,
+    write_json,
+    write_manifest,
+)
+from rlaifv.lock import hold
 from rlaifv.logps.encode import EncodedPair, PairEncoder, ahead
 from rlaifv.logps.packed import response_logps
 from rlaifv.logps.reference import (
@@ -81,19 +97,23 @@ class DPOTrainer:
         self.free = {f"config.{path}" for path in free_paths(cfg)}
 
     def run(self) -> dict[str, Any]:
-        finished = self._finished()
-        if finished is not None:
-            log(f"{self.out}: already trained with this config; nothing to do")
-            return finished
-        start_time = time.perf_counter()
-        self._setup_accelerator()
-        self._setup_reference()
-        self._setup_policy()
-        start = self._resume()
-        self._train(start)
-        summary = self._finish(start, time.perf_counter() - start_time)
-        self.acc.end_training()
-        return summary
+        # Only the main process writes OUT, so only it holds it; the launcher sets RANK in every process it starts,
+        # and this runs before accelerate is set up.
+        holding = hold(self.out) if os.environ.get("RANK", "0") == "0" else nullcontext()
+        with holding:
+            finished = self._finished()
+            if finished is not None:
+                log(f"{self.out}: already trained with this config; nothing to do")
+                return finished
+            start_time = time.perf_counter()
+            self._setup_accelerator()
+            self._setup_reference()
+            self._setup_policy()
+            start = self._resume()
+            self._train(start)
+            summary = self._finish(start, time.perf_counter() - start_time)
+            self.acc.end_training()
+            return summary
 
     # -- setup -----------------------------------------------------------------------------------------------------
 
@@ -101,6 +121,12 @@ class DPOTrainer:
         saved = self._saved_record()
         if (self.out / SUMMARY).is_file() and saved is not None and not config_changes(saved, self.run_record,
                                                                                         self.free):
+            published = [self.out / name for name in (MODEL, ADAPTER) if (self.out / name).is_dir()]
+            for folder in [*self.checkpoints(), *published]:
+                problem = _problem(folder)
+                if problem is not None:  # the run goes on: resuming sets it aside and recomputes it
+                    log(f"[yellow]{problem}")
+                    return None
             return json.loads((self.out / SUMMARY).read_text(encoding="utf-8"))
         return None
 
@@ -199,9 +225,31 @@ class DPOTrainer:
         found = [p for p in root.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[1].isdigit()]
         return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
+    def _set_aside_corrupt(self) -> None:
+        """Move the first corrupt checkpoint aside and drop the ones after it, so the run resumes before it and
+        recomputes them all (the same steps give the same checkpoints). A checkpoint of an older version, without a
+        manifest, gets one: what it holds now is what later checks compare against."""
+        found = self.checkpoints()
+        for i, checkpoint in enumerate(found):
+            if read_manifest(checkpoint) is None:
+                write_manifest(checkpoint)
+            problem = _problem(checkpoint)
+            if problem is None:
+                continue
+            where = move_aside(checkpoint, self.out / CHECKPOINTS, problem.why)
+            log(f"[yellow]{problem.path} is corrupt ({problem.why}): {checkpoint} moved to {where}; training "
+                f"resumes before it and recomputes it")
+            for later in found[i + 1:]:
+                log(f"[yellow]{later} dropped: it is recomputed after {checkpoint.name}")
+                shutil.rmtree(later)
+            return
+
     def _resume(self) -> int:
-        """Load the newest checkpoint, if any; returns the step to continue from."""
+        """Load the newest sound checkpoint, if any; returns the step to continue from."""
         self.window: dict[str, list[float]] = {}
+        if self.main:
+            self._set_aside_corrupt()
+        self.acc.wait_for_everyone()
         found = self.checkpoints()
         if not found:
             if self.main:
@@ -228,9 +276,11 @@ class DPOTrainer:
         self.acc.wait_for_everyone()
         self.acc.save_state(str(tmp / "state"))
         self._export_model(tmp)
+        self.acc.wait_for_everyone()  # every rank's files are in before the manifest lists them
         if self.main:
             crash_point("checkpoint.written", final.name)  # state and model written, not yet published
             write_json(tmp / TRAINER_STATE, {"step": step, "window": self.window, "total_steps": self.total_steps})
+            write_manifest(tmp)  # sha256 of every file, checked before the checkpoint is used
             publish_dir(tmp, final)
             if self.cfg.save_total_limit is not None:
                 for old in self.checkpoints()[: -self.cfg.save_total_limit]:
@@ -397,8 +447,9 @@ class DPOTrainer:
             "seconds": round(seconds, 2),
         }
         if self.main:
+            verify_tree(checkpoints[-1])  # never publish altered weights
             for name in (MODEL, ADAPTER) if self.cfg.use_peft else (MODEL,):
-                _publish(checkpoints[-1] / name, self.out / name)
+                _publish(checkpoints[-1], name, self.out / name)
             if self.cfg.use_peft:
                 summary["adapter"] = str(self.out / ADAPTER)
             write_json(self.out / SUMMARY, summary)
@@ -406,13 +457,26 @@ class DPOTrainer:
         return summary
 
 
-def _publish(source: Path, dest: Path) -> None:
-    """dest as a copy of the last checkpoint's folder, hard-linked where possible (no second copy on disk)."""
+def _publish(checkpoint: Path, name: str, dest: Path) -> None:
+    """dest as a copy of the checkpoint's folder `name`, hard-linked where possible (no second copy on disk), with
+    the checkpoint's manifest entries of those files as its own manifest."""
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp, copy_function=_link_or_copy)
+    shutil.copytree(checkpoint / name, tmp, copy_function=_link_or_copy)
+    entries = read_manifest(checkpoint) or {}
+    prefix = f"{name}/"
+    write_manifest(tmp, {rel[len(prefix):]: entry for rel, entry in entries.items() if rel.startswith(prefix)})
     shutil.rmtree(dest, ignore_errors=True)
     publish_dir(tmp, dest)
+
+
+def _problem(folder: Path) -> CorruptFile | None:
+    """The first file of `folder` that differs from its manifest, as a CorruptFile; None when all match."""
+    try:
+        verify_tree(folder)
+    except CorruptFile as exc:
+        return exc
+    return None
 
 
 def _where(path: str | Path | EngineConfig) -> str:

@@ -8,19 +8,36 @@ name by the caller and published with one rename the same way.
 
 Temp names start with a dot and carry the writer's pid (`TMP_GLOB` matches them), so they never look like a
 finished file and leftovers of a killed writer can be found and removed.
+
+A full disk (or quota) is an error like any other here: the temp file or folder is removed, the final name keeps
+its old version, and the error names the file that did not fit (`out_of_space`), so a command can say what to
+free and that a rerun resumes.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 TMP_GLOB = ".*.tmp-*"  # the temp names made by `temp_name`
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a write that failed for space: the disk is full, or the user's quota
+
+
+def out_of_space(exc: BaseException) -> str:
+    """The one-line message for a write that failed for space ("" for any other error): what did not fit, and
+    that freeing space and rerunning finishes the job, since nothing half-written was kept."""
+    if not isinstance(exc, OSError) or exc.errno not in NO_SPACE:
+        return ""
+    where = f" while writing {exc.filename}" if exc.filename else ""
+    return f"no space left on device{where}; free space and rerun: finished shards are kept and the rerun resumes"
 
 
 def temp_name(path: Path) -> Path:
@@ -49,6 +66,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         write(tmp)
         fsync_path(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno in NO_SPACE and not exc.filename:  # Arrow's and Python's write errors name no file
+            raise OSError(exc.errno, os.strerror(exc.errno), str(path)) from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     fsync_path(path.parent)
@@ -72,6 +93,18 @@ def write_json(path: Path, obj: Any) -> None:
 def write_yaml(path: Path, obj: Any) -> None:
     """Readable YAML (key order kept), written atomically."""
     write_text(path, yaml.safe_dump(obj, sort_keys=False, allow_unicode=True, default_flow_style=False))
+
+
+@contextmanager
+def building(tmp: Path) -> Iterator[Path]:
+    """Around the build of a folder under the temp name `tmp` (then `publish_dir`): on any error -- a full disk
+    above all -- the half-built folder is removed, so it neither holds the space the rerun needs nor passes for
+    a finished one."""
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def publish_dir(tmp: Path, final: Path) -> None:

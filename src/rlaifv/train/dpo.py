@@ -36,7 +36,7 @@ import yaml
 from rlaifv.config import DPOConfig, EngineConfig
 from rlaifv.engines.fastpath import report
 from rlaifv.engines.transfer import OneBehind, to_host_later
-from rlaifv.files import atomic_write, publish_dir, write_json
+from rlaifv.files import atomic_write, building, publish_dir, write_json
 from rlaifv.logps.encode import EncodedPair, PairEncoder, ahead
 from rlaifv.logps.packed import response_logps
 from rlaifv.logps.reference import (
@@ -226,10 +226,14 @@ class DPOTrainer:
             # main process only, so another rank could otherwise write before it exists
             (tmp / "state").mkdir(parents=True)
         self.acc.wait_for_everyone()
-        self.acc.save_state(str(tmp / "state"))
-        self._export_model(tmp)
+        # a save that fails (a full disk) leaves no half checkpoint behind to hold the space a rerun needs
+        with building(tmp) if self.main else nullcontext():
+            self.acc.save_state(str(tmp / "state"))
+            self._export_model(tmp)
+            if self.main:
+                write_json(tmp / TRAINER_STATE, {"step": step, "window": self.window,
+                                                  "total_steps": self.total_steps})
         if self.main:
-            write_json(tmp / TRAINER_STATE, {"step": step, "window": self.window, "total_steps": self.total_steps})
             publish_dir(tmp, final)
             if self.cfg.save_total_limit is not None:
                 for old in self.checkpoints()[: -self.cfg.save_total_limit]:
@@ -408,7 +412,8 @@ def _publish(source: Path, dest: Path) -> None:
     """dest as a copy of the last checkpoint's folder, hard-linked where possible (no second copy on disk)."""
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp, copy_function=_link_or_copy)
+    with building(tmp):
+        shutil.copytree(source, tmp, copy_function=_link_or_copy)
     shutil.rmtree(dest, ignore_errors=True)
     publish_dir(tmp, dest)
 

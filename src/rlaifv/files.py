@@ -9,6 +9,10 @@ name by the caller and published with one rename the same way.
 Temp names start with a dot and carry the writer's pid (`TMP_GLOB` matches them), so they never look like a
 finished file and leftovers of a killed writer can be found and removed.
 
+A full disk (or quota) is an error like any other here: the temp file or folder is removed, the final name keeps
+its old version, and the error names the file that did not fit (`out_of_space`), so a command can say what to
+free and that a rerun resumes.
+
 Crash points (`crash_point`) mark the moments a crash must lose nothing: inside every durable write, between a
 stage's records, at every DPO step and checkpoint. They do nothing unless a crash test arms them through the
 environment (`KILL_AT_ENV`, `TRACE_ENV`): then the process can be SIGKILLed at exactly the n-th point it passes,
@@ -18,13 +22,16 @@ rerun ends where an uninterrupted run ends.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import signal
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +80,18 @@ def crash_point(name: str, detail: str = "") -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # a write that failed for space: the disk is full, or the user's quota
+
+
+def out_of_space(exc: BaseException) -> str:
+    """The one-line message for a write that failed for space ("" for any other error): what did not fit, and
+    that freeing space and rerunning finishes the job, since nothing half-written was kept."""
+    if not isinstance(exc, OSError) or exc.errno not in NO_SPACE:
+        return ""
+    where = f" while writing {exc.filename}" if exc.filename else ""
+    return f"no space left on device{where}; free space and rerun: finished shards are kept and the rerun resumes"
+
+
 def temp_name(path: Path) -> Path:
     """The temp path a write of `path` goes through: same folder, hidden, this process's own."""
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -83,8 +102,6 @@ def sweep_temps(folder: Path) -> list[Path]:
     writer is gone. A temp of a live process -- this one, or another still writing -- is kept. Returns what was
     removed. An entry point calls it on its output folder before writing, so a run killed mid-write and rerun ends
     with exactly the files of a run nobody killed."""
-    import shutil
-
     removed = []
     for path in sorted(Path(folder).rglob(TMP_GLOB)) if Path(folder).is_dir() else []:
         pid = path.name.rpartition(".tmp-")[2]
@@ -130,6 +147,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         fsync_path(tmp)
         crash_point("write.temp", path.name)  # the whole new version exists under its temp name only
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.errno in NO_SPACE and not exc.filename:  # Arrow's and Python's write errors name no file
+            raise OSError(exc.errno, os.strerror(exc.errno), str(path)) from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     crash_point("write.renamed", path.name)  # renamed, the folder not yet fsynced
@@ -154,6 +175,18 @@ def write_json(path: Path, obj: Any) -> None:
 def write_yaml(path: Path, obj: Any) -> None:
     """Readable YAML (key order kept), written atomically."""
     write_text(path, yaml.safe_dump(obj, sort_keys=False, allow_unicode=True, default_flow_style=False))
+
+
+@contextmanager
+def building(tmp: Path) -> Iterator[Path]:
+    """Around the build of a folder under the temp name `tmp` (then `publish_dir`): on any error -- a full disk
+    above all -- the half-built folder is removed, so it neither holds the space the rerun needs nor passes for
+    a finished one."""
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def publish_dir(tmp: Path, final: Path) -> None:

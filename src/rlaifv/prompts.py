@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from rlaifv.files import atomic_write, write_bytes, write_text
 from rlaifv.progress import progress
@@ -207,14 +207,19 @@ def read_image_file(path: Path) -> bytes:
 def _decode(data: bytes, what: str) -> Image.Image:
     """The decoded image; BadInput for anything PIL cannot fully read.
 
-    `verify()` catches broken checksums, and `load()` catches truncated data that `verify()` lets through.
-    Decoders raise many exception types on hostile input, hence the broad catch, kept to these few calls.
+    `verify()` catches broken checksums, and `load()` catches truncated data that `verify()` lets through. An
+    image of zero pixels never opens (PIL refuses a zero width or height as unidentified), so every image returned
+    has pixels for the processor to resize. Decoders raise many exception types on hostile input, hence the broad
+    catch, kept to these few calls.
     """
     try:
         with Image.open(io.BytesIO(data)) as probe:
             probe.verify()
         image = Image.open(io.BytesIO(data))
         image.load()
+    except UnidentifiedImageError:  # PIL's text names an in-memory buffer, not the file
+        raise BadInput(f"undecodable image: {what} (no image format recognises it: not an image, or one "
+                       "of zero pixels)") from None
     except Exception as exc:  # any decoder failure means this one image is bad, not that the run is
         raise BadInput(f"undecodable image: {what} ({type(exc).__name__}: {exc})") from None
     return image

@@ -1,8 +1,8 @@
 """What every command shares: output, loading a config with the options given, and errors as exit codes.
 
-Exit codes: 0 done; 1 bad input or files met while running, or an output another process is writing (a message,
-no traceback); 2 a bad command line or config, or a missing optional package. With `--json`, a command prints
-exactly one JSON object on stdout; everything else (progress bars, logs, errors) goes to stderr.
+Exit codes: 0 done; 1 bad input or files met while running, an output another process is writing, or a full disk
+(a message, no traceback); 2 a bad command line or config, or a missing optional package. With `--json`, a command
+prints exactly one JSON object on stdout; everything else (progress bars, logs, errors) goes to stderr.
 
 Nothing here imports torch, so `rlaifv --help` starts fast; commands import what they run inside their functions.
 """
@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from rich.markup import escape
 
 from rlaifv.config import HFEngineConfig
+from rlaifv.files import out_of_space
 from rlaifv.progress import log
 from rlaifv.world.config import WorldConfig
 
@@ -57,7 +58,7 @@ def exit_on_error(import_hint: str = "") -> Iterator[None]:
     except ImportError as exc:
         fail(f"{exc}{import_hint}", 2)
     except (ValueError, OSError) as exc:
-        fail(str(exc), 1)
+        fail(out_of_space(exc) or str(exc), 1)
 
 
 @contextmanager

@@ -54,6 +54,16 @@ def _values(x: torch.Tensor | Sequence) -> list[float]:
     return flat
 
 
+def _gap(fast: float, plain: float) -> float:
+    """|fast - plain|; 0 where both paths give the same non-number (both NaN, or the same infinity), since that
+    is the item's fault, not the path's -- one poisoned input must not send a whole run down the slow path --
+    and inf where only one of them does."""
+    if fast == plain or (math.isnan(fast) and math.isnan(plain)):
+        return 0.0
+    gap = abs(fast - plain)
+    return gap if math.isfinite(gap) else math.inf
+
+
 def trusted(model: torch.nn.Module, path: str, fast: Callable[[], object], plain: Callable[[], object],
             dtype: torch.dtype | None = None) -> bool:
     """Whether `path` (e.g. "judge.packed") may run on `model`: decided once per model, the first time it is
@@ -76,8 +86,7 @@ def trusted(model: torch.nn.Module, path: str, fast: Callable[[], object], plain
                 if len(got) != len(want):
                     verdict = Verdict(False, math.inf, tol, len(want), "the fast path returned another count")
                 else:
-                    diff = max((abs(a - b) if math.isfinite(a - b) else math.inf for a, b in zip(got, want)),
-                               default=0.0)
+                    diff = max(map(_gap, got, want), default=0.0)
                     ok = diff <= tol
                     verdict = Verdict(ok, diff, tol, len(want), "" if ok else f"differs from the plain forward by "
                                       f"{diff:.3g} > {tol:g}")

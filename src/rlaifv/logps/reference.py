@@ -4,7 +4,8 @@ DPO compares the policy's log-probs with a frozen reference model's. Computing t
 training, means no reference model sits in memory while the policy trains (TRL refuses to precompute them for image
 datasets). The pass writes `RefLogps` records to a sharded store (atomic shards: a killed pass loses at most one
 unflushed shard and the rerun computes only what is missing) and quarantines, with a reason, every pair that cannot
-train: rows the loader rejected, images that fail to load, pairs longer than the context.
+train: rows the loader rejected, images that fail to load, pairs longer than the context, log-probs that came out
+NaN or infinite.
 
 The store sits beside the pairs (`<pairs>.reference-<fingerprint>`); the fingerprint covers what the numbers depend
 on -- the reference model's folder and weight files, the precision and the length limit -- so a different reference
@@ -21,6 +22,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
+import math
 import os
 import time
 from contextlib import closing, nullcontext
@@ -158,11 +160,15 @@ def _compute(examples: list[PreferenceExample], reference: str | Path, cfg: DPOC
         def store(batch: list[PreferenceExample], encoded: list[EncodedPair], wait) -> None:
             nonlocal flushed
             chosen, rejected = (t.tolist() for t in wait())
+            examples = {e.key: e for e in batch}
             for i, pair in enumerate(encoded):
-                if pair.key not in writer:
-                    writer.add(RefLogps(pair.key, chosen[i], rejected[i], len(pair.chosen_ids),
-                                        len(pair.rejected_ids)))
-                    counts["done"] += 1
+                if pair.key in writer:
+                    continue
+                if reason := non_finite(chosen[i], rejected[i]):
+                    _quarantine(writer, examples[pair.key], reason, counts)
+                    continue
+                writer.add(RefLogps(pair.key, chosen[i], rejected[i], len(pair.chosen_ids), len(pair.rejected_ids)))
+                counts["done"] += 1
             clock["batches"].append((len(encoded), time.perf_counter() - flushed))
             flushed = time.perf_counter()
             bar.advance(len(batch), status=f"{counts['done']} pairs")
@@ -212,6 +218,9 @@ def _compute_served(examples: list[PreferenceExample], reference: EngineConfig, 
                     which = "chosen" if chosen.reason else "rejected"
                     _quarantine(writer, e, f"{which}: {chosen.reason or rejected.reason}", counts)
                     continue
+                if reason := non_finite(chosen.logp, rejected.logp):
+                    _quarantine(writer, e, reason, counts)
+                    continue
                 writer.add(RefLogps(e.key, chosen.logp, rejected.logp, len(chosen.ids), len(rejected.ids)))
                 counts["done"] += 1
             bar.advance(len(examples[lo : lo + size]), status=f"{counts['done']} pairs")
@@ -221,6 +230,14 @@ def _compute_served(examples: list[PreferenceExample], reference: EngineConfig, 
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def non_finite(chosen: float, rejected: float) -> str:
+    """Why a pair's reference log-probs cannot train ("" when both are numbers): a NaN or an infinity from the
+    model would make every DPO loss it enters NaN, so the pair is quarantined instead of stored."""
+    if math.isfinite(chosen) and math.isfinite(rejected):
+        return ""
+    return f"non-finite log-prob (chosen {chosen}, rejected {rejected})"
 
 
 def encode_batch(encoder: PairEncoder, batch: list[PreferenceExample], on_bad) -> list[EncodedPair]:

@@ -396,7 +396,7 @@ class RuleSplitter:
             raise BadInput("empty response")
         found = statements(cut_words(response, self.max_words))
         if not found:
-            raise BadInput(f"no claims found in the response: {response[:80]!r}")
+            raise BadInput(f"no claims found (no factual statement): {response[:80]!r}")  # kind as the LLM splitter's
         return [(s, question(s)) for s in found]
 
     def split(self, items: Sequence[tuple[str, str]]) -> list[list[Claim] | BadInput]:

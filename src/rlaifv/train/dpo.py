@@ -44,6 +44,7 @@ from rlaifv.engines.transfer import OneBehind, to_host_later
 from rlaifv.files import (
     CorruptFile,
     atomic_write,
+    building,
     crash_point,
     move_aside,
     publish_dir,
@@ -274,13 +275,17 @@ class DPOTrainer:
             # main process only, so another rank could otherwise write before it exists
             (tmp / "state").mkdir(parents=True)
         self.acc.wait_for_everyone()
-        self.acc.save_state(str(tmp / "state"))
-        self._export_model(tmp)
-        self.acc.wait_for_everyone()  # every rank's files are in before the manifest lists them
+        # a save that fails (a full disk) leaves no half checkpoint behind to hold the space a rerun needs
+        with building(tmp) if self.main else nullcontext():
+            self.acc.save_state(str(tmp / "state"))
+            self._export_model(tmp)
+            self.acc.wait_for_everyone()  # every rank's files are in before the manifest lists them
+            if self.main:
+                crash_point("checkpoint.written", final.name)  # state and model written, not yet published
+                write_json(tmp / TRAINER_STATE, {"step": step, "window": self.window,
+                                                  "total_steps": self.total_steps})
+                write_manifest(tmp)  # sha256 of every file, checked before the checkpoint is used
         if self.main:
-            crash_point("checkpoint.written", final.name)  # state and model written, not yet published
-            write_json(tmp / TRAINER_STATE, {"step": step, "window": self.window, "total_steps": self.total_steps})
-            write_manifest(tmp)  # sha256 of every file, checked before the checkpoint is used
             publish_dir(tmp, final)
             if self.cfg.save_total_limit is not None:
                 for old in self.checkpoints()[: -self.cfg.save_total_limit]:
@@ -462,10 +467,11 @@ def _publish(checkpoint: Path, name: str, dest: Path) -> None:
     the checkpoint's manifest entries of those files as its own manifest."""
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(checkpoint / name, tmp, copy_function=_link_or_copy)
-    entries = read_manifest(checkpoint) or {}
-    prefix = f"{name}/"
-    write_manifest(tmp, {rel[len(prefix):]: entry for rel, entry in entries.items() if rel.startswith(prefix)})
+    with building(tmp):
+        shutil.copytree(checkpoint / name, tmp, copy_function=_link_or_copy)
+        entries = read_manifest(checkpoint) or {}
+        prefix = f"{name}/"
+        write_manifest(tmp, {rel[len(prefix):]: entry for rel, entry in entries.items() if rel.startswith(prefix)})
     shutil.rmtree(dest, ignore_errors=True)
     publish_dir(tmp, dest)
 

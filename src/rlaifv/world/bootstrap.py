@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from rlaifv import __version__
-from rlaifv.files import publish_dir
+from rlaifv.files import building, publish_dir
 from rlaifv.progress import log, progress
 from rlaifv.world.config import PolicyTrainConfig, TinyVLMConfig, VisionAlignConfig, WorldConfig
 from rlaifv.world.labeler import SUBJECT_CLASSES, facts_loss, held_facts, labeler_rows, read_outs, train_labeler
@@ -413,26 +413,27 @@ def bootstrap(cfg: WorldConfig, force: bool = False) -> WorldModels:
     shutil.rmtree(tmp, ignore_errors=True)
     start = time.perf_counter()
     log(f"world models: bootstrapping (seed {cfg.seed}) into {root}")
-    tokenizer = build_tokenizer(cfg.seed, cfg.tokenizer_vocab)
-    from rlaifv.world.splitter import train_splitter
+    with building(tmp):  # a failed build (a full disk) leaves no half folder behind
+        tokenizer = build_tokenizer(cfg.seed, cfg.tokenizer_vocab)
+        from rlaifv.world.splitter import train_splitter
 
-    stats: dict = {}
-    aligned: dict[str, dict] = {}  # one alignment per model shape; the default world's two models share one
-    scenes = dict(zip(("policy", "labeler"), train_scenes(cfg)))
-    for role, shape in (("policy", cfg.policy_model), ("labeler", cfg.labeler_model)):
-        shape_key = shape.model_dump_json(exclude={"tie_embeddings"})  # the head is not part of the alignment
-        if shape_key not in aligned:
-            aligned[shape_key], stats[f"vision_{role}"] = align_vision(cfg, tokenizer, shape, scenes["policy"])
-        stats[role] = train_model(cfg, tokenizer, role, tmp / role, aligned[shape_key], scenes[role])
-    stats["splitter"] = train_splitter(cfg.seed, tmp / "splitter", steps=cfg.splitter_steps, tokenizer=tokenizer)
-    manifest = {
-        "key": key,
-        "version": __version__,
-        "config": cfg.model_dump(mode="json"),
-        "seconds": round(time.perf_counter() - start, 1),
-        "train": stats,
-    }
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        stats: dict = {}
+        aligned: dict[str, dict] = {}  # one alignment per model shape; the default world's two models share one
+        scenes = dict(zip(("policy", "labeler"), train_scenes(cfg)))
+        for role, shape in (("policy", cfg.policy_model), ("labeler", cfg.labeler_model)):
+            shape_key = shape.model_dump_json(exclude={"tie_embeddings"})  # the head is not part of the alignment
+            if shape_key not in aligned:
+                aligned[shape_key], stats[f"vision_{role}"] = align_vision(cfg, tokenizer, shape, scenes["policy"])
+            stats[role] = train_model(cfg, tokenizer, role, tmp / role, aligned[shape_key], scenes[role])
+        stats["splitter"] = train_splitter(cfg.seed, tmp / "splitter", steps=cfg.splitter_steps, tokenizer=tokenizer)
+        manifest = {
+            "key": key,
+            "version": __version__,
+            "config": cfg.model_dump(mode="json"),
+            "seconds": round(time.perf_counter() - start, 1),
+            "train": stats,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     if root.exists():  # an unusable or forced-over build
         shutil.rmtree(root)
     publish_dir(tmp, root)

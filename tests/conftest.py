@@ -1,5 +1,5 @@
-"""Shared fixtures: one micro world, bootstrapped once per test session into a private cache; a stand-in policy
-for benchmark generation."""
+"""Shared fixtures: one micro world, bootstrapped once per test session into a private cache; the one-process DPO
+run the multi-process runs are compared with; a stand-in policy for benchmark generation."""
 
 from __future__ import annotations
 
@@ -28,6 +28,14 @@ def micro_world(micro_cache, micro_config):
     from rlaifv.world.bootstrap import bootstrap
 
     return bootstrap(micro_config)
+
+
+@pytest.fixture(scope="session")
+def dpo_one_process(micro_world, tmp_path_factory) -> dict:
+    """The one-process DPO run the multi-process runs are compared with (distributed_runs), made once."""
+    from distributed_runs import one_process_run
+
+    return one_process_run(tmp_path_factory.mktemp("dpo-one-process"), micro_world.policy)
 
 
 @pytest.fixture()

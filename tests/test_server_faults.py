@@ -1,7 +1,8 @@
 """Servers that misbehave, as long runs meet them: one that hangs, answers 500 and then recovers, closes the
 connection in the middle of an answer, or returns logprobs without the yes/no tokens it was asked for.
 
-A real HTTP server on 127.0.0.1 plays the OpenAI-compatible server; each test scripts its faults by request number.
+A real HTTP server on 127.0.0.1 (openai_server.FaultyServer) plays the OpenAI-compatible server; each test scripts its
+faults by request number.
 Transient faults are retried within a bounded number of tries; a question the server cannot answer is quarantined
 with the reason; a stage rerun sends only what is missing.
 """
@@ -9,91 +10,16 @@ with the reason; a stage rerun sends only what is missing.
 from __future__ import annotations
 
 import hashlib
-import json
-import math
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from openai_server import NO, FaultyServer, verdict_answer
 from PIL import Image
 
 from rlaifv.config import OpenAIEngineConfig
 from rlaifv.engines.openai_chat import ChatClient, ChatError, ChatSettings
 from rlaifv.engines.openai_vlm import OpenAIEngine
 from rlaifv.records import BadInput
-
-YES, NO = 11, 12  # the token ids the fake server's /tokenize gives "yes"/"Yes"/... and "no"/"No"/...
-
-
-def verdict_answer(p_yes: float, ids: bool = True, drop: tuple[int, ...] = ()) -> dict:
-    """A chat-completions answer whose first token's logprobs hold P(yes) and 1 - P(yes)."""
-    top = [{"token": f"token_id:{YES}" if ids else "Yes", "logprob": math.log(p_yes)},
-           {"token": f"token_id:{NO}" if ids else "No", "logprob": math.log(1 - p_yes)}]
-    top = [t for t in top if not any(t["token"] == f"token_id:{d}" for d in drop)]
-    return {"choices": [{"index": 0, "message": {"role": "assistant", "content": "Yes"}, "finish_reason": "length",
-                         "logprobs": {"content": [{"token": "Yes", "logprob": -0.1, "top_logprobs": top}]}}]}
-
-
-class FaultyServer:
-    """`behave(n, path, body)` -> ("ok", payload) | ("status", code) | ("hang", seconds) | ("cut", payload), for
-    the n-th request (1-based) to a path other than /tokenize, which always answers."""
-
-    def __init__(self, behave, tokenize: bool = True):
-        self.behave, self.lock, self.requests = behave, threading.Lock(), []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if self.path.endswith("/tokenize") and not tokenize:  # a server without vLLM's /tokenize
-                    return self._send(404, {"error": {"message": "not found"}})
-                if self.path.endswith("/tokenize"):
-                    token = body["prompt"].strip().lower()
-                    return self._send(200, {"tokens": [YES] if token == "yes" else [NO] if token == "no" else
-                                            [1, 2]})
-                with outer.lock:
-                    outer.requests.append(body)
-                    n = len(outer.requests)
-                kind, value = outer.behave(n, self.path, body)
-                if kind == "hang":
-                    time.sleep(value)
-                    return self._send(200, verdict_answer(0.5))
-                if kind == "status":
-                    return self._send(value, {"error": {"message": f"HTTP {value} from the fault script"}})
-                if kind == "cut":  # promise the whole answer, send half, close
-                    data = json.dumps(value).encode()
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data[: len(data) // 2])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return None
-                return self._send(200, value)
-
-            def _send(self, status, payload):
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self):
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def engine(server: FaultyServer, **changes) -> OpenAIEngine:

@@ -179,3 +179,20 @@ def quiet_libraries() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+def deepspeed_logs_to_stderr() -> None:
+    """Send DeepSpeed's log lines to stderr, where they cannot break `--json`'s one object on stdout.
+
+    Where DeepSpeed is installed, accelerate imports it in every training process (whatever the strategy), and its
+    logger writes to stdout -- its first line, which accelerator it found, during the import itself. Importing it
+    here with stdout pointed at stderr makes its log handler keep stderr.
+    """
+    import importlib.util
+    import sys
+    from contextlib import redirect_stdout, suppress
+
+    if "deepspeed" in sys.modules or importlib.util.find_spec("deepspeed") is None:
+        return
+    with redirect_stdout(sys.stderr), suppress(ImportError):  # a broken install fails later, where it is used
+        import deepspeed  # noqa: F401

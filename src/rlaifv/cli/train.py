@@ -19,6 +19,7 @@ from rlaifv.cli.common import (
     DryRunOpt,
     ForceConfigOpt,
     JsonOpt,
+    deepspeed_logs_to_stderr,
     dry_run_result,
     emit,
     exit_on_error,
@@ -100,6 +101,7 @@ def register(app: typer.Typer) -> None:
             dry_run_result(lambda: _plan(cfg, pairs, policy, ref), as_json)
             return
         quiet_libraries()
+        deepspeed_logs_to_stderr()
         with exit_on_error("; `rlaifv train` needs accelerate (and peft for --lora): pip install 'rlaifv[train]'"):
             source = _training_pairs(pairs, train_split)
             if reference_only:
@@ -114,7 +116,9 @@ def register(app: typer.Typer) -> None:
 
             summary = train_dpo(source, policy, out, cfg, ref, ref_store_dir=reference_store,
                                 force_config=force_config)
-        if PartialState().is_main_process:
+        # cpu as the run had it: a rerun of a finished run makes no Accelerator, and without it PartialState on a
+        # CPU-only machine would take every launched process for the main one (each printing the summary)
+        if PartialState(cpu=cfg.use_cpu).is_main_process:
             final = summary.get("final") or {}
             emit(summary, as_json, f"trained {summary['steps']} steps on {summary['n_train']} pairs "
                                    f"(quarantined {summary['quarantined'] or 'none'}); final loss "

@@ -67,8 +67,9 @@ from rlaifv.logps.reference import (
 from rlaifv.preferences import LoadedPairs, load_pairs
 from rlaifv.progress import log, progress
 from rlaifv.store import bind_config, config_changes, free_paths
+from rlaifv.train.accelerator import build_accelerator
 from rlaifv.train.loss import METRIC_NAMES, dpo_objective
-from rlaifv.train.policy_model import merged_lora_model, optimizer_of, prepare_policy
+from rlaifv.train.policy_model import merged_lora_model, optimizer_of, prepare_policy, retie
 from rlaifv.train.schedule import Schedule
 
 CHECKPOINTS, MODEL, ADAPTER = "checkpoints", "model", "adapter"
@@ -136,14 +137,13 @@ class DPOTrainer:
         return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
 
     def _setup_accelerator(self) -> None:
-        from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
 
         trackers = self._trackers()
-        self.acc = Accelerator(
+        self.acc = build_accelerator(
+            cpu=self.cfg.use_cpu,
             gradient_accumulation_steps=self.cfg.gradient_accumulation_steps,
             mixed_precision="bf16" if self.cfg.bf16 else "no",
-            cpu=self.cfg.use_cpu,
             log_with=trackers or None,
             project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "runs")),
         )
@@ -307,7 +307,7 @@ class DPOTrainer:
             merged = merged_lora_model(self.policy, unwrapped.peft_config["default"], lora_state)
             merged.save_pretrained(folder / MODEL)
         else:
-            unwrapped.save_pretrained(folder / MODEL, state_dict=state)
+            unwrapped.save_pretrained(folder / MODEL, state_dict=retie(state, unwrapped))
         self.processor.save_pretrained(folder / MODEL)
 
     # -- training --------------------------------------------------------------------------------------------------
@@ -446,6 +446,7 @@ class DPOTrainer:
             "epochs": round(self.total_steps / self.schedule.steps_per_epoch, 4),
             "global_batch": self.schedule.global_batch,
             "processes": self.acc.num_processes,
+            "strategy": self.acc.distributed_type.value,  # NO, MULTI_GPU/MULTI_CPU (DDP), FSDP, DEEPSPEED
             "fast_paths": report(self.model),  # packed log-probs, or the exact path where they differed
             "resumed_from_step": start,
             "final": read_metrics(self.out / METRICS)[-1] if self.main else None,

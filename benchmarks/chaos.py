@@ -4,14 +4,15 @@ The run is what a user runs: `rlaifv iterate` on the micro world (2 rounds: samp
 pairs, the reference pass, DPO with checkpoints, checkpoint selection, test evaluation) and then `rlaifv bon` with the
 policy it chose. Each command runs once uninterrupted, tracing the crash points it passes (`rlaifv.files.crash_point`:
 inside every durable write and folder publish, after every stored record of every stage, at every DPO step and
-inside every checkpoint save). Then the same commands run again into another folder, SIGKILLed over and over at
-seeded random crash points, each time rerun as they were until they finish. The two folders must then hold the same
-things: every store's records and quarantined rows (no key twice, none missing), the pairs, the reference
-log-probs, each round's checkpoint choice and metrics, the final weights bit for bit, best-of-N's choices; and no
-temp file, half file or unreadable file anywhere.
+inside every checkpoint save), then once more, finished (which must change nothing). Then, in episodes, the same
+commands run again into a fresh folder each, SIGKILLed over and over -- the first episode at aimed crash points, then
+at seeded random ones spread over the whole run -- each time rerun as they were until they finish. Every episode's
+folder must then hold what the uninterrupted one holds: every store's records and quarantined rows (no key twice,
+none missing), the pairs, the reference log-probs, each round's checkpoint choice and metrics, the final weights bit
+for bit, best-of-N's choices; and no temp file, half file or unreadable file anywhere.
 
-    python benchmarks/chaos.py --kills 500 --out runs/chaos            # the long run (resumes nothing: a new folder)
-    python benchmarks/chaos.py --kills 50 --seed 1 --out runs/chaos-1
+    python benchmarks/chaos.py --kills 500 --out runs/chaos     # episodes of up to 30 kills, into a new folder
+    python benchmarks/chaos.py --kills 60 --seed 1 --out runs/chaos-1
 
 Every kill is listed in OUT/kills.jsonl with the command, the crash point it hit and where; OUT/chaos.json has the
 counts per crash point and the differences found (none, when the run holds). tests/test_chaos.py runs the same
@@ -21,6 +22,7 @@ harness with fewer kills in CI.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -36,7 +38,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from rlaifv.files import KILL_AT_ENV, TMP_GLOB, TRACE_ENV, write_json
+from rlaifv.files import KILL_AT_ENV, MANIFEST, TMP_GLOB, TRACE_ENV, write_json
 
 ROUNDS, PROMPTS, BON_PROMPTS, BON_N = 2, 6, 6, 4
 
@@ -119,15 +121,28 @@ def _trace(trace: Path) -> list[tuple[str, str]]:
     return [tuple(line.split("\t", 1)) for line in lines]  # type: ignore[misc]
 
 
-def uninterrupted(out: Path, work: Path, env: dict[str, str], timeout: float = 900) -> dict[str, int]:
-    """Every command once, nobody killing it; returns how many crash points each passed."""
+@dataclass
+class Passes:
+    """Crash points a command passes: in a whole run (`run`), and in a rerun of the finished run (`rerun`: what
+    every rerun passes before it reaches new work -- config checks, state, summaries)."""
+
+    run: int
+    rerun: int
+
+
+def uninterrupted(out: Path, work: Path, env: dict[str, str], timeout: float = 900) -> dict[str, Passes]:
+    """Every command once, nobody killing it, then once more (a finished run rerun must change nothing, which the
+    comparison checks); returns the crash points each passed."""
     passes = {}
     for command in commands(work):
-        trace = out / f"trace-{command.name}.txt"
-        rc, err = _run(command.argv(out), env, trace, timeout)
-        if rc != 0:
-            raise RuntimeError(f"{command.name} failed without a kill (exit {rc}):\n{err[-3000:]}")
-        passes[command.name] = len(_trace(trace))
+        counts = []
+        for _ in range(2):
+            trace = out / f"trace-{command.name}.txt"
+            rc, err = _run(command.argv(out), env, trace, timeout)
+            if rc != 0:
+                raise RuntimeError(f"{command.name} failed without a kill (exit {rc}):\n{err[-3000:]}")
+            counts.append(len(_trace(trace)))
+        passes[command.name] = Passes(*counts)
     return passes
 
 
@@ -142,22 +157,24 @@ AIMED = {
 }
 
 
-def killed(out: Path, work: Path, env: dict[str, str], passes: dict[str, int], kills: dict[str, int], seed: int,
-           timeout: float = 900, on_kill: Callable[[Kill], None] | None = None) -> list[Kill]:
+def killed(out: Path, work: Path, env: dict[str, str], passes: dict[str, Passes], kills: dict[str, int],
+           rng: random.Random, aim: bool = True, timeout: float = 900,
+           on_kill: Callable[[Kill], None] | None = None) -> list[Kill]:
     """Every command rerun until it finishes, SIGKILLed `kills[command]` times (fewer only if it finishes first).
 
-    The first kills aim at the crash points of `AIMED`; the rest are armed at a pass drawn uniformly from 1..P/K
-    for a command that passed P points uninterrupted and is to be killed K times, so the kills spread over the
-    whole run (each rerun also repeats some work: what the kill lost and the start of every run). A rerun that fails
-    otherwise, or a command that needs more than 4K + 10 reruns, stops the harness with the failure."""
-    rng = random.Random(f"chaos-{seed}")
+    With `aim`, the first kills aim at the crash points of `AIMED`. The others are armed at a pass drawn uniformly
+    from 1..2(L/K + R) for a command that passes R points in a rerun before any new work, has about L points of
+    its run left (its P points less what the reruns so far passed beyond R each) and is to be killed K more times:
+    each rerun then gets L/K points further on average, so the kills spread over the whole run. A rerun that fails
+    otherwise, or a command that needs more than 4K + 10 reruns, stops the harness."""
     done: list[Kill] = []
     for command in commands(work):
         want = kills.get(command.name, 0)
-        aimed = list(AIMED.get(command.name, []))[:want]
-        span = max(1, passes[command.name] // max(1, want))
-        mine = 0
+        aimed = list(AIMED.get(command.name, []))[:want] if aim else []
+        p = passes[command.name]
+        mine = progress = 0
         for attempt in range(4 * want + 11):
+            span = max(1, 2 * (max(1, p.run - progress) // max(1, want - mine) + p.rerun))
             spec = (aimed.pop(0) if aimed else f"*:{rng.randint(1, span)}") if mine < want else None
             run_env = {**env, KILL_AT_ENV: spec} if spec else env
             trace = out / f"trace-{command.name}.txt"
@@ -167,9 +184,11 @@ def killed(out: Path, work: Path, env: dict[str, str], passes: dict[str, int], k
             if rc != -signal.SIGKILL:
                 raise RuntimeError(f"{command.name}, rerun {attempt}: exit {rc} after {len(done)} kills:\n"
                                    f"{err[-3000:]}")
-            point, detail = _trace(trace)[-1]
+            passed = _trace(trace)
+            point, detail = passed[-1]
             done.append(Kill(command.name, attempt, int(spec.rpartition(":")[2]), point, detail))
             mine += 1
+            progress += max(0, len(passed) - p.rerun)  # about how far into the run this rerun got
             if on_kill is not None:
                 on_kill(done[-1])
         else:
@@ -234,6 +253,22 @@ def _keyed(folder: Path, rows: list[dict[str, Any]]) -> tuple[list[str], dict[st
     return keys, dict(zip(keys, rows))
 
 
+def _manifest_problems(manifest: Path, root: Path) -> list[str]:
+    """What a folder's manifest gets wrong: a listed file missing or with other bytes, a shard it does not list."""
+    listed = json.loads(manifest.read_text())["files"]
+    folder, problems = manifest.parent, []
+    for rel, entry in listed.items():
+        path = folder / rel
+        if not path.is_file():
+            problems.append(f"{path.relative_to(root)}: listed in its manifest, missing")
+        elif hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
+            problems.append(f"{path.relative_to(root)}: differs from its manifest's checksum")
+    for shard in sorted(folder.glob("*/part-*.parquet")):
+        if str(shard.relative_to(folder)) not in listed:
+            problems.append(f"{shard.relative_to(root)}: not in its manifest")
+    return problems
+
+
 def differences(a: Path, b: Path) -> list[str]:
     """What differs between run folders `a` (nobody killed it) and `b`; also whatever in `b` is left half-done.
 
@@ -255,7 +290,9 @@ def differences(a: Path, b: Path) -> list[str]:
         found.append(f"half-saved checkpoint left: {stale.relative_to(b)}")
     for rel in sorted(files_a & files_b):
         pa_, pb = a / rel, b / rel
-        if rel.suffix == ".json":
+        if rel.name == MANIFEST:  # lists the run's own shards, which a kill may cut differently: checked, not compared
+            found += _manifest_problems(pb, b)
+        elif rel.suffix == ".json":
             try:
                 ja, jb = _normalized(json.loads(pa_.read_text()), a), _normalized(json.loads(pb.read_text()), b)
             except ValueError as exc:
@@ -294,49 +331,66 @@ class Result:
     kills: int
     per_point: dict[str, int]
     per_command: dict[str, int]
-    passes: dict[str, int]
+    passes: dict[str, Passes]
+    episodes: int
     differences: list[str] = field(default_factory=list)
     seconds: float = 0.0
     root: Path = Path()
 
 
-def chaos(root: Path, kills: dict[str, int], seed: int, env: dict[str, str] | None = None,
+EPISODE = {"iterate": 25, "bon": 5}  # kills asked of each command per episode
+
+
+def chaos(root: Path, kills: int, seed: int, env: dict[str, str] | None = None,
           on_kill: Callable[[Kill], None] | None = None) -> Result:
-    """The whole harness into `root`: root/work (shared inputs), root/clean (uninterrupted), root/crash (killed)."""
+    """The harness into `root`: root/work (shared inputs), root/nokill (uninterrupted), then episodes until `kills`
+    SIGKILLs are done: each a fresh run into root/ep-NNN, killed up to `EPISODE[command]` times (fewer when the
+    command finishes first), compared with root/nokill. Episode 0 aims its first kills at `AIMED`; every other kill
+    is drawn from one seeded stream."""
     start = time.perf_counter()
     env = {**os.environ, **(env or {})}
     work = root / "work"
     prepare(work)
-    clean, dirty = root / "clean", root / "crash"  # names of one length: stored paths keep their sizes
+    clean = root / "nokill"  # names of one length ("ep-NNN"): stored paths keep their sizes
     clean.mkdir(parents=True, exist_ok=True)
-    dirty.mkdir(parents=True, exist_ok=True)
     passes = uninterrupted(clean, work, env)
-    done = killed(dirty, work, env, passes, kills, seed, on_kill=on_kill)
+    rng = random.Random(f"chaos-{seed}")
+    done, found, episode = [], [], 0
+    while len(done) < kills:
+        crash = root / f"ep-{episode:03d}"
+        crash.mkdir(parents=True, exist_ok=True)
+        got = killed(crash, work, env, passes, EPISODE, rng, aim=episode == 0, on_kill=on_kill)
+        if not got:
+            raise RuntimeError(f"episode {episode}: no kill landed")
+        done += got
+        found += [f"episode {episode}: {d}" for d in differences(clean, crash)]
+        episode += 1
     return Result(len(done), dict(Counter(k.point for k in done)), dict(Counter(k.command for k in done)), passes,
-                  differences(clean, dirty), time.perf_counter() - start, root)
+                  episode, found, time.perf_counter() - start, root)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kills", type=int, default=500, help="SIGKILLs in all, split 4:1 over iterate and bon")
+    parser.add_argument("--kills", type=int, default=500, help="SIGKILLs at least, in episodes of up to 25 in iterate "
+                        "and 5 in bon, each a fresh run compared with the uninterrupted one")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill points")
     parser.add_argument("--out", type=Path, required=True, help="a new folder for the runs and the results")
     args = parser.parse_args()
     if args.out.exists() and any(args.out.iterdir()):
         parser.error(f"{args.out} is not empty: the harness compares fresh runs")
     args.out.mkdir(parents=True, exist_ok=True)
-    kills = {"iterate": args.kills * 4 // 5, "bon": args.kills - args.kills * 4 // 5}  # as their crash points
     log = (args.out / "kills.jsonl").open("a", encoding="utf-8")
+    count = Counter()
 
     def on_kill(kill: Kill) -> None:
         log.write(json.dumps(asdict(kill)) + "\n")
         log.flush()
-        print(f"kill {sum(1 for _ in open(args.out / 'kills.jsonl'))}: {kill.command} at {kill.point} "
-              f"({kill.detail})", file=sys.stderr, flush=True)
+        count["kills"] += 1
+        print(f"kill {count['kills']}: {kill.command} at {kill.point} ({kill.detail})", file=sys.stderr, flush=True)
 
-    result = chaos(args.out, kills, args.seed, {"OMP_NUM_THREADS": "1"}, on_kill)
+    result = chaos(args.out, args.kills, args.seed, {"OMP_NUM_THREADS": "1"}, on_kill)
     write_json(args.out / "chaos.json", asdict(result))
-    print(json.dumps({k: v for k, v in asdict(result).items() if k != "differences"}, indent=1))
+    print(json.dumps({k: v for k, v in asdict(result).items() if k != "differences"}, indent=1, default=str))
     print(f"{len(result.differences)} differences" + "".join(f"\n  {d}" for d in result.differences[:50]))
     sys.exit(1 if result.differences else 0)
 

@@ -15,7 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import chaos  # noqa: E402
 
-KILLS = {"iterate": 40, "bon": 10}
+KILLS = 50
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +24,8 @@ def result(tmp_path_factory, micro_cache):
 
 
 def test_fifty_kills_anywhere_change_nothing(result):
-    assert result.kills >= 50, result
-    assert result.per_command == KILLS  # every command killed as often as asked: none finished early
+    assert result.kills >= KILLS and result.episodes >= 2, result
+    assert set(result.per_command) == {"iterate", "bon"}
     assert result.differences == []
 
 
@@ -43,7 +43,7 @@ def test_the_comparison_sees_a_lost_record_a_duplicate_and_a_temp_file(result, t
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    clean = result.root / "clean"
+    clean = result.root / "nokill"
     copy = tmp_path / "copy"
     shutil.copytree(clean, copy)
     verdicts = sorted((copy / "iterate" / "round-1" / "collect" / "verdicts" / "shards").glob("part-*.parquet"))

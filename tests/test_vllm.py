@@ -260,7 +260,7 @@ def test_judge_quarantines_a_claim_the_server_refuses(engine, micro_config, tmp_
     verdicts = ShardedStore(tmp_path / "verdicts", Verdict)
     result = run_judge(prompts, claims, verdicts, JudgeConfig(prompts_per_batch=2), engine, load_image)
     # the refused question was asked too; a served labeler runs no local fast path
-    assert result == {"done": 2, "skipped": 0, "asked": 3, "fast_paths": {}}
+    assert result == {"done": 2, "skipped": 0, "quarantined": 1, "asked": 3, "fast_paths": {}}
     assert {(v.prompt_id, v.claim_idx) for v in verdicts.read()} == {(ids[0], 0), (ids[1], 0)}
     [q] = verdicts.read_quarantine()
     assert q.record_key == claims[1].key

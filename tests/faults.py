@@ -1,5 +1,6 @@
 """Faults forced into real models, for the stage-fault tests: a forward hook that writes NaN (or inf) into the
-logits a model computes for one chosen input, and one that makes a text model answer with a fixed word.
+logits a model computes for one chosen input, one that makes a token's embedding NaN, and one that makes a text
+model answer with a fixed word.
 
 The hooks are PyTorch's global module hooks, so they reach a model wherever a stage loads it (a stage's own
 `HFEngine`, the reference pass's model, a best-of-N scorer) without replacing any of it: the model runs its real
@@ -110,5 +111,28 @@ def forced_answer(marker: Sequence[int], answer: Sequence[int], eos: int) -> Ite
     handle = register_module_forward_hook(hook, with_kwargs=True)
     try:
         yield forced
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def nan_embedding(token: int, vocab_size: int) -> Iterator[list[int]]:
+    """While open, a token embedding layer (an `nn.Embedding` of `vocab_size` rows) returns NaN for `token`, as a
+    checkpoint whose embedding row overflowed would -- without touching a tied output layer, so only the inputs
+    that hold the token (and their KV cache, and every logit after it) go non-finite. Yields a list that gets one
+    entry per forward the fault fired in."""
+    hits: list[int] = []
+
+    def hook(module, args, output):
+        if isinstance(module, torch.nn.Embedding) and module.num_embeddings == vocab_size and args:
+            found = args[0] == token
+            if bool(found.any()):
+                output[found] = float("nan")
+                hits.append(int(found.sum()))
+        return None
+
+    handle = register_module_forward_hook(hook)
+    try:
+        yield hits
     finally:
         handle.remove()

@@ -99,3 +99,19 @@ def test_the_cli_refuses_a_second_run_with_one_line_and_exit_code_1(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
     assert f"pid {child.pid}" in lines[0] and str(out) in lines[0]
     assert time.monotonic() - begun < 60  # refused at once, not after waiting
+
+
+def test_a_folder_the_holder_made_and_left_empty_is_removed(tmp_path):
+    """A command refused before it wrote anything leaves no output folder behind (only its lock would be in it);
+    a folder that was there before, or got files, stays."""
+    made, kept, existing = tmp_path / "made", tmp_path / "kept", tmp_path / "existing"
+    with hold(made):
+        assert (made / ".rlaifv.lock").is_file()
+    assert not made.exists()
+    with hold(kept):
+        (kept / "report.md").write_text("x")
+    assert sorted(p.name for p in kept.iterdir()) == [".rlaifv.lock", "report.md"]
+    existing.mkdir()
+    with hold(existing):
+        pass
+    assert existing.is_dir()

@@ -1,7 +1,7 @@
-"""Faults inside stage runs on the micro world's real models: NaN and inf logits (labeler, best-of-N scorers, the
-reference pass), empty responses, responses without claims, unparsable splitter output, images of zero pixels and
-truncated image files. Each faulty item becomes a quarantined row with its stage and a reason whose kind the
-summary counts; every other item is processed as without the fault; a rerun adds nothing.
+"""Faults inside stage runs on the micro world's real models: NaN and inf logits (the sampling policy, the labeler,
+best-of-N scorers, the reference pass), empty responses, responses without claims, unparsable splitter output,
+images of zero pixels and truncated image files. Each faulty item becomes a quarantined row with its stage and a
+reason whose kind the summary counts; every other item is processed as without the fault; a rerun adds nothing.
 
 Logits are poisoned by forward hooks on the loaded models (tests/faults.py), splitter output by forcing the world's
 splitter LM to answer with a word that is not a list; the other faults are real records and real files.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from faults import forced_answer, poisoned_logits
+from faults import forced_answer, nan_embedding, poisoned_logits
 from transformers import AutoTokenizer
 
 from rlaifv.config import CollectConfig
@@ -124,6 +124,44 @@ def test_non_finite_labeler_logits_quarantine_that_claim_only(value, marked_prom
         again = run_stage("judge", None, out, cfg)
         assert (again["done"], again["quarantined"], again["skipped"]) == (0, 0, len(claims))
         assert snapshot(out, "verdicts") == before
+
+
+BROKEN_TOKEN = "#"  # no world question or answer holds it
+
+
+@pytest.mark.parametrize("n", [2, 1])  # the shared-prefill decoding loop, and `generate` (one sample a prompt)
+def test_non_finite_policy_logits_quarantine_that_prompt_in_sampling(n, micro_world, prompts_file, tmp_path):
+    from transformers import AutoProcessor
+
+    rows = [json.loads(line) for line in prompts_file.read_text().splitlines()]
+    rows[1]["question"] = f"Describe the image {BROKEN_TOKEN}"
+    rows[1]["image"] = str(prompts_file.parent / rows[1]["image"])
+    for row in rows[:1] + rows[2:]:
+        row["image"] = str(prompts_file.parent / row["image"])
+    marked = tmp_path / "prompts.jsonl"
+    marked.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    cfg = config_for(micro_world, sample={"n": n, "prompts_per_batch": 4})
+    run_stage("prompts", marked, out, cfg)
+    bad = stores(out)["prompts"].read_all()[1].prompt_id
+    tokenizer = AutoProcessor.from_pretrained(micro_world.policy).tokenizer
+    [token] = tokenizer(BROKEN_TOKEN, add_special_tokens=False)["input_ids"]
+
+    with nan_embedding(token, len(tokenizer)) as hits:
+        result = run_stage("sample", None, out, cfg)
+    assert hits  # the fault fired
+    assert quarantined(out, "candidates") == {bad: "sampling refused"}
+    [q] = stores(out)["candidates"].read_quarantine()
+    assert "logits were not finite" in q.reason
+    candidates = stores(out)["candidates"].read_all()
+    assert len(candidates) == (N_PROMPTS - 1) * n and bad not in {c.prompt_id for c in candidates}  # went on
+    assert (result["done"], result["quarantined"]) == (N_PROMPTS - 1, 1)
+    assert counted(out, "candidates") == {"sampling refused": 1}
+
+    before = snapshot(out, "candidates")
+    again = run_stage("sample", None, out, cfg)
+    assert (again["done"], again["quarantined"], again["skipped"]) == (0, 0, N_PROMPTS)
+    assert snapshot(out, "candidates") == before
 
 
 def test_non_finite_scorer_logits_set_the_answer_aside_in_best_of_n(micro_world, prompts_file, tmp_path):

@@ -83,6 +83,7 @@ def hold(target: Path, file: bool = False) -> Iterator[Path]:
     file `target` (its folder created); FolderInUse if another process holds it."""
     folder = Path(target).resolve()
     path = lock_path(folder, file)
+    created = not file and not folder.exists()  # made here: removed again if the holder leaves nothing in it
     path.parent.mkdir(parents=True, exist_ok=True)
     with _GUARD:
         held = _HELD.get(path)
@@ -113,6 +114,9 @@ def hold(target: Path, file: bool = False) -> Iterator[Path]:
             held[1] -= 1
             if held[1] == 0:
                 del _HELD[path]
+                if created and [p.name for p in folder.iterdir()] == [LOCK_NAME]:  # a command that kept nothing
+                    path.unlink()  # (e.g. one refused before it wrote) leaves no folder behind
+                    folder.rmdir()
                 fcntl.flock(held[0], fcntl.LOCK_UN)
                 os.close(held[0])
 

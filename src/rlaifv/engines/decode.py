@@ -43,8 +43,10 @@ def decode_from_cache(
     temperature: float | None = None,
     top_p: float = 1.0,
     compact_fraction: float = 0.25,
-) -> list[list[int]]:
-    """New token ids per row, the stop token left out.
+) -> list[list[int] | None]:
+    """New token ids per row, the stop token left out; None for a row whose logits were not finite (NaN or inf) at
+    some step -- a broken checkpoint or an overflow, which no token can be sampled from -- so the caller can set
+    that prompt aside while the other rows go on.
 
     `cache` holds every prompt token but the last, for B rows; `last_ids` (B, 1) is that last token, `last_position`
     (B,) or (3, B) its position, `attention_mask` (B, T) covers the whole prompt (left padding as 0). The cache is
@@ -57,13 +59,21 @@ def decode_from_cache(
     out: list[list[int]] = [[] for _ in range(n_rows)]
     rows = torch.arange(n_rows)  # (b,): the output row of each batch row
     finished = torch.zeros(n_rows, dtype=torch.bool)  # (b,): ended, still in the batch until the next compaction
+    broken = torch.zeros(n_rows, dtype=torch.bool)  # (B,): output rows whose logits were not finite
     stop = torch.tensor(sorted(stop_ids), dtype=torch.long)
     tokens, mask, position = last_ids, attention_mask, last_position
     for _ in range(max_new_tokens):
         logits = model(input_ids=tokens, attention_mask=mask, position_ids=position[..., None], cache=cache,
                        use_cache=True).logits[:, -1, :].float()  # (b, V)
+        bad = ~torch.isfinite(logits).all(-1)  # (b,)
+        if bad.any():  # such a row ends here: any token will do for the step, the row's output is dropped
+            logits = logits.masked_fill(bad[:, None], 0.0)
+            bad = bad.cpu() & ~finished
+            broken[rows[bad]] = True
+        else:
+            bad = bad.cpu()
         chosen = _next_tokens(logits, temperature, top_p).cpu()  # (b,)
-        ends = torch.isin(chosen, stop) & ~finished
+        ends = (torch.isin(chosen, stop) | bad) & ~finished
         writing = ~finished & ~ends  # (b,): rows whose answer goes on
         for row, token in zip(rows[writing].tolist(), chosen[writing].tolist()):
             out[row].append(token)
@@ -79,7 +89,7 @@ def decode_from_cache(
         tokens = chosen[:, None].to(mask.device)  # (b, 1)
         mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)  # (b, T + step)
         position = position + 1
-    return out
+    return [None if broken[i] else row for i, row in enumerate(out)]
 
 
 __all__ = ["decode_from_cache"]

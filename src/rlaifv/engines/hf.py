@@ -18,8 +18,20 @@ from rlaifv.engines.fastpath import report, trusted
 from rlaifv.engines.images import ImageBank
 from rlaifv.engines.loading import load_vlm
 from rlaifv.engines.packing import common_prefix_length, pack, pack_bounds
+from rlaifv.records import BadInput
 
+NON_FINITE = "the policy's logits were not finite (NaN or inf)"  # why a prompt could not be sampled
 QUESTION_SLOT = "\ue000question\ue001"  # private-use characters no prompt contains: where a question goes
+
+
+def _whole(samples: list[tuple[str, int] | None]) -> list[tuple[str, int]] | BadInput:
+    """A prompt's n samples, or BadInput when any met non-finite logits: a prompt's samples are kept together."""
+    return BadInput(NON_FINITE) if any(s is None for s in samples) else samples  # type: ignore[return-value]
+
+
+def _non_finite(exc: RuntimeError) -> bool:
+    """Whether `exc` is torch.multinomial refusing NaN/inf probabilities."""
+    return "probability tensor contains" in str(exc)
 
 
 def single_token_ids(tokenizer, variants: tuple[str, ...]) -> list[int]:
@@ -160,13 +172,19 @@ class HFEngine:
     @torch.no_grad()
     def generate(self, images: list[Image.Image], questions: list[str], sampling: Sampling) -> list[tuple[str, int]]:
         """One response per (image, question): (text, number of generated tokens before EOS)."""
-        return [rows[0] for rows in self.sample(images, questions, 1, sampling)]
+        out = []
+        for rows in self.sample(images, questions, 1, sampling):
+            if isinstance(rows, BadInput):
+                raise rows
+            out.append(rows[0])
+        return out
 
     @torch.no_grad()
     def sample(
         self, images: list[Image.Image], questions: list[str], n: int, sampling: Sampling, seed: int | None = None
-    ) -> list[list[tuple[str, int]]]:
-        """n responses per (image, question), all with one decoding setting; the prompt is prefilled once.
+    ) -> list[list[tuple[str, int]] | BadInput]:
+        """n responses per (image, question), all with one decoding setting; the prompt is prefilled once. A prompt
+        whose logits turn non-finite (NaN or inf) while it is sampled is a BadInput; the others are sampled as usual.
 
         The prompts (image tokens included) run through the model once; their KV cache is repeated n times and
         the n samples decode from it (`decode_from_cache`) -- unlike `num_return_sequences`, which prefills every
@@ -183,7 +201,15 @@ class HFEngine:
             if sampling.do_sample:
                 kwargs |= {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0,
                            "num_return_sequences": n}
-            out = self.model.generate(**enc, **kwargs)  # (B * n, T + T_new) sampled, (B, T + T_new) greedy
+            try:
+                out = self.model.generate(**enc, **kwargs)  # (B * n, T + T_new) sampled, (B, T + T_new) greedy
+            except RuntimeError as exc:  # torch.multinomial on NaN/inf: find the prompt, let the others go on
+                if not _non_finite(exc):
+                    raise
+                if len(questions) == 1:
+                    return [BadInput(NON_FINITE)]
+                return [one for i in range(len(questions))
+                        for one in self.sample(images[i:i + 1], questions[i:i + 1], n, sampling, seed)]
             texts = self._decode(out[:, enc["input_ids"].shape[1] :])
             if not sampling.do_sample:  # greedy: the n answers of a prompt are one answer
                 texts = [t for t in texts for _ in range(n)]
@@ -198,8 +224,8 @@ class HFEngine:
             positions[..., -1].repeat_interleave(n, -1), sampling.max_new_tokens, self.stop_ids,
             sampling.temperature if sampling.do_sample else None, sampling.top_p,
         )
-        texts = [self._answer(row) for row in new]
-        return [texts[i * n : (i + 1) * n] for i in range(len(questions))]
+        texts = [self._answer(row) if row is not None else None for row in new]
+        return [_whole(texts[i * n : (i + 1) * n]) for i in range(len(questions))]
 
     def _prefill(self, enc: dict[str, torch.Tensor]):
         """(KV cache of every prompt token but the last, positions (B, T) or (3, B, T) of all prompt tokens), the

@@ -133,15 +133,21 @@ def test_a_full_disk_ends_sampling_clearly_and_a_rerun_with_space_finishes_it(mi
 BUILD = """
 import sys
 from pathlib import Path
+import torch
+from safetensors.torch import save_file
 from rlaifv.files import building, out_of_space
 disk = Path(sys.argv[1])
 tmp = disk / ".checkpoint-1.tmp"
-try:
-    with building(tmp):
-        tmp.mkdir()
-        (tmp / "weights.bin").write_bytes(bytes(256 * 1024))
-except OSError as exc:
-    print(out_of_space(exc) or repr(exc))
+weights = {"w": torch.zeros(64 * 1024)}  # 256 KiB, on a 64 KiB disk
+for save in (lambda: (tmp / "weights.bin").write_bytes(bytes(256 * 1024)),  # Python: an OSError
+             lambda: torch.save(weights, tmp / "optimizer.bin"),  # torch: a RuntimeError of its own
+             lambda: save_file(weights, tmp / "model.safetensors")):  # safetensors: its own error
+    try:
+        with building(tmp):
+            tmp.mkdir()
+            save()
+    except OSError as exc:
+        print(out_of_space(exc) or repr(exc))
 print(sorted(p.name for p in disk.iterdir()))
 """
 
@@ -154,6 +160,9 @@ def test_a_folder_build_that_runs_out_of_space_leaves_nothing(tmp_path):
     proc = subprocess.run([*launcher, _mount_script(mnt, 64, tmp_path, [sys.executable, "-c", BUILD, str(mnt)])],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    message, left = proc.stdout.splitlines()
-    assert message.startswith("no space left on device; free space and rerun")
+    *messages, left = proc.stdout.splitlines()
+    assert messages[0].startswith("no space left on device; free space and rerun"), messages
+    for message in messages[1:]:  # torch and safetensors: named as the folder that did not fit
+        assert message.startswith(f"no space left on device while writing {mnt / '.checkpoint-1.tmp'}"), messages
+    assert len(messages) == 3
     assert left == "[]"  # the half-built folder is gone

@@ -184,9 +184,22 @@ def building(tmp: Path) -> Iterator[Path]:
     a finished one."""
     try:
         yield tmp
-    except BaseException:
+    except BaseException as exc:
+        full = isinstance(exc, Exception) and not out_of_space(exc) and _disk_full(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
+        if full:  # torch.save and safetensors say so in a RuntimeError of their own
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp)) from exc
         raise
+
+
+def _disk_full(path: Path) -> bool:
+    """Whether the filesystem that holds `path` has under 1 MiB left for this user: an error met while writing
+    there then is a full disk, whatever the library that wrote called it."""
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize < 1 << 20
 
 
 def publish_dir(tmp: Path, final: Path) -> None:

@@ -199,9 +199,11 @@ def killed(out: Path, work: Path, env: dict[str, str], passes: dict[str, Passes]
 # -- comparing two runs -------------------------------------------------------------------------------------------
 
 # Fields about one process's run, not about what the run produced: timings, and what a rerun that found its work
-# done did not have to do again (questions sent, fast paths checked, the DPO step it resumed from).
+# done did not have to do again (questions sent, fast paths checked, the DPO step it resumed from, the units a stage
+# computed now or found done: a kill after a stage's last record and before the loop lists the step moves them all
+# from `done` to `skipped`).
 
-VOLATILE = {"seconds", "this_run", "questions_asked", "fast_paths", "resumed_from_step"}
+VOLATILE = {"seconds", "this_run", "questions_asked", "fast_paths", "resumed_from_step", "done", "skipped"}
 
 
 def _normalized(value: Any, root: Path) -> Any:
@@ -363,7 +365,10 @@ def chaos(root: Path, kills: int, seed: int, env: dict[str, str] | None = None,
         if not got:
             raise RuntimeError(f"episode {episode}: no kill landed")
         done += got
-        found += [f"episode {episode}: {d}" for d in differences(clean, crash)]
+        diffs = differences(clean, crash)
+        found += [f"episode {episode}: {d}" for d in diffs]
+        print(f"episode {episode}: {len(got)} kills ({len(done)} in all), {len(diffs)} differences"
+              + "".join(f"\n  {d}" for d in diffs), file=sys.stderr, flush=True)
         episode += 1
     return Result(len(done), dict(Counter(k.point for k in done)), dict(Counter(k.command for k in done)), passes,
                   episode, found, time.perf_counter() - start, root)

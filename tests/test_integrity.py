@@ -5,6 +5,7 @@ validated and adopted; a checkpoint-style folder with a manifest is checked befo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -106,9 +107,11 @@ def test_a_shard_renamed_but_not_yet_listed_is_adopted(tmp_path):
             w.add(record)
     (store.root / MANIFEST).write_text(manifest)  # as if killed right after the rename
     assert store.read_all() == RECORDS
-    assert rerun(store) == []
+    # a reader lists it (no writer may ever open a finished store again), with the checksum a writer would write
     listed = json.loads((store.root / MANIFEST).read_text())["files"]
-    assert "shards/part-00002.parquet" in listed
+    assert listed["shards/part-00002.parquet"]["sha256"] == hashlib.sha256(
+        (store.shards_dir / "part-00002.parquet").read_bytes()).hexdigest()
+    assert rerun(store) == []
 
 
 def test_an_unlisted_shard_that_does_not_parse_is_corrupt(tmp_path):

@@ -371,13 +371,26 @@ class ShardedStore(Generic[R]):
 
     def _checked(self) -> tuple[list[Path], list[Path]]:
         """(record shards, quarantine shards), each matching the manifest; CorruptFile for the first that does not."""
-        good, bad, _ = self._audit()
+        good, bad, stale = self._audit()
         if bad:
             raise bad[0]
+        if stale and good:
+            self._record(good)
         return (
             [p for p in self.shard_paths() if p.relative_to(self.root).as_posix() in good],
             [p for p in self.quarantine_paths() if p.relative_to(self.root).as_posix() in good],
         )
+
+    def _record(self, good: dict[str, dict[str, Any]]) -> None:
+        """Write the manifest a reader found out of date (a shard adopted) when no other process is writing here:
+        a store that a run killed between a shard's rename and its listing finished without opening a writer
+        again is then listed whole on disk, not only in this process's memory. Another writer, or a folder this
+        process may not write, leaves it to the next writer."""
+        try:
+            with hold(self.root):
+                write_manifest(self.root, good)
+        except OSError:  # FolderInUse included
+            pass
 
     def verify(self) -> None:
         """Raise CorruptFile if any shard differs from its manifest (or, unlisted, does not parse)."""

@@ -22,7 +22,6 @@ harness with fewer kills in CI.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import random
@@ -38,7 +37,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from rlaifv.files import KILL_AT_ENV, MANIFEST, TMP_GLOB, TRACE_ENV, write_json
+from rlaifv.files import KILL_AT_ENV, MANIFEST, TMP_GLOB, TRACE_ENV, check_entry, write_json
 
 ROUNDS, PROMPTS, BON_PROMPTS, BON_N = 2, 6, 6, 4
 
@@ -260,11 +259,8 @@ def _manifest_problems(manifest: Path, root: Path) -> list[str]:
     listed = json.loads(manifest.read_text())["files"]
     folder, problems = manifest.parent, []
     for rel, entry in listed.items():
-        path = folder / rel
-        if not path.is_file():
-            problems.append(f"{path.relative_to(root)}: listed in its manifest, missing")
-        elif hashlib.sha256(path.read_bytes()).hexdigest() != entry["sha256"]:
-            problems.append(f"{path.relative_to(root)}: differs from its manifest's checksum")
+        if (problem := check_entry(folder / rel, entry)) is not None:
+            problems.append(f"{(folder / rel).relative_to(root)}: {problem.why}")
     for shard in sorted(folder.glob("*/part-*.parquet")):
         if str(shard.relative_to(folder)) not in listed:
             problems.append(f"{shard.relative_to(root)}: not in its manifest")

@@ -27,6 +27,17 @@ Answer = tuple[str, int]  # an answer's text and its generated tokens before the
 YesNo = tuple[float, float]  # (P(yes), P(no)) of the first answer token, each summed over its spellings
 
 
+def first_answers(samples: list[list[Answer] | BadInput]) -> list[Answer]:
+    """`generate` from `sample(..., n=1)`: each prompt's one answer; a prompt set aside raises its BadInput, since
+    one answer per prompt leaves no row to quarantine."""
+    out = []
+    for rows in samples:
+        if not isinstance(rows, list):
+            raise rows
+        out.append(rows[0])
+    return out
+
+
 @dataclass(frozen=True)
 class Sampling:
     """One decoding setting, shared by every sample of a prompt."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from rlaifv.engines.base import NO_VARIANTS, YES_VARIANTS, Sampling
+from rlaifv.engines.base import NO_VARIANTS, YES_VARIANTS, Sampling, first_answers
 from rlaifv.engines.decode import decode_from_cache
 from rlaifv.engines.family import Vision, family_of, packed_inputs, vision_of
 from rlaifv.engines.fastpath import report, trusted
@@ -172,12 +172,7 @@ class HFEngine:
     @torch.no_grad()
     def generate(self, images: list[Image.Image], questions: list[str], sampling: Sampling) -> list[tuple[str, int]]:
         """One response per (image, question): (text, number of generated tokens before EOS)."""
-        out = []
-        for rows in self.sample(images, questions, 1, sampling):
-            if isinstance(rows, BadInput):
-                raise rows
-            out.append(rows[0])
-        return out
+        return first_answers(self.sample(images, questions, 1, sampling))
 
     @torch.no_grad()
     def sample(

@@ -45,7 +45,7 @@ from typing import Any
 from PIL import Image
 
 from rlaifv.config import EngineConfig
-from rlaifv.engines.base import NO_VARIANTS, YES_VARIANTS, Sampling
+from rlaifv.engines.base import NO_VARIANTS, YES_VARIANTS, Sampling, first_answers
 from rlaifv.engines.openai_chat import ChatClient, ChatError, ChatRefused, ChatSettings, answer_text
 from rlaifv.records import BadInput, ResponseScore
 
@@ -241,12 +241,7 @@ class OpenAIEngine:
 
     def generate(self, images: list[Image.Image], questions: list[str], sampling: Sampling) -> list[tuple[str, int]]:
         """One response per (image, question); a refused prompt raises its BadInput."""
-        out = []
-        for rows in self.sample(images, questions, 1, sampling):
-            if isinstance(rows, BadInput):
-                raise rows
-            out.append(rows[0])
-        return out
+        return first_answers(self.sample(images, questions, 1, sampling))
 
     def chat(self, prompts: list[str], max_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
              seed: int | None = None) -> list[tuple[str, bool] | BadInput]:

@@ -65,14 +65,11 @@ def decode_from_cache(
     for _ in range(max_new_tokens):
         logits = model(input_ids=tokens, attention_mask=mask, position_ids=position[..., None], cache=cache,
                        use_cache=True).logits[:, -1, :].float()  # (b, V)
-        bad = ~torch.isfinite(logits).all(-1)  # (b,)
-        if bad.any():  # such a row ends here: any token will do for the step, the row's output is dropped
-            logits = logits.masked_fill(bad[:, None], 0.0)
-            bad = bad.cpu() & ~finished
-            broken[rows[bad]] = True
-        else:
-            bad = bad.cpu()
+        bad = ~torch.isfinite(logits).all(-1)  # (b,): such a row ends here; its output is dropped
+        logits = logits.masked_fill(bad[:, None], 0.0)  # any token will do for its last step (no device sync)
         chosen = _next_tokens(logits, temperature, top_p).cpu()  # (b,)
+        bad = bad.cpu() & ~finished
+        broken[rows[bad]] = True
         ends = (torch.isin(chosen, stop) | bad) & ~finished
         writing = ~finished & ~ends  # (b,): rows whose answer goes on
         for row, token in zip(rows[writing].tolist(), chosen[writing].tolist()):

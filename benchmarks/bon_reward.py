@@ -7,7 +7,8 @@ per scene of the world's `val` split (the split settings are chosen on; `test` o
 temperature. The answers are then scored under the final policy against every earlier policy of the run as the
 reference: the round's own starting policy (the paper's reward; with per-round references the rewards of the rounds
 telescope, so the base policy as reference is the reward of the whole alignment, beta * log(pi_K / pi_0)) and each
-one between. Each reference gives both forms, `mean` (divided by the answer's tokens) and `sum`.
+one between. Each reference gives both forms, `mean` (divided by the answer's tokens) and `sum`; the policy's own
+likelihood (`likelihood`, infer.bon), which reads no reference, is one more row.
 
 The world knows every answer's truth, so each reward is measured two ways:
 
@@ -32,14 +33,14 @@ from typing import Any
 from rlaifv.config import BonConfig, HFEngineConfig
 from rlaifv.eval.world_metrics import description_metrics, false_statements
 from rlaifv.files import write_json
-from rlaifv.infer.bon import choose, rewards_of
+from rlaifv.infer.bon import NO_REFERENCE, REWARDS, choose, rewards_of
 from rlaifv.pipelines.best_of_n import best_of_n, bon_stores
 from rlaifv.pipelines.world_bon import BON_TEMPERATURE
 from rlaifv.prompts import scene_of, write_world_prompts
 from rlaifv.world.config import WorldConfig
 from rlaifv.world.language import parse_mentions
 
-KINDS = ("mean", "sum")
+KINDS = REWARDS  # every form, the world's (likelihood) with the paper's
 
 
 def policies(run: Path) -> list[str]:
@@ -143,6 +144,10 @@ def main() -> None:
     for reference in references:
         label = "base" if reference == chain[0] else f"round {chain.index(reference)} policy"
         for kind in KINDS:
+            if kind in NO_REFERENCE and reference != references[0]:
+                continue  # reads no reference: one row
+            if kind in NO_REFERENCE:
+                label = "none (reads no reference)"
             acc = ranking(rows[reference], scenes, kind)
             table = best_of(rows[reference], scenes, kind, ns)
             result["references"].setdefault(reference, {})[kind] = {"label": label, **acc, "best_of": table}

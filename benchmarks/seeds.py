@@ -10,12 +10,13 @@ world model. A finished seed is kept as OUT/seed-S.json and not run again; a see
 time would not be a cold run's otherwise).
 
 Prints, and writes to OUT/seeds.md, one row per seed -- base -> each round (CHAIRs / Cover), the lowest feedback
-precision of its rounds, best-of-N's CHAIRs by N with the default (mean) reward, seconds -- then the median and the
+precision of its rounds, best-of-N's CHAIRs by N with the world's reward (the policy's likelihood; the paper's
+'mean' form's best-of-8 / best-of-1 beside it), seconds -- then the median and the
 worst seed, and which of these goals every seed meets:
 
 - after the rounds: median CHAIRs <= 0.15 x base, every seed <= 0.25 x base; Cover down <= 0.03 on every seed;
 - feedback precision >= 0.97 in every round;
-- best-of-8 (mean reward): CHAIRs <= best-of-1 on every seed, and >= 30 % below it at the median;
+- best-of-8 (the world's reward): CHAIRs <= best-of-1 on every seed, and >= 30 % below it at the median;
 - a cold demo <= 600 s.
 
 Append the printout to benchmarks/RESULTS.md with the machine it ran on, every seed run, not a selection.
@@ -27,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 from pathlib import Path
@@ -35,6 +37,7 @@ from typing import Any
 from demo_rounds import run_seed
 
 from rlaifv.files import write_json, write_text
+from rlaifv.pipelines.world_bon import WORLD_BON_REWARD
 
 UNSEEN = tuple(range(100, 110))  # fixed before any result on them was seen; they report, never choose
 DEVELOPMENT = tuple(range(5))  # where settings are chosen (with the val split)
@@ -46,7 +49,8 @@ def seed_row(seed: int, result: dict[str, Any]) -> dict[str, Any]:
     report = result["report"]
     rows = report["rounds"]
     base, last = rows[0], rows[-1]
-    bon = {r["n"]: r["chair_s"] for r in report.get("bon", []) if r["reward"] == "mean"}
+    bon = {r["n"]: r["chair_s"] for r in report.get("bon", []) if r["reward"] == WORLD_BON_REWARD}
+    paper = {r["n"]: r["chair_s"] for r in report.get("bon", []) if r["reward"] == "mean"}
     precisions = [r["feedback_precision"] for r in rows[1:] if r.get("feedback_precision") is not None]
     return {
         "seed": seed,
@@ -56,6 +60,7 @@ def seed_row(seed: int, result: dict[str, Any]) -> dict[str, Any]:
         "min_precision": min(precisions) if precisions else None,
         "bon": bon,
         "bon8_vs_1": bon[8] / bon[1] if bon.get(1) and 8 in bon else None,
+        "paper_bon8_vs_1": paper[8] / paper[1] if paper.get(1) and 8 in paper else None,
         "seconds": result["seconds"],
     }
 
@@ -78,7 +83,7 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     """The markdown table: a row per seed, then the median and the worst (largest ratio) seed."""
     k = max(len(r["rounds"]) for r in rows)
     head = ["seed", "base"] + [f"round {i}" for i in range(1, k)] + ["final / base", "Cover drop", "min precision"]
-    head += [f"bo{n}" for n in BON_NS] + ["bo8 / bo1", "seconds"]
+    head += [f"bo{n}" for n in BON_NS] + ["bo8 / bo1", "bo8 / bo1, paper's reward", "seconds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def num(x: Any, fmt: str = ".3f") -> str:
@@ -87,17 +92,18 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         cells = [str(r["seed"])] + [f"{c:.3f} / {v:.3f}" for c, v in r["rounds"]] + [""] * (k - len(r["rounds"]))
         cells += [num(r["ratio"], ".2f"), num(r["cover_drop"], "+.3f"), num(r["min_precision"])]
-        cells += [num(r["bon"].get(n)) for n in BON_NS] + [num(r["bon8_vs_1"], ".2f"), num(r["seconds"], ".0f")]
+        cells += [num(r["bon"].get(n)) for n in BON_NS]
+        cells += [num(r["bon8_vs_1"], ".2f"), num(r.get("paper_bon8_vs_1"), ".2f"), num(r["seconds"], ".0f")]
         lines.append("| " + " | ".join(cells) + " |")
     bon = [r["bon8_vs_1"] for r in rows if r["bon8_vs_1"] is not None]
     worst = max(rows, key=lambda r: r["ratio"])
     lines.append(f"| median | | {'| ' * (k - 1)}{statistics.median(r['ratio'] for r in rows):.2f} "
                  f"| {statistics.median(r['cover_drop'] for r in rows):+.3f} | | {'| ' * len(BON_NS)}"
-                 f"{num(statistics.median(bon) if bon else None, '.2f')} "
+                 f"{num(statistics.median(bon) if bon else None, '.2f')} | "
                  f"| {statistics.median(r['seconds'] for r in rows):.0f} |")
     lines.append(f"| worst (seed {worst['seed']}) | | {'| ' * (k - 1)}{worst['ratio']:.2f} "
                  f"| {max(r['cover_drop'] for r in rows):+.3f} | {num(min(r['min_precision'] or 0 for r in rows))} "
-                 f"| {'| ' * len(BON_NS)}{num(max(bon) if bon else None, '.2f')} "
+                 f"| {'| ' * len(BON_NS)}{num(max(bon) if bon else None, '.2f')} | "
                  f"| {max(r['seconds'] for r in rows):.0f} |")
     return lines
 
@@ -107,6 +113,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="results folder: OUT/seed-S.json per finished seed")
     ap.add_argument("--seeds", type=int, nargs="+", default=list(UNSEEN), help="default: the report seeds 100-109")
     ap.add_argument("--n-test", type=int, default=500, help="test scenes per evaluation (the demo's default)")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="keep each seed's demo work folder as KEEP/seed-S (about 1 GB each; for reports such as "
+                         "bon_reward.py, never for choosing settings on a report seed)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -120,7 +129,9 @@ def main() -> None:
         done = args.out / f"seed-{seed}.json"
         if not done.is_file():
             print(f"seed {seed}: running a cold demo", file=sys.stderr, flush=True)
-            write_json(done, run_seed(seed, None, args.n_test, None))
+            if args.keep is not None and (args.keep / f"seed-{seed}").exists():
+                shutil.rmtree(args.keep / f"seed-{seed}")  # a killed seed starts over, cold
+            write_json(done, run_seed(seed, None, args.n_test, args.keep))
         rows.append(seed_row(seed, json.loads(done.read_text())))
     met = goals(rows)
     lines = [f"machine: {machine}; seeds {' '.join(map(str, args.seeds))}", "", *table(rows), ""]

@@ -95,7 +95,7 @@ def hand_logp(model, processor, prompt, image, answer: str) -> tuple[float, int]
 # -- the reward ----------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["mean", "sum"])
+@pytest.mark.parametrize("kind", ["mean", "sum", "likelihood"])
 def test_reward_equals_a_hand_computation_from_plain_forwards(kind, aligned, micro_world, scorers, prompts_file,
                                                               tmp_path):
     s, prompts = stores_with(tmp_path, prompts_file, {0: TEXTS, 1: TEXTS[:2]})
@@ -112,7 +112,8 @@ def test_reward_equals_a_hand_computation_from_plain_forwards(kind, aligned, mic
             assert row.n_tokens[i] == tokens
             assert row.policy_logps[i] == pytest.approx(lp, abs=1e-4)
             assert row.ref_logps[i] == pytest.approx(lr, abs=1e-4)
-            expected.append(0.25 * (lp - lr) / (tokens if kind == "mean" else 1))
+            ratio = 0.25 * (lp - lr) / (tokens if kind == "mean" else 1)
+            expected.append(lp / tokens if kind == "likelihood" else ratio)
         assert row.rewards == pytest.approx(expected, abs=1e-4)
         assert row.chosen_idx == max(range(len(expected)), key=lambda i: expected[i])
         assert row.chosen_text == row.texts[row.chosen_idx] and row.chosen_reward == row.rewards[row.chosen_idx]
@@ -148,6 +149,20 @@ def test_mean_and_sum_rank_differently_on_a_constructed_case():
     assert choose(total) == 1 and choose(per_token) == 0  # the sum favours the long answer's larger total here
     with pytest.raises(ValueError, match="mean"):
         rewards_of(pol, ref, tokens, 0.1, "max")
+
+
+def test_likelihood_needs_no_reference_and_ranks_as_with_one(aligned, micro_world, scorers, prompts_file, tmp_path):
+    rows = {}
+    for name, reference in (("with", scorers[1]), ("without", None)):
+        s, _ = stores_with(tmp_path / name, prompts_file, {0: TEXTS, 1: TEXTS[1:]})
+        cfg = config(aligned, micro_world.policy if reference else "", reward="likelihood")
+        assert run_bon(s["prompts"], s["candidates"], s["bon"], cfg, scorers[0], reference)["done"] == 2
+        rows[name] = s["bon"].read_all()
+    for a, b in zip(rows["with"], rows["without"]):
+        assert a.rewards == b.rewards and a.chosen_idx == b.chosen_idx and a.policy_logps == b.policy_logps
+        assert None not in a.ref_logps and b.ref_logps == [None] * len(b.texts)
+    # a constructed case: the likelihood reads only the policy, per token
+    assert rewards_of([-2.0, -9.0], [None, None], [2, 10], 0.1, "likelihood") == pytest.approx([-1.0, -0.9])
 
 
 def test_stored_mean_and_sum_rewards_are_the_same_log_ratios(aligned, micro_world, scorers, prompts_file, tmp_path):
@@ -276,7 +291,15 @@ def test_the_command_writes_best_answers_and_one_json_object(aligned, micro_worl
     missing = runner.invoke(app, ["bon", "--reference", str(micro_world.policy), "--out", str(tmp_path / "x")])
     assert missing.exit_code == 2 and "--policy is required" in missing.output
     bad = runner.invoke(app, [*args[:-1], "--reward", "max"])
-    assert bad.exit_code == 2 and "mean, sum" in bad.output
+    assert bad.exit_code == 2 and "mean, sum, likelihood" in bad.output
+    no_reference = ["bon", "--policy", str(aligned), "--prompts", str(prompts_file), "--n", "2", "--max-new-tokens",
+                    "12", "--out", str(tmp_path / "lik"), "--json"]
+    refused = runner.invoke(app, no_reference)
+    assert refused.exit_code == 2 and "--reference is required with reward 'mean'" in refused.output
+    alone = runner.invoke(app, [*no_reference, "--reward", "likelihood"])
+    assert alone.exit_code == 0, alone.output
+    assert json.loads(alone.stdout)["reward"] == "likelihood"
+    assert all(r.ref_logps == [None, None] for r in bon_stores(tmp_path / "lik")["bon"].read_all())
     changed = runner.invoke(app, [*args[:-1], "--beta", "0.5"])
     assert changed.exit_code == 1 and "another config" in changed.output and "beta: 0.1 -> 0.5" in changed.output
     (tmp_path / "c.yaml").write_text("shard_size: 7\n")
@@ -311,12 +334,13 @@ def test_world_bon_table_picks_among_the_first_n_with_each_reward_form():
                [-5.5, -3.2, -1.5, None], [-4.0, -2.0, -1.0, None], [8, 12, 2, 0])
     assert [pick_first_n(row, n, "mean") for n in (1, 2, 3, 4)] == [0, 1, 1, 1]
     assert [pick_first_n(row, n, "sum") for n in (1, 2, 3, 4)] == [0, 1, 2, 2]
+    # log pi per token: 0 -0.69, 1 -0.27, 2 -0.75: the likelihood keeps the truth and never the cut one
+    assert [pick_first_n(row, n, "likelihood") for n in (1, 2, 3, 4)] == [0, 1, 1, 1]
     unscorable = _row("x", ["", "a"], [None, -1.0], [None, -1.0], [0, 1])
     assert pick_first_n(unscorable, 1, "mean") == 0  # nothing scorable among the first 1: plain sampling's answer
 
     table = bon_table([row], {scene.scene_id: scene}, ns=(1, 2, 4))
-    assert [(r["reward"], r["n"]) for r in table] == [("mean", 1), ("mean", 2), ("mean", 4), ("sum", 1), ("sum", 2),
-                                                       ("sum", 4)]
+    assert [(r["reward"], r["n"]) for r in table] == [(k, n) for k in ("likelihood", "mean", "sum") for n in (1, 2, 4)]
     by = {(r["reward"], r["n"]): r for r in table}
     assert by["mean", 1]["chair_s"] == 1.0 and by["mean", 4]["chair_s"] == 0.0 and by["mean", 4]["cover"] == 1.0
     assert by["sum", 4]["mean_len"] < by["mean", 4]["mean_len"]  # the sum's short-answer bias

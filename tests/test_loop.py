@@ -339,7 +339,7 @@ def test_demo_report_names_the_reference_when_the_last_round_kept_its_policy(bas
     _check_charts(out, md)
     text = _bon_paragraph(md)
     assert f"from the final policy, round 1's checkpoint (`{round1}`)" in text
-    assert f"against the reference the base policy (`{base}`), the policy round 1 started from" in text
+    assert f"under the reference the base policy (`{base}`), the policy round 1 started from" in text
     assert "Round 1 was the last round that changed the policy (round 2 kept it)" in text
     assert "started from instead of a new checkpoint" in md and "Round 2 kept" in md
     assert f"| round 1 | step {first['step']} |" in md and "| round 2 | kept round 1's checkpoint |" in md
@@ -358,10 +358,11 @@ def _check_bon_section(report: dict, out: Path, world) -> None:
     assert report["bon_setup"]["trained_in"] == 2
     text = _bon_paragraph((out / "report.md").read_text())
     assert f"from the final policy, round 2's checkpoint (`{report['bon_setup']['policy']}`)" in text
-    assert (f"against the reference round 1's checkpoint (`{report['bon_setup']['reference']}`), the policy round 2 "
+    assert (f"under the reference round 1's checkpoint (`{report['bon_setup']['reference']}`), the policy round 2 "
             "started from") in text
     assert "last round that changed" not in text  # round 2 changed it
-    assert [(r["reward"], r["n"]) for r in report["bon"]] == [(k, n) for k in ("mean", "sum") for n in (1, 2, 4)]
+    assert [(r["reward"], r["n"]) for r in report["bon"]] == [(k, n) for k in ("likelihood", "mean", "sum")
+                                                                        for n in (1, 2, 4)]
     assert all(set(r) == set(BON_KEYS) for r in report["bon"])
     rows = ShardedStore(out / "bon" / "bon", BonRow).read_all()
     scenes = {s.scene_id: s for s in sample_scenes(world.seed, "test", 8, world.prior)}
@@ -378,7 +379,13 @@ def _check_bon_section(report: dict, out: Path, world) -> None:
     by = {(r["reward"], r["n"]): r for r in report["bon"]}
     assert {k: by["mean", 1][k] for k in BON_KEYS[2:]} == metrics(lambda r: 0)
     assert {k: by["mean", 4][k] for k in BON_KEYS[2:]} == metrics(best_mean)
+    def likeliest(r) -> int:
+        return max(range(4), key=lambda i: (r.policy_logps[i] / r.n_tokens[i], -i))
+
+    assert {k: by["likelihood", 4][k] for k in BON_KEYS[2:]} == metrics(likeliest)
+    assert report["bon_setup"]["reward"] == "likelihood"
     md = (out / "report.md").read_text()
+    assert "- bon.reward: likelihood (the paper: mean); the world's demo ranks" in md
     assert "## Best-of-N with the final policy's own reward" in md and "| 4 | sum |" in md
 
 
@@ -426,7 +433,7 @@ def test_report_md_reads_what_ran_from_the_records(tmp_path):
     assert "| round 1 | step 6 |" in md and "| round 2 | kept, could not train: no pairs |" in md
     text = _bon_paragraph(md)
     assert "2 answers per test scene at temperature 0.7 from the final policy, round 1's checkpoint" in text
-    assert "against the reference the base policy (`runs/base`), the policy round 1 started from" in text
+    assert "under the reference the base policy (`runs/base`), the policy round 1 started from" in text
     assert "(round 2 kept it)" in text
     assert "The labeler `models/labeler`" in md
 
@@ -436,7 +443,7 @@ def test_report_md_reads_what_ran_from_the_records(tmp_path):
     write_report(tmp_path / "older", older)
     text = _bon_paragraph((tmp_path / "older" / "report.md").read_text())
     assert "from the final policy, round 1's checkpoint (`runs/r1/ckpt-6`)" in text
-    assert "against the reference the base policy (`runs/base`)." in text
+    assert "under the reference the base policy (`runs/base`)." in text
 
 
 def test_world_selection_trades_chair_s_against_lost_cover(micro_config):

@@ -70,6 +70,9 @@ PAPER_NOTES: dict[str, str] = {
                             "has already been trained on",
     "rounds.select_on": "the paper keeps the checkpoint that does best on a held-out hallucination benchmark "
                         "(select_on chair or amber with a held-out file)",
+    "bon.reward": "the world's demo ranks best-of-N answers by the policy's own likelihood: on the world the "
+                  "implicit reward's log-ratio ranks them by their truth no better than chance (infer.bon)",
+    "bon.max_new_tokens": "the world's answers are a few short sentences",
 }
 
 
@@ -569,7 +572,8 @@ class BonConfig(StrictModel):
     """`rlaifv bon`: self-feedback at inference (REFERENCE 6). N samples per prompt from the sampler (the aligned
     policy unless `sampler.path` is set), each scored with the policy's implicit reward against the reference,
     r = beta / T * sum_t [log pi(y_t | ...) - log pi_ref(y_t | ...)] ('mean', T = response tokens) or without the 1/T
-    ('sum'); the argmax is kept, with every candidate's numbers beside it."""
+    ('sum'), or with the policy's own mean log-prob per token ('likelihood', no reference needed; infer.bon says
+    when it ranks better); the argmax is kept, with every candidate's numbers beside it."""
 
     FREE_ON_RESUME: ClassVar[frozenset[str]] = frozenset({"shard_size"})
 
@@ -577,15 +581,18 @@ class BonConfig(StrictModel):
                                     description="the aligned policy whose reward ranks the samples (required)")
     reference: AnyEngineConfig = Field(default_factory=HFEngineConfig,
                                        description="the reference it was aligned against, e.g. the round's starting "
-                                                   "policy (required; same tokenizer)")
+                                                   "policy (same tokenizer; required unless reward is 'likelihood', "
+                                                   "which reads none; given anyway, its log-probs are stored too)")
     sampler: AnyEngineConfig = Field(default_factory=HFEngineConfig,
                                      description="model that draws the N samples; an empty local path = the policy")
     n: int = Field(16, ge=1, description="samples per prompt (paper Fig. 5 sweeps 1 ... 64; more is better and "
                                          "costs N x the decoding and scoring)")
-    reward: Literal["mean", "sum"] = Field(_paper("bon", "reward"),
-                                           description="'mean': divide by the response's tokens (does not favour "
-                                                       "short answers); 'sum': the summed form, which prefers short "
-                                                       "answers")
+    reward: Literal["mean", "sum", "likelihood"] = Field(
+        _paper("bon", "reward"),
+        description="'mean': the log-ratio divided by the response's tokens (the paper's; does not favour short "
+                    "answers); 'sum': the summed log-ratio, which prefers short answers; 'likelihood': the policy's "
+                    "mean log-prob per token, no reference (the world's demo default: there the log-ratio ranks "
+                    "answers by their truth no better than chance, the likelihood does; benchmarks/RESULTS.md)")
     beta: float = Field(_paper("bon", "beta"), gt=0,
                         description="the DPO beta the policy was trained with; scales every reward alike, so it never"
                                     " changes the choice (paper: 0.1)")
@@ -604,6 +611,15 @@ class BonConfig(StrictModel):
                                                            "the square of the row's length")
     packs_per_batch: int = Field(4, ge=1, description="packed rows per forward")
     shard_size: int = Field(1000, ge=1, description="rows per Parquet shard of every store under the output")
+
+    def required_roles(self) -> tuple[str, ...]:
+        """The models this config must name: the policy, and the reference unless the reward reads none."""
+        return ("policy",) if self.reward == "likelihood" else ("policy", "reference")
+
+    def names(self, role: str) -> bool:
+        """Whether `role` ('policy', 'reference', 'sampler') names a model: a served one or a local path."""
+        engine = getattr(self, role)
+        return engine.kind != "hf" or bool(engine.path)
 
 
 # ---------------------------------------------------------------- what a config changes from the paper
@@ -644,7 +660,7 @@ def paper_deviations(cfg: BaseModel) -> list[dict[str, Any]]:
                                 "dpo.learning_rate"))
         return [d for d in found if d]
     if isinstance(cfg, BonConfig):
-        found = [_deviation(name, getattr(cfg, name), value) for name, value in PAPER["bon"].items()]
+        found = [_deviation(name, getattr(cfg, name), value, f"bon.{name}") for name, value in PAPER["bon"].items()]
         return [d for d in found if d]
     raise TypeError(f"no paper settings to compare a {type(cfg).__name__} with")
 

@@ -66,9 +66,8 @@ def _plan(cfg: BonConfig, prompts: Optional[Path], out: Path) -> dict[str, Any]:
     from rlaifv.cli.plan import check_engine, plan
     from rlaifv.prompts import count_prompt_rows
 
-    models = check_engine("policy", cfg.policy) + check_engine("reference", cfg.reference)
-    if cfg.sampler.kind != "hf" or cfg.sampler.path:
-        models += check_engine("sampler", cfg.sampler)
+    models = [m for role in ("policy", "reference", "sampler") if cfg.names(role)
+              for m in check_engine(role, getattr(cfg, role))]
     if prompts is not None:
         n = count_prompt_rows(prompts)
     else:
@@ -97,13 +96,16 @@ def register(app: typer.Typer) -> None:
                                                                     "unless --sampler is given, and scores"),
         reference: Optional[str] = typer.Option(None, "--reference",
                                                 help="the reference the policy was aligned against (folder or hub "
-                                                     "id), e.g. the round's starting policy; same tokenizer"),
+                                                     "id), e.g. the round's starting policy; same tokenizer; not "
+                                                     "needed with --reward likelihood"),
         sampler: Optional[str] = typer.Option(None, "--sampler", help="a separate model that draws the samples "
                                                                       "(default: the policy)"),
         n: Optional[int] = typer.Option(None, "--n", min=1, help="samples per prompt (default 16)"),
         reward: Optional[str] = typer.Option(None, "--reward", help="mean: beta/T * sum of log-ratios, T = response "
-                                                                    "tokens (default) | sum: without the 1/T, "
-                                                                    "prefers short answers"),
+                                                                    "tokens (default, the paper's) | sum: without "
+                                                                    "the 1/T, prefers short answers | likelihood: "
+                                                                    "the policy's mean log-prob per token, no "
+                                                                    "--reference needed"),
         beta: Optional[float] = typer.Option(None, "--beta",
                                              help="the policy's DPO beta (default 0.1); scales every reward alike"),
         temperature: Optional[float] = typer.Option(None, "--temperature",
@@ -124,16 +126,18 @@ def register(app: typer.Typer) -> None:
         force_config: bool = ForceConfigOpt,
     ) -> None:
         """Best-of-N with self-feedback: sample N answers per prompt, score each with the aligned policy's implicit
-        reward against the reference, keep the best. Resumable; a rerun with other settings is refused (see
-        --force-config)."""
-        if reward is not None and reward not in ("mean", "sum"):
-            raise typer.BadParameter(f"{reward!r} is not one of mean, sum", param_hint="--reward")
+        reward against the reference (or its own likelihood, --reward likelihood), keep the best. Resumable; a rerun
+        with other settings is refused (see --force-config)."""
+        from rlaifv.infer.bon import REWARDS
+
+        if reward is not None and reward not in REWARDS:
+            raise typer.BadParameter(f"{reward!r} is not one of {', '.join(REWARDS)}", param_hint="--reward")
         cfg = _config(config, policy=policy, reference=reference, sampler=sampler, n=n, reward=reward, beta=beta,
                       temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, device=device, dtype=dtype)
-        for role in ("policy", "reference"):
-            if getattr(cfg, role).kind == "hf" and not getattr(cfg, role).path:
-                fail(f"--{role} is required (or {role}.path in --config, or a served {role}: "
-                     f"{role}: {{kind: openai, urls: [...], model: NAME}})", 2)
+        for role in cfg.required_roles():
+            if not cfg.names(role):
+                fail(f"--{role} is required with reward {cfg.reward!r} (or {role}.path in --config, or a served "
+                     f"{role}: {role}: {{kind: openai, urls: [...], model: NAME}})", 2)
         if prompts is None and not (out / "prompts" / "shards").exists():
             fail("--prompts is required the first time (no prompts stored in --out yet)", 2)
         if dry_run:

@@ -156,7 +156,7 @@ def bon_lines(report: dict[str, Any], chart: str | None, names: dict[str, str] |
         "", "## Best-of-N with the final policy's own reward", "",
         f"{setup['samples']} answers per test scene at temperature {setup['temperature']} from the final policy, "
         f"{_named(setup['policy'], names)},",
-        f"each scored once with its implicit reward against the reference {_named(setup['reference'], names)}"
+        f"each scored once under it and under the reference {_named(setup['reference'], names)}"
         + (f", the policy round {trained} started from and trained against." if trained else "."),
     ]
     kept = [r["round"] for r in report["rounds"] if trained and r["round"] > trained]
@@ -164,7 +164,11 @@ def bon_lines(report: dict[str, Any], chart: str | None, names: dict[str, str] |
         lines.append(f"Round {trained} was the last round that changed the policy ({_rounds_text(kept)} kept it), so "
                      "the reference is not the policy the last round started from.")
     lines += [
-        "r = beta / T * sum_t log(pi / pi_ref) ('mean', T = the answer's tokens) or without the 1/T ('sum').",
+        "r = 1 / T * sum_t log pi ('likelihood', T = the answer's tokens), beta / T * sum_t log(pi / pi_ref) ('mean', "
+        "the paper's implicit reward) or the latter without the 1/T ('sum').",
+        f"The demo's best-of-N ranks by '{setup.get('reward', 'mean')}'"
+        + (": on the world the log-ratio ranks the policy's own answers by their truth no better than chance "
+           "(`rlaifv.infer.bon`)." if setup.get("reward") == "likelihood" else "."),
         "Best-of-N keeps the highest-reward answer among the first N samples, so N = 1 is plain sampling.",
     ]
     if setup["quarantined"]:
@@ -229,8 +233,9 @@ def render_markdown(report: dict[str, Any], chart: str | None = None, bon_chart:
     if "deviations" in report:
         lines += ["", "## Settings that differ from the paper's", ""]
         if report["deviations"]:
-            lines += ["The rounds ran with the world's settings, tuned for its tiny models on a CPU "
-                      "(`rlaifv.world.config.WORLD_ROUNDS`); these differ from the paper's:", ""]
+            lines += ["The rounds and best-of-N ran with the world's settings, tuned for its tiny models on a CPU "
+                      "(`rlaifv.world.config.WORLD_ROUNDS`, `rlaifv.pipelines.world_bon`); these differ from the "
+                      "paper's:", ""]
             lines += [f"- {format_deviation(d)}" for d in report["deviations"]]
         else:
             lines.append("None: every setting of the method is the paper's.")

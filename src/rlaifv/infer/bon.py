@@ -2,9 +2,21 @@
 
 A DPO-aligned policy carries a reward model inside it: r(y) = beta * log(pi(y | x) / pi_ref(y | x)). Best-of-N draws
 N answers per prompt and keeps the one this reward ranks first, with no labeler at inference. The summed form prefers
-short answers, so the default divides by the answer's tokens T:
+short answers, so the paper divides by the answer's tokens T:
 
     r(y) = (beta / T) * sum_t [log pi(y_t | x, y_<t) - log pi_ref(y_t | x, y_<t)]      ('mean'; 'sum' drops the 1/T)
+
+A third form needs no reference: the aligned policy's own mean log-prob per token,
+
+    r(y) = (1 / T) * sum_t log pi(y_t | x, y_<t)                                         ('likelihood')
+
+which ranks like the implicit reward against a uniform reference (log pi_ref = -log V on every token). Why it is
+there: on the synthetic world the log-ratio ranks the policy's own samples by their truth no better than chance. DPO
+moves the policy's probability of a few decision tokens (whether to add an invented object) and, on the other
+tokens, raises rare continuations relative to the reference -- a wrong colour gains more log-ratio than the right
+one -- so the mean over an answer's tokens is mostly that noise. The policy's likelihood keeps the decision tokens'
+penalty and not the noise (benchmarks/RESULTS.md, "Which reward ranks best-of-N answers"). The world's demo uses
+it; `rlaifv bon` keeps the paper's form unless asked (`--reward likelihood`).
 
 This module scores sampled candidates and keeps the best (`run_bon`, one `records.BonRow` per prompt: all N texts, both
 models' log-prob sums, token counts, rewards, the reason each unscorable candidate was set aside, the chosen index
@@ -56,12 +68,19 @@ EMPTY = "empty response"
 # -- rewards and the choice ----------------------------------------------------------------------------------------
 
 
-def rewards_of(policy_logps: Sequence[float], ref_logps: Sequence[float], n_tokens: Sequence[int], beta: float,
+REWARDS = ("mean", "sum", "likelihood")  # the forms of r(y); see the module note
+NO_REFERENCE = frozenset({"likelihood"})  # forms that do not read the reference's log-probs
+
+
+def rewards_of(policy_logps: Sequence[float], ref_logps: Sequence[float | None], n_tokens: Sequence[int], beta: float,
                kind: str) -> list[float]:
-    """r per candidate: beta * (log pi - log pi_ref), divided by the tokens for kind 'mean' (infer.reward)."""
-    if kind not in ("mean", "sum"):
-        raise ValueError(f"reward must be 'mean' or 'sum', got {kind!r}")
+    """r per candidate: beta * (log pi - log pi_ref), divided by the tokens for kind 'mean' (infer.reward); for kind
+    'likelihood' log pi divided by the tokens (`ref_logps` unread, `beta` unused: it scales nothing it ranks)."""
+    if kind not in REWARDS:
+        raise ValueError(f"reward must be one of {', '.join(REWARDS)}, got {kind!r}")
     pol = torch.tensor(policy_logps, dtype=torch.float64)  # (N,)
+    if kind == "likelihood":
+        return (pol / torch.tensor(n_tokens, dtype=torch.float64)).tolist()
     ref = torch.tensor(ref_logps, dtype=torch.float64)  # (N,)
     tokens = torch.tensor(n_tokens, dtype=torch.float64) if kind == "mean" else None  # (N,)
     return implicit_reward(pol, ref, beta, tokens).tolist()
@@ -211,15 +230,17 @@ class PromptCandidates:
     image: Image.Image
 
 
-def score_prompts(items: list[PromptCandidates], policy: ResponseScorer, reference: ResponseScorer, cfg: BonConfig,
-                  sampler: str = "") -> list[BonRow | tuple[str, dict[str, Any]]]:
+def score_prompts(items: list[PromptCandidates], policy: ResponseScorer, reference: ResponseScorer | None,
+                  cfg: BonConfig, sampler: str = "") -> list[BonRow | tuple[str, dict[str, Any]]]:
     """A BonRow per prompt, or (reason, row) for a prompt none of whose candidates can be scored. Each model scores
     each prompt's distinct answers once (identical answers share their numbers); a candidate either model sets
-    aside keeps the first reason and is never chosen."""
+    aside keeps the first reason and is never chosen. Without a `reference` (a reward of NO_REFERENCE only) every
+    ref_logps entry is None."""
     distinct = [list(dict.fromkeys(c.text for c in item.candidates)) for item in items]
+    scorers = (("policy", policy),) + ((("reference", reference),) if reference is not None else ())
     scored = {role: scorer.response_logps([(item.prompt, item.image, texts) for item, texts in zip(items, distinct)],
                                           cfg)
-              for role, scorer in (("policy", policy), ("reference", reference))}
+              for role, scorer in scorers}
     results: list[BonRow | tuple[str, dict[str, Any]]] = []
     for k, item in enumerate(items):
         texts = [c.text for c in item.candidates]
@@ -230,7 +251,8 @@ def score_prompts(items: list[PromptCandidates], policy: ResponseScorer, referen
         rewards: list[float | None] = [None] * n
         reasons, tokens = [""] * n, [0] * n
         for i, text in enumerate(texts):
-            pol, ref = scored["policy"][k][at[text]], scored["reference"][k][at[text]]
+            pol = scored["policy"][k][at[text]]
+            ref = scored["reference"][k][at[text]] if reference is not None else pol  # pol: nothing more to check
             tokens[i] = len(pol.ids or ref.ids)  # a refused answer has no ids on its side
             reasons[i] = pol.reason or ref.reason
             if reasons[i]:
@@ -239,9 +261,10 @@ def score_prompts(items: list[PromptCandidates], policy: ResponseScorer, referen
                 raise ValueError(f"the policy ({policy.name}) and the reference ({reference.name}) tokenize answer "
                                  f"{i} of prompt {item.prompt.prompt_id} differently; they must share a tokenizer")
             if not (math.isfinite(pol.logp) and math.isfinite(ref.logp)):
-                reasons[i] = f"non-finite log-prob (policy {pol.logp}, reference {ref.logp})"
+                reasons[i] = (f"non-finite log-prob (policy {pol.logp}"
+                              + (f", reference {ref.logp})" if reference is not None else ")"))
                 continue
-            pol_l[i], ref_l[i] = pol.logp, ref.logp
+            pol_l[i], ref_l[i] = pol.logp, (ref.logp if reference is not None else None)
             rewards[i] = rewards_of([pol.logp], [ref.logp], [tokens[i]], cfg.beta, cfg.reward)[0]
         best = choose(rewards)
         row = {"prompt_id": item.prompt.prompt_id, "question": item.prompt.question, "image": item.prompt.image,
@@ -256,7 +279,7 @@ def score_prompts(items: list[PromptCandidates], policy: ResponseScorer, referen
 
 
 def run_bon(prompts: ShardedStore[Prompt], candidates: ShardedStore[Candidate], out: ShardedStore[BonRow],
-            cfg: BonConfig, policy: ResponseScorer, reference: ResponseScorer,
+            cfg: BonConfig, policy: ResponseScorer, reference: ResponseScorer | None,
             load_image: Callable[[Prompt], Image.Image] | None = None, sampler: str = "") -> dict[str, Any]:
     """Score the candidates of every prompt not yet in `out` and store the choice; returns counts.
 

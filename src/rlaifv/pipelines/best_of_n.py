@@ -58,9 +58,10 @@ def best_of_n(out: Path, cfg: BonConfig, prompts: Path | None = None, force_conf
     """Ingest the prompts (once), sample N answers per prompt, score them, keep the best; resumable at every stage.
     Writes OUT/best.jsonl, OUT/best.parquet and OUT/summary.json; returns the summary. A folder made with another
     config is refused unless `force_config`."""
-    for role in ("policy", "reference"):
-        if getattr(cfg, role).kind == "hf" and not getattr(cfg, role).path:
-            raise ValueError(f"best-of-N needs a {role} model: set --{role} (or {role}.path in the config)")
+    for role in cfg.required_roles():
+        if not cfg.names(role):
+            raise ValueError(f"best-of-N with reward {cfg.reward!r} needs a {role} model: set --{role} (or "
+                             f"{role}.path in the config)")
     out = Path(out)
     with hold(out):  # one writer; what a killed run left half-written is removed
         return _best_of_n(out, cfg, prompts, force_config)
@@ -88,11 +89,11 @@ def _best_of_n(out: Path, cfg: BonConfig, prompts: Path | None, force_config: bo
             del engine
             policy = load_scorer(cfg.policy, cfg.max_length)
         engine = None
-        reference = load_scorer(cfg.reference, cfg.max_length)
+        reference = load_scorer(cfg.reference, cfg.max_length) if cfg.names("reference") else None
         counts = run_bon(s["prompts"], s["candidates"], s["bon"], cfg, policy, reference, load_image,
                          sampler=scfg.policy.name)
         counts["fast_paths"] = {role: scorer.fast_paths() for role, scorer in
-                                (("policy", policy), ("reference", reference))}
+                                (("policy", policy), ("reference", reference)) if scorer is not None}
     export_best(s["bon"], s["prompts"], out / "best.jsonl", out / "best.parquet")
     summary = summarize(out, s["bon"], s["prompts"]) | {"this_run": counts}
     write_json(out / "summary.json", summary)

@@ -23,7 +23,7 @@ from rlaifv.eval.report import FEEDBACK_KEYS, ROUND_KEYS, write_report
 from rlaifv.eval.world import evaluate_labeler
 from rlaifv.files import write_text
 from rlaifv.pipelines.loop import STATE, iterate, round_dir
-from rlaifv.pipelines.world_bon import BON_TEMPERATURE, world_bon
+from rlaifv.pipelines.world_bon import BON_TEMPERATURE, WORLD_BON_REWARD, world_bon, world_bon_config
 from rlaifv.progress import log
 from rlaifv.records import Generation
 from rlaifv.store import ShardedStore
@@ -111,7 +111,8 @@ def run_demo(workdir: Path, seed: int = 0, world: WorldConfig | None = None, ecf
         "models": {"policy": str(models.policy), "labeler": str(models.labeler),
                    "rounds": [r["policy"] for r in loop["rounds"][1:]]},
         "examples": _examples(wcfg, ecfg, round_dir(workdir, 0) / "eval" / "generations"),
-        "deviations": paper_deviations(icfg),
+        "deviations": paper_deviations(icfg) + ([dict(d, field=f"bon.{d['field']}") for d in paper_deviations(
+            world_bon_config("", "", wcfg, ecfg, bon_samples))] if bon else []),
         "timings": timings,
     }
     json_path, md_path = write_report(workdir, report)
@@ -134,6 +135,7 @@ def _best_of_n(workdir: Path, rows: list[dict[str, Any]], wcfg: WorldConfig, ecf
     table, summary = world_bon(workdir / "bon", policy, reference, wcfg, ecfg, n_max, device)
     return {"bon": table, "bon_setup": {"policy": policy, "reference": reference, "trained_in": changed[-1],
                                         "samples": n_max, "temperature": BON_TEMPERATURE,
+                                        "reward": WORLD_BON_REWARD,
                                         "scored": summary["scored"], "quarantined": summary["quarantined"]}}
 
 

@@ -3,8 +3,12 @@
 The aligned policy draws `n_max` answers per held-out scene (temperature 0.7, one decoding setting), `rlaifv bon`'s
 pipeline scores them all once under the policy and its reference, and every (N, reward) cell is then read from those
 stored log-probs: best-of-N keeps the best of the *first* N samples, so the N=1 row is plain sampling from the same
-policy and every larger N adds samples to the same pool. The 'sum' reward is recomputed from the same sums without
-the division by the answer's tokens, so both forms rank exactly the same candidates.
+policy and every larger N adds samples to the same pool. Every form (infer.bon.REWARDS) is recomputed from the same
+sums, so all of them rank exactly the same candidates.
+
+The world's reward is the policy's likelihood (WORLD_BON_REWARD), the paper's 'mean' and 'sum' are reported beside
+it: on the development seeds the log-ratio ranked the policy's own answers by their truth no better than chance,
+and best-of-N with it did not lower CHAIRs (infer.bon; benchmarks/RESULTS.md).
 
 Why both forms: r_sum = beta * sum_t log(pi/pi_ref) grows in magnitude with the answer's length, so whenever the
 policy's per-token reward is negative on average -- a policy that learned to say less -- the sum prefers short
@@ -26,7 +30,8 @@ from rlaifv.records import BonRow
 from rlaifv.world.config import WorldConfig
 
 BON_NS = (1, 2, 4, 8, 16)  # the N of each row; the first N of the n_max samples
-BON_KINDS = ("mean", "sum")
+BON_KINDS = ("likelihood", "mean", "sum")  # every form the report shows, the world's first
+WORLD_BON_REWARD = "likelihood"  # the reward the world's best-of-N ranks by (a deviation from the paper's 'mean')
 BON_TEMPERATURE = 0.7  # the paper's sampling temperature for best-of-N
 BON_KEYS = ("n", "reward", "chair_s", "chair_i", "cover", "mean_len")  # one report.json["bon"] row
 
@@ -64,6 +69,16 @@ def bon_table(rows: Sequence[BonRow], scenes: dict[str, Any], ns: Sequence[int] 
     return table
 
 
+def world_bon_config(policy: str, reference: str, wcfg: WorldConfig, ecfg: EvalConfig, n_max: int = max(BON_NS),
+                     device: str = "cpu") -> BonConfig:
+    """The world's best-of-N: `n_max` samples at the paper's temperature, the world's reward; the reference is
+    scored too, so the report can show the paper's forms from the same samples."""
+    return BonConfig(policy=HFEngineConfig(path=policy, device=device),
+                     reference=HFEngineConfig(path=reference, device=device),
+                     n=n_max, reward=WORLD_BON_REWARD, temperature=BON_TEMPERATURE,
+                     max_new_tokens=ecfg.max_new_tokens, seed=wcfg.seed)
+
+
 def world_bon(out: Path, policy: str, reference: str, wcfg: WorldConfig, ecfg: EvalConfig, n_max: int = max(BON_NS),
               device: str = "cpu") -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Sample `n_max` answers per `test` scene from `policy`, score them against `reference` (resumable, under `out`).
@@ -74,10 +89,7 @@ def world_bon(out: Path, policy: str, reference: str, wcfg: WorldConfig, ecfg: E
     prompts = out / "prompts.jsonl"
     if not prompts.exists():
         write_world_prompts(wcfg.seed, ecfg.split, ecfg.n_scenes, prompts, wcfg.prior)
-    cfg = BonConfig(policy=HFEngineConfig(path=policy, device=device),
-                    reference=HFEngineConfig(path=reference, device=device),
-                    n=n_max, reward="mean", temperature=BON_TEMPERATURE, max_new_tokens=ecfg.max_new_tokens,
-                    seed=wcfg.seed)
+    cfg = world_bon_config(policy, reference, wcfg, ecfg, n_max, device)
     summary = best_of_n(out, cfg, prompts)
     stores = bon_stores(out, cfg.shard_size)
     scenes = {p.prompt_id: scene_of(p) for p in stores["prompts"].read()}

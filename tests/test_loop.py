@@ -385,8 +385,24 @@ def _check_bon_section(report: dict, out: Path, world) -> None:
     assert {k: by["likelihood", 4][k] for k in BON_KEYS[2:]} == metrics(likeliest)
     assert report["bon_setup"]["reward"] == "likelihood"
     md = (out / "report.md").read_text()
-    assert "- bon.reward: likelihood (the paper: mean); the world's demo ranks" in md
+    assert "- bon.reward: likelihood (the paper: mean); 'likelihood' is the policy's own" in md
+    assert "Why here: on development seeds 0 and 1 the log-ratio ranked" in md
     assert "## Best-of-N with the final policy's own reward" in md and "| 4 | sum |" in md
+
+
+def test_every_setting_the_world_changes_from_the_paper_says_why(micro_world):
+    from rlaifv.config import format_deviation
+    from rlaifv.pipelines.demo import world_deviations
+    from rlaifv.pipelines.world_bon import world_bon_config
+    from rlaifv.world.config import WorldConfig, world_rounds_config
+
+    found = world_deviations(world_rounds_config(), world_bon_config("p", "r", WorldConfig(), EvalConfig()))
+    fields = [d["field"] for d in found]
+    assert "prompts_per_round" in fields and "bon.reward" in fields and "collect.pairs.closest_length" in fields
+    assert [f for f, d in zip(fields, found) if not d["why"]] == []  # a new world setting needs its reason
+    assert all(". Why here: " in format_deviation(d) for d in found)
+    mine = {d["field"]: d for d in world_deviations(world_rounds_config(collect={"sample": {"n": 3}}))}
+    assert mine["collect.sample.n"]["why"] == ""  # a value the caller set: no world reason is claimed for it
 
 
 def test_every_iterate_field_is_documented():

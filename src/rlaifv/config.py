@@ -70,9 +70,8 @@ PAPER_NOTES: dict[str, str] = {
                             "has already been trained on",
     "rounds.select_on": "the paper keeps the checkpoint that does best on a held-out hallucination benchmark "
                         "(select_on chair or amber with a held-out file)",
-    "bon.reward": "the world's demo ranks best-of-N answers by the policy's own likelihood: on the world the "
-                  "implicit reward's log-ratio ranks them by their truth no better than chance (infer.bon)",
-    "bon.max_new_tokens": "the world's answers are a few short sentences",
+    "bon.reward": "'likelihood' is the policy's own mean log-prob per token and reads no reference; 'sum' prefers "
+                  "short answers",
 }
 
 
@@ -673,9 +672,11 @@ def _deviation(field: str, value: Any, paper: Any, note_key: str | None = None) 
 
 
 def format_deviation(deviation: dict[str, Any]) -> str:
-    """One deviation as a line of text: `field: value (the paper: value)`, then the note."""
+    """One deviation as a line of text: `field: value (the paper: value)`, then the note, then why this run's value
+    was chosen (`why`, where the caller knows it: the world's settings, world.config.WORLD_WHY)."""
     def show(x: Any) -> str:
         return json.dumps(x) if isinstance(x, bool) or x is None else str(x)
 
     text = f"{deviation['field']}: {show(deviation['value'])} (the paper: {show(deviation['paper'])})"
-    return text + (f"; {deviation['note']}" if deviation.get("note") else "")
+    text += f"; {deviation['note']}" if deviation.get("note") else ""
+    return text + (f". Why here: {deviation['why']}" if deviation.get("why") else "")

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from rlaifv.config import EvalConfig, IterateConfig, dump_yaml, paper_deviations
+from rlaifv.config import BonConfig, EvalConfig, IterateConfig, dump_yaml, paper_deviations
 from rlaifv.eval.report import FEEDBACK_KEYS, ROUND_KEYS, write_report
 from rlaifv.eval.world import evaluate_labeler
 from rlaifv.files import write_text
@@ -28,7 +28,7 @@ from rlaifv.progress import log
 from rlaifv.records import Generation
 from rlaifv.store import ShardedStore
 from rlaifv.world.bootstrap import bootstrap
-from rlaifv.world.config import WorldConfig, world_rounds_config
+from rlaifv.world.config import WORLD_WHY, WorldConfig, world_rounds_config
 from rlaifv.world.language import describe, instruction_for, parse_mentions, true_mentions
 from rlaifv.world.scenes import sample_scenes
 
@@ -111,13 +111,26 @@ def run_demo(workdir: Path, seed: int = 0, world: WorldConfig | None = None, ecf
         "models": {"policy": str(models.policy), "labeler": str(models.labeler),
                    "rounds": [r["policy"] for r in loop["rounds"][1:]]},
         "examples": _examples(wcfg, ecfg, round_dir(workdir, 0) / "eval" / "generations"),
-        "deviations": paper_deviations(icfg) + ([dict(d, field=f"bon.{d['field']}") for d in paper_deviations(
-            world_bon_config("", "", wcfg, ecfg, bon_samples))] if bon else []),
+        "deviations": world_deviations(icfg, world_bon_config("", "", wcfg, ecfg, bon_samples) if bon else None),
         "timings": timings,
     }
     json_path, md_path = write_report(workdir, report)
     log(f"report: {md_path} and {json_path}")
     return report
+
+
+def world_deviations(icfg: IterateConfig, bon: BonConfig | None = None) -> list[dict[str, Any]]:
+    """The settings of the world's rounds (and of its best-of-N, fields prefixed `bon.`) that differ from the paper's,
+    each with `why` the world uses its value (world.config.WORLD_WHY), '' where the value is not the world's
+    default (a caller's own choice, such as the tests' micro settings)."""
+    def listed(rounds: IterateConfig, best: BonConfig | None) -> list[dict[str, Any]]:
+        found = paper_deviations(rounds)
+        return found + ([dict(d, field=f"bon.{d['field']}") for d in paper_deviations(best)] if best else [])
+
+    defaults = {d["field"]: d["value"] for d in listed(world_rounds_config(),
+                                                         world_bon_config("", "", WorldConfig(), EvalConfig()))}
+    return [dict(d, why=WORLD_WHY.get(d["field"], "") if defaults.get(d["field"]) == d["value"] else "")
+            for d in listed(icfg, bon)]
 
 
 def _best_of_n(workdir: Path, rows: list[dict[str, Any]], wcfg: WorldConfig, ecfg: EvalConfig, n_max: int,

@@ -184,6 +184,37 @@ WORLD_ROUNDS: dict[str, Any] = {
 }
 
 
+# Why each world setting that differs from the paper's does, by the field name `paper_deviations` gives it (the demo
+# adds `bon.` to best-of-N's); the demo's report prints it beside the paper's value. Numbers: benchmarks/RESULTS.md.
+WORLD_WHY: dict[str, str] = {
+    "rounds": "3 rounds keep `rlaifv iterate` on the world within minutes on a CPU; `rlaifv demo` runs the paper's 4",
+    "prompts_per_round": "the CPU budget: 768 prompts x 10 samples give about 1500 pairs a round, and 4 rounds fit a "
+                         "10-minute cold demo on 2 cores",
+    "select_on": "the world knows every scene's truth, so 'auto' chooses each round's checkpoint on the world's own "
+                 "`val` scenes (CHAIRs, with Cover at most 0.03 below the base policy's) instead of a benchmark file",
+    "collect.sample.max_new_tokens": "the world's descriptions are a few short sentences (about 30 words); 96 tokens "
+                                     "is the world evaluation's own cap",
+    "collect.claims.splitter": "the world's sentences come from a fixed grammar; the world's trained splitter agreed "
+                               "with the rules on all of 1000 held-out responses, and the rules cost nothing",
+    "collect.pairs.length_balance": "measured on seed 0: with it 3 rounds cut test CHAIRs by 7 %, without it by 32 % "
+                                    "at a similar Cover cost",
+    "collect.pairs.keep_accepted": "a chosen answer that stops before a last object it would have got wrong teaches "
+                                   "the policy to stop early; dropping those pairs held seed 2's Cover in round 1 "
+                                   "(0.918) at -71 % CHAIRs",
+    "collect.pairs.closest_length": "drawn pairs alone only lost Cover and length-matched pairs alone cut seed 2's "
+                                    "CHAIRs by 51 % in 3 rounds; one of each cut it by 87 % with Cover up 0.02",
+    "dpo.num_train_epochs": "two passes (about 380 steps) already reach the point where a round's later checkpoints "
+                            "trade Cover for little CHAIRs (seed 0, round 3: Cover 0.891 -> 0.746 by step 228), and "
+                            "they fit the CPU budget",
+    "dpo.learning_rate": "a tiny model fine-tuned whole for a few hundred steps a round; at 1e-4 the first 50 steps "
+                         "already cost 0.2 of `val` Cover (the paper's 5e-7 was not measured on the world)",
+    "bon.reward": "on development seeds 0 and 1 the log-ratio ranked the policy's own answers by their truth at or "
+                  "below chance (0.39-0.59), the likelihood 0.69-0.72; best-of-8 with it cut `val` CHAIRs by "
+                  "76-80 %",
+    "bon.max_new_tokens": "the world's descriptions are a few short sentences; 96 tokens is the world evaluation's cap",
+}
+
+
 def world_defaults(model: type) -> dict[str, Any]:
     """The world's settings as the `start` of `read_config` for a config of type `model`: WORLD_ROUNDS for an
     IterateConfig, its `collect` section for a CollectConfig; {} (the paper's) for any other."""

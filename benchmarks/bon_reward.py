@@ -30,17 +30,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rlaifv.config import BonConfig, HFEngineConfig
-from rlaifv.eval.world_metrics import description_metrics, false_statements
+from rlaifv.config import BON_NO_REFERENCE, BON_REWARDS, BonConfig, HFEngineConfig
+from rlaifv.eval.world_metrics import false_statements
 from rlaifv.files import write_json
-from rlaifv.infer.bon import NO_REFERENCE, REWARDS, choose, rewards_of
+from rlaifv.infer.bon import row_rewards
 from rlaifv.pipelines.best_of_n import best_of_n, bon_stores
-from rlaifv.pipelines.world_bon import BON_TEMPERATURE
+from rlaifv.pipelines.world_bon import BON_TEMPERATURE, bon_table
 from rlaifv.prompts import scene_of, write_world_prompts
 from rlaifv.world.config import WorldConfig
 from rlaifv.world.language import parse_mentions
 
-KINDS = REWARDS  # every form, the world's (likelihood) with the paper's
+KINDS = BON_REWARDS  # every form, the world's (likelihood) with the paper's
 
 
 def policies(run: Path) -> list[str]:
@@ -71,22 +71,12 @@ def score_against(out: Path, policy: str, references: list[str], wcfg: WorldConf
     return rows
 
 
-def rewards(row, kind: str) -> list[float | None]:
-    scored = [i for i, logp in enumerate(row.policy_logps) if logp is not None]
-    out: list[float | None] = [None] * len(row.texts)
-    values = rewards_of([row.policy_logps[i] for i in scored], [row.ref_logps[i] for i in scored],
-                        [row.n_tokens[i] for i in scored], row.beta, kind)
-    for i, r in zip(scored, values):
-        out[i] = r
-    return out
-
-
 def ranking(rows: list, scenes: dict[str, Any], kind: str) -> dict[str, float]:
     """Pairwise accuracy of the reward against e(y) and against 'has a hallucinated object'."""
     right = {"e": [0, 0], "hallucinated": [0, 0]}
     for row in rows:
         scene = scenes[row.prompt_id]
-        r = rewards(row, kind)
+        r = row_rewards(row, kind)
         e = [false_statements(scene, t) for t in row.texts]
         hall = [any(m.category not in scene.categories for m in parse_mentions(t)) for t in row.texts]
         for i, j in itertools.combinations(range(len(row.texts)), 2):
@@ -99,18 +89,6 @@ def ranking(rows: list, scenes: dict[str, Any], kind: str) -> dict[str, float]:
                     right[name][1] += 1
     return {f"acc_{name}": (a / b if b else float("nan")) for name, (a, b) in right.items()} | {
         f"pairs_{name}": b for name, (_, b) in right.items()}
-
-
-def best_of(rows: list, scenes: dict[str, Any], kind: str, ns: list[int]) -> list[dict[str, float]]:
-    table = []
-    for n in ns:
-        chosen = []
-        for row in rows:
-            best = choose(rewards(row, kind)[:n])
-            chosen.append(row.texts[0 if best is None else best])
-        m = description_metrics([scenes[r.prompt_id] for r in rows], chosen)
-        table.append({"n": n, "chair_s": m["chair_s"], "cover": m["cover"], "mean_len": m["mean_len"]})
-    return table
 
 
 def main() -> None:
@@ -142,14 +120,13 @@ def main() -> None:
           + " | ".join(f"bo{n} CHAIRs" for n in ns) + " | bo8 Cover |")
     print("|---|---|---|---|---|---|" + "---|" * len(ns) + "---|")
     for reference in references:
-        label = "base" if reference == chain[0] else f"round {chain.index(reference)} policy"
         for kind in KINDS:
-            if kind in NO_REFERENCE and reference != references[0]:
+            if kind in BON_NO_REFERENCE and reference != references[0]:
                 continue  # reads no reference: one row
-            if kind in NO_REFERENCE:
-                label = "none (reads no reference)"
+            label = ("none (reads no reference)" if kind in BON_NO_REFERENCE
+                     else "base" if reference == chain[0] else f"round {chain.index(reference)} policy")
             acc = ranking(rows[reference], scenes, kind)
-            table = best_of(rows[reference], scenes, kind, ns)
+            table = bon_table(rows[reference], scenes, ns, [kind])
             result["references"].setdefault(reference, {})[kind] = {"label": label, **acc, "best_of": table}
             by_n = {t["n"]: t for t in table}
             print(f"| {label} | {kind} | {acc['acc_e']:.3f} | {acc['pairs_e']} | {acc['acc_hallucinated']:.3f} "

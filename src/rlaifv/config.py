@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
@@ -613,12 +613,16 @@ class BonConfig(StrictModel):
 
     def required_roles(self) -> tuple[str, ...]:
         """The models this config must name: the policy, and the reference unless the reward reads none."""
-        return ("policy",) if self.reward == "likelihood" else ("policy", "reference")
+        return ("policy",) if self.reward in BON_NO_REFERENCE else ("policy", "reference")
 
     def names(self, role: str) -> bool:
         """Whether `role` ('policy', 'reference', 'sampler') names a model: a served one or a local path."""
         engine = getattr(self, role)
         return engine.kind != "hf" or bool(engine.path)
+
+
+BON_REWARDS: tuple[str, ...] = get_args(BonConfig.model_fields["reward"].annotation)  # every form of r(y)
+BON_NO_REFERENCE = frozenset({"likelihood"})  # the forms that read no reference log-probs
 
 
 # ---------------------------------------------------------------- what a config changes from the paper

@@ -27,7 +27,7 @@ from rlaifv.cli.common import (
     run_long,
     writing,
 )
-from rlaifv.config import BonConfig
+from rlaifv.config import BON_REWARDS, BonConfig
 
 
 def _config(path: Optional[Path], **opts: Any) -> BonConfig:
@@ -128,10 +128,8 @@ def register(app: typer.Typer) -> None:
         """Best-of-N with self-feedback: sample N answers per prompt, score each with the aligned policy's implicit
         reward against the reference (or its own likelihood, --reward likelihood), keep the best. Resumable; a rerun
         with other settings is refused (see --force-config)."""
-        from rlaifv.infer.bon import REWARDS
-
-        if reward is not None and reward not in REWARDS:
-            raise typer.BadParameter(f"{reward!r} is not one of {', '.join(REWARDS)}", param_hint="--reward")
+        if reward is not None and reward not in BON_REWARDS:
+            raise typer.BadParameter(f"{reward!r} is not one of {', '.join(BON_REWARDS)}", param_hint="--reward")
         cfg = _config(config, policy=policy, reference=reference, sampler=sampler, n=n, reward=reward, beta=beta,
                       temperature=temperature, max_new_tokens=max_new_tokens, seed=seed, device=device, dtype=dtype)
         for role in cfg.required_roles():

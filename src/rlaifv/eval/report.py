@@ -167,8 +167,7 @@ def bon_lines(report: dict[str, Any], chart: str | None, names: dict[str, str] |
         "r = 1 / T * sum_t log pi ('likelihood', T = the answer's tokens), beta / T * sum_t log(pi / pi_ref) ('mean', "
         "the paper's implicit reward) or the latter without the 1/T ('sum').",
         f"The demo's best-of-N ranks by '{setup.get('reward', 'mean')}'"
-        + (": on the world the log-ratio ranks the policy's own answers by their truth no better than chance "
-           "(`rlaifv.infer.bon`)." if setup.get("reward") == "likelihood" else "."),
+        + (" (why: the settings that differ from the paper's, below)." if setup.get("reward") != "mean" else "."),
         "Best-of-N keeps the highest-reward answer among the first N samples, so N = 1 is plain sampling.",
     ]
     if setup["quarantined"]:

@@ -48,7 +48,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from rlaifv.config import BonConfig, EngineConfig
+from rlaifv.config import BON_REWARDS, BonConfig, EngineConfig
 from rlaifv.engines.family import family_of, vision_of
 from rlaifv.engines.fastpath import report
 from rlaifv.engines.loading import load_vlm
@@ -68,22 +68,27 @@ EMPTY = "empty response"
 # -- rewards and the choice ----------------------------------------------------------------------------------------
 
 
-REWARDS = ("mean", "sum", "likelihood")  # the forms of r(y); see the module note
-NO_REFERENCE = frozenset({"likelihood"})  # forms that do not read the reference's log-probs
-
-
 def rewards_of(policy_logps: Sequence[float], ref_logps: Sequence[float | None], n_tokens: Sequence[int], beta: float,
                kind: str) -> list[float]:
     """r per candidate: beta * (log pi - log pi_ref), divided by the tokens for kind 'mean' (infer.reward); for kind
     'likelihood' log pi divided by the tokens (`ref_logps` unread, `beta` unused: it scales nothing it ranks)."""
-    if kind not in REWARDS:
-        raise ValueError(f"reward must be one of {', '.join(REWARDS)}, got {kind!r}")
+    if kind not in BON_REWARDS:
+        raise ValueError(f"reward must be one of {', '.join(BON_REWARDS)}, got {kind!r}")
     pol = torch.tensor(policy_logps, dtype=torch.float64)  # (N,)
     if kind == "likelihood":
         return (pol / torch.tensor(n_tokens, dtype=torch.float64)).tolist()
     ref = torch.tensor(ref_logps, dtype=torch.float64)  # (N,)
     tokens = torch.tensor(n_tokens, dtype=torch.float64) if kind == "mean" else None  # (N,)
     return implicit_reward(pol, ref, beta, tokens).tolist()
+
+
+def row_rewards(row: BonRow, kind: str) -> list[float | None]:
+    """A stored row's rewards recomputed under form `kind` from its log-probs (None where an answer was not scored),
+    so every form ranks the same candidates."""
+    scored = [i for i, logp in enumerate(row.policy_logps) if logp is not None]
+    values = iter(rewards_of([row.policy_logps[i] for i in scored], [row.ref_logps[i] for i in scored],
+                             [row.n_tokens[i] for i in scored], row.beta, kind))
+    return [next(values) if logp is not None else None for logp in row.policy_logps]
 
 
 def choose(rewards: Sequence[float | None]) -> int | None:
@@ -234,8 +239,8 @@ def score_prompts(items: list[PromptCandidates], policy: ResponseScorer, referen
                   cfg: BonConfig, sampler: str = "") -> list[BonRow | tuple[str, dict[str, Any]]]:
     """A BonRow per prompt, or (reason, row) for a prompt none of whose candidates can be scored. Each model scores
     each prompt's distinct answers once (identical answers share their numbers); a candidate either model sets
-    aside keeps the first reason and is never chosen. Without a `reference` (a reward of NO_REFERENCE only) every
-    ref_logps entry is None."""
+    aside keeps the first reason and is never chosen. Without a `reference` (a reward of config.BON_NO_REFERENCE
+    only) every ref_logps entry is None."""
     distinct = [list(dict.fromkeys(c.text for c in item.candidates)) for item in items]
     scorers = (("policy", policy),) + ((("reference", reference),) if reference is not None else ())
     scored = {role: scorer.response_logps([(item.prompt, item.image, texts) for item, texts in zip(items, distinct)],
@@ -251,21 +256,20 @@ def score_prompts(items: list[PromptCandidates], policy: ResponseScorer, referen
         rewards: list[float | None] = [None] * n
         reasons, tokens = [""] * n, [0] * n
         for i, text in enumerate(texts):
-            pol = scored["policy"][k][at[text]]
-            ref = scored["reference"][k][at[text]] if reference is not None else pol  # pol: nothing more to check
-            tokens[i] = len(pol.ids or ref.ids)  # a refused answer has no ids on its side
-            reasons[i] = pol.reason or ref.reason
+            sides = {role: scored[role][k][at[text]] for role in scored}  # the policy's, and the reference's if any
+            pol = sides["policy"]
+            tokens[i] = len(next((s.ids for s in sides.values() if s.ids), ()))  # a refused answer has no ids
+            reasons[i] = next((s.reason for s in sides.values() if s.reason), "")
             if reasons[i]:
                 continue
-            if pol.ids != ref.ids:
+            if "reference" in sides and pol.ids != sides["reference"].ids:
                 raise ValueError(f"the policy ({policy.name}) and the reference ({reference.name}) tokenize answer "
                                  f"{i} of prompt {item.prompt.prompt_id} differently; they must share a tokenizer")
-            if not (math.isfinite(pol.logp) and math.isfinite(ref.logp)):
-                reasons[i] = (f"non-finite log-prob (policy {pol.logp}"
-                              + (f", reference {ref.logp})" if reference is not None else ")"))
+            if not all(math.isfinite(s.logp) for s in sides.values()):
+                reasons[i] = f"non-finite log-prob ({', '.join(f'{r} {s.logp}' for r, s in sides.items())})"
                 continue
-            pol_l[i], ref_l[i] = pol.logp, (ref.logp if reference is not None else None)
-            rewards[i] = rewards_of([pol.logp], [ref.logp], [tokens[i]], cfg.beta, cfg.reward)[0]
+            pol_l[i], ref_l[i] = pol.logp, sides["reference"].logp if "reference" in sides else None
+            rewards[i] = rewards_of([pol.logp], [ref_l[i]], [tokens[i]], cfg.beta, cfg.reward)[0]
         best = choose(rewards)
         row = {"prompt_id": item.prompt.prompt_id, "question": item.prompt.question, "image": item.prompt.image,
                "texts": texts, "policy_logps": pol_l, "ref_logps": ref_l, "n_tokens": tokens, "rewards": rewards,

@@ -3,7 +3,7 @@
 The aligned policy draws `n_max` answers per held-out scene (temperature 0.7, one decoding setting), `rlaifv bon`'s
 pipeline scores them all once under the policy and its reference, and every (N, reward) cell is then read from those
 stored log-probs: best-of-N keeps the best of the *first* N samples, so the N=1 row is plain sampling from the same
-policy and every larger N adds samples to the same pool. Every form (infer.bon.REWARDS) is recomputed from the same
+policy and every larger N adds samples to the same pool. Every form (config.BON_REWARDS) is recomputed from the same
 sums, so all of them rank exactly the same candidates.
 
 The world's reward is the policy's likelihood (WORLD_BON_REWARD), the paper's 'mean' and 'sum' are reported beside
@@ -23,7 +23,7 @@ from typing import Any
 
 from rlaifv.config import BonConfig, EvalConfig, HFEngineConfig
 from rlaifv.eval.world_metrics import description_metrics
-from rlaifv.infer.bon import choose, rewards_of
+from rlaifv.infer.bon import choose, row_rewards
 from rlaifv.pipelines.best_of_n import best_of_n, bon_stores
 from rlaifv.prompts import scene_of, write_world_prompts
 from rlaifv.records import BonRow
@@ -41,14 +41,7 @@ def pick_first_n(row: BonRow, n: int, kind: str) -> int:
 
     A sample that could not be scored is never chosen; when none of the first n can be, the first sample is kept, as
     plain sampling would."""
-    scored = [i for i in range(n) if row.policy_logps[i] is not None]
-    rewards: list[float | None] = [None] * n
-    if scored:
-        values = rewards_of([row.policy_logps[i] for i in scored], [row.ref_logps[i] for i in scored],
-                            [row.n_tokens[i] for i in scored], row.beta, kind)
-        for i, r in zip(scored, values):
-            rewards[i] = r
-    best = choose(rewards)
+    best = choose(row_rewards(row, kind)[:n])
     return 0 if best is None else best
 
 

@@ -196,13 +196,14 @@ WORLD_WHY: dict[str, str] = {
                                      "is the world evaluation's own cap",
     "collect.claims.splitter": "the world's sentences come from a fixed grammar; the world's trained splitter agreed "
                                "with the rules on all of 1000 held-out responses, and the rules cost nothing",
-    "collect.pairs.length_balance": "measured on seed 0: with it 3 rounds cut test CHAIRs by 7 %, without it by 32 % "
-                                    "at a similar Cover cost",
+    "collect.pairs.length_balance": "measured on seed 0's test split, before settings were chosen on `val` only: "
+                                    "with it 3 rounds cut CHAIRs by 7 %, without it by 32 % at a similar Cover cost",
     "collect.pairs.keep_accepted": "a chosen answer that stops before a last object it would have got wrong teaches "
                                    "the policy to stop early; dropping those pairs held seed 2's Cover in round 1 "
                                    "(0.918) at -71 % CHAIRs",
-    "collect.pairs.closest_length": "drawn pairs alone only lost Cover and length-matched pairs alone cut seed 2's "
-                                    "CHAIRs by 51 % in 3 rounds; one of each cut it by 87 % with Cover up 0.02",
+    "collect.pairs.closest_length": "measured on seed 2's test split, before settings were chosen on `val` only: "
+                                    "drawn pairs alone only lost Cover, length-matched pairs alone cut CHAIRs by 51 % "
+                                    "in 3 rounds, one of each by 87 % with Cover up 0.02",
     "dpo.num_train_epochs": "two passes (about 380 steps) already reach the point where a round's later checkpoints "
                             "trade Cover for little CHAIRs (seed 0, round 3: Cover 0.891 -> 0.746 by step 228), and "
                             "they fit the CPU budget",

@@ -41,7 +41,7 @@ from rlaifv.pipelines.world_bon import WORLD_BON_REWARD
 
 UNSEEN = tuple(range(100, 110))  # fixed before any result on them was seen; they report, never choose
 DEVELOPMENT = tuple(range(5))  # where settings are chosen (with the val split)
-BON_NS = (1, 2, 4, 8, 16)
+BON_NS = (1, 2, 4, 8)  # the demo samples 8 answers per scene
 
 
 def seed_row(seed: int, result: dict[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,43 @@ def test_bootstrap_trains_both_models_and_reuses_the_cache(micro_world, micro_co
     assert not again.built
 
 
+def test_the_labeler_is_checked_on_val_claims_and_trains_on_while_it_is_below_the_bar(micro_config, tmp_path,
+                                                                                       monkeypatch, capsys):
+    monkeypatch.setenv("RLAIFV_CACHE", str(tmp_path))
+    single = bootstrap(micro_config).manifest["train"]["labeler"]  # micro: checked, never below its bar of 0
+    assert [c["pass"] for c in single["checks"]] == [1]
+    assert single["checks"][0]["n_questions"] == micro_config.labeler_train.check_scenes * 6
+    strict = micro_config.model_copy(update={"labeler_train": micro_config.labeler_train.model_copy(
+        update={"min_accuracy": 1.0, "max_extra_passes": 1})})  # a bar no micro labeler reaches
+    labeler = bootstrap(strict).manifest["train"]["labeler"]
+    err = " ".join(capsys.readouterr().err.split())  # the log wraps long lines
+    assert [c["pass"] for c in labeler["checks"]] == [1, 2]
+    assert labeler["checks"][0] == single["checks"][0]  # the same first pass, measured the same way
+    assert labeler["steps"] == 2 * single["steps"]  # the extra pass: as many fresh scenes again
+    assert "below 1.0" in err and "training pass 2" in err and "still below" in err
+
+
+def test_extra_labeler_passes_take_fresh_train_scenes(micro_config):
+    from rlaifv.world.bootstrap import extra_labeler_scenes, train_scenes
+
+    policy, labeler = train_scenes(micro_config)
+    one, two = extra_labeler_scenes(micro_config, 1), extra_labeler_scenes(micro_config, 2)
+    ids = [[s.scene_id for s in part] for part in (policy, labeler, one, two)]
+    assert all(len(part) == len(labeler) for part in ids[2:])
+    assert len({i for part in ids for i in part}) == sum(len(part) for part in ids)  # no scene twice
+
+
+def test_the_splitter_is_trained_into_the_cache_on_first_use(micro_config, tmp_path, monkeypatch):
+    monkeypatch.setenv("RLAIFV_CACHE", str(tmp_path))
+    models = bootstrap(micro_config)
+    assert not (models.root / "splitter").exists()  # the demo's rounds split with the rules: never trained there
+    folder = models.splitter
+    assert folder == models.root / "splitter" and (folder / "train.json").exists()
+    stamp = (folder / "train.json").stat().st_mtime_ns
+    assert bootstrap(micro_config).splitter == folder  # a cached world keeps it
+    assert (folder / "train.json").stat().st_mtime_ns == stamp
+
+
 def test_cache_key_depends_on_config_and_seed(micro_config):
     assert cache_key(micro_config) == cache_key(WorldConfig.preset("micro"))
     assert cache_key(micro_config) != cache_key(micro_config.model_copy(update={"seed": 1}))

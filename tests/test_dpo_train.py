@@ -131,6 +131,20 @@ def test_a_finished_run_is_not_redone_and_another_config_is_refused(baseline, wo
         train_dpo(world_pairs, micro_world.policy, out, DPOConfig(**{**BASE, "beta": 0.5}))
 
 
+def test_a_run_stopped_early_is_the_whole_schedules_first_steps(baseline, world_pairs, micro_world, tmp_path):
+    # stop_fraction 0.5 of 6 steps: steps 1-3 under the 6-step schedule, so the learning rate of each step and the
+    # checkpoint at step 3 are the whole run's
+    stopped = train_dpo(world_pairs, micro_world.policy, tmp_path / "half", DPOConfig(**BASE, stop_fraction=0.5))
+    assert stopped["steps"] == 3 and stopped["schedule_steps"] == 6
+    assert [Path(c).parent.name for c in stopped["checkpoints"]] == ["checkpoint-3"]
+    want = read_metrics(baseline["metrics"])[:3]
+    _assert_same_curve(read_metrics(stopped["metrics"]), want, atol=1e-6, names=sorted(want[0]))
+    whole_at_3 = _weights(Path(baseline["out_dir"]) / "checkpoints" / "checkpoint-3" / "model")
+    got = _weights(stopped["model"])
+    for name in whole_at_3:
+        torch.testing.assert_close(got[name], whole_at_3[name], atol=1e-6, rtol=0)
+
+
 def test_lora_trains_and_merges_into_a_plain_model(world_pairs, micro_world, tmp_path):
     cfg = DPOConfig(use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0, per_device_train_batch_size=4,
                     max_steps=3, logging_steps=1, learning_rate=1e-2, warmup_ratio=0.0, report_to="none")

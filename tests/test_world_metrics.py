@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from rlaifv.eval.world_metrics import description_metrics, labeler_metrics
+from rlaifv.eval.world_metrics import description_metrics
+from rlaifv.world.labeler import labeler_metrics
 from rlaifv.world.language import YesNoQuestion
 from rlaifv.world.scenes import Scene, WorldObject
 

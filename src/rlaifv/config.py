@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
@@ -48,7 +49,7 @@ PAPER: dict[str, dict[str, Any]] = {
     # learning_rate: 5e-7 full fine-tuning, 1e-5 with LoRA (LR_FULL, LR_LORA); global batch 8 over 8 GPUs
     "dpo": {"beta": 0.1, "loss_type": "sigmoid", "rpo_alpha": None, "average_log_prob": False, "weight_decay": 0.01,
             "lr_scheduler_type": "cosine", "warmup_ratio": 0.05, "num_train_epochs": 4.0,
-            "freeze_vision_tower": True, "lora_r": 64, "lora_alpha": 16, "lora_dropout": 0.05},
+            "freeze_vision_tower": True, "lora_r": 64, "lora_alpha": 16, "lora_dropout": 0.05, "stop_fraction": 1.0},
     # ~4k fresh instructions a round; the best checkpoint by a held-out hallucination benchmark (chair or amber)
     "rounds": {"rounds": 4, "prompts_per_round": 4000, "fresh_prompts": True, "select_on": "chair"},
     # self-feedback best-of-N: the length-normalised implicit reward with the DPO beta
@@ -65,6 +66,7 @@ PAPER_NOTES: dict[str, str] = {
     "pairs.keep_accepted": "not in the paper: drops pairs whose chosen answer says fewer true things",
     "pairs.closest_length": "not in the paper: keeps the pairs whose answers are closest in length",
     "dpo.learning_rate": "the paper: 5e-7 for full fine-tuning, 1e-5 with LoRA",
+    "dpo.stop_fraction": "not in the paper: the run stops before its learning-rate schedule ends",
     "rounds.prompts_per_round": "the paper draws ~4k fresh instructions a round",
     "rounds.fresh_prompts": "every round uses the whole prompts file again: its pairs come from prompts the policy "
                             "has already been trained on",
@@ -382,6 +384,12 @@ class DPOConfig(StrictModel):
                                     description="passes over the pairs (paper: 4 per round); ignored when max_steps >"
                                                 " 0")
     max_steps: int = Field(-1, description="optimizer steps to run; -1 = as many as num_train_epochs needs")
+    stop_fraction: float = Field(
+        _paper("dpo", "stop_fraction"), gt=0, le=1,
+        description="share of the schedule's steps that run: warmup and decay still span all of them "
+                    "(num_train_epochs or max_steps), so each step that runs is the step it would be in the whole "
+                    "schedule, and the decay's flat tail can be left out (1 = the whole schedule, as in the paper)",
+    )
     max_length: int | None = Field(None, ge=2, description="longest prompt + response in tokens (image tokens "
                                                               "included); longer pairs are quarantined with a reason, "
                                                               "never truncated. None = the model's context length")
@@ -433,6 +441,14 @@ class DPOConfig(StrictModel):
             raise ValueError("lora_target_modules is empty: give module names or leave it unset (None)")
         if self.learning_rate is None:
             self.learning_rate = LR_LORA if self.use_peft else LR_FULL
+
+    def schedule_steps(self, steps_per_epoch: int) -> int:
+        """The optimizer steps the learning-rate schedule spans (warmup and decay)."""
+        return self.max_steps if self.max_steps > 0 else math.ceil(self.num_train_epochs * steps_per_epoch)
+
+    def run_steps(self, steps_per_epoch: int) -> int:
+        """The optimizer steps that run: the schedule's first `stop_fraction`, at least one."""
+        return max(1, math.ceil(self.stop_fraction * self.schedule_steps(steps_per_epoch)))
 
 
 # ---------------------------------------------------------------- iterative rounds (`rlaifv iterate`)
@@ -507,7 +523,8 @@ class IterateConfig(StrictModel):
     select_benchmark: BenchmarkSelectConfig = Field(default_factory=BenchmarkSelectConfig,
                                                     description="the held-out benchmark of select_on chair / amber")
     checkpoints: int = Field(4, ge=1, description="checkpoints saved and evaluated per round, evenly spaced over the "
-                                                  "round's DPO steps (the last step always included); sets "
+                                                  "round's DPO schedule (the last step that runs always included; "
+                                                  "with dpo.stop_fraction < 1 the ones past it are not made); sets "
                                                   "dpo.save_steps for each round. Default 4: one per epoch of the "
                                                   "paper's 4. Each one is a saved model (and a resumable state), so "
                                                   "keep it small for a large VLM; the world's rounds use 20, which "

@@ -161,12 +161,22 @@ def collect_work(cfg: CollectConfig, prompts: int, world: bool) -> dict[str, Any
 
 
 def dpo_work(cfg: DPOConfig, pairs: int, processes: int = 1) -> dict[str, Any]:
-    """Optimizer steps and checkpoints of DPO on `pairs` pairs (train.schedule.Schedule's arithmetic)."""
+    """Optimizer steps that run and checkpoints of DPO on `pairs` pairs (train.schedule.Schedule's arithmetic)."""
     batch = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps * processes
     per_epoch = math.ceil(pairs / batch) if pairs else 0
-    steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * per_epoch)
+    steps = cfg.run_steps(per_epoch) if pairs else 0
     return {"pairs": pairs, "processes": processes, "global_batch": batch, "steps_per_epoch": per_epoch,
-            "steps": steps, "learning_rate": cfg.learning_rate, "use_peft": cfg.use_peft}
+            "steps": steps, "schedule_steps": cfg.schedule_steps(per_epoch) if pairs else 0,
+            "learning_rate": cfg.learning_rate, "use_peft": cfg.use_peft}
+
+
+def round_checkpoints(checkpoints: int, dpo: dict[str, Any]) -> int:
+    """Checkpoints a round makes: `checkpoints` spaced over the schedule (the loop's save_steps), those within the
+    steps that run, and the last step that runs."""
+    if not dpo["steps"]:
+        return 1
+    every = max(1, math.ceil(dpo["schedule_steps"] / checkpoints))
+    return dpo["steps"] // every + (1 if dpo["steps"] % every else 0)
 
 
 def launcher_processes(launcher: str) -> int | None:
@@ -191,7 +201,7 @@ def iterate_work(cfg: IterateConfig, prompt_rows: int | None, world: bool, selec
     dpo = dpo_work(cfg.dpo, trained, processes or 1)
     round_work = {**{k: v for k, v in collect.items() if k != "claims_estimate_basis"},
                   "trained_pairs_at_most": trained, "dpo_steps_at_most": dpo["steps"],
-                  "global_batch": dpo["global_batch"], "checkpoints": min(cfg.checkpoints, max(dpo["steps"], 1))}
+                  "global_batch": dpo["global_batch"], "checkpoints": round_checkpoints(cfg.checkpoints, dpo)}
     work: dict[str, Any] = {"rounds": cfg.rounds, "prompts_per_round": per_round,
                             "prompts_source": ("fresh world scenes each round" if prompt_rows is None else
                                                f"a fresh slice of the file's {prompt_rows} rows each round"

@@ -35,7 +35,7 @@ def demo(
                                               "within 10 minutes on a 2-core CPU; 0: evaluate the base models only)"),
     bon_samples: Optional[int] = typer.Option(None, "--bon-samples", min=0,
                                               help="answers per test scene for the best-of-N section, which reports "
-                                                   "N = 1, 2, 4, ... up to this (default 16; 0 skips it)"),
+                                                   "N = 1, 2, 4, ... up to this (default 8; 0 skips it)"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Run RLAIF-V end to end on the built-in synthetic world (no download, no GPU): bootstrap, iterative rounds of
@@ -73,14 +73,15 @@ def world_bootstrap(
     force: bool = typer.Option(False, "--force", help="rebuild even when a cached build exists"),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Train the world's base policy (hallucinates) and labeler (accurate), or reuse the cached pair."""
+    """Train the world's base policy (hallucinates), labeler (accurate) and claim splitter, or reuse the cached
+    ones."""
     quiet_libraries()
     from rlaifv.world.bootstrap import bootstrap
 
     models = bootstrap(world_config(preset, config, seed), force=force)
-    out = {"policy": str(models.policy), "labeler": str(models.labeler), "key": models.manifest["key"],
-           "seconds": models.manifest["seconds"], "train": models.manifest["train"]}
-    emit(out, as_json, f"policy: {models.policy}\nlabeler: {models.labeler}")
+    out = {"policy": str(models.policy), "labeler": str(models.labeler), "splitter": str(models.splitter),
+           "key": models.manifest["key"], "seconds": models.manifest["seconds"], "train": models.manifest["train"]}
+    emit(out, as_json, f"policy: {models.policy}\nlabeler: {models.labeler}\nsplitter: {models.splitter}")
 
 
 @world_app.command("show")

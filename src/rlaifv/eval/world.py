@@ -9,17 +9,16 @@ from __future__ import annotations
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
-
 from rlaifv.config import EvalConfig
 from rlaifv.engines.base import Sampling
 from rlaifv.engines.hf import HFEngine
-from rlaifv.eval.world_metrics import description_metrics, labeler_metrics
+from rlaifv.eval.world_metrics import description_metrics
 from rlaifv.progress import progress
 from rlaifv.records import Generation
 from rlaifv.store import ShardedStore
 from rlaifv.world.config import WorldConfig
-from rlaifv.world.language import instruction_for, sample_questions, with_suffix
+from rlaifv.world.labeler import labeler_quality
+from rlaifv.world.language import instruction_for
 from rlaifv.world.render import render
 from rlaifv.world.scenes import Scene, sample_scenes
 
@@ -62,16 +61,7 @@ def evaluate_policy(
 
 def evaluate_labeler(labeler: Path, wcfg: WorldConfig, ecfg: EvalConfig, device: str = "cpu") -> dict[str, float]:
     """Accuracy, hard-negative accuracy and false-rejection rate of the labeler on held-out yes/no claims."""
-    scenes = sample_scenes(wcfg.seed, ecfg.split, ecfg.n_scenes, wcfg.prior)
-    rng = np.random.default_rng([wcfg.seed, 99])
-    items = [(s, q) for s in scenes for q in sample_questions(s, rng, ecfg.labeler_questions_per_scene)]
-    engine = HFEngine(labeler, device=device)
-    probs: list[tuple[float, float]] = []
-    batch = ecfg.batch_size * 4  # one-token scoring: much cheaper per item than generation
-    with progress("judging claims", len(items)) as bar:
-        for start in range(0, len(items), batch):
-            chunk = items[start : start + batch]
-            probs += engine.yes_no([render(s) for s, _ in chunk], [with_suffix(q.question, rng) for _, q in chunk])
-            bar.advance(len(chunk))
-    return labeler_metrics([q for _, q in items], probs)
+    # one-token scoring: much cheaper per item than generation, so 4x the generation batch
+    return labeler_quality(labeler, wcfg, ecfg.split, ecfg.n_scenes, ecfg.labeler_questions_per_scene,
+                           ecfg.batch_size * 4, device)
 

@@ -14,17 +14,14 @@ Feedback (preference pairs; e(y) = the statements of response y that the scene m
   wrong color and a wrong position counts twice). Scores count rejected claims, one per statement, so they cannot
   see that a statement is wrong twice: pairs that this stricter count calls wrong are claim granularity, not
   labeler mistakes (benchmarks/feedback_errors.py tells the two apart).
-Labeler (verdict = P_yes > P_no, a tie is a "no"):
-- accuracy over all questions; hard_negative_accuracy over hard negatives (absent partners, wrong attributes);
-- false_rejection_rate: true claims judged "no" / true claims. A falsely rejected true claim makes a clean response
-  look hallucinated, so this rate bounds how good any preference pair can be.
+Labeler: `rlaifv.world.labeler.labeler_metrics` (the bootstrap checks its labeler with them too).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from rlaifv.world.language import YesNoQuestion, attribute_checks, claim_holds, parse_mentions
+from rlaifv.world.language import attribute_checks, claim_holds, parse_mentions
 from rlaifv.world.scenes import Scene
 
 
@@ -92,20 +89,4 @@ def description_metrics(scenes: Sequence[Scene], responses: Sequence[str]) -> di
         "cover": n_covered / n_true,
         "attr_err": n_attr_wrong / n_attr if n_attr else 0.0,
         "mean_len": n_words / len(scenes),
-    }
-
-
-def labeler_metrics(questions: Sequence[YesNoQuestion], probs: Sequence[tuple[float, float]]) -> dict[str, float]:
-    if len(questions) != len(probs):
-        raise ValueError(f"{len(questions)} questions but {len(probs)} verdicts")
-    said_yes = [p_yes > p_no for p_yes, p_no in probs]
-    correct = [s == q.answer for s, q in zip(said_yes, questions)]
-    hard = [c for c, q in zip(correct, questions) if q.hard]
-    true_claims = [s for s, q in zip(said_yes, questions) if q.answer]
-    return {
-        "accuracy": sum(correct) / len(correct),
-        "hard_negative_accuracy": sum(hard) / len(hard) if hard else float("nan"),
-        "false_rejection_rate": (len(true_claims) - sum(true_claims)) / len(true_claims) if true_claims else 0.0,
-        "n_questions": len(questions),
-        "n_hard_negatives": len(hard),
     }

@@ -1,6 +1,6 @@
 """`rlaifv demo`: the whole loop on the synthetic world, on a laptop, with no download.
 
-Bootstrap the world's base policy, labeler and splitter (or reuse the cache), run the iterative rounds on fresh
+Bootstrap the world's base policy and labeler (or reuse the cache), run the iterative rounds on fresh
 world scenes (loop.iterate: collect -> DPO -> checkpoint selection on `val`), evaluate the base policy and every
 round's selected checkpoint on the held-out `test` split, evaluate the labeler, run best-of-N with the final
 policy's own reward on the `test` split (pipelines.world_bon), and write `report.json` / `report.md` (with charts of the
@@ -32,7 +32,8 @@ from rlaifv.world.config import WORLD_WHY, WorldConfig, world_rounds_config
 from rlaifv.world.language import describe, instruction_for, parse_mentions, true_mentions
 from rlaifv.world.scenes import sample_scenes
 
-DEMO_BON_SAMPLES = 16  # answers per test scene for the best-of-N section (paper Fig. 5 goes to 64)
+DEMO_BON_SAMPLES = 8  # answers per test scene for the best-of-N section (paper Fig. 5 goes to 64); 8 keeps the
+# cold demo within 10 minutes, `--bon-samples 16` shows the next N
 DEMO_ROUNDS = 4  # the paper's count; fits the 10-minute cold budget on a 2-core CPU next to the ~2-minute bootstrap
 
 

@@ -7,7 +7,8 @@ A run, top to bottom (`DPOTrainer.run`):
 2. the policy: dropout off, vision tower frozen, optional LoRA (peft), optional gradient checkpointing;
 3. the steps: each global batch is a fixed slice of a per-epoch seeded permutation, split over processes and
    accumulation steps, so 1 process x batch 8, 2 processes x batch 4 and batch 1 x accumulation 8 see the same pairs
-   and follow the same loss curve; a batch's log-probs come from one packed row per pair (logps.packed);
+   and follow the same loss curve; a batch's log-probs come from one packed row per pair (logps.packed); with
+   `stop_fraction` < 1 the run stops that far into its schedule, each step it runs the same as in the whole one;
 4. every `save_steps`: a checkpoint (accelerate state + a model transformers loads), written under a temporary name
    with a manifest of its files' sha256 (`manifest.json`) and renamed when complete; a rerun of the same command
    resumes from the newest one, and its losses, metrics and final model equal an uninterrupted run's;
@@ -197,7 +198,8 @@ class DPOTrainer:
         optimizer = optimizer_of(model, self.cfg, self.acc.device)
         self.schedule = Schedule(len(self.examples), self.cfg.per_device_train_batch_size,
                                  self.cfg.gradient_accumulation_steps, self.acc.num_processes, self.cfg.seed)
-        self.total_steps = self.schedule.total_steps(self.cfg)
+        self.total_steps = self.schedule.total_steps(self.cfg)  # what warmup and decay span
+        self.last_step = self.schedule.run_steps(self.cfg)  # what runs
         if self.acc.state.deepspeed_plugin is not None:  # DeepSpeed reads it from a prepared dataloader otherwise
             self.acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = (
                 self.cfg.per_device_train_batch_size)
@@ -262,7 +264,7 @@ class DPOTrainer:
         self.window = state["window"]
         if self.main:
             self._truncate_metrics(state["step"])
-            log(f"resuming from {latest} (step {state['step']} of {self.total_steps})")
+            log(f"resuming from {latest} (step {state['step']} of {self.last_step})")
         return state["step"]
 
     def _save_checkpoint(self, step: int) -> None:
@@ -313,19 +315,19 @@ class DPOTrainer:
     # -- training --------------------------------------------------------------------------------------------------
 
     def _train(self, start: int) -> None:
-        bar_cm = progress("DPO steps", self.total_steps) if self.main else nullcontext()
+        bar_cm = progress("DPO steps", self.last_step) if self.main else nullcontext()
         with bar_cm as bar:
             if bar is not None:
                 bar.advance(start)
             # Each step's pairs are encoded on a background thread while the device runs the step before, and a
             # step's metrics are read once the next step is queued: reading them waits for the device, which would
             # then idle while the host prepares the next step. A checkpoint waits for its step's metrics first.
-            steps = ahead(range(start, self.total_steps), self._encode_step, background=self.acc.device.type != "cpu")
+            steps = ahead(range(start, self.last_step), self._encode_step, background=self.acc.device.type != "cpu")
             with OneBehind(lambda done, read: self._after_step(done, read, bar)) as behind, closing(steps):
                 for step, micro_batches in enumerate(steps, start=start):
                     done = step + 1
                     behind.push((done, self._step(step, micro_batches)))
-                    if done % self.cfg.save_steps == 0 or done == self.total_steps:
+                    if done % self.cfg.save_steps == 0 or done == self.last_step:
                         behind.flush()
                         self._save_checkpoint(done)
 
@@ -336,7 +338,7 @@ class DPOTrainer:
             total = self.window.setdefault(name, [0.0, 0])
             total[0] += value
             total[1] += 1
-        if done % self.cfg.logging_steps == 0 or done == self.total_steps:
+        if done % self.cfg.logging_steps == 0 or done == self.last_step:
             self._log_row(done)
         if self.main:
             if bar is not None:
@@ -442,8 +444,9 @@ class DPOTrainer:
             "n_pairs": len(self.loaded.examples) + len(self.loaded.bad),
             "n_train": len(self.examples),
             "quarantined": self.table.reasons(),
-            "steps": self.total_steps,
-            "epochs": round(self.total_steps / self.schedule.steps_per_epoch, 4),
+            "steps": self.last_step,
+            "schedule_steps": self.total_steps,
+            "epochs": round(self.last_step / self.schedule.steps_per_epoch, 4),
             "global_batch": self.schedule.global_batch,
             "processes": self.acc.num_processes,
             "strategy": self.acc.distributed_type.value,  # NO, MULTI_GPU/MULTI_CPU (DDP), FSDP, DEEPSPEED

@@ -35,7 +35,12 @@ class Schedule:
         return math.ceil(self.n_pairs / self.global_batch)
 
     def total_steps(self, cfg: DPOConfig) -> int:
-        return cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * self.steps_per_epoch)
+        """The steps the learning-rate schedule spans."""
+        return cfg.schedule_steps(self.steps_per_epoch)
+
+    def run_steps(self, cfg: DPOConfig) -> int:
+        """The steps that run (`DPOConfig.stop_fraction`)."""
+        return cfg.run_steps(self.steps_per_epoch)
 
     def global_indices(self, step: int) -> list[int]:
         epoch, i = divmod(step, self.steps_per_epoch)

@@ -5,7 +5,8 @@
 - The **labeler** learns balanced yes/no questions with hard negatives (absent partners, wrong colors, sizes and
   neighbouring positions): discrimination is easier than generation, so it is accurate where the policy is not.
 
-Both are cached under a key of (config, seed, package version). A build happens in a temporary folder that is
+Both are cached under a key of (config, seed, package version); the world's claim splitter joins them there
+the first time something asks for it (`WorldModels.splitter`). A build happens in a temporary folder that is
 renamed into place only when complete, so an interrupted bootstrap never leaves a model that a later run picks up;
 a cached folder that fails to load is reported and rebuilt.
 """
@@ -28,7 +29,15 @@ from rlaifv import __version__
 from rlaifv.files import building, publish_dir
 from rlaifv.progress import log, progress
 from rlaifv.world.config import PolicyTrainConfig, TinyVLMConfig, VisionAlignConfig, WorldConfig
-from rlaifv.world.labeler import SUBJECT_CLASSES, facts_loss, held_facts, labeler_rows, read_outs, train_labeler
+from rlaifv.world.labeler import (
+    SUBJECT_CLASSES,
+    facts_loss,
+    held_facts,
+    labeler_quality,
+    labeler_rows,
+    read_outs,
+    train_labeler,
+)
 from rlaifv.world.language import CELL_WORDS, DESCRIBE_INSTRUCTIONS, noisy_caption, parse_mentions
 from rlaifv.world.models import (
     build_model,
@@ -45,9 +54,11 @@ from rlaifv.world.scenes import CATEGORIES, COLORS, N_CELLS, SIZES, Scene, sampl
 from rlaifv.world.training import adamw, apply_gradients, freeze_aligned, lr_factor, text_batch
 
 MANIFEST = "bootstrap.json"
+CHECK_QUESTIONS = 6  # balanced yes/no claims per `val` scene in the labeler's check (as the demo's report asks)
+SPLITTER, SPLITTER_STATS = "splitter", "train.json"  # the splitter's folder under a world's root, its training stats
 # Part of the cache key: raised whenever a change to the world's data or training changes what a bootstrap builds,
 # so a cache filled by an older build of the same package version is never picked up.
-BOOTSTRAP_REVISION = 3
+BOOTSTRAP_REVISION = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +80,13 @@ class WorldModels:
     policy: Path
     labeler: Path
     manifest: dict
-    splitter: Path | None = None  # tiny chat LM that splits world responses into claims (the `llm` splitter)
     built: bool = False  # True when this call trained the models, False when they came from the cache
+
+    @property
+    def splitter(self) -> Path:
+        """The tiny chat LM that splits world responses into claims (the `llm` splitter), trained into the cache on
+        first use: the world's own settings split with the rules, so a demo never waits for it."""
+        return world_splitter(self.root, WorldConfig.model_validate(self.manifest["config"]))
 
 
 def cache_root() -> Path:
@@ -358,16 +374,63 @@ def train_model(
     if unexpected:
         raise ValueError(f"aligned weights do not fit the {role} model: {unexpected[:3]}")
     model.to(device)
-    train = train_sft if role == "policy" else train_labeler
-    losses = train(model, examples, train_cfg, seed, tokenizer.pad_token_id, device=device)
-    save_vlm(model.cpu(), build_processor(tokenizer, model_cfg), out)
-    return {
+    processor = build_processor(tokenizer, model_cfg)
+    checks: list[dict] = []
+    if role == "policy":
+        losses = train_sft(model, examples, train_cfg, seed, tokenizer.pad_token_id, device=device)
+        save_vlm(model.cpu(), processor, out)
+    else:
+        losses, checks = train_checked_labeler(cfg, tokenizer, model, examples, processor, out, device)
+    stats = {
         "examples": len(examples),
         "steps": len(losses),
         "final_loss": float(np.mean(losses[-20:])),
         "seconds": round(time.perf_counter() - start, 1),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
+    return {**stats, "checks": checks} if checks else stats
+
+
+def train_checked_labeler(cfg: WorldConfig, tokenizer, model, rows: list, processor, out: Path, device: str = "cpu"
+                          ) -> tuple[list[float], list[dict]]:
+    """Train the labeler, save it to `out` and check it on `val` claims (`labeler_quality`); while its accuracy is
+    below `min_accuracy`, train one more pass on a fresh slice of the train split (a new schedule, new scenes) and
+    check again, at most `max_extra_passes` times. Returns the verdict loss per step and every check.
+
+    A labeler's training can end before its lookup has settled on some seeds; every pair the rounds build inherits
+    its mistakes, so a bootstrap that measures nothing would hand a bad labeler to every run of that world.
+    """
+    train_cfg = cfg.labeler_train
+    seed = cfg.seed * 1000 + 2
+    losses: list[float] = []
+    checks: list[dict] = []
+    for extra in range(train_cfg.max_extra_passes + 1):
+        if extra:
+            log(f"[yellow]world labeler: accuracy {checks[-1]['accuracy']:.3f} on held-out `val` claims is below "
+                f"{train_cfg.min_accuracy}; training pass {extra + 1} on fresh scenes")
+            rows = labeler_rows(extra_labeler_scenes(cfg, extra), tokenizer, num_image_tokens(cfg.labeler_model),
+                                train_cfg.examples_per_scene, seed + extra)
+        losses += train_labeler(model.to(device), rows, train_cfg, seed + extra, tokenizer.pad_token_id,
+                                device=device)
+        save_vlm(model.cpu(), processor, out)
+        if not train_cfg.check_scenes:
+            break
+        quality = labeler_quality(out, cfg, "val", train_cfg.check_scenes, CHECK_QUESTIONS, 256, device)
+        checks.append({"pass": extra + 1, **quality})
+        if checks[-1]["accuracy"] >= train_cfg.min_accuracy:
+            break
+    else:
+        log(f"[yellow]world labeler: accuracy {checks[-1]['accuracy']:.3f} on held-out `val` claims is still below "
+            f"{train_cfg.min_accuracy} after {train_cfg.max_extra_passes} extra passes; its pairs will be noisier")
+    return losses, checks
+
+
+def extra_labeler_scenes(cfg: WorldConfig, extra: int) -> list[Scene]:
+    """The train-split scenes of the labeler's extra pass `extra` (1, 2, ...): the slice after the policy's and
+    the labeler's own (`train_scenes`) and after every earlier pass's, the same size as the first pass's."""
+    n = cfg.labeler_train.scenes
+    first = cfg.policy_train.scenes + n * extra
+    return sample_scenes(cfg.seed, "train", first + n, cfg.prior)[first:]
 
 
 # ---------------------------------------------------------------- cache
@@ -381,9 +444,32 @@ def _load_manifest(root: Path) -> dict:
     for role in ("policy", "labeler"):
         AutoProcessor.from_pretrained(root / role)
         AutoModelForImageTextToText.from_pretrained(root / role)
-    AutoTokenizer.from_pretrained(root / "splitter")
-    AutoModelForCausalLM.from_pretrained(root / "splitter")
+    if (root / SPLITTER).exists():  # trained on first use (`world_splitter`); a broken one is rebuilt with the rest
+        AutoTokenizer.from_pretrained(root / SPLITTER)
+        AutoModelForCausalLM.from_pretrained(root / SPLITTER)
     return manifest
+
+
+def world_splitter(root: Path, cfg: WorldConfig) -> Path:
+    """The world's splitter under a bootstrapped `root`, trained there now when it is not yet (built under a temporary
+    name and renamed into place when complete, like the bootstrap; a concurrent build that finished first wins)."""
+    final = root / SPLITTER
+    if final.exists():
+        return final
+    from rlaifv.world.splitter import train_splitter
+
+    tmp = root / f".tmp-{SPLITTER}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    log(f"world models: training the claim splitter into {final}")
+    with building(tmp):
+        stats = train_splitter(cfg.seed, tmp, steps=cfg.splitter_steps,
+                               tokenizer=build_tokenizer(cfg.seed, cfg.tokenizer_vocab))
+        (tmp / SPLITTER_STATS).write_text(json.dumps(stats, indent=2))
+    if final.exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        publish_dir(tmp, final)
+    return final
 
 
 def _pid_alive(pid: int) -> bool:
@@ -405,7 +491,7 @@ def bootstrap(cfg: WorldConfig, force: bool = False) -> WorldModels:
         try:
             manifest = _load_manifest(root)
             log(f"world models: cached at {root}")
-            return WorldModels(root, root / "policy", root / "labeler", manifest, splitter=root / "splitter")
+            return WorldModels(root, root / "policy", root / "labeler", manifest)
         except Exception as exc:  # noqa: BLE001 - any failure to load means the cache entry is unusable
             log(f"[yellow]world models: cached build at {root} is unusable ({type(exc).__name__}: {exc}); rebuilding")
     base.mkdir(parents=True, exist_ok=True)
@@ -415,8 +501,6 @@ def bootstrap(cfg: WorldConfig, force: bool = False) -> WorldModels:
     log(f"world models: bootstrapping (seed {cfg.seed}) into {root}")
     with building(tmp):  # a failed build (a full disk) leaves no half folder behind
         tokenizer = build_tokenizer(cfg.seed, cfg.tokenizer_vocab)
-        from rlaifv.world.splitter import train_splitter
-
         stats: dict = {}
         aligned: dict[str, dict] = {}  # one alignment per model shape; the default world's two models share one
         scenes = dict(zip(("policy", "labeler"), train_scenes(cfg)))
@@ -425,7 +509,6 @@ def bootstrap(cfg: WorldConfig, force: bool = False) -> WorldModels:
             if shape_key not in aligned:
                 aligned[shape_key], stats[f"vision_{role}"] = align_vision(cfg, tokenizer, shape, scenes["policy"])
             stats[role] = train_model(cfg, tokenizer, role, tmp / role, aligned[shape_key], scenes[role])
-        stats["splitter"] = train_splitter(cfg.seed, tmp / "splitter", steps=cfg.splitter_steps, tokenizer=tokenizer)
         manifest = {
             "key": key,
             "version": __version__,
@@ -440,4 +523,4 @@ def bootstrap(cfg: WorldConfig, force: bool = False) -> WorldModels:
     for stale in base.glob(f".tmp-{key}-*"):  # leftovers of killed builds; a live concurrent build keeps its own
         if not _pid_alive(int(stale.name.rsplit("-", 1)[1])):
             shutil.rmtree(stale, ignore_errors=True)
-    return WorldModels(root, root / "policy", root / "labeler", manifest, built=True, splitter=root / "splitter")
+    return WorldModels(root, root / "policy", root / "labeler", manifest, built=True)

@@ -16,12 +16,20 @@ model is a plain LLaVA that answers " Yes" or " No".
 
 Questions are packed behind their image (`engines.packing`): the judge's own layout, one vision pass and one
 prompt prefix per image for several verdicts.
+
+Its quality on held-out claims (`labeler_quality`; verdict = P_yes > P_no, a tie is a "no"):
+- accuracy over all questions; hard_negative_accuracy over hard negatives (absent partners, wrong attributes);
+- false_rejection_rate: true claims judged "no" / true claims. A falsely rejected true claim makes a clean response
+  look hallucinated, so this rate bounds how good any preference pair can be.
+The bootstrap measures it on `val` scenes and trains on while it is too low; the demo reports it on `test` scenes.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,11 +37,11 @@ from torch import nn
 
 from rlaifv.engines.packing import Pack, collate_packs, common_prefix_length, pack
 from rlaifv.progress import progress
-from rlaifv.world.config import LabelerTrainConfig
+from rlaifv.world.config import LabelerTrainConfig, WorldConfig
 from rlaifv.world.language import YesNoQuestion, sample_questions, with_suffix
 from rlaifv.world.models import IMAGE_TOKEN, encode_prompt, pixel_values, word_token_id
 from rlaifv.world.render import render
-from rlaifv.world.scenes import CATEGORIES, COLORS, N_CELLS, SIZES, Scene
+from rlaifv.world.scenes import CATEGORIES, COLORS, N_CELLS, SIZES, Scene, sample_scenes
 from rlaifv.world.training import adamw, freeze_aligned, lr_factor, optimizer_step
 
 # Classes of each fact a head reads: present, color, size, cell (subject); then asked color, size, cell.
@@ -181,3 +189,42 @@ def train_labeler(model, rows: list[LabelerRow], cfg: LabelerTrainConfig, seed: 
     model.eval()
     model.requires_grad_(True)
     return losses
+
+
+# ---------------------------------------------------------------- quality on held-out claims
+
+
+def labeler_metrics(questions: Sequence[YesNoQuestion], probs: Sequence[tuple[float, float]]) -> dict[str, float]:
+    """Accuracy, hard-negative accuracy and false-rejection rate of verdicts (P_yes, P_no) on their questions."""
+    if len(questions) != len(probs):
+        raise ValueError(f"{len(questions)} questions but {len(probs)} verdicts")
+    said_yes = [p_yes > p_no for p_yes, p_no in probs]
+    correct = [s == q.answer for s, q in zip(said_yes, questions)]
+    hard = [c for c, q in zip(correct, questions) if q.hard]
+    true_claims = [s for s, q in zip(said_yes, questions) if q.answer]
+    return {
+        "accuracy": sum(correct) / len(correct),
+        "hard_negative_accuracy": sum(hard) / len(hard) if hard else float("nan"),
+        "false_rejection_rate": (len(true_claims) - sum(true_claims)) / len(true_claims) if true_claims else 0.0,
+        "n_questions": len(questions),
+        "n_hard_negatives": len(hard),
+    }
+
+
+def labeler_quality(labeler: Path, world: WorldConfig, split: str, n_scenes: int, per_scene: int, batch: int,
+                    device: str = "cpu") -> dict[str, float]:
+    """`labeler_metrics` of a saved labeler on `per_scene` balanced yes/no claims about each of a split's first
+    `n_scenes` scenes, asked `batch` at a time."""
+    from rlaifv.engines.hf import HFEngine
+
+    scenes = sample_scenes(world.seed, split, n_scenes, world.prior)
+    rng = np.random.default_rng([world.seed, 99])
+    items = [(s, q) for s in scenes for q in sample_questions(s, rng, per_scene)]
+    engine = HFEngine(labeler, device=device)
+    probs: list[tuple[float, float]] = []
+    with progress(f"judging {split} claims", len(items)) as bar:
+        for start in range(0, len(items), batch):
+            chunk = items[start : start + batch]
+            probs += engine.yes_no([render(s) for s, _ in chunk], [with_suffix(q.question, rng) for _, q in chunk])
+            bar.advance(len(chunk))
+    return labeler_metrics([q for _, q in items], probs)

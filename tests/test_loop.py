@@ -286,6 +286,10 @@ def test_demo_reports_one_row_per_round(baseline, micro_world, micro_config):
     for k in (1, 2):  # select_start is off: each round chose a DPO checkpoint of its own
         assert f"| round {k} | step {rows[k]['step']} |" in md
     assert "selected on the CHAIRs and Cover of 8 `val` scenes" in md and "kept" not in md
+    checks = micro_world.manifest["train"]["labeler"]["checks"]
+    assert report["bootstrap"]["labeler"]["checks"] == checks  # the bootstrap's own check, carried into the report
+    assert (f"the bootstrap checked it on {checks[0]['n_questions']} claims about `val` scenes: accuracy "
+            f"{checks[0]['accuracy']:.3f} after 1 training pass.") in " ".join(md.split())
     _check_charts(out, md)
     assert json.loads((out / "report.json").read_text())["rounds"] == rows
     _check_bon_section(report, out, micro_config)

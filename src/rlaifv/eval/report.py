@@ -221,6 +221,12 @@ def render_markdown(report: dict[str, Any], chart: str | None = None, bon_chart:
         "A falsely rejected true claim makes a clean response look hallucinated, so the false-rejection rate bounds",
         "the quality of every preference pair built from this labeler's verdicts.",
     ]
+    checks = report.get("bootstrap", {}).get("labeler", {}).get("checks", [])
+    if checks:  # the bootstrap's own check on `val` claims, one per training pass (a cached world keeps its own)
+        said = ", then ".join(f"{c['accuracy']:.3f}" for c in checks)
+        passes = f"{len(checks)} training pass{'es' if len(checks) > 1 else ''}"
+        lines += ["", f"Before it was cached, the bootstrap checked it on {checks[0]['n_questions']} claims about "
+                      f"`val` scenes: accuracy {said} after {passes}."]
     if report.get("examples"):
         base = report["rounds"][0].get("policy") or report.get("models", {}).get("policy")
         lines += ["", "## Sample descriptions by the base policy", ""]

@@ -181,7 +181,7 @@ class Scorer:
 
         BadInput when the processor rejects the prompt."""
         encoder = PairEncoder(self.processor, self.limit)
-        prompt_text = encoder.texts(PreferenceExample("", prompt, "", ""))[0]
+        prompt_text, fulls = encoder.rendered(PreferenceExample("", prompt, "", ""), texts)
         try:
             enc = self.processor(text=[prompt_text], images=[image], return_tensors="pt")
         except ValueError as exc:
@@ -189,8 +189,7 @@ class Scorer:
         prefix = enc["input_ids"][0].tolist()
         raw_prompt = self.processor.tokenizer(prompt_text)["input_ids"]
         responses, reasons = [], []
-        for text in texts:
-            full = encoder.texts(PreferenceExample("", prompt, text, text))[1]
+        for text, full in zip(texts, fulls):
             ids = encoder.response_ids(raw_prompt, prompt_text, full)
             responses.append(ids)
             if not text.strip() or not ids:

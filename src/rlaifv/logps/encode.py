@@ -9,7 +9,7 @@ it is quarantined, never truncated, because a cut response is a different respon
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
@@ -50,19 +50,21 @@ class PairEncoder:
 
     def texts(self, example: PreferenceExample) -> tuple[str, str, str]:
         """(prompt, prompt + chosen, prompt + rejected) as the model reads them."""
+        prompt, (chosen, rejected) = self.rendered(example, (example.chosen, example.rejected))
+        return prompt, chosen, rejected
+
+    def rendered(self, example: PreferenceExample, answers: Sequence[str]) -> tuple[str, list[str]]:
+        """(prompt, [prompt + answer for each answer]) as the model reads them: the chat template renders the prompt
+        once and each answer once (best-of-N scores many answers to one prompt)."""
         if example.formatted:
             prompt = example.prompt.question
-            return prompt, prompt + example.chosen, prompt + example.rejected
+            return prompt, [prompt + answer for answer in answers]
         messages = example.messages or [
             {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": example.prompt.question}]}
         ]
         prompt = self.processor.apply_chat_template(messages, add_generation_prompt=True)
-
-        def full(answer: str) -> str:
-            turn = {"role": "assistant", "content": [{"type": "text", "text": answer}]}
-            return self.processor.apply_chat_template([*messages, turn])
-
-        return prompt, full(example.chosen), full(example.rejected)
+        turns = ({"role": "assistant", "content": [{"type": "text", "text": answer}]} for answer in answers)
+        return prompt, [self.processor.apply_chat_template([*messages, turn]) for turn in turns]
 
     def __call__(self, example: PreferenceExample, image: Image.Image) -> EncodedPair:
         prompt_text, chosen_text, rejected_text = self.texts(example)

@@ -80,6 +80,9 @@ def run_demo(workdir: Path, seed: int = 0, world: WorldConfig | None = None, ecf
 
     models = bootstrap(wcfg)
     timings["bootstrap"] = models.manifest["seconds"] if models.built else 0.0  # 0: reused from the cache
+    # each model's training seconds, and the labeler's checks on `val` claims (one per pass it trained)
+    built = {role: {k: v for k, v in part.items() if k in ("seconds", "steps", "checks")}
+             for role, part in models.manifest["train"].items()}
 
     t = time.perf_counter()
     loop = iterate(workdir, icfg, world=wcfg)
@@ -108,6 +111,7 @@ def run_demo(workdir: Path, seed: int = 0, world: WorldConfig | None = None, ecf
         "rounds": report_rounds(loop["rounds"]),
         **bon,
         "labeler": {k: labeler[k] for k in ("accuracy", "hard_negative_accuracy", "false_rejection_rate")},
+        "bootstrap": built,
         "n_test_scenes": ecfg.n_scenes,
         "models": {"policy": str(models.policy), "labeler": str(models.labeler),
                    "rounds": [r["policy"] for r in loop["rounds"][1:]]},

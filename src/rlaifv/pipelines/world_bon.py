@@ -27,7 +27,7 @@ from rlaifv.infer.bon import choose, row_rewards
 from rlaifv.pipelines.best_of_n import best_of_n, bon_stores
 from rlaifv.prompts import scene_of, write_world_prompts
 from rlaifv.records import BonRow
-from rlaifv.world.config import WorldConfig
+from rlaifv.world.config import WORLD_SAMPLE_BATCH, WorldConfig
 
 BON_NS = (1, 2, 4, 8, 16)  # the N of each row; the first N of the n_max samples
 BON_KINDS = ("likelihood", "mean", "sum")  # every form the report shows, the world's first
@@ -69,7 +69,7 @@ def world_bon_config(policy: str, reference: str, wcfg: WorldConfig, ecfg: EvalC
     return BonConfig(policy=HFEngineConfig(path=policy, device=device),
                      reference=HFEngineConfig(path=reference, device=device),
                      n=n_max, reward=WORLD_BON_REWARD, temperature=BON_TEMPERATURE,
-                     max_new_tokens=ecfg.max_new_tokens, seed=wcfg.seed)
+                     max_new_tokens=ecfg.max_new_tokens, seed=wcfg.seed, prompts_per_batch=WORLD_SAMPLE_BATCH)
 
 
 def world_bon(out: Path, policy: str, reference: str, wcfg: WorldConfig, ecfg: EvalConfig, n_max: int = max(BON_NS),

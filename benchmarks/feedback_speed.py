@@ -4,6 +4,7 @@
     python benchmarks/feedback_speed.py sample                       # tiny world policy, CPU
     python benchmarks/feedback_speed.py judge --shape llava-7b --device cuda   # LLaVA-1.5-7B shape, random bf16
     python benchmarks/feedback_speed.py claims                       # the world's own claims, as collect judges them
+    python benchmarks/feedback_speed.py batches --images 96          # prompts sampled together, 8 to 96
 
 judge: yes/no verdicts for Q questions about each of I images -- one question per forward (batches of --batch, what
 the paper's code does) vs the image prefix encoded once per packed row (HFEngine.yes_no_shared). Checks that both
@@ -14,6 +15,8 @@ question of an image once (feedback.judge.run_judge). Samples of one image repea
 sample: N samples per prompt -- `generate(num_return_sequences=N)` (prefills every sample) vs prefill once and decode
 N from the repeated cache, by `generate` (HFEngine.sample up to 0.1.0) and by `decode_from_cache` (HFEngine.sample
 now: finished rows leave the batch, no `generate` overhead).
+batches: the same N samples per prompt by HFEngine.sample, with --batch-sizes prompts prefilled and decoded together
+(SampleConfig.prompts_per_batch); each row of the table samples every image once, so the seconds compare directly.
 """
 
 from __future__ import annotations
@@ -272,9 +275,32 @@ def bench_sample(engine, images, n: int, max_new_tokens: int, device: str) -> No
         print(f"| {name} | {sec:.3f} | {tokens / sec:.0f} | {base / sec:.2f}x |{peak_col(device)}")
 
 
+def bench_batches(engine, images, n: int, max_new_tokens: int, sizes: list[int], repeats: int) -> None:
+    from rlaifv.engines.base import Sampling
+    from rlaifv.world.language import instruction_for
+
+    questions = [instruction_for(i) for i in range(len(images))]
+    setting = Sampling(max_new_tokens=max_new_tokens, do_sample=True, temperature=0.7)
+
+    def run(size: int) -> float:
+        start = time.perf_counter()
+        for lo in range(0, len(images), size):
+            engine.sample(images[lo : lo + size], questions[lo : lo + size], n, setting, seed=lo)
+        return time.perf_counter() - start
+
+    run(sizes[0])  # warm-up: the fast-path check and first-call costs
+    print(f"{len(images)} prompts x {n} samples, up to {max_new_tokens} new tokens; best of {repeats} runs")
+    print("| prompts per batch | rows per batch | seconds | vs the first |\n|---|---|---|---|")
+    first = None
+    for size in sizes:
+        sec = min(run(size) for _ in range(repeats))
+        first = first or sec
+        print(f"| {size} | {size * n} | {sec:.2f} | {first / sec:.2f}x |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("judge", "sample", "claims"))
+    ap.add_argument("what", choices=("judge", "sample", "claims", "batches"))
     ap.add_argument("--shape", choices=("tiny", "llava-7b"), default="tiny")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--images", type=int, default=8)
@@ -286,7 +312,12 @@ def main() -> None:
     ap.add_argument("--workdir", default="", help="where the claims path keeps its collect run (default: a temp dir)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs per path, the best one reported (claims)")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="timed runs per path, the best one reported (claims, batches)")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32, 48, 96],
+                    help="prompts per batch to compare (batches)")
+    ap.add_argument("--policy", default="", help="a world policy folder to sample from (sample, batches; default: "
+                                                 "the seed-0 world's base policy, bootstrapped if not cached)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -305,6 +336,10 @@ def main() -> None:
     if args.shape == "llava-7b":
         images = [im.resize((336, 336)) for im in images]
         engine = llava_7b_engine(args.device)
+    elif args.policy and args.what != "judge":
+        from rlaifv.engines.hf import HFEngine
+
+        engine = HFEngine(args.policy, device=args.device)
     else:
         engine = tiny_engine("labeler" if args.what == "judge" else "policy")
         engine.model.to(args.device)
@@ -312,6 +347,8 @@ def main() -> None:
     print(f"model: {engine.path}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     if args.what == "judge":
         bench_judge(engine, images, args.questions, args.batch, args.device, args.per_pack or args.questions)
+    elif args.what == "batches":
+        bench_batches(engine, images, args.n, args.max_new_tokens, args.batch_sizes, args.repeats)
     else:
         bench_sample(engine, images, args.n, args.max_new_tokens, args.device)
 

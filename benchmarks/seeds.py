@@ -96,15 +96,21 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
         cells += [num(r["bon8_vs_1"], ".2f"), num(r.get("paper_bon8_vs_1"), ".2f"), num(r["seconds"], ".0f")]
         lines.append("| " + " | ".join(cells) + " |")
     bon = [r["bon8_vs_1"] for r in rows if r["bon8_vs_1"] is not None]
-    worst = max(rows, key=lambda r: r["ratio"])
     lines.append(f"| median | | {'| ' * (k - 1)}{statistics.median(r['ratio'] for r in rows):.2f} "
                  f"| {statistics.median(r['cover_drop'] for r in rows):+.3f} | | {'| ' * len(BON_NS)}"
                  f"{num(statistics.median(bon) if bon else None, '.2f')} | "
                  f"| {statistics.median(r['seconds'] for r in rows):.0f} |")
-    lines.append(f"| worst (seed {worst['seed']}) | | {'| ' * (k - 1)}{worst['ratio']:.2f} "
-                 f"| {max(r['cover_drop'] for r in rows):+.3f} | {num(min(r['min_precision'] or 0 for r in rows))} "
-                 f"| {'| ' * len(BON_NS)}{num(max(bon) if bon else None, '.2f')} | "
-                 f"| {max(r['seconds'] for r in rows):.0f} |")
+
+    def worst(key: str, fmt: str, lowest: bool = False) -> str:  # each column's worst value, with its seed
+        have = [r for r in rows if r.get(key) is not None]
+        if not have:
+            return "-"
+        r = (min if lowest else max)(have, key=lambda r: r[key])
+        return f"{format(r[key], fmt)} ({r['seed']})"
+
+    lines.append(f"| worst (seed) | | {'| ' * (k - 1)}{worst('ratio', '.2f')} | {worst('cover_drop', '+.3f')} "
+                 f"| {worst('min_precision', '.3f', lowest=True)} | {'| ' * len(BON_NS)}{worst('bon8_vs_1', '.2f')} "
+                 f"| | {worst('seconds', '.0f')} |")
     return lines
 
 

@@ -186,7 +186,7 @@ class WorldConfig(StrictModel):
 # - 20 checkpoints a round, so the selection has one before Cover drops (it can drop between two neighbours);
 # - each round stops at 70 % of its 2-epoch schedule: the cosine's tail moved the policy too little for any round to
 #   choose a checkpoint there, and leaving it out saves a quarter of a round's training and selection.
-# Prompts sampled together on the world: its tiny models decode 320 rows (32 prompts x 10 samples) 18-25 % faster
+# Prompts sampled together on the world: its tiny models decode 320 rows (32 prompts x 10 samples) 1.3-1.8x faster
 # per answer than 80 on 2 CPU cores (benchmarks/RESULTS.md); a real VLM keeps SampleConfig's 8, which bounds memory.
 WORLD_SAMPLE_BATCH = 32
 

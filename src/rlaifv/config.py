@@ -580,6 +580,15 @@ class IterateConfig(StrictModel):
                              "servers serve at the start: round 1 trains from it) and serve.restart_command (how "
                              "the next rounds' policies reach the servers)")
 
+    def save_steps(self, schedule_steps: int) -> int:
+        """A round's dpo.save_steps: `checkpoints` evenly spaced over its DPO schedule of `schedule_steps` steps."""
+        return max(1, math.ceil(schedule_steps / self.checkpoints))
+
+    def round_checkpoints(self, schedule_steps: int, run_steps: int) -> int:
+        """Checkpoints a round makes: those of `save_steps` within the steps that run, and the last step that runs
+        (at least one)."""
+        return max(1, math.ceil(run_steps / self.save_steps(schedule_steps)))
+
 
 # ---------------------------------------------------------------- best-of-N (`rlaifv bon`)
 

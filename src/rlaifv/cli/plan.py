@@ -170,15 +170,6 @@ def dpo_work(cfg: DPOConfig, pairs: int, processes: int = 1) -> dict[str, Any]:
             "learning_rate": cfg.learning_rate, "use_peft": cfg.use_peft}
 
 
-def round_checkpoints(checkpoints: int, dpo: dict[str, Any]) -> int:
-    """Checkpoints a round makes: `checkpoints` spaced over the schedule (the loop's save_steps), those within the
-    steps that run, and the last step that runs."""
-    if not dpo["steps"]:
-        return 1
-    every = max(1, math.ceil(dpo["schedule_steps"] / checkpoints))
-    return dpo["steps"] // every + (1 if dpo["steps"] % every else 0)
-
-
 def launcher_processes(launcher: str) -> int | None:
     """The process count a launch command names (--num_processes / --num-processes / --nproc_per_node), if any."""
     words = shlex.split(launcher)
@@ -201,7 +192,8 @@ def iterate_work(cfg: IterateConfig, prompt_rows: int | None, world: bool, selec
     dpo = dpo_work(cfg.dpo, trained, processes or 1)
     round_work = {**{k: v for k, v in collect.items() if k != "claims_estimate_basis"},
                   "trained_pairs_at_most": trained, "dpo_steps_at_most": dpo["steps"],
-                  "global_batch": dpo["global_batch"], "checkpoints": round_checkpoints(cfg.checkpoints, dpo)}
+                  "global_batch": dpo["global_batch"],
+                  "checkpoints": cfg.round_checkpoints(dpo["schedule_steps"], dpo["steps"])}
     work: dict[str, Any] = {"rounds": cfg.rounds, "prompts_per_round": per_round,
                             "prompts_source": ("fresh world scenes each round" if prompt_rows is None else
                                                f"a fresh slice of the file's {prompt_rows} rows each round"

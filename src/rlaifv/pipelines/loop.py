@@ -402,7 +402,7 @@ class Loop:
         steps = Schedule(max(n_train, 1), dpo_cfg.per_device_train_batch_size, dpo_cfg.gradient_accumulation_steps,
                          1, dpo_cfg.seed).total_steps(dpo_cfg)
         return {**result, "n_train": n_train, "steps": steps,
-                "save_steps": max(1, math.ceil(steps / self.cfg.checkpoints))}
+                "save_steps": self.cfg.save_steps(steps)}
 
     def _train(self, k: int, r: Path, policy: str, dpo_cfg: DPOConfig) -> dict[str, Any]:
         if self.cfg.launcher:

@@ -60,7 +60,13 @@ def test_the_splitter_is_trained_into_the_cache_on_first_use(micro_config, tmp_p
     monkeypatch.setenv("RLAIFV_CACHE", str(tmp_path))
     models = bootstrap(micro_config)
     assert not (models.root / "splitter").exists()  # the demo's rounds split with the rules: never trained there
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    killed, live = models.root / f".tmp-splitter-{dead.pid}", models.root / f".tmp-splitter-{os.getppid()}"
+    for leftover in (killed, live):  # a killed build's folder, and one of a build still running
+        (leftover / "half").mkdir(parents=True)
     folder = models.splitter
+    assert not killed.exists() and live.exists()
     assert folder == models.root / "splitter" and (folder / "train.json").exists()
     stamp = (folder / "train.json").stat().st_mtime_ns
     assert bootstrap(micro_config).splitter == folder  # a cached world keeps it

@@ -469,7 +469,18 @@ def world_splitter(root: Path, cfg: WorldConfig) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     else:
         publish_dir(tmp, final)
+    sweep_killed_builds(root, SPLITTER)
     return final
+
+
+def sweep_killed_builds(folder: Path, name: str) -> None:
+    """Remove `folder/.tmp-{name}-PID` folders whose process is gone: what a killed build left. They are never read
+    (only a complete folder renamed into place counts), but each holds a model's worth of disk. A live concurrent
+    build keeps its own."""
+    for stale in folder.glob(f".tmp-{name}-*"):
+        pid = stale.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -520,7 +531,5 @@ def bootstrap(cfg: WorldConfig, force: bool = False) -> WorldModels:
     if root.exists():  # an unusable or forced-over build
         shutil.rmtree(root)
     publish_dir(tmp, root)
-    for stale in base.glob(f".tmp-{key}-*"):  # leftovers of killed builds; a live concurrent build keeps its own
-        if not _pid_alive(int(stale.name.rsplit("-", 1)[1])):
-            shutil.rmtree(stale, ignore_errors=True)
+    sweep_killed_builds(base, key)
     return WorldModels(root, root / "policy", root / "labeler", manifest, built=True)

@@ -65,6 +65,30 @@ def test_score_counts_rejections_per_candidate_in_key_order():
     ]
 
 
+def test_a_support_claim_counts_when_accepted_and_never_lowers_the_score():
+    verdicts = [
+        Verdict.from_probs("a", 0, 0, 0.9, 0.1, support=True),  # "Is there a cup?" yes: one more accepted claim
+        Verdict.from_probs("a", 0, 1, 0.2, 0.8),  # "Is there a red cup on the left?" no
+        Verdict.from_probs("a", 1, 0, 0.1, 0.9, support=True),  # "Is there a knife?" no: its detailed claim counts
+        Verdict.from_probs("a", 1, 1, 0.3, 0.7),
+        Verdict.from_probs("a", 1, 2, 0.8, 0.2),
+    ]
+    assert score_candidates(verdicts) == [Scored("a", 0, 2, 1, -1.0), Scored("a", 1, 2, 1, -1.0)]
+
+
+def test_verdicts_stored_before_the_support_field_read_as_plain_claims(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    old = pa.table({"prompt_id": ["a"], "sample_idx": [0], "claim_idx": [0], "p_yes": [0.2], "p_no": [0.8],
+                    "accepted": [False]})
+    pq.write_table(old, tmp_path / "old.parquet")
+    (row,) = pq.read_table(tmp_path / "old.parquet").to_pylist()
+    assert Verdict.from_row(row) == Verdict.from_probs("a", 0, 0, 0.2, 0.8)
+    with pytest.raises(KeyError):  # a column without a default is still required
+        Verdict.from_row({k: v for k, v in row.items() if k != "p_no"})
+
+
 # -- gap, cap, identical texts ------------------------------------------------------------------------------------
 
 

@@ -70,14 +70,14 @@ WORLD_PINNED = {"rounds": 3, "prompts_per_round": 768, "checkpoints": 20, "sampl
                 "sample.max_new_tokens": 96, "pairs.length_balance": False, "pairs.keep_accepted": True,
                 "pairs.closest_length": 1, "dpo.learning_rate": 1e-5, "dpo.num_train_epochs": 2.0,
                 "dpo.per_device_train_batch_size": 8, "dpo.logging_steps": 5, "dpo.report_to": "none",
-                "dpo.stop_fraction": 0.7}
+                "dpo.stop_fraction": 0.7, "claims.existence_claims": True}
 
 
 def _pinned(cfg: dict) -> dict:
     out = {}
     for key in WORLD_PINNED:
         node = cfg
-        for part in (["collect", *key.split(".")] if key.split(".")[0] in ("sample", "pairs") else key.split(".")):
+        for part in (["collect", *key.split(".")] if key.split(".")[0] in ("sample", "claims", "pairs") else key.split(".")):
             node = node[part]
         out[key] = node
     return out
@@ -89,7 +89,7 @@ def test_the_papers_defaults_are_the_configs_own():
     assert cfg.collect.sample.max_new_tokens == 512 and (cfg.collect.sample.n, cfg.collect.sample.temperature) == (
         10, 0.7)
     assert cfg.collect.pairs.length_balance and not cfg.collect.pairs.keep_accepted
-    assert cfg.collect.pairs.closest_length == 0
+    assert cfg.collect.pairs.closest_length == 0 and not cfg.collect.claims.existence_claims
     assert (cfg.dpo.beta, cfg.dpo.learning_rate, cfg.dpo.num_train_epochs) == (0.1, LR_FULL, 4.0)
     assert DPOConfig(use_peft=True).learning_rate == LR_LORA
     # only the project's documented choices differ from the paper: the rule splitter, and 'auto' selection
@@ -382,4 +382,5 @@ def test_every_recipe_passes_its_own_dry_run(recipe, tmp_path):
         assert model["source"] in ("hub id", "hub cache", "servers", "folder"), model
     fields = {d["field"] for d in plan["deviations"]}
     assert not fields & {"collect.pairs.length_balance", "collect.pairs.keep_accepted", "collect.sample.max_new_tokens",
+                         "collect.claims.existence_claims",
                          "dpo.learning_rate", "rounds", "prompts_per_round", "fresh_prompts"}, fields

@@ -11,7 +11,7 @@ import torch
 from rlaifv.feedback.split_llm import LLMSplitter
 from rlaifv.records import BadInput
 from rlaifv.text.formats import pair_claims, parse_bullets, read_statements, strip_suffix
-from rlaifv.text.rules import RuleSplitter, cut_words
+from rlaifv.text.rules import RuleSplitter, cut_words, existence_claim, with_existence_claims
 from rlaifv.world.language import CaptionNoise, Mention, describe, noisy_caption, parse_mentions, true_mentions
 from rlaifv.world.models import build_tokenizer
 from rlaifv.world.scenes import sample_scenes
@@ -159,6 +159,101 @@ def test_rule_splitter_multi_object_world_sentence():
     assert [parse_mentions(s) for s, _ in claims] == [
         [Mention("fork", "red", "small", 4)], [Mention("knife", "white", "large", 4)]
     ]
+
+
+# ---------------------------------------------------------------- existence claims
+
+
+@pytest.mark.parametrize(
+    ("statement", "expected"),
+    [
+        ("There is a large green box on the left.", ("There is a box.", "Is there a box?")),
+        ("A large green tree is on the left.", ("There is a tree.", "Is there a tree?")),
+        ("I can see a small red car at the top.", ("There is a car.", "Is there a car?")),
+        ("In the bottom right corner, there is a big green cup.", ("There is a cup.", "Is there a cup?")),
+        ("The image also shows an orange apple.", ("There is an apple.", "Is there an apple?")),
+        ("There is a cup on the left.", ("There is a cup.", "Is there a cup?")),
+        ("There are two red cups.", ("There are cups.", "Are there cups?")),
+        ("There is a cup.", None),  # says no more than its existence already
+        ("There is no red cup.", None),
+        ("I cannot see a red cup.", None),
+        ("The cup is red.", None),  # about an object introduced before
+        ("A cup is not red.", None),
+    ],
+)
+def test_existence_claim_forms(statement, expected):
+    assert existence_claim(statement) == expected
+
+
+def test_existence_claims_ask_once_per_object_beside_every_detailed_mention():
+    """On world responses: every mention with a detail gets one bare existence claim of its category, placed before
+    it, and no question is asked twice."""
+    rng = np.random.default_rng(1)
+    splitter = RuleSplitter()
+    extra = 0
+    for scene in sample_scenes(0, "val", 100):
+        claims = splitter.split_one("Describe this image.", noisy_caption(scene, rng))
+        marked = with_existence_claims(claims)
+        both = [c for c, _ in marked]
+        assert [c for c, added in marked if not added] == claims
+        assert len({q for _, q in both}) == len(both)
+        for statement, q in (c for c, added in marked if added):
+            (mention,) = parse_mentions(q)
+            assert mention == Mention(mention.category) and parse_mentions(statement) == [mention]
+            later = [m for s, _ in both[both.index((statement, q)) + 1:] for m in parse_mentions(s)]
+            assert mention.category in {m.category for m in later}
+            extra += 1
+        detailed = {m.category for s, _ in claims for m in parse_mentions(s) if m != Mention(m.category)}
+        assert {parse_mentions(s)[0].category for (s, _), added in marked if added} == detailed
+    assert extra > 100
+
+
+def _truth_scores(scene, answers: dict[int, str], existence: bool) -> list:
+    """Each answer's Scored with the scene's truth as the labeler, split by the rules (with existence claims)."""
+    from rlaifv.feedback.pairs import score_candidates
+    from rlaifv.records import Verdict
+    from rlaifv.world.language import claim_holds
+
+    verdicts = []
+    for idx, text in answers.items():
+        claims = RuleSplitter().split_one("Describe this image.", text)
+        marked = with_existence_claims(claims) if existence else [(c, False) for c in claims]
+        for i, ((statement, _), support) in enumerate(marked):
+            holds = claim_holds(scene, parse_mentions(statement)[0])
+            verdicts.append(Verdict.from_probs("p", idx, i, float(holds), float(not holds), support))
+    return score_candidates(verdicts)
+
+
+def test_existence_claims_let_keep_accepted_drop_a_pair_won_by_leaving_a_real_object_out():
+    """A real object named with a wrong colour loses to leaving it out on the score either way; only with the
+    existence claim does the naming answer keep more accepted claims, so `keep_accepted` drops the pair."""
+    from rlaifv.feedback.pairs import eligible_pairs
+
+    scene = next(s for s in sample_scenes(0, "val", 50) if len(s.objects) >= 2)
+    truth = true_mentions(scene)
+    recolored = Mention(truth[0].category, next(c for c in ("red", "blue") if c != truth[0].color), truth[0].size,
+                        truth[0].cell)
+    rng = np.random.default_rng(0)
+    answers = {0: describe([recolored, *truth[1:]], rng), 1: describe(truth[1:], rng)}  # 1 leaves the object out
+    for existence in (False, True):
+        scored = _truth_scores(scene, answers, existence)
+        assert [s.score for s in scored] == [-1.0, 0.0]  # the omission wins on the score with or without
+        pairs = eligible_pairs(scored, answers, min_gap=1.0, keep_accepted=True)
+        assert len(pairs) == (0 if existence else 1)
+
+
+def test_an_absent_object_costs_one_rejection_with_existence_claims_too():
+    """The existence claim of an invented object is rejected with its detailed claim; only the detailed one counts,
+    so the score is the one the answer's own claims give."""
+    scene = sample_scenes(0, "val", 1)[0]
+    absent = next(c for c in ("cup", "tree", "car", "ball", "fork") if c not in scene.categories)
+    rng = np.random.default_rng(0)
+    truth = true_mentions(scene)
+    answers = {0: describe([*truth, Mention(absent, "red", "small", 4)], rng)}
+    plain, existence = _truth_scores(scene, answers, False), _truth_scores(scene, answers, True)
+    assert plain[0].score == existence[0].score == -1.0
+    # every real object's mention has details, so each adds one accepted existence claim
+    assert existence[0].n_claims - existence[0].n_rejected == 2 * (plain[0].n_claims - plain[0].n_rejected)
 
 
 # ---------------------------------------------------------------- parsing the LLM's output

@@ -292,6 +292,33 @@ class ColorSplitter:
         return out
 
 
+def test_existence_claims_are_stored_judged_and_scored_as_support(micro_world, prompts_file, tmp_path):
+    """`claims.existence_claims` reaches the stored claims (the bare existence question before each mention with a
+    detail, marked as support, with the question suffix), the verdicts and the scores (test_pairs checks a support
+    claim's "no", which the micro labeler may never say)."""
+    from rlaifv.feedback.pairs import score_candidates
+
+    cfg = config_for(micro_world, claims={"existence_claims": True})
+    out = tmp_path / "run"
+    seed_candidates(out, prompts_file, cfg, {})
+    run_stage("claims", None, out, cfg)
+    s = stores(out)
+    first = sorted((c for c in s["claims"].read() if c.sample_idx == 0), key=lambda c: (c.prompt_id, c.claim_idx))
+    assert [(c.question, c.support) for c in first[:4]] == [
+        ("Is there a cup? Answer yes or no.", True), ("Is there a red cup on the left? Answer yes or no.", False),
+        ("Is there a ball? Answer yes or no.", True), ("Is a small ball at the top? Answer yes or no.", False),
+    ]
+    assert len(first) == 4 * N_PROMPTS
+    run_stage("judge", None, out, cfg)
+    verdicts = s["verdicts"].read_all()
+    support = {c.key: c.support for c in s["claims"].read()}
+    assert {v.key: v.support for v in verdicts} == support
+    for scored in score_candidates(verdicts):
+        mine = [v for v in verdicts if (v.prompt_id, v.sample_idx) == (scored.prompt_id, scored.sample_idx)]
+        assert scored.n_rejected == sum(not v.accepted for v in mine if not v.support)
+        assert scored.n_claims == sum(not v.support or v.accepted for v in mine)
+
+
 NO_CLAIMS = "I think it is nice."
 
 

@@ -42,7 +42,8 @@ class StrictModel(BaseModel):
 PAPER: dict[str, dict[str, Any]] = {
     "sample": {"n": 10, "temperature": 0.7, "max_new_tokens": 512},
     # two fine-tuned Llama-3-8B-Instruct models: statements, then one yes/no question per statement
-    "claims": {"splitter": "llm", "temperature": 0.2, "max_new_tokens": 256, "max_words": 300},
+    "claims": {"splitter": "llm", "temperature": 0.2, "max_new_tokens": 256, "max_words": 300,
+               "existence_claims": False},
     "judge": {"mode": "claims"},
     "pairs": {"min_gap": 1.0, "max_pairs_per_prompt": 2, "length_balance": True, "keep_accepted": False,
               "closest_length": 0},
@@ -63,6 +64,7 @@ PAPER_NOTES: dict[str, str] = {
                        "English: for free-form answers set claims.splitter: llm and a claims.splitter_model",
     "claims.temperature": "greedy, so that a rerun splits the same responses the same way",
     "pairs.length_balance": "without it DPO can learn that shorter answers win (fewer claims, fewer rejections)",
+    "claims.existence_claims": "not in the paper: asks whether each object named with details is there at all",
     "pairs.keep_accepted": "not in the paper: drops pairs whose chosen answer says fewer true things",
     "pairs.closest_length": "not in the paper: keeps the pairs whose answers are closest in length",
     "dpo.learning_rate": "the paper: 5e-7 for full fine-tuning, 1e-5 with LoRA",
@@ -214,6 +216,14 @@ class ClaimsConfig(StrictModel):
     max_words: int = Field(_paper("claims", "max_words"), ge=1,
                            description="responses are cut to this many words before splitting (paper: 300)")
     question_suffix: str = Field("Answer yes or no.", description="appended to every question; '' for none")
+    existence_claims: bool = Field(
+        _paper("claims", "existence_claims"),
+        description="not in the paper: before a claim that names an object with details (\"There is a red cup on "
+                    "the left\"), also ask whether the object is there at all (\"Is there a cup?\"), so a real "
+                    "object named with a wrong detail still earns an accepted claim and `pairs.keep_accepted` drops "
+                    "the pairs that win by leaving it out. The added claim only supports: its 'no' never lowers the "
+                    "score, which the detailed claim already does. Read from statements in simple English (the "
+                    "rules' forms)")
 
 
 class JudgeConfig(StrictModel):

@@ -15,7 +15,7 @@ import types
 import typing
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any, ClassVar, NamedTuple, Self
 
 import pyarrow as pa
@@ -73,6 +73,12 @@ def columns(cls: type[Record]) -> tuple[Column, ...]:
     return tuple(specs)
 
 
+@functools.cache
+def defaulted(cls: type) -> frozenset[str]:
+    """The fields of a record class that have a default: added later, so older shards may lack their column."""
+    return frozenset(f.name for f in fields(cls) if f.default is not MISSING)
+
+
 class Record:
     """Shared behaviour of every record: identity, row mapping, Parquet schema.
 
@@ -115,9 +121,12 @@ class Record:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Self:
-        """Inverse of :meth:`to_row`; extra keys in ``row`` are ignored."""
+        """Inverse of :meth:`to_row`; extra keys in ``row`` are ignored, and a column that a shard written before
+        the field existed lacks takes the field's default."""
         kwargs = {}
         for col in columns(cls):
+            if col.name not in row and col.name in defaulted(cls):
+                continue
             value = row[col.name]
             kwargs[col.name] = json.loads(value) if col.is_json else value
         return cls(**kwargs)
@@ -176,6 +185,9 @@ class Claim(Record):
     claim_idx: int  # index of the claim within the candidate
     statement: str  # the atomic claim, as a declarative sentence
     question: str  # the claim as a yes/no question for the labeler
+    # an existence claim asked beside a claim with details (`ClaimsConfig.existence_claims`): a "yes" counts as an
+    # accepted claim, a "no" never lowers the score (the detailed claim already carries that error)
+    support: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +207,7 @@ class Verdict(Record):
     p_yes: float  # labeler probability of "yes"
     p_no: float  # labeler probability of "no"
     accepted: bool  # p_yes > p_no; a tie is a rejection
+    support: bool = False  # the claim's `support`: only its acceptance counts (feedback.pairs.score_candidates)
 
     def __post_init__(self) -> None:
         if self.accepted != (self.p_yes > self.p_no):
@@ -205,14 +218,14 @@ class Verdict(Record):
 
     @classmethod
     def from_probs(
-        cls, prompt_id: str, sample_idx: int, claim_idx: int, p_yes: float, p_no: float
+        cls, prompt_id: str, sample_idx: int, claim_idx: int, p_yes: float, p_no: float, support: bool = False
     ) -> Verdict:
         """A verdict whose ``accepted`` is computed, never passed in.
 
         Probabilities are coerced to ``float`` so numpy / torch scalars store cleanly.
         """
         p_yes, p_no = float(p_yes), float(p_no)
-        return cls(prompt_id, sample_idx, claim_idx, p_yes, p_no, p_yes > p_no)
+        return cls(prompt_id, sample_idx, claim_idx, p_yes, p_no, p_yes > p_no, support)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,8 +236,8 @@ class Scored(Record):
 
     prompt_id: str  # the Prompt of the candidate
     sample_idx: int  # the Candidate scored
-    n_claims: int  # claims judged
-    n_rejected: int  # claims the labeler rejected
+    n_claims: int  # claims judged (support claims only where accepted)
+    n_rejected: int  # claims the labeler rejected (never a support claim)
     score: float  # -n_rejected
 
     @classmethod

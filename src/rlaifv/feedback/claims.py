@@ -15,6 +15,7 @@ from rlaifv.config import ClaimsConfig
 from rlaifv.progress import progress
 from rlaifv.records import BadInput, Candidate, Claim, Prompt
 from rlaifv.store import SetAside, ShardedStore, run_in_batches
+from rlaifv.text.rules import with_existence_claims
 
 SPLIT_BATCH = 32  # responses per splitter call: big enough to batch an LLM splitter, small enough to resume often
 
@@ -63,8 +64,9 @@ def run_claims(
     def claims(c: Candidate, result: list[tuple[str, str]]) -> list[Claim] | SetAside:
         if not result:  # a splitter that answers with no claims instead of a reason: no unit to store, never done
             return SetAside("no claims found (the splitter returned none)")
-        return [Claim(c.prompt_id, c.sample_idx, i, statement, with_suffix(question, cfg.question_suffix))
-                for i, (statement, question) in enumerate(result)]
+        marked = with_existence_claims(result) if cfg.existence_claims else [(claim, False) for claim in result]
+        return [Claim(c.prompt_id, c.sample_idx, i, statement, with_suffix(question, cfg.question_suffix), support)
+                for i, ((statement, question), support) in enumerate(marked)]
 
     with out.writer() as writer, progress("splitting claims", len(todo)) as bar:
         # A batch is a fixed unit: recomputed whole after a crash (only missing candidates are written), so an LLM

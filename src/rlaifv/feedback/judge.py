@@ -127,7 +127,8 @@ def run_judge(
                         writer.quarantine(c.key, f"labeler returned non-finite probabilities ({p_yes}, {p_no})", c)
                         quarantined += 1
                     else:
-                        verdicts.append(Verdict.from_probs(c.prompt_id, c.sample_idx, c.claim_idx, p_yes, p_no))
+                        verdicts.append(Verdict.from_probs(c.prompt_id, c.sample_idx, c.claim_idx, p_yes, p_no,
+                                                           c.support))
                 writer.add_unit(verdicts)
                 done += len(verdicts)
             bar.advance(n_here, status=f"{done} verdicts from {asked} questions")

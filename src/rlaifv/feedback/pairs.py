@@ -44,10 +44,12 @@ def score_candidates(verdicts: Iterable[Verdict]) -> list[Scored]:
     """One :class:`Scored` per candidate that has verdicts, sorted by (prompt_id, sample_idx).
 
     A candidate without claims has no verdicts and so no score: it cannot be compared on evidence, and scoring it 0
-    would make an empty answer the best one.
+    would make an empty answer the best one. A support claim (`Verdict.support`) counts only when accepted.
     """
     counts: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
     for verdict in verdicts:
+        if verdict.support and not verdict.accepted:
+            continue  # its detailed claim carries this error already
         count = counts[(verdict.prompt_id, verdict.sample_idx)]
         count[0] += 1
         count[1] += int(not verdict.accepted)

@@ -370,6 +370,77 @@ def question(statement: str) -> str:
     return f"Is it true that {s[:1].lower() + s[1:] if _first_word(s) != 'i' else s}?"
 
 
+# ---------------------------------------------------------------- existence claims
+
+# Determiners that introduce an object as new ("a red cup", "two cups"), as opposed to one mentioned before
+# ("the cup") or denied ("no cup"): only these say that something is there.
+_INTRODUCING_DETS = frozenset({"a", "an", "one", "another"}) | (_PLURAL_DETS - {"these", "those", "both"})
+
+
+def _introduced_object(statement: str) -> tuple[str, bool] | None:
+    """(the noun phrase that introduces an object, whether the statement adds a location to it), or None where the
+    statement introduces none (a negation, a statement about "the cup", an unparsed form)."""
+    s = statement.strip().rstrip(".!;").strip()
+    found: tuple[str, bool] | None = None
+    for pattern in (_EXIST_RE, _SEE_RE, _SHOWS_RE):
+        m = pattern.match(s)
+        if m and not (pattern is _SEE_RE and m.group("neg")):
+            found = (m.group("np"), False)
+            break
+    else:
+        m = _PP_EXIST_RE.match(s)
+        if m:
+            found = (m.group("np"), True)
+        else:
+            m = _COPULA_RE.match(s)
+            if m and len(m.group("subj").split()) <= _MAX_SUBJECT_WORDS and _first_word(m.group("rest")) != "not":
+                found = (m.group("subj"), True)
+    if found is None or _first_word(found[0]) not in _INTRODUCING_DETS:
+        return None
+    return found
+
+
+def existence_claim(statement: str) -> Claim | None:
+    """ "There is a large green box on the left." -> ("There is a box.", "Is there a box?"): the object's bare
+    existence, for a statement that introduces an object with details (colour, size, place); None otherwise, and
+    for a statement that already says no more than that."""
+    found = _introduced_object(statement)
+    if found is None:
+        return None
+    np_, located = found
+    phrase, location = split_location(np_)
+    head = head_noun(np_)
+    if not head:
+        return None
+    plural = is_plural(np_)
+    bare = head if plural else f"{'an' if head[0] in 'aeiou' else 'a'} {head}"
+    if not (located or location) and phrase.strip().lower() == bare:
+        return None  # "There is a cup.": the claim is its own existence claim
+    verb = "are" if plural else "is"
+    return f"There {verb} {bare}.", _there_question(bare, verb)
+
+
+def with_existence_claims(claims: Sequence[Claim]) -> list[tuple[Claim, bool]]:
+    """(claim, is it an added existence claim) for `claims`, with an existence claim (`existence_claim`) before
+    each claim that introduces an object with details, unless the same question is asked already.
+
+    Why: a mention with one wrong detail is rejected as a whole, so an answer that leaves the object out scores
+    better than one that names the real object with a wrong colour. With the bare existence claim beside it, the
+    mention still earns one accepted claim, and a pair rule on accepted claims (`PairsConfig.keep_accepted`) can
+    tell "said less" from "said less that is false". An added claim only supports: the score never counts its
+    rejection, which the detailed claim already carries (`Claim.support`).
+    """
+    asked = {q for _, q in claims}
+    out: list[tuple[Claim, bool]] = []
+    for statement, q in claims:
+        extra = existence_claim(statement)
+        if extra is not None and extra[1] not in asked:
+            asked.add(extra[1])
+            out.append((extra, True))
+        out.append(((statement, q), False))
+    return out
+
+
 # ---------------------------------------------------------------- the splitter
 
 
@@ -411,6 +482,6 @@ class RuleSplitter:
 
 
 __all__ = [
-    "BULLET_RE", "Claim", "RuleSplitter", "clauses", "cut_words", "head_noun", "is_hedge", "question", "sentences",
-    "split_list", "split_location", "statements",
+    "BULLET_RE", "Claim", "RuleSplitter", "clauses", "cut_words", "existence_claim", "head_noun", "is_hedge",
+    "question", "sentences", "split_list", "split_location", "statements", "with_existence_claims",
 ]

@@ -70,7 +70,7 @@ WORLD_PINNED = {"rounds": 3, "prompts_per_round": 768, "checkpoints": 20, "sampl
                 "sample.max_new_tokens": 96, "pairs.length_balance": False, "pairs.keep_accepted": True,
                 "pairs.closest_length": 1, "dpo.learning_rate": 1e-5, "dpo.num_train_epochs": 2.0,
                 "dpo.per_device_train_batch_size": 8, "dpo.logging_steps": 5, "dpo.report_to": "none",
-                "dpo.stop_fraction": 0.7, "claims.existence_claims": True}
+                "dpo.stop_fraction": 0.7, "dpo.rpo_alpha": 1.0, "claims.existence_claims": True}
 
 
 def _pinned(cfg: dict) -> dict:

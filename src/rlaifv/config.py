@@ -68,6 +68,7 @@ PAPER_NOTES: dict[str, str] = {
     "pairs.keep_accepted": "not in the paper: drops pairs whose chosen answer says fewer true things",
     "pairs.closest_length": "not in the paper: keeps the pairs whose answers are closest in length",
     "dpo.learning_rate": "the paper: 5e-7 for full fine-tuning, 1e-5 with LoRA",
+    "dpo.rpo_alpha": "not in the paper's recipe: an SFT term on the chosen answer (its code has one, off by default)",
     "dpo.stop_fraction": "not in the paper: the run stops before its learning-rate schedule ends",
     "rounds.prompts_per_round": "the paper draws ~4k fresh instructions a round",
     "rounds.fresh_prompts": "every round uses the whole prompts file again: its pairs come from prompts the policy "

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 KEPT_STEPS = ("prompts", "collect", "split")  # what round K keeps from RUN; the reference is recomputed in OUT
-ROUND_INPUTS = ("prompts.parquet", "prompt_rows.json", "split.json", "collect", "config.yaml")
+ROUND_INPUTS = ("prompts.parquet", "prompt_rows.json", "split.json", "collect")  # the loop writes config.yaml
 
 
 def setting(text: str) -> tuple[list[str], Any]:
@@ -42,7 +42,8 @@ def setting(text: str) -> tuple[list[str], Any]:
 
 
 def nested(path: list[str], value: Any) -> dict[str, Any]:
-    return {path[0]: nested(path[1:], value) if len(path) > 1 else value} if path else value
+    """(['dpo', 'rpo_alpha'], 1.0) -> {'dpo': {'rpo_alpha': 1.0}}"""
+    return {path[0]: nested(path[1:], value) if len(path) > 1 else value}
 
 
 def prepare(run: Path, k: int, out: Path, changes: dict[str, Any]) -> dict[str, Any]:
@@ -92,16 +93,13 @@ def main() -> None:
     args = ap.parse_args()
     if args.out.exists():
         raise SystemExit(f"{args.out} exists; name a new folder")
-    changes: dict[str, Any] = {}
-    for text in args.set:
-        from rlaifv.config import merge_config_data
-
-        changes = merge_config_data(changes, nested(*setting(text)))
-
-    from rlaifv.config import IterateConfig
+    from rlaifv.config import IterateConfig, merge_config_data
     from rlaifv.pipelines.loop import iterate
     from rlaifv.world.config import WorldConfig
 
+    changes: dict[str, Any] = {}
+    for text in args.set:
+        changes = merge_config_data(changes, nested(*setting(text)))
     record = prepare(args.run, args.round, args.out, changes)
     summary = iterate(args.out, IterateConfig.model_validate(record["config"]),
                       world=WorldConfig.model_validate(record["world"]))

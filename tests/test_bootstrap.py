@@ -46,6 +46,31 @@ def test_the_labeler_is_checked_on_val_claims_and_trains_on_while_it_is_below_th
     assert "below 1.0" in err and "training pass 2" in err and "still below" in err
 
 
+def test_an_alignment_above_its_error_bar_starts_again_and_the_best_attempt_is_kept(micro_config, capsys):
+    from rlaifv.world.bootstrap import align_vision, train_scenes
+    from rlaifv.world.models import build_tokenizer
+
+    tokenizer = build_tokenizer(micro_config.seed, micro_config.tokenizer_vocab)
+    scenes = train_scenes(micro_config)[0]
+    shape = micro_config.policy_model
+    once, once_stats = align_vision(micro_config, tokenizer, shape, scenes)
+    assert len(once_stats["attempts"]) == 1 and "starting again" not in capsys.readouterr().err
+    strict = micro_config.model_copy(update={"vision": micro_config.vision.model_copy(
+        update={"max_rel_error": 0.0, "max_restarts": 2})})  # a bar no alignment reaches
+    kept, stats = align_vision(strict, tokenizer, shape, scenes)
+    err = " ".join(capsys.readouterr().err.split())
+    errors = stats["attempts"]
+    assert len(errors) == 3 and len(set(errors)) == 3  # fresh initialisations, not the same run again
+    assert errors[0] == once_stats["attempts"][0]  # the first attempt is the unchecked alignment
+    assert stats["final_rel_error"] == min(errors) and stats["steps"] == 3 * once_stats["steps"]
+    assert "starting again from a fresh initialisation (attempt 2)" in err and "still above 0.0 after 2" in err
+    best = errors.index(min(errors))
+    if best == 0:
+        assert all(torch.equal(kept[k], once[k]) for k in once)
+    else:
+        assert any(not torch.equal(kept[k], once[k]) for k in once)
+
+
 def test_extra_labeler_passes_take_fresh_train_scenes(micro_config):
     from rlaifv.world.bootstrap import extra_labeler_scenes, train_scenes
 

@@ -290,6 +290,9 @@ def test_demo_reports_one_row_per_round(baseline, micro_world, micro_config):
     assert report["bootstrap"]["labeler"]["checks"] == checks  # the bootstrap's own check, carried into the report
     assert (f"the bootstrap checked it on {checks[0]['n_questions']} claims about `val` scenes: accuracy "
             f"{checks[0]['accuracy']:.3f} after 1 training pass.") in " ".join(md.split())
+    attempts = micro_world.manifest["train"]["vision_policy"]["attempts"]
+    assert report["bootstrap"]["vision_policy"]["attempts"] == attempts and len(attempts) == 1
+    assert "The vision alignment" not in md  # said only when it had to start again
     _check_charts(out, md)
     assert json.loads((out / "report.json").read_text())["rounds"] == rows
     _check_bon_section(report, out, micro_config)
@@ -444,6 +447,8 @@ def test_report_md_reads_what_ran_from_the_records(tmp_path):
         "bon_setup": {"policy": "runs/r1/ckpt-6", "reference": "runs/base", "trained_in": 1, "samples": 2,
                       "temperature": 0.7, "scored": 40, "quarantined": 0},
         "models": {"policy": "runs/base", "labeler": "models/labeler", "rounds": ["runs/r1/ckpt-6"] * 2},
+        "bootstrap": {"vision_policy": {"seconds": 60.0, "steps": 3000, "attempts": [0.1253, 0.042]},
+                      "labeler": {"seconds": 30.0, "steps": 375}},
     }
     write_report(tmp_path, report)
     md = (tmp_path / "report.md").read_text()
@@ -456,6 +461,8 @@ def test_report_md_reads_what_ran_from_the_records(tmp_path):
     assert "under the reference the base policy (`runs/base`), the policy round 1 started from" in text
     assert "(round 2 kept it)" in text
     assert "The labeler `models/labeler`" in md
+    assert ("The vision alignment both models read images through started 2 times: its relative error was 0.125, "
+            "then 0.042; the lowest was kept.") in " ".join(md.split())
 
     older = {**report, "rounds": [{k: v for k, v in r.items() if k not in ("policy", "step", "skipped")}
                                   for r in report["rounds"]],

@@ -221,6 +221,11 @@ def render_markdown(report: dict[str, Any], chart: str | None = None, bon_chart:
         "A falsely rejected true claim makes a clean response look hallucinated, so the false-rejection rate bounds",
         "the quality of every preference pair built from this labeler's verdicts.",
     ]
+    for role, part in report.get("bootstrap", {}).items():
+        errors = part.get("attempts", [])  # the alignment's relative error per start
+        if role.startswith("vision") and len(errors) > 1:
+            lines += ["", f"The vision alignment both models read images through started {len(errors)} times: its "
+                      f"relative error was {', then '.join(f'{e:.3f}' for e in errors)}; the lowest was kept."]
     checks = report.get("bootstrap", {}).get("labeler", {}).get("checks", [])
     if checks:  # the bootstrap's own check on `val` claims, one per training pass (a cached world keeps its own)
         said = ", then ".join(f"{c['accuracy']:.3f}" for c in checks)

@@ -80,8 +80,9 @@ def run_demo(workdir: Path, seed: int = 0, world: WorldConfig | None = None, ecf
 
     models = bootstrap(wcfg)
     timings["bootstrap"] = models.manifest["seconds"] if models.built else 0.0  # 0: reused from the cache
-    # each model's training seconds, and the labeler's checks on `val` claims (one per pass it trained)
-    built = {role: {k: v for k, v in part.items() if k in ("seconds", "steps", "checks")}
+    # each model's training seconds, the labeler's checks on `val` claims (one per pass it trained) and the vision
+    # alignment's relative error per attempt (one per fresh start)
+    built = {role: {k: v for k, v in part.items() if k in ("seconds", "steps", "checks", "attempts")}
              for role, part in models.manifest["train"].items()}
 
     t = time.perf_counter()

@@ -5,6 +5,10 @@
 - The **labeler** learns balanced yes/no questions with hard negatives (absent partners, wrong colors, sizes and
   neighbouring positions): discrimination is easier than generation, so it is accurate where the policy is not.
 
+Both read images through one vision alignment, which is checked by its final error (`align_vision`); the labeler is
+then checked on held-out `val` claims (`train_checked_labeler`). Each check trains again when it fails, because
+every preference pair the rounds build inherits what these two models get wrong.
+
 Both are cached under a key of (config, seed, package version); the world's claim splitter joins them there
 the first time something asks for it (`WorldModels.splitter`). A build happens in a temporary folder that is
 renamed into place only when complete, so an interrupted bootstrap never leaves a model that a later run picks up;

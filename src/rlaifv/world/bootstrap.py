@@ -367,7 +367,7 @@ def align_vision(
         seed = cfg.seed * 1000 + 4 + ALIGN_RESTART_SEED_STEP * attempt
         model = build_model(tokenizer, model_cfg, seed).to(device)
         losses = pretrain_vision(model, tokenizer, scenes, cfg.vision, seed, device)
-        errors.append(float(np.mean(losses[-20:])) if losses else 0.0)
+        errors.append(float(np.mean(losses[-20:])) if losses else 0.0)  # 0 steps: nothing to check
         if best is None or errors[-1] < best[0]:
             state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
                      if k.startswith(ALIGNED_PREFIXES)}

@@ -47,7 +47,7 @@ def test_the_labeler_is_checked_on_val_claims_and_trains_on_while_it_is_below_th
 
 
 def test_an_alignment_above_its_error_bar_starts_again_and_the_best_attempt_is_kept(micro_config, capsys):
-    from rlaifv.world.bootstrap import ALIGN_RESTART_SEED_STEP, align_vision, pretrain_vision, train_scenes
+    from rlaifv.world.bootstrap import align_vision, alignment_seed, pretrain_vision, train_scenes
     from rlaifv.world.models import build_model, build_tokenizer
 
     tokenizer = build_tokenizer(micro_config.seed, micro_config.tokenizer_vocab)
@@ -65,7 +65,7 @@ def test_an_alignment_above_its_error_bar_starts_again_and_the_best_attempt_is_k
     assert stats["final_rel_error"] == min(errors) and stats["steps"] == 3 * once_stats["steps"]
     assert "starting again from a fresh initialisation (attempt 2)" in err and "still above 0.0 after 2" in err
     best = errors.index(min(errors))  # its weights are the ones kept: the same seed aligns them again
-    seed = micro_config.seed * 1000 + 4 + ALIGN_RESTART_SEED_STEP * best
+    seed = alignment_seed(strict, best)
     again = build_model(tokenizer, shape, seed)
     pretrain_vision(again, tokenizer, scenes, strict.vision, seed)
     state = again.state_dict()

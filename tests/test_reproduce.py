@@ -76,8 +76,8 @@ WORLD_PINNED = {"rounds": 3, "prompts_per_round": 768, "checkpoints": 20, "sampl
 def _pinned(cfg: dict) -> dict:
     out = {}
     for key in WORLD_PINNED:
-        node = cfg
-        for part in (["collect", *key.split(".")] if key.split(".")[0] in ("sample", "claims", "pairs") else key.split(".")):
+        node, parts = cfg, key.split(".")
+        for part in (["collect", *parts] if parts[0] in ("sample", "claims", "pairs") else parts):
             node = node[part]
         out[key] = node
     return out

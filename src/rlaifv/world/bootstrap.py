@@ -342,7 +342,11 @@ def train_sft(
 
 # Weights the alignment stage produces; both models start from them (tied, so the LM head follows the embeddings).
 ALIGNED_PREFIXES = ("model.vision_tower.", "model.multi_modal_projector.", "model.language_model.embed_tokens.")
-ALIGN_RESTART_SEED_STEP = 100  # an alignment restart's seed: the first attempt's + 100 per restart
+
+
+def alignment_seed(cfg: WorldConfig, attempt: int) -> int:
+    """The seed of the alignment's attempt `attempt` (0 = the first; each restart adds 100)."""
+    return cfg.seed * 1000 + 4 + 100 * attempt
 
 
 def align_vision(
@@ -364,7 +368,7 @@ def align_vision(
         if attempt:
             log(f"[yellow]world vision alignment: relative error {errors[-1]:.3f} is above "
                 f"{cfg.vision.max_rel_error}; starting again from a fresh initialisation (attempt {attempt + 1})")
-        seed = cfg.seed * 1000 + 4 + ALIGN_RESTART_SEED_STEP * attempt
+        seed = alignment_seed(cfg, attempt)
         model = build_model(tokenizer, model_cfg, seed).to(device)
         losses = pretrain_vision(model, tokenizer, scenes, cfg.vision, seed, device)
         errors.append(float(np.mean(losses[-20:])) if losses else 0.0)  # 0 steps: nothing to check

@@ -114,6 +114,10 @@ def test_a_round_keeps_its_starting_policy_unless_a_checkpoint_beats_it(baseline
     assert row["step"] == min(by_step, key=lambda s: (by_step[s], s))
     trained = out / "round-1" / "dpo" / "checkpoints" / f"checkpoint-{row['step']}" / "model"
     assert row["policy"] == (start if row["step"] == 0 else str(trained))
+    # a kept start says why, in the round's row, its selection record and the run's report.md
+    assert row.get("selection_note") == selection["note"]
+    assert (selection["note"] is not None) == (row["step"] == 0)
+    assert ("Why a round kept the policy it started from" in (out / "report.md").read_text()) == (row["step"] == 0)
 
 
 def test_a_corrupt_checkpoint_found_by_a_later_round_redoes_the_round_that_wrote_it(baseline, micro_world,
@@ -327,7 +331,7 @@ def test_demo_report_names_the_reference_when_the_last_round_kept_its_policy(bas
     state = json.loads((out / STATE).read_text())
     first, second = state["steps"]["round-1/finish"], state["steps"]["round-2/finish"]
     kept = {**second, **{k: first[k] for k in ROUND_KEYS}, "policy": first["policy"], "step": 0,
-            "selection": first["selection"]}
+            "selection": first["selection"], "selection_note": "no checkpoint had lower `val` CHAIRs than its start"}
     state["steps"]["round-2/finish"] = kept
     (out / STATE).write_text(json.dumps(state))
     (out / "round-2" / "round.json").write_text(json.dumps(kept))
@@ -349,6 +353,7 @@ def test_demo_report_names_the_reference_when_the_last_round_kept_its_policy(bas
     assert f"under the reference the base policy (`{base}`), the policy round 1 started from" in text
     assert "Round 1 was the last round that changed the policy (round 2 kept it)" in text
     assert "started from instead of a new checkpoint" in md and "Round 2 kept" in md
+    assert "- Round 2: no checkpoint had lower `val` CHAIRs than its start." in md  # why, from the round's record
     assert f"| round 1 | step {first['step']} |" in md and "| round 2 | kept round 1's checkpoint |" in md
 
 
@@ -489,3 +494,23 @@ def test_world_selection_trades_chair_s_against_lost_cover(micro_config):
     assert choose([fewer_objects, kept_cover, candidate(50, 0.12, 0.771)], selector)["step"] == 50
     with pytest.raises(ValueError, match="'val' split"):
         WorldSelector(micro_config, EvalConfig(split="test"), 0.80, 0.03, 5.0)
+
+
+def test_world_selection_says_why_a_round_kept_its_start(micro_config):
+    """Base Cover 0.80, tolerance 0.03: a start that no checkpoint beats was kept either because none lowered CHAIRs
+    or because every one that did named fewer real objects than the allowed 0.77 (a Cover-bound round)."""
+    selector = WorldSelector(micro_config, EvalConfig(split="val", n_scenes=1), 0.80, 0.03, 100.0)
+
+    def candidate(step: int, chair_s: float, cover: float) -> dict:
+        metrics = {"chair_s": chair_s, "cover": cover}
+        return {"step": step, "metrics": {**metrics, "objective": selector.objective(metrics)}}
+
+    start = candidate(0, 0.12, 0.775)
+    bound = [start, candidate(10, 0.13, 0.79), candidate(20, 0.05, 0.74), candidate(30, 0.08, 0.765)]
+    assert choose(bound, selector)["step"] == 0
+    note = selector.why_start_kept(bound)
+    assert note.startswith("Cover-bound: the 2 checkpoints with lower `val` CHAIRs (down to 0.050 at step 20)")
+    assert "Cover at most 0.765, below the 0.770 allowed (cover_tolerance 0.03 below the base policy's 0.800)" in note
+    flat = [start, candidate(10, 0.12, 0.80), candidate(20, 0.15, 0.78)]
+    assert choose(flat, selector)["step"] == 0
+    assert selector.why_start_kept(flat) == "no checkpoint had lower `val` CHAIRs than its start (0.120)"

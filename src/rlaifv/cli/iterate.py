@@ -111,6 +111,8 @@ def _table(summary: dict[str, Any]) -> str:
                                                                                               "chair")
                                                             if selection.get(k) is not None))
             parts.append(row.get("skipped") or f"step {row['step']}")
+            if row.get("selection_note") and not row.get("step"):
+                parts.append(f"kept its start: {row['selection_note']}")
         lines.append(", ".join(parts))
     lines.append(f"{len(summary.get('deviations', []))} settings differ from the paper's (listed in "
                  f"{summary['out']}/report.md)")

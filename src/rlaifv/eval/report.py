@@ -71,6 +71,12 @@ def _rounds_text(ks: list[int]) -> str:
     return f"rounds {', '.join(map(str, ks[:-1]))} and {ks[-1]}"
 
 
+def kept_reasons(rounds: list[dict[str, Any]]) -> list[str]:
+    """One bullet per round whose selection kept its start and said why (`WorldSelector.why_start_kept`)."""
+    return [f"- Round {r['round']}: {r['selection_note']}." for r in rounds
+            if r.get("round") and r.get("selection_note") and not r.get("step")]
+
+
 def round_table(rounds: list[dict[str, Any]], names: dict[str, str] | None = None) -> list[str]:
     """Markdown rows: world metrics of every round's policy, what the round kept, and the pairs that trained it."""
     names = names if names is not None else checkpoint_names({"rounds": rounds})
@@ -198,6 +204,7 @@ def render_markdown(report: dict[str, Any], chart: str | None = None, bon_chart:
         if kept:
             lines.append(f"{_rounds_text(kept).capitalize()} kept the policy {'it' if len(kept) == 1 else 'they'} "
                          "started from instead of a new checkpoint.")
+            lines += kept_reasons(rounds)
         lines += [
             "Round k's pairs are the ones that trained it, and their feedback precision is the share whose chosen",
             "response really has fewer false statements (ground truth), among pairs where the two differ.",

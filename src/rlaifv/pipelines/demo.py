@@ -54,10 +54,12 @@ def _examples(wcfg: WorldConfig, ecfg: EvalConfig, gen_dir: Path, n: int = 5) ->
 
 def report_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The loop's rows as the report's: every round's policy and test metrics, plus for k >= 1 the training pairs'
-    counts and the DPO step the round chose (0: it kept its starting policy; `skipped`: why it could not train)."""
+    counts and the DPO step the round chose (0: it kept its starting policy, `selection_note` says why; `skipped`:
+    why it could not train)."""
     return [{"round": r["round"], "policy": r["policy"], **{k: r[k] for k in ROUND_KEYS},
              **({**{k: r[k] for k in FEEDBACK_KEYS}, "step": r["step"]} if r["round"] > 0 else {}),
-             **({"skipped": r["skipped"]} if r.get("skipped") else {})} for r in rows]
+             **({"skipped": r["skipped"]} if r.get("skipped") else {}),
+             **({"selection_note": r["selection_note"]} if r.get("selection_note") else {})} for r in rows]
 
 
 def run_demo(workdir: Path, seed: int = 0, world: WorldConfig | None = None, ecfg: EvalConfig | None = None,

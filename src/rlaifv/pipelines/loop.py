@@ -476,6 +476,9 @@ class Loop:
             log(f"[yellow]round {k}: {note}")
         else:
             best, note = choose(candidates, selector), None
+            if best["step"] == 0 and self.select_on == "world":
+                note = selector.why_start_kept(candidates)
+                log(f"[yellow]round {k} keeps the policy it started from: {note}")
         result = {"select_on": self.select_on, "candidates": candidates, "checkpoint": best["checkpoint"],
                   "step": best["step"], "metrics": best["metrics"], "note": note}
         write_json(folder / "selection.json", result)
@@ -543,6 +546,8 @@ class Loop:
         row.update(self._trained_feedback(k))
         row.update({"policy": selected["checkpoint"], "step": selected["step"], "select_on": self.select_on,
                     "selection": selected["metrics"], "collected_pairs": collected["n_pairs"]})
+        if selected.get("note"):  # why the selection kept the start, or took the last checkpoint unmeasured
+            row["selection_note"] = selected["note"]
         write_json(r / "round.json", row)
         return row
 
@@ -559,6 +564,7 @@ class Loop:
 
 def write_rounds_report(out: Path, summary: dict[str, Any]) -> None:
     """OUT/report.md: a row per round (what trained it, what it kept) and the settings that differ from the paper's."""
+    from rlaifv.eval.report import kept_reasons
     from rlaifv.pipelines.collect import deviations_section
 
     def num(x: Any) -> str:
@@ -572,5 +578,8 @@ def write_rounds_report(out: Path, summary: dict[str, Any]) -> None:
         lines.append(f"| {row['round']} | `{row['policy']}` | {num(row.get('n_pairs'))} | "
                      f"{num(row.get('feedback_precision'))} | {kept} | {num(row.get('chair_s'))} | "
                      f"{num(row.get('cover'))} |")
+    reasons = kept_reasons(summary["rounds"])
+    if reasons:
+        lines += ["", "Why a round kept the policy it started from:", "", *reasons]
     lines += ["", *deviations_section(summary.get("deviations", []))]
     write_text(Path(out) / REPORT, "\n".join(lines) + "\n")

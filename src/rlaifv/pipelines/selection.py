@@ -69,6 +69,21 @@ class WorldSelector:
     def order(self, metrics: dict[str, Any]) -> tuple[float, ...]:
         return (metrics["objective"],)
 
+    def why_start_kept(self, candidates: list[dict[str, Any]]) -> str:
+        """Why no checkpoint beat the round's start (the step-0 candidate): none lowered `val` CHAIRs, or every one
+        that did fell below the Cover the selection allows -- a Cover-bound round, whose policy can cut
+        hallucinations here only by naming fewer real objects (`cover_tolerance` is the knob that trades them)."""
+        start = next(c["metrics"] for c in candidates if c["step"] == 0)
+        lower = [c for c in candidates if c["step"] > 0 and c["metrics"]["chair_s"] < start["chair_s"]]
+        if not lower:
+            return f"no checkpoint had lower `val` CHAIRs than its start ({start['chair_s']:.3f})"
+        best = min(lower, key=lambda c: (c["metrics"]["chair_s"], c["step"]))
+        floor = self.base_cover - self.tolerance
+        return (f"Cover-bound: the {len(lower)} checkpoint{'s' if len(lower) > 1 else ''} with lower `val` CHAIRs "
+                f"(down to {best['metrics']['chair_s']:.3f} at step {best['step']}) named fewer real objects: Cover "
+                f"at most {max(c['metrics']['cover'] for c in lower):.3f}, below the {floor:.3f} allowed "
+                f"(cover_tolerance {self.tolerance:g} below the base policy's {self.base_cover:.3f})")
+
 
 class RewardSelector:
     """Implicit-reward accuracy on held-out pairs, with the reference log-probs of the round's reference pass."""

@@ -68,7 +68,7 @@ def world_file(tmp_path_factory) -> Path:
 # what the world's rounds ran with before the paper's defaults became IterateConfig's: they must not move
 WORLD_PINNED = {"rounds": 3, "prompts_per_round": 768, "checkpoints": 20, "sample.n": 10, "sample.temperature": 0.7,
                 "sample.max_new_tokens": 96, "pairs.length_balance": False, "pairs.keep_accepted": True,
-                "pairs.closest_length": 1, "dpo.learning_rate": 1e-5, "dpo.num_train_epochs": 2.0,
+                "pairs.closest_length": 2, "dpo.learning_rate": 1e-5, "dpo.num_train_epochs": 2.0,
                 "dpo.per_device_train_batch_size": 8, "dpo.logging_steps": 5, "dpo.report_to": "none",
                 "dpo.stop_fraction": 0.7, "dpo.rpo_alpha": 1.0, "claims.existence_claims": True}
 

@@ -278,7 +278,7 @@ class PairsConfig(StrictModel):
                                             "closest in length (in words); the rest are drawn at random. Drawn pairs "
                                             "favour a shorter chosen answer (the one without an invented sentence), "
                                             "so DPO on them also learns to stop early; length-matched ones teach what"
-                                            " to say instead. 0 = all drawn (the paper); the world's rounds use 1")
+                                            " to say instead. 0 = all drawn (the paper); the world's rounds use 2")
     seed: int = Field(0, description="seeds the choice among a prompt's pairs")
     round: int = Field(0, ge=0, description="iterative round recorded in each pair")
 

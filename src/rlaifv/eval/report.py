@@ -204,7 +204,8 @@ def render_markdown(report: dict[str, Any], chart: str | None = None, bon_chart:
         if kept:
             lines.append(f"{_rounds_text(kept).capitalize()} kept the policy {'it' if len(kept) == 1 else 'they'} "
                          "started from instead of a new checkpoint.")
-            lines += kept_reasons(rounds)
+            reasons = kept_reasons(rounds)
+            lines += ["", *reasons, ""] if reasons else []  # a list of its own: the next line is a new paragraph
         lines += [
             "Round k's pairs are the ones that trained it, and their feedback precision is the share whose chosen",
             "response really has fewer false statements (ground truth), among pairs where the two differ.",

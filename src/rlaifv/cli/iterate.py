@@ -91,6 +91,8 @@ def _plan(cfg: IterateConfig, prompts: Optional[Path], inputs: dict[str, Any], s
 
 def _table(summary: dict[str, Any]) -> str:
     """One line per round for the terminal."""
+    from rlaifv.eval.report import kept_reason
+
     lines = []
     for row in summary["rounds"]:
         parts = [f"round {row['round']}"]
@@ -111,8 +113,8 @@ def _table(summary: dict[str, Any]) -> str:
                                                                                               "chair")
                                                             if selection.get(k) is not None))
             parts.append(row.get("skipped") or f"step {row['step']}")
-            if row.get("selection_note") and not row.get("step"):
-                parts.append(f"kept its start: {row['selection_note']}")
+            if kept_reason(row):
+                parts.append(f"kept its start: {kept_reason(row)}")
         lines.append(", ".join(parts))
     lines.append(f"{len(summary.get('deviations', []))} settings differ from the paper's (listed in "
                  f"{summary['out']}/report.md)")

@@ -71,10 +71,15 @@ def _rounds_text(ks: list[int]) -> str:
     return f"rounds {', '.join(map(str, ks[:-1]))} and {ks[-1]}"
 
 
+def kept_reason(row: dict[str, Any]) -> str | None:
+    """Why round `row` kept the policy it started from (`WorldSelector.why_start_kept`), None where it did not: a
+    round's `selection_note` may also say why it took its last checkpoint unmeasured."""
+    return row["selection_note"] if row.get("round") and row.get("selection_note") and not row.get("step") else None
+
+
 def kept_reasons(rounds: list[dict[str, Any]]) -> list[str]:
-    """One bullet per round whose selection kept its start and said why (`WorldSelector.why_start_kept`)."""
-    return [f"- Round {r['round']}: {r['selection_note']}." for r in rounds
-            if r.get("round") and r.get("selection_note") and not r.get("step")]
+    """One bullet per round whose selection kept its start and said why."""
+    return [f"- Round {r['round']}: {kept_reason(r)}." for r in rounds if kept_reason(r)]
 
 
 def round_table(rounds: list[dict[str, Any]], names: dict[str, str] | None = None) -> list[str]:

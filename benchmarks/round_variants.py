@@ -1,16 +1,21 @@
-"""One round of a finished world run, trained again with other DPO settings on the same pairs: what would the
-round's selection have chosen?
+"""One round of a finished world run, trained again with other pair or DPO settings on the same samples: what would
+the round's selection have chosen?
 
     python benchmarks/round_variants.py runs/demo --round 3 --out /tmp/r3-sft --set dpo.rpo_alpha=1.0
     python benchmarks/round_variants.py runs/demo --round 3 --out /tmp/r3-lr --set dpo.learning_rate=5e-6
+    python benchmarks/round_variants.py runs/demo --round 3 --out /tmp/r3-p --set collect.pairs.closest_length=1
 
-A round's pairs, and the policy it starts from, are fixed once it has collected; only its DPO and its selection
-depend on the training settings. So a DPO setting can be compared round by round, in about a minute each (train,
-select, evaluate on 2 CPU cores), instead of in a cold demo of 7-8 minutes whose later rounds also differ by their
-samples. RUN is an `rlaifv iterate` or `rlaifv demo` work folder on the world's scenes; it is only read.
+A round's samples and verdicts, and the policy it starts from, are fixed once it has collected; only its pairs
+(`collect.pairs`, rebuilt from the stored verdicts), its DPO and its selection depend on the settings here. So a
+setting can be compared round by round, in a few minutes each (train, select, evaluate on 2 CPU cores), instead of
+in a cold demo of 7-8 minutes whose later rounds also differ by their samples. RUN is an `rlaifv iterate` or
+`rlaifv demo` work folder on the world's scenes; it is only read. The world's models come from the model cache
+(bootstrapped there first if a cold run's cache is gone); round 1 starts from the base policy at the path RUN
+recorded.
 
 OUT gets the run's state up to round K's collected pairs (the prompts, the pairs and the train/selection split are
-copied; the reference log-probs are computed again), and `rlaifv iterate`'s own code runs the round's reference,
+copied, or with a `collect.pairs` change the verdicts, the pairs then built again; the reference log-probs are
+computed again), and `rlaifv iterate`'s own code runs the round's reference,
 training, selection and test evaluation there. Prints every checkpoint's `val` CHAIRs / Cover / attribute errors,
 the step the selection kept, and the kept policy's `test` numbers beside the original run's. Choose on `val` and on
 development seeds only (`benchmarks/seeds.py` says which); the `test` column reports.
@@ -32,9 +37,10 @@ def setting(text: str) -> tuple[list[str], Any]:
     """'dpo.rpo_alpha=1.0' -> (['dpo', 'rpo_alpha'], 1.0); the value is JSON, or a plain string."""
     key, _, value = text.partition("=")
     path = key.split(".")
-    if not value or path[0] not in ("dpo", "checkpoints", "cover_tolerance", "cover_penalty"):
-        raise SystemExit(f"--set {text!r}: expected dpo.FIELD=VALUE (or checkpoints / cover_tolerance / "
-                         "cover_penalty): only what acts after a round has collected can change")
+    if not value or not (path[0] in ("dpo", "checkpoints", "cover_tolerance", "cover_penalty")
+                         or path[:2] == ["collect", "pairs"]):
+        raise SystemExit(f"--set {text!r}: expected dpo.FIELD=VALUE or collect.pairs.FIELD=VALUE (or checkpoints / "
+                         "cover_tolerance / cover_penalty): only what acts after a round's verdicts can change")
     try:
         return path, json.loads(value)
     except json.JSONDecodeError:
@@ -48,7 +54,8 @@ def nested(path: list[str], value: Any) -> dict[str, Any]:
 
 def prepare(run: Path, k: int, out: Path, changes: dict[str, Any]) -> dict[str, Any]:
     """Write OUT's state.json (RUN's steps before round K, and round K's first steps) and copy round K's inputs;
-    returns the run record with the changed config."""
+    returns the run record with the changed config. A change of `collect.pairs` reruns the round's collect step:
+    its samples, claims and verdicts are found stored, and only the pairs are built again."""
     from rlaifv.config import merge_config_data
 
     state = json.loads((run / "state.json").read_text(encoding="utf-8"))
@@ -60,7 +67,9 @@ def prepare(run: Path, k: int, out: Path, changes: dict[str, Any]) -> dict[str, 
             return True
         r, step = name.split("/")
         j = int(r.removeprefix("round-"))
-        return j < k or (j == k and step in KEPT_STEPS)
+        return j < k or (j == k and step in kept_steps)
+
+    kept_steps = KEPT_STEPS if "pairs" not in changes.get("collect", {}) else ("prompts",)
 
     state["steps"] = {name: v for name, v in state["steps"].items() if kept(name)}
     state["seconds"] = {}

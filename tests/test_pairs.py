@@ -165,6 +165,22 @@ def test_closest_length_keeps_the_pair_of_nearest_lengths_and_draws_the_rest():
     assert _indices(_pairs(scored, texts, seed=3, closest_length=0)) == _indices(_pairs(scored, texts, seed=3))
 
 
+def test_closest_by_accepted_gain_ranks_pairs_by_what_the_chosen_answer_adds_that_is_true():
+    # (claims, rejected) -> accepted: 0 (4, 0) 4; 1 (3, 1) 2; 2 (2, 1) 1; 3 (5, 2) 3
+    scored = [Scored.from_counts("p0", 0, 4, 0), Scored.from_counts("p0", 1, 3, 1), Scored.from_counts("p0", 2, 2, 1),
+              Scored.from_counts("p0", 3, 5, 2)]
+    texts = {0: "a b c d", 1: "a b c", 2: "a b c d e", 3: "a b c d e f"}
+    # eligible (chosen, rejected): (0,1) gain 2, (0,2) 3, (0,3) 1, (1,3) -1, (2,3) -2; word gaps 1, 1, 2, 3, 1
+    assert _indices(_pairs(scored, texts, closest_length=2, closest_by="accepted_gain")) == [(0, 1), (0, 2)]
+    for seed in range(4):  # one ranked pair, the largest gain, and one drawn
+        assert (0, 2) in _indices(_pairs(scored, texts, closest_length=1, closest_by="accepted_gain", seed=seed))
+    # 'words' ranks the same pairs by length gap only: (0,1), (0,2) and (2,3) tie at 1, the earliest two win
+    assert _indices(_pairs(scored, texts, closest_length=2)) == [(0, 1), (0, 2)]
+    texts[2] = "a b c d e f g h"  # (0,2) now 4 words apart: by words it drops out, by gain it stays first
+    assert (0, 2) not in _indices(_pairs(scored, texts, closest_length=2))
+    assert (0, 2) in _indices(_pairs(scored, texts, closest_length=1, closest_by="accepted_gain", seed=0))
+
+
 # -- length balance -----------------------------------------------------------------------------------------------
 
 

@@ -116,11 +116,14 @@ def cap_pairs(items: list[Any], cap: int, rng: np.random.Generator) -> list[Any]
 
 
 def pick_pairs(found: list[tuple[Scored, Scored]], texts: dict[int, str], cap: int, closest_length: int,
-               rng: np.random.Generator) -> list[tuple[Scored, Scored]]:
+               rng: np.random.Generator, closest_by: str = "words") -> list[tuple[Scored, Scored]]:
     """At most ``cap`` of a prompt's eligible pairs: the ``closest_length`` ones whose answers differ least in words
-    (the earlier pair on a tie), then a seeded draw among the others; in their original order."""
+    (``closest_by`` 'accepted_gain': whose chosen answer has the most accepted claims more than the rejected one,
+    then the least word gap; the earlier pair on a tie), then a seeded draw among the others; in their original
+    order."""
     gap = [abs(n_words(texts[c.sample_idx]) - n_words(texts[r.sample_idx])) for c, r in found]
-    closest = set(sorted(range(len(found)), key=lambda i: gap[i])[: min(closest_length, cap)])
+    gain = [accepted(c) - accepted(r) if closest_by == "accepted_gain" else 0 for c, r in found]
+    closest = set(sorted(range(len(found)), key=lambda i: (-gain[i], gap[i]))[: min(closest_length, cap)])
     rest = [i for i in range(len(found)) if i not in closest]
     keep = closest | set(cap_pairs(rest, cap - len(closest), rng))
     return [found[i] for i in sorted(keep)]
@@ -139,7 +142,8 @@ def pairs_for_prompt(
     is copied into every pair beside ``chosen_idx`` / ``rejected_idx`` (which win on a name clash).
     """
     chosen_rejected = pick_pairs(eligible_pairs(scored, texts, cfg.min_gap, cfg.keep_accepted), texts,
-                                 cfg.max_pairs_per_prompt, cfg.closest_length, prompt_rng(cfg.seed, prompt.prompt_id))
+                                 cfg.max_pairs_per_prompt, cfg.closest_length, prompt_rng(cfg.seed, prompt.prompt_id),
+                                 cfg.closest_by)
     return [
         Pair(
             prompt_id=prompt.prompt_id,

@@ -62,14 +62,14 @@ def prepare(run: Path, k: int, out: Path, changes: dict[str, Any]) -> dict[str, 
     if f"round-{k}/split" not in state["steps"]:
         raise SystemExit(f"{run}: round {k} has not collected its pairs yet")
 
+    kept_steps = KEPT_STEPS if "pairs" not in changes.get("collect", {}) else ("prompts",)
+
     def kept(name: str) -> bool:
         if name == "start" or name.startswith("round-0/"):
             return True
         r, step = name.split("/")
         j = int(r.removeprefix("round-"))
         return j < k or (j == k and step in kept_steps)
-
-    kept_steps = KEPT_STEPS if "pairs" not in changes.get("collect", {}) else ("prompts",)
 
     state["steps"] = {name: v for name, v in state["steps"].items() if kept(name)}
     state["seconds"] = {}

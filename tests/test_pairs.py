@@ -174,11 +174,14 @@ def test_closest_by_accepted_gain_ranks_pairs_by_what_the_chosen_answer_adds_tha
     assert _indices(_pairs(scored, texts, closest_length=2, closest_by="accepted_gain")) == [(0, 1), (0, 2)]
     for seed in range(4):  # one ranked pair, the largest gain, and one drawn
         assert (0, 2) in _indices(_pairs(scored, texts, closest_length=1, closest_by="accepted_gain", seed=seed))
-    # 'words' ranks the same pairs by length gap only: (0,1), (0,2) and (2,3) tie at 1, the earliest two win
-    assert _indices(_pairs(scored, texts, closest_length=2)) == [(0, 1), (0, 2)]
-    texts[2] = "a b c d e f g h"  # (0,2) now 4 words apart: by words it drops out, by gain it stays first
-    assert (0, 2) not in _indices(_pairs(scored, texts, closest_length=2))
-    assert (0, 2) in _indices(_pairs(scored, texts, closest_length=1, closest_by="accepted_gain", seed=0))
+    texts[2] = "a b c d e f g h"  # (0,2) now 4 words apart: by words it drops out, by gain it stays
+    assert _indices(_pairs(scored, texts, closest_length=2)) == [(0, 1), (0, 3)]  # gaps 1, then 2 (earliest)
+    assert _indices(_pairs(scored, texts, closest_length=2, closest_by="accepted_gain")) == [(0, 1), (0, 2)]
+    # equal gains fall back to the length gap: (0,1) and (0,2) both gain 2, and (0,2) is now the closer in words
+    scored[2] = Scored.from_counts("p0", 2, 3, 1)
+    texts[1], texts[2] = "a b c d e f g h i", "a b c d e"  # gaps: (0,1) 5, (0,2) 1
+    for seed in range(6):
+        assert (0, 2) in _indices(_pairs(scored, texts, closest_length=1, closest_by="accepted_gain", seed=seed))
 
 
 # -- length balance -----------------------------------------------------------------------------------------------

@@ -116,14 +116,17 @@ def cap_pairs(items: list[Any], cap: int, rng: np.random.Generator) -> list[Any]
 
 
 def pick_pairs(found: list[tuple[Scored, Scored]], texts: dict[int, str], cap: int, closest_length: int,
-               rng: np.random.Generator, closest_by: str = "words") -> list[tuple[Scored, Scored]]:
+               rng: np.random.Generator, closest_by: str) -> list[tuple[Scored, Scored]]:
     """At most ``cap`` of a prompt's eligible pairs: the ``closest_length`` ones whose answers differ least in words
     (``closest_by`` 'accepted_gain': whose chosen answer has the most accepted claims more than the rejected one,
     then the least word gap; the earlier pair on a tie), then a seeded draw among the others; in their original
     order."""
-    gap = [abs(n_words(texts[c.sample_idx]) - n_words(texts[r.sample_idx])) for c, r in found]
-    gain = [accepted(c) - accepted(r) if closest_by == "accepted_gain" else 0 for c, r in found]
-    closest = set(sorted(range(len(found)), key=lambda i: (-gain[i], gap[i]))[: min(closest_length, cap)])
+    def rank(pair: tuple[Scored, Scored]) -> tuple[int, int]:  # smaller ranks first
+        chosen, rejected = pair
+        gap = abs(n_words(texts[chosen.sample_idx]) - n_words(texts[rejected.sample_idx]))
+        return (accepted(rejected) - accepted(chosen) if closest_by == "accepted_gain" else 0), gap
+
+    closest = set(sorted(range(len(found)), key=lambda i: rank(found[i]))[: min(closest_length, cap)])
     rest = [i for i in range(len(found)) if i not in closest]
     keep = closest | set(cap_pairs(rest, cap - len(closest), rng))
     return [found[i] for i in sorted(keep)]

@@ -303,3 +303,26 @@ def test_a_corrupt_candidates_shard_is_named_then_recomputed_by_the_rerun(finish
         assert rows(out, name) == rows(finished, name), name
     assert (out / "candidates" / "corrupt" / f"shards__{victim.name}").is_file()
     assert not victim.exists() or victim.read_bytes() != bytes(data)  # its name may be reused; never its bytes
+
+
+def test_a_rerun_of_a_finished_collect_loads_no_model(micro_world, world_prompts, tmp_path):
+    """Every record stored: the rerun finishes without its policy and labeler (gone from disk here) and says so;
+    with one verdicts shard lost, the judge stage needs its labeler again and the load is what fails."""
+    policy, labeler = shutil.copytree(micro_world.policy, tmp_path / "policy"), shutil.copytree(
+        micro_world.labeler, tmp_path / "labeler")
+    cfg = config_for(micro_world, sample={"policy": {"path": str(policy)}}, judge={"labeler": {"path": str(labeler)}})
+    out = tmp_path / "run"
+    assert collect(world_prompts, out, cfg)["fast_paths"]  # the first run names the fast paths its models took
+    before = {name: rows(out, name) for name in ("candidates", "claims", "verdicts", "pairs")}
+    shutil.rmtree(policy)
+    shutil.rmtree(labeler)
+
+    summary = collect(world_prompts, out, cfg)
+    assert {name: rows(out, name) for name in before} == before
+    for stage in ("sample", "judge"):
+        assert run_stage(stage, None, out, cfg)["note"] == "every record was stored; the model was not loaded"
+    assert "fast_paths" not in summary  # none ran this time
+
+    stores(out)["verdicts"].shard_paths()[0].unlink()
+    with pytest.raises(Exception, match="labeler"):
+        run_stage("judge", None, out, cfg)

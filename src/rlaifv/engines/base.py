@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from PIL import Image
 
     from rlaifv.records import BadInput
@@ -77,6 +79,47 @@ class VLM(Protocol):
         """Which fast paths ran on this engine's model and which fell back to the exact path (engines.fastpath)."""
         ...
 
+
+
+class LoadedOnUse:
+    """A VLM whose model loads when a stage first asks it something, so a resumed stage that finds every record
+    stored skips the load (for a 7B model, a minute and its GPU memory; for the world, a bootstrap check).
+    `load` returns the engine; it runs at most once."""
+
+    def __init__(self, load: Callable[[], VLM]) -> None:
+        self._load, self._engine = load, None
+
+    @property
+    def loaded(self) -> bool:
+        return self._engine is not None
+
+    @property
+    def engine(self) -> VLM:
+        if self._engine is None:
+            self._engine = self._load()
+        return self._engine
+
+    @property
+    def path(self) -> str:
+        return self.engine.path
+
+    def sample(self, images: list[Image.Image], questions: list[str], n: int, sampling: Sampling,
+               seed: int | None = None) -> list[list[Answer] | BadInput]:
+        return self.engine.sample(images, questions, n, sampling, seed)
+
+    def generate(self, images: list[Image.Image], questions: list[str], sampling: Sampling) -> list[Answer]:
+        return self.engine.generate(images, questions, sampling)
+
+    def yes_no(self, images: list[Image.Image], questions: list[str]) -> list[YesNo | BadInput]:
+        return self.engine.yes_no(images, questions)
+
+    def yes_no_shared(self, groups: list[tuple[Image.Image, list[str]]], questions_per_pack: int = 64,
+                      packs_per_forward: int = 8) -> list[list[YesNo | BadInput]]:
+        return self.engine.yes_no_shared(groups, questions_per_pack, packs_per_forward)
+
+    def fast_paths(self) -> dict[str, dict]:
+        """The loaded engine's; none when it never loaded."""
+        return self.engine.fast_paths() if self.loaded else {}
 
 @runtime_checkable
 class TextLLM(Protocol):

@@ -16,11 +16,11 @@ runs' answers; `force_config` continues it deliberately.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from rlaifv.config import BonConfig, SampleConfig
+from rlaifv.engines.base import LoadedOnUse
 from rlaifv.feedback.sample import run_sample
 from rlaifv.files import write_json
 from rlaifv.infer.bon import STAGE, Scorer, export_best, load_scorer, run_bon, summarize
@@ -50,8 +50,9 @@ def sample_config(cfg: BonConfig) -> SampleConfig:
                         prompts_per_batch=cfg.prompts_per_batch, seed=cfg.seed)
 
 
-def _unfinished(prompts: ShardedStore[Prompt], done: set[str], first_key: Callable[[str], str]) -> int:
-    return sum(1 for p in prompts.read() if p.prompt_id not in done and first_key(p.prompt_id) not in done)
+def _unfinished(prompts: ShardedStore[Prompt], done: set[str]) -> int:
+    """Prompts with no stored or quarantined best-of-N record: 0 means the scorers need not load."""
+    return sum(1 for p in prompts.read() if p.prompt_id not in done)
 
 
 def best_of_n(out: Path, cfg: BonConfig, prompts: Path | None = None, force_config: bool = False) -> dict[str, Any]:
@@ -76,19 +77,16 @@ def _best_of_n(out: Path, cfg: BonConfig, prompts: Path | None, force_config: bo
         raise ValueError(f"no prompts stored in {out} yet: pass --prompts the first time")
     s["bon"].bind_config(cfg)
     scfg = sample_config(cfg)
-    engine = None
-    if _unfinished(s["prompts"], s["candidates"].done_keys(), lambda pid: f"{pid}/0"):
-        engine = load_engine(scfg.policy, None, "sampler")
-        log(f"sampling {cfg.n} answers per prompt with {engine.path}")
-        run_sample(s["prompts"], s["candidates"], scfg, engine, load_image)
+    engine = LoadedOnUse(lambda: load_engine(scfg.policy, None, "sampler"))  # not loaded if every answer is stored
+    log(f"best-of-{cfg.n}: answers sampled by {scfg.policy.name}, those stored kept")
+    run_sample(s["prompts"], s["candidates"], scfg, engine, load_image)
     counts = {"done": 0, "skipped": len(s["bon"].done_keys()), "quarantined": 0}
-    if _unfinished(s["prompts"], s["bon"].done_keys(), lambda pid: pid):
-        if engine is not None and scfg.policy == cfg.policy and cfg.policy.kind == "hf":  # keep it loaded
-            policy = Scorer.from_model(engine.model, engine.processor, cfg.policy.path, cfg.max_length)
+    if _unfinished(s["prompts"], s["bon"].done_keys()):
+        if engine.loaded and scfg.policy == cfg.policy and cfg.policy.kind == "hf":  # keep it loaded
+            policy = Scorer.from_model(engine.engine.model, engine.engine.processor, cfg.policy.path, cfg.max_length)
         else:
-            del engine
             policy = load_scorer(cfg.policy, cfg.max_length)
-        engine = None
+        del engine
         reference = load_scorer(cfg.reference, cfg.max_length) if cfg.names("reference") else None
         counts = run_bon(s["prompts"], s["candidates"], s["bon"], cfg, policy, reference, load_image,
                          sampler=scfg.policy.name)

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from rlaifv.config import CollectConfig, EngineConfig, format_deviation, paper_deviations
+from rlaifv.engines.base import LoadedOnUse
 from rlaifv.files import write_json, write_text
 from rlaifv.lock import hold
 from rlaifv.preferences import PREFERENCES, pair_store
@@ -137,9 +138,9 @@ def _run_stage(stage: str, prompts_file: Path | None, out: Path, cfg: CollectCon
     if stage == "sample":
         from rlaifv.feedback.sample import run_sample
 
-        engine = load_engine(cfg.sample.policy, _world_model("policy", world, cfg.sample.policy, s["prompts"]),
-                             "sample.policy")
-        return run_sample(s["prompts"], s["candidates"], cfg.sample, engine, load_image)
+        engine = LoadedOnUse(lambda: load_engine(
+            cfg.sample.policy, _world_model("policy", world, cfg.sample.policy, s["prompts"]), "sample.policy"))
+        return _noted_if_unloaded(run_sample(s["prompts"], s["candidates"], cfg.sample, engine, load_image), engine)
     if stage == "claims":
         if cfg.judge.mode == "holistic":
             return {"done": 0, "skipped": 0, "note": "holistic mode judges whole responses; no claims"}
@@ -152,18 +153,24 @@ def _run_stage(stage: str, prompts_file: Path | None, out: Path, cfg: CollectCon
     if stage == "judge":
         from rlaifv.feedback.judge import holistic_claims, run_judge
 
-        engine = load_engine(cfg.judge.labeler, _world_model("labeler", world, cfg.judge.labeler, s["prompts"]),
-                             "judge.labeler")
+        engine = LoadedOnUse(lambda: load_engine(
+            cfg.judge.labeler, _world_model("labeler", world, cfg.judge.labeler, s["prompts"]), "judge.labeler"))
         if cfg.judge.mode == "holistic":
             claims = holistic_claims(s["candidates"].read_all(), cfg.claims.question_suffix)
         else:
             claims = s["claims"].read_all()
-        return run_judge(s["prompts"], claims, s["verdicts"], cfg.judge, engine, load_image)
+        return _noted_if_unloaded(run_judge(s["prompts"], claims, s["verdicts"], cfg.judge, engine, load_image),
+                                  engine)
     if stage == "pairs":
         from rlaifv.feedback.pairs import build_pairs
 
         return build_pairs(s["prompts"], s["candidates"], s["verdicts"], out / PREFERENCES, cfg.pairs)
     raise ValueError(f"unknown stage {stage!r}")
+
+
+def _noted_if_unloaded(result: dict, engine: LoadedOnUse) -> dict:
+    """A stage's counts, with a note when its model never loaded because every record was already stored."""
+    return result if engine.loaded else {**result, "note": "every record was stored; the model was not loaded"}
 
 
 def collect(prompts_file: Path, out: Path, cfg: CollectConfig, world: WorldConfig | None = None,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rlaifv.config import CollectConfig, EngineConfig, format_deviation, paper_deviations
@@ -101,19 +102,25 @@ def no_world_models(roles: list[str], what: str, prefix: str = "") -> str:
             f"(or set {fields} in the config)")
 
 
-def _world_model(role: str, world: WorldConfig | None, cfg: EngineConfig, prompts: ShardedStore[Prompt]) -> Path | None:
-    """The world's model for a role ('policy', 'labeler', 'splitter') that the config leaves empty; bootstrapped
-    (or taken from the cache) only when a stage asks for it, and only when every stored prompt is a world scene.
-    None when `cfg` names a model or a server."""
+def _world_model(role: str, world: WorldConfig | None, cfg: EngineConfig,
+                 prompts: ShardedStore[Prompt]) -> Callable[[], Path | None]:
+    """The world's model for a role ('policy', 'labeler', 'splitter') that the config leaves empty, as a function
+    that bootstraps it (or takes it from the cache) when a stage first needs the model; it returns None when `cfg`
+    names a model or a server. That every stored prompt is a world scene is checked now, so a stage that would
+    answer a user's prompts with the world's tiny model fails before any work, whether or not it has any left."""
     if cfg.path or cfg.kind != "hf":
-        return None
+        return lambda: None
     from rlaifv.prompts import stored_prompts_are_world
 
     if not stored_prompts_are_world(prompts):
         raise ValueError(no_world_models([role], f"the prompts in {prompts.root}"))
-    from rlaifv.world.bootstrap import bootstrap
 
-    return getattr(bootstrap(world or WorldConfig()), role)
+    def bootstrapped() -> Path:
+        from rlaifv.world.bootstrap import bootstrap
+
+        return getattr(bootstrap(world or WorldConfig()), role)
+
+    return bootstrapped
 
 
 def run_stage(stage: str, prompts_file: Path | None, out: Path, cfg: CollectConfig,
@@ -138,8 +145,8 @@ def _run_stage(stage: str, prompts_file: Path | None, out: Path, cfg: CollectCon
     if stage == "sample":
         from rlaifv.feedback.sample import run_sample
 
-        engine = LoadedOnUse(lambda: load_engine(
-            cfg.sample.policy, _world_model("policy", world, cfg.sample.policy, s["prompts"]), "sample.policy"))
+        default = _world_model("policy", world, cfg.sample.policy, s["prompts"])
+        engine = LoadedOnUse(lambda: load_engine(cfg.sample.policy, default(), "sample.policy"))
         return _noted_if_unloaded(run_sample(s["prompts"], s["candidates"], cfg.sample, engine, load_image), engine)
     if stage == "claims":
         if cfg.judge.mode == "holistic":
@@ -147,14 +154,14 @@ def _run_stage(stage: str, prompts_file: Path | None, out: Path, cfg: CollectCon
         from rlaifv.feedback.claims import make_splitter, run_claims
 
         llm = cfg.claims.splitter == "llm"
-        default = _world_model("splitter", world, cfg.claims.splitter_model, s["prompts"]) if llm else None
+        default = _world_model("splitter", world, cfg.claims.splitter_model, s["prompts"])() if llm else None
         splitter = make_splitter(cfg.claims, str(default or ""))
         return run_claims(s["prompts"], s["candidates"], s["claims"], cfg.claims, splitter)
     if stage == "judge":
         from rlaifv.feedback.judge import holistic_claims, run_judge
 
-        engine = LoadedOnUse(lambda: load_engine(
-            cfg.judge.labeler, _world_model("labeler", world, cfg.judge.labeler, s["prompts"]), "judge.labeler"))
+        default = _world_model("labeler", world, cfg.judge.labeler, s["prompts"])
+        engine = LoadedOnUse(lambda: load_engine(cfg.judge.labeler, default(), "judge.labeler"))
         if cfg.judge.mode == "holistic":
             claims = holistic_claims(s["candidates"].read_all(), cfg.claims.question_suffix)
         else:

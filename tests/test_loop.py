@@ -514,3 +514,20 @@ def test_world_selection_says_why_a_round_kept_its_start(micro_config):
     flat = [start, candidate(10, 0.12, 0.80), candidate(20, 0.15, 0.78)]
     assert choose(flat, selector)["step"] == 0
     assert selector.why_start_kept(flat) == "no checkpoint had lower `val` CHAIRs than its start (0.120)"
+    assert selector.cover_bound(bound, choose(bound, selector))
+    assert not selector.cover_bound(flat, choose(flat, selector))  # kept, but not for Cover
+    moved = [*bound, candidate(40, 0.10, 0.78)]  # a checkpoint beats the start: the round was not held back
+    assert choose(moved, selector)["step"] == 40 and not selector.cover_bound(moved, choose(moved, selector))
+
+
+def test_rounds_after_a_cover_bound_round_rank_their_pairs_as_cover_bound_closest_by_says(micro_world, micro_config,
+                                                                                         tmp_path):
+    from rlaifv.pipelines.loop import Loop
+
+    finished = {"round-1/finish": {"round": 1}, "round-2/finish": {"round": 2, "cover_bound": True},
+                "round-3/finish": {"round": 3}}
+    for switch, wanted in ((None, ["words"] * 4), ("mixed", ["words", "words", "mixed", "mixed"])):
+        loop = Loop(tmp_path, config_for(micro_world, rounds=4, cover_bound_closest_by=switch), None, micro_config)
+        loop.state = {"steps": finished}
+        assert [loop._collect_config(k, "policy").pairs.closest_by for k in (1, 2, 3, 4)] == wanted
+        assert [loop._collect_config(k, "policy").pairs.round for k in (1, 2, 3, 4)] == [1, 2, 3, 4]

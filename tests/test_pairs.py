@@ -184,6 +184,24 @@ def test_closest_by_accepted_gain_ranks_pairs_by_what_the_chosen_answer_adds_tha
         assert (0, 2) in _indices(_pairs(scored, texts, closest_length=1, closest_by="accepted_gain", seed=seed))
 
 
+
+def test_closest_by_mixed_alternates_the_two_rankings_over_the_ranked_places():
+    scored = [Scored.from_counts("p0", 0, 4, 0), Scored.from_counts("p0", 1, 3, 1), Scored.from_counts("p0", 2, 2, 1),
+              Scored.from_counts("p0", 3, 5, 2)]  # accepted 4, 2, 1, 3
+    texts = {0: "a b c d", 1: "a b c d e x", 2: "a b c d e f g h", 3: "a b c d e f"}
+    # (chosen, rejected): (0,1) gain 2 gap 2; (0,2) 3, 4; (0,3) 1, 2; (1,3) -1, 0; (2,3) -2, 2
+    assert _indices(_pairs(scored, texts, closest_length=2)) == [(0, 1), (1, 3)]
+    assert _indices(_pairs(scored, texts, closest_length=2, closest_by="accepted_gain")) == [(0, 1), (0, 2)]
+    # words takes (1,3) first, then the gain ranking takes the best of the rest
+    assert _indices(_pairs(scored, texts, closest_length=2, closest_by="mixed")) == [(0, 2), (1, 3)]
+    for seed in range(6):  # one ranked place: words' pick, and one drawn pair
+        assert (1, 3) in _indices(_pairs(scored, texts, closest_length=1, closest_by="mixed", seed=seed))
+    # the third place goes back to words: (0,1), the earliest of the gap-2 pairs left
+    assert _indices(_pairs(scored, texts, closest_length=3, closest_by="mixed", max_pairs_per_prompt=3)) == [
+        (0, 1), (0, 2), (1, 3)]
+    # more ranked places than pairs: every pair, no error
+    assert len(_pairs(scored, texts, closest_length=9, closest_by="mixed", max_pairs_per_prompt=9)) == 5
+
 # -- length balance -----------------------------------------------------------------------------------------------
 
 

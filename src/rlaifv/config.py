@@ -281,11 +281,12 @@ class PairsConfig(StrictModel):
                                             "favour a shorter chosen answer (the one without an invented sentence), "
                                             "so DPO on them also learns to stop early; length-matched ones teach what"
                                             " to say instead. 0 = all drawn (the paper); the world's rounds use 2")
-    closest_by: Literal["words", "accepted_gain"] = Field(
+    closest_by: Literal["words", "accepted_gain", "mixed"] = Field(
         _paper("pairs", "closest_by"),
         description="what ranks the `closest_length` pairs: 'words' = the smallest length gap; 'accepted_gain' = "
                     "the most claims of the chosen answer the labeler accepted beyond the rejected one's, then the "
-                    "smallest length gap. 'accepted_gain' pairs teach naming more of what is there: on the world's "
+                    "smallest length gap; 'mixed' = the ranked places alternate, 'words' first. 'accepted_gain' "
+                    "pairs teach naming more of what is there: on the world's "
                     "development seeds 0-4 (`val`) the rounds kept 0.03-0.06 more Cover than with 'words' but cut "
                     "CHAIRs less on four of five seeds, and one round's pair precision fell to 0.947 "
                     "(benchmarks/RESULTS.md), so the world's rounds keep 'words'")
@@ -564,6 +565,12 @@ class IterateConfig(StrictModel):
                                                           "the world's pairs also teaches the policy to stop "
                                                           "earlier, and a small penalty lets the selection trade "
                                                           "Cover for lower CHAIRs")
+    cover_bound_closest_by: Literal["words", "accepted_gain", "mixed"] | None = Field(
+        None, description="select_on 'world': once a round keeps its start because it was Cover-bound (every "
+                          "checkpoint with lower `val` CHAIRs named fewer real objects than `cover_tolerance` "
+                          "allows), the later rounds rank their pairs this way (`collect.pairs.closest_by`): "
+                          "'mixed' and 'accepted_gain' add pairs whose chosen answer names more of what is there. "
+                          "None: every round as `collect.pairs.closest_by` says")
     heldout_fraction: float = Field(0.1, gt=0, lt=1, description="share of a round's prompts whose pairs are held "
                                                                  "out of training to measure reward accuracy "
                                                                  "(select_on 'reward' only; whole prompts, so no "

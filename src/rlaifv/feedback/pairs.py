@@ -117,18 +117,26 @@ def cap_pairs(items: list[Any], cap: int, rng: np.random.Generator) -> list[Any]
 
 def pick_pairs(found: list[tuple[Scored, Scored]], texts: dict[int, str], cap: int, closest_length: int,
                rng: np.random.Generator, closest_by: str) -> list[tuple[Scored, Scored]]:
-    """At most ``cap`` of a prompt's eligible pairs: the ``closest_length`` ones whose answers differ least in words
-    (``closest_by`` 'accepted_gain': whose chosen answer has the most accepted claims more than the rejected one,
-    then the least word gap; the earlier pair on a tie), then a seeded draw among the others; in their original
-    order."""
-    def rank(pair: tuple[Scored, Scored]) -> tuple[int, int]:  # smaller ranks first
+    """At most ``cap`` of a prompt's eligible pairs: ``closest_length`` ranked ones, then a seeded draw among the
+    others; in their original order.
+
+    ``closest_by`` names the ranking: 'words' takes the pairs whose answers differ least in words; 'accepted_gain'
+    those whose chosen answer has the most accepted claims more than the rejected one, then the least word gap;
+    'mixed' fills the ranked places alternately by 'words' and 'accepted_gain', each with a pair not yet taken.
+    The earlier pair wins a tie.
+    """
+    def rank(pair: tuple[Scored, Scored], by: str) -> tuple[int, int]:  # smaller ranks first
         chosen, rejected = pair
         gap = abs(n_words(texts[chosen.sample_idx]) - n_words(texts[rejected.sample_idx]))
-        return (accepted(rejected) - accepted(chosen) if closest_by == "accepted_gain" else 0), gap
+        return (accepted(rejected) - accepted(chosen) if by == "accepted_gain" else 0), gap
 
-    closest = set(sorted(range(len(found)), key=lambda i: rank(found[i]))[: min(closest_length, cap)])
+    keys = ("words", "accepted_gain") if closest_by == "mixed" else (closest_by,)
+    closest: list[int] = []
+    for place in range(min(closest_length, cap, len(found))):
+        by = keys[place % len(keys)]
+        closest.append(min((i for i in range(len(found)) if i not in closest), key=lambda i: (rank(found[i], by), i)))
     rest = [i for i in range(len(found)) if i not in closest]
-    keep = closest | set(cap_pairs(rest, cap - len(closest), rng))
+    keep = set(closest) | set(cap_pairs(rest, cap - len(closest), rng))
     return [found[i] for i in sorted(keep)]
 
 

@@ -292,12 +292,17 @@ class Loop:
     # -- the steps of a round --------------------------------------------------------------------------------------
 
     def _collect_config(self, k: int, policy: str) -> CollectConfig:
-        """The round's collect config: its policy and its seeds (see IterateConfig)."""
+        """The round's collect config: its policy and its seeds (see IterateConfig), and its pairs' ranking
+        (`cover_bound_closest_by`) once an earlier round was Cover-bound."""
         data = self.cfg.collect.model_dump()
         data["sample"]["policy"]["path"] = policy
         data["sample"]["seed"] += k - 1
         data["pairs"]["seed"] += k - 1
         data["pairs"]["round"] = k
+        bound = next((j for j in range(1, k) if self.state["steps"][f"round-{j}/finish"].get("cover_bound")), None)
+        if self.cfg.cover_bound_closest_by and bound is not None:
+            data["pairs"]["closest_by"] = self.cfg.cover_bound_closest_by
+            log(f"round {k} ranks its pairs by {self.cfg.cover_bound_closest_by!r}: round {bound} was Cover-bound")
         return CollectConfig.model_validate(data)
 
     def _prompts(self, k: int, r: Path) -> dict[str, Any]:
@@ -479,8 +484,9 @@ class Loop:
             if best["step"] == 0 and self.select_on == "world":
                 note = selector.why_start_kept(candidates)
                 log(f"[yellow]round {k} keeps the policy it started from: {note}")
+        cover_bound = self.select_on == "world" and selector is not None and selector.cover_bound(candidates, best)
         result = {"select_on": self.select_on, "candidates": candidates, "checkpoint": best["checkpoint"],
-                  "step": best["step"], "metrics": best["metrics"], "note": note}
+                  "step": best["step"], "metrics": best["metrics"], "note": note, "cover_bound": cover_bound}
         write_json(folder / "selection.json", result)
         return result
 
@@ -548,6 +554,8 @@ class Loop:
                     "selection": selected["metrics"], "collected_pairs": collected["n_pairs"]})
         if selected.get("note"):  # why the selection kept the start, or took the last checkpoint unmeasured
             row["selection_note"] = selected["note"]
+        if selected.get("cover_bound"):
+            row["cover_bound"] = True
         write_json(r / "round.json", row)
         return row
 

@@ -69,12 +69,21 @@ class WorldSelector:
     def order(self, metrics: dict[str, Any]) -> tuple[float, ...]:
         return (metrics["objective"],)
 
+    @staticmethod
+    def _lower_than_start(candidates: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The start's (step 0) `val` metrics, and the checkpoints with lower `val` CHAIRs than it."""
+        start = next(c["metrics"] for c in candidates if c["step"] == 0)
+        return start, [c for c in candidates if c["step"] > 0 and c["metrics"]["chair_s"] < start["chair_s"]]
+
+    def cover_bound(self, candidates: list[dict[str, Any]], best: dict[str, Any]) -> bool:
+        """The round kept its start although checkpoints had lower `val` CHAIRs: each of them lost on Cover."""
+        return best["step"] == 0 and bool(self._lower_than_start(candidates)[1])
+
     def why_start_kept(self, candidates: list[dict[str, Any]]) -> str:
         """Why no checkpoint beat the round's start (the step-0 candidate): none lowered `val` CHAIRs, or every one
         that did fell below the Cover the selection allows -- a Cover-bound round, whose policy can cut
         hallucinations here only by naming fewer real objects (`cover_tolerance` is the knob that trades them)."""
-        start = next(c["metrics"] for c in candidates if c["step"] == 0)
-        lower = [c for c in candidates if c["step"] > 0 and c["metrics"]["chair_s"] < start["chair_s"]]
+        start, lower = self._lower_than_start(candidates)
         if not lower:
             return f"no checkpoint had lower `val` CHAIRs than its start ({start['chair_s']:.3f})"
         best = min(lower, key=lambda c: (c["metrics"]["chair_s"], c["step"]))

@@ -52,7 +52,9 @@ PAPER: dict[str, dict[str, Any]] = {
             "lr_scheduler_type": "cosine", "warmup_ratio": 0.05, "num_train_epochs": 4.0,
             "freeze_vision_tower": True, "lora_r": 64, "lora_alpha": 16, "lora_dropout": 0.05, "stop_fraction": 1.0},
     # ~4k fresh instructions a round; the best checkpoint by a held-out hallucination benchmark (chair or amber)
-    "rounds": {"rounds": 4, "prompts_per_round": 4000, "fresh_prompts": True, "select_on": "chair"},
+    # cover_bound_closest_by: every round pairs as the first did (the paper's rounds have no Cover-bound notion)
+    "rounds": {"rounds": 4, "prompts_per_round": 4000, "fresh_prompts": True, "select_on": "chair",
+               "cover_bound_closest_by": None},
     # self-feedback best-of-N: the length-normalised implicit reward with the DPO beta
     "bon": {"beta": 0.1, "reward": "mean", "temperature": 0.7, "max_new_tokens": 512},
 }
@@ -75,6 +77,8 @@ PAPER_NOTES: dict[str, str] = {
     "rounds.prompts_per_round": "the paper draws ~4k fresh instructions a round",
     "rounds.fresh_prompts": "every round uses the whole prompts file again: its pairs come from prompts the policy "
                             "has already been trained on",
+    "rounds.cover_bound_closest_by": "not in the paper: once a round is Cover-bound, later rounds add pairs whose "
+                                     "chosen answer names more of what is there",
     "rounds.select_on": "the paper keeps the checkpoint that does best on a held-out hallucination benchmark "
                         "(select_on chair or amber with a held-out file)",
     "bon.reward": "'likelihood' is the policy's own mean log-prob per token and reads no reference; 'sum' prefers "
@@ -289,7 +293,9 @@ class PairsConfig(StrictModel):
                     "pairs teach naming more of what is there: on the world's "
                     "development seeds 0-4 (`val`) the rounds kept 0.03-0.06 more Cover than with 'words' but cut "
                     "CHAIRs less on four of five seeds, and one round's pair precision fell to 0.947 "
-                    "(benchmarks/RESULTS.md), so the world's rounds keep 'words'")
+                    "(benchmarks/RESULTS.md); 'mixed' in every round held 0.01-0.06 more Cover too and cut CHAIRs "
+                    "more on seeds 2 and 3, less on 0, 1 and 4. The world's rounds keep 'words' and switch to "
+                    "'mixed' once a round is Cover-bound (IterateConfig.cover_bound_closest_by)")
     seed: int = Field(0, description="seeds the choice among a prompt's pairs")
     round: int = Field(0, ge=0, description="iterative round recorded in each pair")
 
@@ -566,11 +572,13 @@ class IterateConfig(StrictModel):
                                                           "earlier, and a small penalty lets the selection trade "
                                                           "Cover for lower CHAIRs")
     cover_bound_closest_by: Literal["words", "accepted_gain", "mixed"] | None = Field(
-        None, description="select_on 'world': once a round keeps its start because it was Cover-bound (every "
-                          "checkpoint with lower `val` CHAIRs named fewer real objects than `cover_tolerance` "
-                          "allows), the later rounds rank their pairs this way (`collect.pairs.closest_by`): "
-                          "'mixed' and 'accepted_gain' add pairs whose chosen answer names more of what is there. "
-                          "None: every round as `collect.pairs.closest_by` says")
+        _paper("rounds", "cover_bound_closest_by"),
+        description="select_on 'world': once a round keeps its start because it was Cover-bound (every "
+                    "checkpoint with lower `val` CHAIRs named fewer real objects than `cover_tolerance` "
+                    "allows), the later rounds rank their pairs this way (`collect.pairs.closest_by`): "
+                    "'mixed' and 'accepted_gain' add pairs whose chosen answer names more of what is there. "
+                    "None: every round as `collect.pairs.closest_by` says (the paper). The world's rounds "
+                    "use 'mixed' (world.config.WORLD_WHY)")
     heldout_fraction: float = Field(0.1, gt=0, lt=1, description="share of a round's prompts whose pairs are held "
                                                                  "out of training to measure reward accuracy "
                                                                  "(select_on 'reward' only; whole prompts, so no "
@@ -694,7 +702,7 @@ def paper_deviations(cfg: BaseModel) -> list[dict[str, Any]]:
     """
     if isinstance(cfg, IterateConfig):
         found = [_deviation(name, getattr(cfg, name), PAPER["rounds"][name], f"rounds.{name}")
-                 for name in ("rounds", "prompts_per_round", "fresh_prompts")]
+                 for name in ("rounds", "prompts_per_round", "fresh_prompts", "cover_bound_closest_by")]
         if cfg.select_on not in ("chair", "amber"):
             found.append(_deviation("select_on", cfg.select_on, PAPER["rounds"]["select_on"], "rounds.select_on"))
         found += [dict(d, field=f"collect.{d['field']}") for d in paper_deviations(cfg.collect)]

@@ -80,7 +80,6 @@ class VLM(Protocol):
         ...
 
 
-
 class LoadedOnUse:
     """A VLM whose model loads when a stage first asks it something, so a resumed stage that finds every record
     stored skips the load (for a 7B model, a minute and its GPU memory; for the world, a bootstrap check).

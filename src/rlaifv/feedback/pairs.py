@@ -125,16 +125,14 @@ def pick_pairs(found: list[tuple[Scored, Scored]], texts: dict[int, str], cap: i
     'mixed' fills the ranked places alternately by 'words' and 'accepted_gain', each with a pair not yet taken.
     The earlier pair wins a tie.
     """
-    def rank(pair: tuple[Scored, Scored], by: str) -> tuple[int, int]:  # smaller ranks first
-        chosen, rejected = pair
-        gap = abs(n_words(texts[chosen.sample_idx]) - n_words(texts[rejected.sample_idx]))
-        return (accepted(rejected) - accepted(chosen) if by == "accepted_gain" else 0), gap
+    gap = [abs(n_words(texts[c.sample_idx]) - n_words(texts[r.sample_idx])) for c, r in found]
+    lost_gain = [accepted(r) - accepted(c) for c, r in found]  # minus the accepted claims the chosen answer adds
+    rank = {"words": lambda i: (gap[i], i), "accepted_gain": lambda i: (lost_gain[i], gap[i], i)}  # smaller first
 
     keys = ("words", "accepted_gain") if closest_by == "mixed" else (closest_by,)
     closest: list[int] = []
     for place in range(min(closest_length, cap, len(found))):
-        by = keys[place % len(keys)]
-        closest.append(min((i for i in range(len(found)) if i not in closest), key=lambda i: (rank(found[i], by), i)))
+        closest.append(min((i for i in range(len(found)) if i not in closest), key=rank[keys[place % len(keys)]]))
     rest = [i for i in range(len(found)) if i not in closest]
     keep = set(closest) | set(cap_pairs(rest, cap - len(closest), rng))
     return [found[i] for i in sorted(keep)]

@@ -299,10 +299,12 @@ class Loop:
         data["sample"]["seed"] += k - 1
         data["pairs"]["seed"] += k - 1
         data["pairs"]["round"] = k
-        bound = next((j for j in range(1, k) if self.state["steps"][f"round-{j}/finish"].get("cover_bound")), None)
-        if self.cfg.cover_bound_closest_by and bound is not None:
-            data["pairs"]["closest_by"] = self.cfg.cover_bound_closest_by
-            log(f"round {k} ranks its pairs by {self.cfg.cover_bound_closest_by!r}: round {bound} was Cover-bound")
+        switch = self.cfg.cover_bound_closest_by
+        bound = switch and next((j for j in range(1, k) if self.state["steps"][f"round-{j}/finish"].get("cover_bound")),
+                                None)
+        if bound:
+            data["pairs"]["closest_by"] = switch
+            log(f"round {k} ranks its pairs by {switch!r}: round {bound} was Cover-bound")
         return CollectConfig.model_validate(data)
 
     def _prompts(self, k: int, r: Path) -> dict[str, Any]:
